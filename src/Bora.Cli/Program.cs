@@ -1,10 +1,55 @@
+using Bora.Formats;
+
 namespace Bora.Cli;
 
+/// <summary>The <c>bora</c> command: dispatches to one command class per verb.</summary>
 public static class Program
 {
-    public static int Main(string[] args)
+    private const string Usage = """
+        bora — Mistral-family language models on your own machine
+
+        Commands:
+          generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+                   [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
+          tokenize --model PATH --text TEXT [--no-bos] [--json]
+          inspect PATH [--json]
+          chat --model PATH [generation options]
+
+        PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
+        """;
+
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error, Console.In);
+
+    /// <summary>Runs one command with the given streams; returns the process exit code.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
     {
-        Console.Error.WriteLine("bora: no commands yet");
-        return args.Length == 0 ? 1 : 2;
+        if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+        {
+            (args.Length == 0 ? stderr : stdout).WriteLine(Usage);
+            return args.Length == 0 ? 2 : 0;
+        }
+        var rest = args.Skip(1).ToArray();
+        try
+        {
+            return args[0] switch
+            {
+                "generate" => GenerateCommand.Run(rest, stdout, stderr),
+                "tokenize" => TokenizeCommand.Run(rest, stdout),
+                "inspect" => InspectCommand.Run(rest, stdout),
+                "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
+                _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
+            };
+        }
+        catch (UsageException e)
+        {
+            stderr.WriteLine($"bora: {e.Message}");
+            return 2;
+        }
+        catch (Exception e) when (e is ModelFormatException or FileNotFoundException or DirectoryNotFoundException
+                                  or ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException)
+        {
+            stderr.WriteLine($"bora: {e.Message}");
+            return 1;
+        }
     }
 }

@@ -1,0 +1,109 @@
+using Bora.Formats;
+using Bora.Formats.Gguf;
+using Bora.Formats.Safetensors;
+using Bora.Model;
+using Bora.Tokenizers;
+
+namespace Bora.Loading;
+
+/// <summary>A model ready to run: its config, weights and tokenizer.</summary>
+public sealed class LoadedModel(ModelSource source, ModelConfig config, Transformer model, ITokenizer tokenizer)
+{
+    public ModelSource Source { get; } = source;
+
+    public ModelConfig Config { get; } = config;
+
+    public Transformer Model { get; } = model;
+
+    public ITokenizer Tokenizer { get; } = tokenizer;
+}
+
+/// <summary>Opens a model of any supported layout (see <see cref="ModelSource"/>).</summary>
+public static class ModelLoader
+{
+    /// <summary>Loads config, weights and tokenizer of the model at <paramref name="path"/>.</summary>
+    public static LoadedModel Load(string path)
+    {
+        var source = ModelSource.Resolve(path);
+        using var store = OpenWeights(source);
+        var config = LoadConfig(source, store);
+        var tokenizer = LoadTokenizer(source, store);
+        if (tokenizer.VocabSize > config.VocabSize)
+        {
+            throw new ModelFormatException(
+                $"{source.TokenizerPath}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary has {config.VocabSize} rows");
+        }
+        var weights = WeightLoader.Load(store, config);
+        return new LoadedModel(source, config, new Transformer(config, weights), tokenizer);
+    }
+
+    /// <summary>Opens the tensor store of a model without converting any weights.</summary>
+    public static ITensorStore OpenWeights(ModelSource source) => source.Layout switch
+    {
+        CheckpointLayout.Gguf => GgufFile.Open(source.WeightsPath),
+        _ => SafetensorsStore.Open(source.WeightsPath),
+    };
+
+    /// <summary>Reads the model's hyper-parameters.</summary>
+    public static ModelConfig LoadConfig(ModelSource source, ITensorStore store) => source.Layout switch
+    {
+        CheckpointLayout.Gguf => ModelConfigLoader.FromGguf(((GgufFile)store).Metadata, source.ConfigPath),
+        CheckpointLayout.HuggingFace => ModelConfigLoader.FromHfConfigJson(source.ConfigPath),
+        CheckpointLayout.Mistral => ModelConfigLoader.FromParamsJson(source.ConfigPath),
+        _ => throw new ArgumentOutOfRangeException(nameof(source)),
+    };
+
+    /// <summary>
+    /// Loads a tokenizer from a tokenizer file (tokenizer.model*, a .gguf with an embedded
+    /// vocabulary) or from a folder holding one, or from any model path.
+    /// </summary>
+    public static ITokenizer LoadTokenizer(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            var file = ModelSource.FindTokenizer(path);
+            if (file is null)
+            {
+                var gguf = Directory.GetFiles(path, "*.gguf");
+                if (gguf.Length == 1)
+                {
+                    file = gguf[0];
+                }
+            }
+            return LoadTokenizerFile(file ?? throw new ModelFormatException(
+                $"{path}: no tokenizer found; expected one of {string.Join(", ", ModelSource.TokenizerFileNames)} or a single .gguf file"));
+        }
+        var resolved = ModelSource.ResolveHubCache(path);
+        return resolved is null ? LoadTokenizerFile(path) : LoadTokenizer(resolved);
+    }
+
+    private static ITokenizer LoadTokenizer(ModelSource source, ITensorStore store)
+    {
+        if (source.Layout == CheckpointLayout.Gguf)
+        {
+            return GgufTokenizer.FromMetadata(((GgufFile)store).Metadata, source.WeightsPath);
+        }
+        return LoadTokenizerFile(source.TokenizerPath ?? throw new ModelFormatException(
+            $"{source.Path}: no tokenizer file; expected one of {string.Join(", ", ModelSource.TokenizerFileNames)}"));
+    }
+
+    private static ITokenizer LoadTokenizerFile(string file)
+    {
+        if (!File.Exists(file))
+        {
+            throw new FileNotFoundException($"{file}: no such tokenizer file");
+        }
+        var name = Path.GetFileName(file);
+        if (ModelSource.IsGgufFile(file))
+        {
+            using var gguf = GgufFile.Open(file);
+            return GgufTokenizer.FromMetadata(gguf.Metadata, file);
+        }
+        if (name.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new ModelFormatException(
+                $"{file}: {name} tokenizers are not supported yet; give the SentencePiece tokenizer.model of this model instead");
+        }
+        return SentencePieceTokenizer.Load(file);
+    }
+}
