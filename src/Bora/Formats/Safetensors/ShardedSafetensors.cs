@@ -141,7 +141,7 @@ public sealed class ShardedSafetensors : ITensorStore
         }
     }
 
-    private static List<(string Tensor, string Shard)> ReadWeightMap(string indexPath)
+    internal static List<(string Tensor, string Shard)> ReadWeightMap(string indexPath)
     {
         long length = new FileInfo(indexPath).Length;
         if (length > SafetensorsFile.MaxHeaderBytes)
