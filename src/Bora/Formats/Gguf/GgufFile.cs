@@ -530,7 +530,7 @@ public sealed class GgufFile : ITensorStore
             ulong len = U64(what);
             if (len > (ulong)Remaining)
             {
-                throw ModelFormatException.In(Path, $"{what} at offset {at} claims a string of {len} bytes but only {Remaining} bytes remain in the file");
+                throw ModelFormatException.In(Path, $"truncated or corrupt: {what} at offset {at} claims a string of {len} bytes but only {Remaining} bytes remain in the file");
             }
             return Encoding.UTF8.GetString(Take((int)len, what));
         }
