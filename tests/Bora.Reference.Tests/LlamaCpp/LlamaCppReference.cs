@@ -166,6 +166,51 @@ public sealed class LlamaCppReference : IDisposable
         }
     }
 
+    /// <summary>Forgets every position (the next <see cref="Forward"/> starts at position 0).</summary>
+    public void ClearMemory()
+    {
+        lock (NativeLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _context.MemoryClear(true);
+        }
+    }
+
+    /// <summary>
+    /// Low-level step in the shape of Bora's ICausalLM.Forward: runs T = tokens.Length tokens at positions
+    /// <paramref name="startPos"/> .. startPos + T - 1 on top of what the context already holds, and writes
+    /// (T, V) logits when <paramref name="logits"/> has T * V elements, or the last position's (V) when it has V.
+    /// </summary>
+    public void Forward(ReadOnlySpan<int> tokens, int startPos, Span<float> logits)
+    {
+        int t = tokens.Length;
+        bool all = logits.Length == t * VocabSize;
+        if (t == 0 || (!all && logits.Length != VocabSize))
+        {
+            throw new ArgumentException($"{t} tokens with {logits.Length} logits; expected T >= 1 and T * V or V = {VocabSize} logits", nameof(logits));
+        }
+        if (startPos < 0 || startPos + t > ContextSize)
+        {
+            throw new ArgumentOutOfRangeException(nameof(startPos), $"positions {startPos}..{startPos + t - 1} do not fit a context of {ContextSize}");
+        }
+        lock (NativeLock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            Decode(tokens, startPos, all);
+            if (all)
+            {
+                for (int i = 0; i < t; i++)
+                {
+                    _context.GetLogitsIth(i).CopyTo(logits.Slice(i * VocabSize, VocabSize));
+                }
+            }
+            else
+            {
+                _context.GetLogitsIth(-1).CopyTo(logits);
+            }
+        }
+    }
+
     /// <summary>llama.cpp's tokenizer: UTF-8 text to ids, BOS first when asked, control-token text not parsed.</summary>
     public int[] Tokenize(string text, bool addBos)
     {
