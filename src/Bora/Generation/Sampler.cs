@@ -1,0 +1,277 @@
+using Bora.Tokenizers;
+
+namespace Bora.Generation;
+
+/// <summary>One surviving candidate of a sampling step: its id, its logit after penalty and temperature, and its probability.</summary>
+public readonly record struct TokenProbability(TokenId Id, float Logit, float Probability);
+
+/// <summary>
+/// Picks the next token from a row of logits. Steps, in llama.cpp's default order:
+/// <list type="number">
+/// <item>repetition penalty over the last N tokens of the history (each distinct token once: positive
+/// logit / penalty, negative logit * penalty);</item>
+/// <item>top-k: keep the K largest logits;</item>
+/// <item>top-p: softmax (temperature 1) over the survivors, keep the smallest prefix, by descending
+/// probability, whose cumulative probability reaches P;</item>
+/// <item>min-p: keep tokens with p &gt;= MinP * p_max, i.e. logit &gt;= max_logit + ln(MinP);</item>
+/// <item>temperature: logits / T, softmax, and one draw from the seeded <see cref="Xoshiro256StarStar"/>.</item>
+/// </list>
+/// Temperature 0 is greedy: argmax of the penalized logits, ties to the lowest id, no random draw.
+/// Candidates are ordered by descending logit, ties by ascending id, so results do not depend on the
+/// sort algorithm. After construction a step allocates nothing (all buffers are sized by V).
+/// Not thread-safe: one sampler per sequence.
+/// </summary>
+/// <example>
+/// Repetition penalty 2 with logits [3, -1, 0.5] and history [0, 1, 1]: token 0 becomes 3 / 2 = 1.5,
+/// token 1 becomes -1 * 2 = -2 (once, although it occurs twice), token 2 stays 0.5.
+/// </example>
+public sealed class Sampler
+{
+    private readonly int _vocab;                       // V
+    private readonly float[] _work;                    // (V) logits after the repetition penalty
+    private readonly ulong[] _keys;                    // (V) sort keys: descending logit, then ascending id
+    private readonly int[] _stamp;                     // (V) last penalty pass that saw each token id
+    private readonly TokenProbability[] _candidates;   // (V) survivors of the last step
+    private readonly Xoshiro256StarStar _rng;
+    private int _pass;
+
+    public Sampler(int vocabSize, SamplingOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(vocabSize, 1);
+        options.Validate();
+        Options = options;
+        _vocab = vocabSize;
+        _work = new float[vocabSize];
+        _keys = new ulong[vocabSize];
+        _stamp = new int[vocabSize];
+        _candidates = new TokenProbability[vocabSize];
+        Seed = options.Seed ?? BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        _rng = new Xoshiro256StarStar(Seed);
+    }
+
+    public SamplingOptions Options { get; }
+
+    /// <summary>The PRNG seed in use (options.Seed, or the fresh random one drawn when that was null).</summary>
+    public ulong Seed { get; }
+
+    /// <summary>V: the logits row length this sampler expects.</summary>
+    public int VocabSize => _vocab;
+
+    /// <summary>
+    /// Chooses the next token from <paramref name="logits"/> (V) given the token <paramref name="history"/>
+    /// so far (prompt included), which feeds the repetition penalty.
+    /// </summary>
+    public TokenId Sample(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history)
+    {
+        ReadOnlySpan<TokenProbability> candidates = Candidates(logits, history);
+        if (Options.Temperature == 0 || candidates.Length == 1)
+        {
+            if (Options.Temperature != 0)
+            {
+                _rng.NextUInt64(); // one draw per sampled step keeps streams aligned whatever the filters keep
+            }
+            return candidates[0].Id;
+        }
+        double u = _rng.NextDouble();
+        double total = 0;
+        foreach (var c in candidates)
+        {
+            total += c.Probability;
+        }
+        double target = u * total;
+        double cumulative = 0;
+        for (int i = 0; i < candidates.Length; i++)
+        {
+            cumulative += candidates[i].Probability;
+            if (target < cumulative)
+            {
+                return candidates[i].Id;
+            }
+        }
+        // Rounding left target at or above the last cumulative sum: the last candidate with mass wins.
+        for (int i = candidates.Length - 1; i > 0; i--)
+        {
+            if (candidates[i].Probability > 0)
+            {
+                return candidates[i].Id;
+            }
+        }
+        return candidates[0].Id;
+    }
+
+    /// <summary>
+    /// Runs every filter and returns the survivors with their final logits (after temperature) and
+    /// probabilities, ordered by descending logit (by id when no filter needed sorting). Greedy mode
+    /// returns the single argmax token with probability 1. Valid until the next call.
+    /// </summary>
+    public ReadOnlySpan<TokenProbability> Candidates(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history)
+    {
+        if (logits.Length != _vocab)
+        {
+            throw new ArgumentException($"logits row has {logits.Length} elements; expected V = {_vocab}", nameof(logits));
+        }
+        for (int i = 0; i < logits.Length; i++)
+        {
+            float l = logits[i];
+            if (float.IsNaN(l) || float.IsPositiveInfinity(l))
+            {
+                throw new ArgumentException($"logit of token {i} is {l}; expected a finite value or -infinity", nameof(logits));
+            }
+            _work[i] = l + 0f; // + 0 turns -0 into +0 so equal logits tie on id alone
+        }
+        ApplyRepetitionPenalty(history);
+
+        SamplingOptions o = Options;
+        if (o.Temperature == 0)
+        {
+            int best = ArgMax(_work);
+            _candidates[0] = new TokenProbability(new TokenId(best), _work[best], 1f);
+            return _candidates.AsSpan(0, 1);
+        }
+
+        int n = _vocab;
+        bool sorted = (o.TopK > 0 && o.TopK < _vocab) || o.TopP < 1 || o.MinP > 0;
+        if (sorted)
+        {
+            for (int i = 0; i < _vocab; i++)
+            {
+                _keys[i] = SortKey(_work[i], i);
+            }
+            _keys.AsSpan().Sort();
+            if (o.TopK > 0)
+            {
+                n = Math.Min(n, o.TopK);
+            }
+            if (o.TopP < 1)
+            {
+                n = TopPCount(n, o.TopP);
+            }
+            if (o.MinP > 0)
+            {
+                n = MinPCount(n, o.MinP);
+            }
+        }
+
+        // Temperature, then softmax over the n survivors.
+        float invT = 1f / o.Temperature;
+        float max = float.NegativeInfinity;
+        for (int i = 0; i < n; i++)
+        {
+            max = MathF.Max(max, _work[IdAt(i, sorted)]);
+        }
+        if (float.IsNegativeInfinity(max))
+        {
+            throw new InvalidOperationException("every candidate logit is -infinity; nothing can be sampled");
+        }
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int id = IdAt(i, sorted);
+            float scaled = _work[id] * invT;
+            float p = MathF.Exp((_work[id] - max) * invT);
+            _candidates[i] = new TokenProbability(new TokenId(id), scaled, p);
+            sum += p;
+        }
+        float inv = (float)(1 / sum);
+        for (int i = 0; i < n; i++)
+        {
+            _candidates[i] = _candidates[i] with { Probability = _candidates[i].Probability * inv };
+        }
+        return _candidates.AsSpan(0, n);
+    }
+
+    /// <summary>Argmax, ties to the lowest index.</summary>
+    public static int ArgMax(ReadOnlySpan<float> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++)
+        {
+            if (values[i] > values[best])
+            {
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    private void ApplyRepetitionPenalty(ReadOnlySpan<TokenId> history)
+    {
+        float penalty = Options.RepetitionPenalty;
+        if (penalty == 1f || Options.RepeatLastN == 0 || history.IsEmpty)
+        {
+            return;
+        }
+        if (++_pass == int.MaxValue)
+        {
+            Array.Clear(_stamp);
+            _pass = 1;
+        }
+        ReadOnlySpan<TokenId> window = history[Math.Max(0, history.Length - Options.RepeatLastN)..];
+        foreach (TokenId t in window)
+        {
+            int id = t.Value;
+            if ((uint)id >= (uint)_vocab)
+            {
+                throw new ArgumentException($"history token {id} is outside the vocabulary [0, {_vocab})", nameof(history));
+            }
+            if (_stamp[id] == _pass)
+            {
+                continue; // each distinct token is penalized once
+            }
+            _stamp[id] = _pass;
+            float l = _work[id];
+            _work[id] = l > 0 ? l / penalty : l * penalty;
+        }
+    }
+
+    /// <summary>
+    /// Smallest k &lt;= n such that the first k sorted candidates carry probability &gt;= p (softmax at
+    /// temperature 1 over the n candidates). Example: probabilities 0.5, 0.3, 0.2 with p = 0.75 keep 2.
+    /// </summary>
+    private int TopPCount(int n, float p)
+    {
+        float max = _work[IdAt(0, sorted: true)];
+        double sum = 0;
+        for (int i = 0; i < n; i++)
+        {
+            sum += Math.Exp(_work[IdAt(i, sorted: true)] - max);
+        }
+        double target = p * sum;
+        double cumulative = 0;
+        for (int i = 0; i < n; i++)
+        {
+            cumulative += Math.Exp(_work[IdAt(i, sorted: true)] - max);
+            if (cumulative >= target)
+            {
+                return i + 1;
+            }
+        }
+        return n;
+    }
+
+    /// <summary>Count of the leading sorted candidates with logit &gt;= max + ln(minP) (at least 1).</summary>
+    private int MinPCount(int n, float minP)
+    {
+        float threshold = _work[IdAt(0, sorted: true)] + MathF.Log(minP);
+        int k = 1;
+        while (k < n && _work[IdAt(k, sorted: true)] >= threshold)
+        {
+            k++;
+        }
+        return k;
+    }
+
+    private int IdAt(int i, bool sorted) => sorted ? (int)(uint)_keys[i] : i;
+
+    /// <summary>
+    /// A 64-bit key whose ascending order is descending logit then ascending id: high 32 bits are the
+    /// complement of the float's order-preserving bit pattern, low 32 bits the id.
+    /// </summary>
+    private static ulong SortKey(float logit, int id)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(logit);
+        uint ascending = (bits & 0x8000_0000u) != 0 ? ~bits : bits | 0x8000_0000u;
+        return ((ulong)~ascending << 32) | (uint)id;
+    }
+}
