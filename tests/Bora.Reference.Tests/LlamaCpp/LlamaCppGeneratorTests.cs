@@ -2,7 +2,6 @@
 // SDK treats the two names as one assembly and passes only bora.dll to the compiler, so no Bora type is
 // visible in this project yet. Once that clash is fixed (e.g. ReferenceOutputAssembly="false" on the CLI
 // reference, or another CLI AssemblyName), delete this #if: the test ran green with that fix applied.
-#if BORA_TYPES_VISIBLE
 using Bora.Generation;
 using Bora.Model;
 using Bora.Tokenizers;
@@ -94,4 +93,3 @@ public sealed class LlamaCppGeneratorTests
         Assert.Equal(FinishReason.Stop, stopped.FinishReason);
     }
 }
-#endif
