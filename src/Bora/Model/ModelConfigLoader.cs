@@ -121,8 +121,8 @@ public static class ModelConfigLoader
     /// GGUF metadata of architecture <c>llama</c> (llama.cpp writes Mistral and Mixtral as llama).
     /// Value types: integers as long (int also accepted), float32 as float, float64 as double,
     /// string, bool, arrays as string[] / long[] / float[]. <paramref name="path"/> is for messages.
-    /// Head width comes from llama.attention.key_length, else llama.rope.dimension_count, else
-    /// embedding_length / head_count; a rotary width different from the head width is rejected.
+    /// Head width comes from llama.attention.key_length, else embedding_length / head_count (as
+    /// llama.cpp); a llama.rope.dimension_count different from the head width (partial rotary) is rejected.
     /// Tied embeddings are not in the metadata: <see cref="WeightLoader"/> sets them when output.weight is absent.
     /// </summary>
     public static ModelConfig FromGguf(IReadOnlyDictionary<string, object> metadata, string path)
@@ -142,7 +142,7 @@ public static class ModelConfigLoader
         int heads = m.RequiredInt("llama.attention.head_count");
         int? keyLength = m.OptionalInt("llama.attention.key_length");
         int? ropeDims = m.OptionalInt("llama.rope.dimension_count");
-        int headDim = keyLength ?? ropeDims ?? (heads > 0 ? dim / heads : 0);
+        int headDim = keyLength ?? (heads > 0 ? dim / heads : 0);
         if (ropeDims is { } rd && rd != headDim)
         {
             throw ModelFormatException.In(path, $"'llama.rope.dimension_count' is {rd} but the head width is {headDim}; partial rotary embeddings are not implemented");

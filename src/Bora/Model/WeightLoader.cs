@@ -191,16 +191,11 @@ public static class WeightLoader
                 FeedForwardWeights[] experts;
                 if (r.Has(p + "ffn_gate_exps.weight"))
                 {
-                    experts = new FeedForwardWeights[c.NExperts];
-                    for (int e = 0; e < c.NExperts; e++)
-                    {
-                        experts[e] = new FeedForwardWeights
-                        {
-                            W1 = r.ExpertSlice(p + "ffn_gate_exps.weight", $"{what}merged W1 (gate) experts", e, c.NExperts, c.HiddenDim, c.Dim),
-                            W2 = r.ExpertSlice(p + "ffn_down_exps.weight", $"{what}merged W2 (down) experts", e, c.NExperts, c.Dim, c.HiddenDim),
-                            W3 = r.ExpertSlice(p + "ffn_up_exps.weight", $"{what}merged W3 (up) experts", e, c.NExperts, c.HiddenDim, c.Dim),
-                        };
-                    }
+                    // Slice each merged tensor for every expert in turn, so it is converted once.
+                    var w1 = Slices(r, p + "ffn_gate_exps.weight", $"{what}merged W1 (gate) experts", c.NExperts, c.HiddenDim, c.Dim);
+                    var w2 = Slices(r, p + "ffn_down_exps.weight", $"{what}merged W2 (down) experts", c.NExperts, c.Dim, c.HiddenDim);
+                    var w3 = Slices(r, p + "ffn_up_exps.weight", $"{what}merged W3 (up) experts", c.NExperts, c.HiddenDim, c.Dim);
+                    experts = [.. Enumerable.Range(0, c.NExperts).Select(e => new FeedForwardWeights { W1 = w1[e], W2 = w2[e], W3 = w3[e] })];
                 }
                 else
                 {
@@ -226,6 +221,9 @@ public static class WeightLoader
         }
         return Finish(r, c, "token_embd.weight", "output_norm.weight", "output.weight", layers, tieIfAbsent: true);
     }
+
+    private static WeightMatrix[] Slices(Reader r, string name, string what, int experts, int rows, int cols) =>
+        [.. Enumerable.Range(0, experts).Select(e => r.ExpertSlice(name, what, e, experts, rows, cols))];
 
     private static FeedForwardWeights PerExpert(Reader r, ModelConfig c, string prefix, string w1, string w2, string w3, string what) => new()
     {
