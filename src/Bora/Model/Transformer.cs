@@ -193,7 +193,7 @@ public sealed class Transformer : ICausalLM
         long keys = Math.Min(_window ?? int.MaxValue, p + t);
         long work = keys * t * _nHeads * _headDim;
         int items = t * _nHeads;
-        if (work < ParallelAttentionThreshold || items == 1 && work < 4 * ParallelAttentionThreshold)
+        if (work < ParallelAttentionThreshold || items == 1)
         {
             var scores = s.ScoresFor((int)keys);
             for (int i = 0; i < items; i++)
