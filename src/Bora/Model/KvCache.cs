@@ -1,0 +1,147 @@
+namespace Bora.Model;
+
+/// <summary>
+/// Keys and values of one sequence for every layer, in <see cref="Capacity"/> slots per layer;
+/// position p lives in slot p mod Capacity, so the cache holds positions
+/// max(0, Length - Capacity) .. Length - 1. Rows are (Hkv * Dh) = <see cref="KvDim"/> wide and hold
+/// keys after RoPE. Letters: L = layers, S = <see cref="Capacity"/>, Hkv, Dh as in <see cref="ModelConfig"/>.
+/// Use <see cref="FullKvCache"/> (S = context) for full attention and <see cref="RollingKvCache"/>
+/// (S = window) for sliding-window attention; <see cref="ICausalLM.CreateCache"/> picks one.
+/// </summary>
+public abstract class KvCache : IKvCache
+{
+    private readonly float[][] _keys;   // L x (S, Hkv * Dh)
+    private readonly float[][] _values; // L x (S, Hkv * Dh)
+
+    protected KvCache(int layers, int kvDim, int capacity, int maxLength)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvDim);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
+        long perLayer = (long)capacity * kvDim;
+        if (perLayer > Array.MaxLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
+                $"a cache of {capacity} positions x {kvDim} values per layer exceeds the largest array ({Array.MaxLength} values); use a shorter context");
+        }
+        Layers = layers;
+        KvDim = kvDim;
+        Capacity = capacity;
+        MaxLength = maxLength;
+        _keys = new float[layers][];
+        _values = new float[layers][];
+        for (int l = 0; l < layers; l++)
+        {
+            _keys[l] = new float[perLayer];
+            _values[l] = new float[perLayer];
+        }
+    }
+
+    /// <summary>L.</summary>
+    public int Layers { get; }
+
+    /// <summary>Hkv * Dh: values per key (or value) row.</summary>
+    public int KvDim { get; }
+
+    /// <summary>S: slots per layer, the most positions held at once.</summary>
+    public int Capacity { get; }
+
+    public int Length { get; private set; }
+
+    public int MaxLength { get; }
+
+    /// <summary>Oldest position still held: max(0, Length - Capacity).</summary>
+    public int OldestPosition => Math.Max(0, Length - Capacity);
+
+    /// <summary>Positions held now: min(Length, Capacity).</summary>
+    public int HeldPositions => Math.Min(Length, Capacity);
+
+    /// <summary>Slot of <paramref name="position"/>: position mod Capacity.</summary>
+    public int SlotOf(int position) => position % Capacity;
+
+    public void Clear() => Length = 0;
+
+    /// <summary>Key row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
+    public ReadOnlySpan<float> KeyRow(int layer, int position) => _keys[layer].AsSpan(RowStart(position), KvDim);
+
+    /// <summary>Value row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
+    public ReadOnlySpan<float> ValueRow(int layer, int position) => _values[layer].AsSpan(RowStart(position), KvDim);
+
+    /// <summary>
+    /// Writes the key and value rows of <paramref name="position"/> (Length &lt;= position &lt; Length + pending)
+    /// into its slot, overwriting position - Capacity.
+    /// </summary>
+    internal void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    {
+        if (position < Length || position >= MaxLength)
+        {
+            throw new InvalidOperationException($"cache write at position {position}; expected {Length} .. {MaxLength - 1}");
+        }
+        int start = SlotOf(position) * KvDim;
+        key.CopyTo(_keys[layer].AsSpan(start, KvDim));
+        value.CopyTo(_values[layer].AsSpan(start, KvDim));
+    }
+
+    /// <summary>Marks <paramref name="tokens"/> more positions as processed (after every layer wrote them).</summary>
+    internal void Advance(int tokens)
+    {
+        if (tokens < 0 || Length + tokens > MaxLength)
+        {
+            throw new InvalidOperationException($"cannot advance the cache by {tokens} from {Length}; it holds at most {MaxLength} positions");
+        }
+        Length += tokens;
+    }
+
+    private int RowStart(int position)
+    {
+        if (position < OldestPosition || position >= Length)
+        {
+            throw new InvalidOperationException($"position {position} is not held by the cache (it holds {OldestPosition} .. {Length - 1})");
+        }
+        return SlotOf(position) * KvDim;
+    }
+}
+
+/// <summary>A cache with one slot per position of the context (full attention).</summary>
+public sealed class FullKvCache : KvCache
+{
+    public FullKvCache(int layers, int kvDim, int contextLength) : base(layers, kvDim, contextLength, contextLength) { }
+}
+
+/// <summary>
+/// A rolling cache for sliding-window attention of width W: min(W, context) slots, position p in
+/// slot p mod W, so only the last W positions are held — all a query at position p needs
+/// (it attends p - W + 1 .. p).
+/// <para>
+/// Worked example, W = 4, after 6 tokens (positions 0..5): slot 0 holds position 4, slot 1 holds
+/// position 5, slot 2 holds position 2, slot 3 holds position 3; positions 0 and 1 were overwritten.
+/// The query at position 6 attends positions 3, 4, 5 (from slots 3, 0, 1) and itself, then position 6
+/// is written to slot 2, replacing position 2.
+/// </para>
+/// A prefill chunk longer than W attends the held positions plus its own keys directly, then writes
+/// only its last W positions.
+/// </summary>
+public sealed class RollingKvCache : KvCache
+{
+    public RollingKvCache(int layers, int kvDim, int window, int contextLength)
+        : base(layers, kvDim, Math.Min(CheckWindow(window), contextLength), contextLength)
+    {
+        Window = window;
+    }
+
+    /// <summary>W.</summary>
+    public int Window { get; }
+
+    private static int CheckWindow(int window)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(window);
+        return window;
+    }
+}
+
+/// <summary>Thrown when a forward call would run past the cache's <see cref="IKvCache.MaxLength"/>.</summary>
+public sealed class ContextLengthExceededException : InvalidOperationException
+{
+    public ContextLengthExceededException(string message) : base(message) { }
+}

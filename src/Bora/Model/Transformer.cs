@@ -1,0 +1,409 @@
+using System.Buffers;
+using Bora.Numerics;
+using Bora.Tokenizers;
+
+namespace Bora.Model;
+
+/// <summary>
+/// The Mistral / Mixtral decoder forward pass, as mistral-inference computes it:
+/// <code>
+/// x = TokenEmbedding[tokens]                                  // (T, D)
+/// for each layer:
+///     x += Attention(RMSNorm(x, AttentionNorm))               // GQA, RoPE, causal, sliding window W
+///     x += FeedForward(RMSNorm(x, FfnNorm))                   // SwiGLU, or sparse MoE of SwiGLU experts
+/// logits = Output · RMSNorm(x, FinalNorm)                     // (T, V) or the last row (V)
+/// </code>
+/// Letters as in <see cref="ModelConfig"/>; P = cache.Length before the call (the first token's position).
+/// A call runs its tokens in passes of at most <see cref="MaxTokensPerPass"/> tokens (each pass a
+/// batched prefill: one MatMul per weight); a decode step is a pass of one token. Calls on one
+/// instance are serialised (the scratch buffers are shared); use one cache per sequence.
+/// </summary>
+public sealed class Transformer : ICausalLM
+{
+    /// <summary>Default for <see cref="MaxTokensPerPass"/>: bounds the scratch memory of long prompts.</summary>
+    public const int DefaultMaxTokensPerPass = 256;
+
+    /// <summary>Multiply-adds of attention below which it runs on the calling thread.</summary>
+    private const long ParallelAttentionThreshold = 1L << 16;
+
+    private readonly TransformerWeights _w;
+    private readonly RopeTable _rope;
+    private readonly int _dim, _headDim, _nHeads, _group, _qDim, _kvDim, _vocab, _hidden;
+    private readonly int? _window;
+    private readonly float _scale;
+    private readonly Lock _gate = new();
+    private Scratch _s = new(0, null!);
+
+    public Transformer(TransformerWeights weights)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        weights.Validate();
+        _w = weights;
+        var c = weights.Config;
+        _dim = c.Dim;
+        _headDim = c.HeadDim;
+        _nHeads = c.NHeads;
+        _group = c.NHeads / c.NKvHeads;
+        _qDim = c.NHeads * c.HeadDim;
+        _kvDim = c.NKvHeads * c.HeadDim;
+        _vocab = c.VocabSize;
+        _hidden = c.HiddenDim;
+        _window = c.SlidingWindow;
+        _scale = 1f / MathF.Sqrt(c.HeadDim);
+        _rope = new RopeTable(c.HeadDim, c.RopeTheta);
+    }
+
+    public ModelConfig Config => _w.Config;
+
+    public TransformerWeights Weights => _w;
+
+    /// <summary>Most tokens run through the layers at once; longer calls are split (exactly: the cache carries the earlier ones).</summary>
+    public int MaxTokensPerPass { get; init; } = DefaultMaxTokensPerPass;
+
+    /// <summary>A <see cref="RollingKvCache"/> when the model has a sliding window, else a <see cref="FullKvCache"/>.</summary>
+    public IKvCache CreateCache(int contextLength) => _window is { } w
+        ? new RollingKvCache(Config.NLayers, _kvDim, w, contextLength)
+        : new FullKvCache(Config.NLayers, _kvDim, contextLength);
+
+    public void Forward(ReadOnlySpan<TokenId> tokens, IKvCache cache, Span<float> logits)
+    {
+        int t = tokens.Length;
+        var kv = CheckCache(cache);
+        if (t == 0)
+        {
+            throw new ArgumentException("Forward needs at least one token", nameof(tokens));
+        }
+        if ((long)kv.Length + t > kv.MaxLength)
+        {
+            throw new ContextLengthExceededException(
+                $"running {t} tokens from position {kv.Length} needs {(long)kv.Length + t} positions; the cache holds at most {kv.MaxLength}");
+        }
+        bool allPositions = (long)logits.Length == (long)t * _vocab;
+        if (!allPositions && logits.Length != _vocab)
+        {
+            throw new ArgumentException($"logits has {logits.Length} values; expected {(long)t * _vocab} (T x V, every position) or {_vocab} (V, last position)", nameof(logits));
+        }
+        for (int i = 0; i < t; i++)
+        {
+            if ((uint)tokens[i].Value >= (uint)_vocab)
+            {
+                throw new ArgumentOutOfRangeException(nameof(tokens), tokens[i].Value, $"token at index {i} is outside the vocabulary 0 .. {_vocab - 1}");
+            }
+        }
+        int perPass = Math.Max(1, MaxTokensPerPass);
+        lock (_gate)
+        {
+            for (int start = 0; start < t; start += perPass)
+            {
+                int n = Math.Min(perPass, t - start);
+                var passLogits = allPositions ? logits.Slice(start * _vocab, n * _vocab)
+                    : start + n == t ? logits : Span<float>.Empty;
+                Pass(tokens.Slice(start, n), kv, passLogits, allPositions);
+            }
+        }
+    }
+
+    private KvCache CheckCache(IKvCache cache)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        if (cache is not KvCache kv || kv.Layers != Config.NLayers || kv.KvDim != _kvDim)
+        {
+            throw new ArgumentException($"the cache was not made by this model's CreateCache (expected {Config.NLayers} layers of {_kvDim}-wide rows)", nameof(cache));
+        }
+        if (kv.Capacity < Math.Min(_window ?? int.MaxValue, kv.MaxLength))
+        {
+            throw new ArgumentException($"the cache holds {kv.Capacity} positions; this model attends up to {Math.Min(_window ?? int.MaxValue, kv.MaxLength)}", nameof(cache));
+        }
+        return kv;
+    }
+
+    /// <summary>One batched pass of T tokens at positions P .. P + T - 1 through every layer.</summary>
+    private void Pass(ReadOnlySpan<TokenId> tokens, KvCache cache, Span<float> logits, bool allPositions)
+    {
+        int t = tokens.Length, p = cache.Length;
+        var s = ScratchFor(t);
+        Embed(tokens, s.X);
+        RopeAngles(p, t, s);
+        for (int l = 0; l < _w.Layers.Count; l++)
+        {
+            var layer = _w.Layers[l];
+            RmsNormRows(s.X, layer.AttentionNorm, s.Xn, t);
+            Attention(layer, l, cache, p, t, s);
+            AddInPlace(s.X, s.Out, t * _dim);
+            RmsNormRows(s.X, layer.FfnNorm, s.Xn, t);
+            if (layer.Moe is { } moe)
+            {
+                MixtureOfExperts(moe, t, s);
+            }
+            else
+            {
+                FeedForward(layer.FeedForward!, s.Xn, s.Out, t, s);
+            }
+            AddInPlace(s.X, s.Out, t * _dim);
+        }
+        cache.Advance(t);
+        if (!logits.IsEmpty)
+        {
+            OutputHead(t, allPositions, logits, s);
+        }
+    }
+
+    /// <summary>x[t] = TokenEmbedding[token t]. x: (T, D).</summary>
+    private void Embed(ReadOnlySpan<TokenId> tokens, float[] x)
+    {
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            _w.TokenEmbedding.ReadRow(tokens[i].Value, x.AsSpan(i * _dim, _dim));
+        }
+    }
+
+    /// <summary>RoPE tables of positions P .. P + T - 1: s.Cos, s.Sin (T, Dh).</summary>
+    private void RopeAngles(int p, int t, Scratch s)
+    {
+        for (int i = 0; i < t; i++)
+        {
+            _rope.Fill(p + i, s.Cos.AsSpan(i * _headDim, _headDim), s.Sin.AsSpan(i * _headDim, _headDim));
+        }
+    }
+
+    /// <summary>y[t] = RMSNorm(x[t]) * weight for each of T rows of D.</summary>
+    private void RmsNormRows(float[] x, float[] weight, float[] y, int t)
+    {
+        for (int i = 0; i < t; i++)
+        {
+            Kernels.RmsNorm(x.AsSpan(i * _dim, _dim), weight, Config.NormEps, y.AsSpan(i * _dim, _dim));
+        }
+    }
+
+    /// <summary>
+    /// Grouped-query self-attention of the normalised rows s.Xn (T, D) into s.Out (T, D).
+    /// q = Wq xn (T, Hq, Dh), k = Wk xn and v = Wv xn (T, Hkv, Dh); RoPE on q and k; query head h reads
+    /// kv head h / (Hq / Hkv). The query at position p attends positions max(0, p - W + 1) .. p
+    /// (0 .. p without a window): those before P from the cache, the rest from this pass's k and v.
+    /// Afterwards the pass's last min(T, S) positions are written to the cache.
+    /// </summary>
+    private void Attention(LayerWeights layer, int l, KvCache cache, int p, int t, Scratch s)
+    {
+        layer.Wq.MatMul(s.Xn.AsSpan(0, t * _dim), s.Q.AsSpan(0, t * _qDim), t);
+        layer.Wk.MatMul(s.Xn.AsSpan(0, t * _dim), s.K.AsSpan(0, t * _kvDim), t);
+        layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
+        ApplyRope(s.Q, _qDim, t, s);
+        ApplyRope(s.K, _kvDim, t, s);
+
+        long keys = Math.Min(_window ?? int.MaxValue, p + t);
+        long work = keys * t * _nHeads * _headDim;
+        int items = t * _nHeads;
+        if (work < ParallelAttentionThreshold || items == 1)
+        {
+            var scores = s.ScoresFor((int)keys);
+            for (int i = 0; i < items; i++)
+            {
+                AttendOne(l, cache, p, i / _nHeads, i % _nHeads, s, scores);
+            }
+        }
+        else
+        {
+            Parallel.For(0, items,
+                () => ArrayPool<float>.Shared.Rent((int)keys),
+                (i, _, scores) =>
+                {
+                    AttendOne(l, cache, p, i / _nHeads, i % _nHeads, s, scores);
+                    return scores;
+                },
+                scores => ArrayPool<float>.Shared.Return(scores));
+        }
+
+        for (int pos = Math.Max(p, p + t - cache.Capacity); pos < p + t; pos++)
+        {
+            int row = (pos - p) * _kvDim;
+            cache.Write(l, pos, s.K.AsSpan(row, _kvDim), s.V.AsSpan(row, _kvDim));
+        }
+        layer.Wo.MatMul(s.Att.AsSpan(0, t * _qDim), s.Out.AsSpan(0, t * _dim), t);
+    }
+
+    /// <summary>RoPE on every head of every row of x (T, width), width = heads * Dh.</summary>
+    private void ApplyRope(float[] x, int width, int t, Scratch s)
+    {
+        for (int i = 0; i < t; i++)
+        {
+            var cos = s.Cos.AsSpan(i * _headDim, _headDim);
+            var sin = s.Sin.AsSpan(i * _headDim, _headDim);
+            for (int h = 0; h < width; h += _headDim)
+            {
+                Kernels.Rope(x.AsSpan(i * width + h, _headDim), cos, sin);
+            }
+        }
+    }
+
+    /// <summary>Attention output s.Att[ti, h] (Dh) of query head h of pass row ti (position P + ti).</summary>
+    private void AttendOne(int l, KvCache cache, int p, int ti, int h, Scratch s, float[] scoreBuffer)
+    {
+        int pos = p + ti;
+        int lo = _window is { } w ? Math.Max(0, pos - w + 1) : 0;
+        int n = pos - lo + 1;
+        int kvOffset = h / _group * _headDim;
+        var q = s.Q.AsSpan(ti * _qDim + h * _headDim, _headDim);
+        var scores = scoreBuffer.AsSpan(0, n);
+        for (int j = lo; j <= pos; j++)
+        {
+            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim) : s.K.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
+            scores[j - lo] = Kernels.Dot(q, key) * _scale;
+        }
+        Kernels.Softmax(scores);
+        var o = s.Att.AsSpan(ti * _qDim + h * _headDim, _headDim);
+        o.Clear();
+        for (int j = lo; j <= pos; j++)
+        {
+            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim) : s.V.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
+            Kernels.Axpy(scores[j - lo], value, o);
+        }
+    }
+
+    /// <summary>SwiGLU: y = W2 (silu(W1 x) * (W3 x)) for n rows. x: (n, D), y: (n, D); uses s.H1, s.H3 (n, F).</summary>
+    private void FeedForward(FeedForwardWeights ffn, float[] x, float[] y, int n, Scratch s)
+    {
+        var xs = x.AsSpan(0, n * _dim);
+        var h1 = s.H1.AsSpan(0, n * _hidden);
+        var h3 = s.H3.AsSpan(0, n * _hidden);
+        ffn.W1.MatMul(xs, h1, n);
+        ffn.W3.MatMul(xs, h3, n);
+        Kernels.SiluMul(h1, h3);
+        ffn.W2.MatMul(h1, y.AsSpan(0, n * _dim), n);
+    }
+
+    /// <summary>
+    /// Sparse MoE of s.Xn (T, D) into s.Out (T, D), as mistral-inference moe.py: router logits (T, E),
+    /// top-A experts per token with softmax weights (<see cref="MoeRouting"/>); then for e = 0 .. E-1 in
+    /// order, the tokens routed to e are gathered into (n_e, D), run through expert e in one batch,
+    /// and out[token] += weight * result.
+    /// </summary>
+    private void MixtureOfExperts(MoeWeights moe, int t, Scratch s)
+    {
+        int e = Config.NExperts, a = Config.NExpertsPerToken;
+        moe.Router.MatMul(s.Xn.AsSpan(0, t * _dim), s.RouterLogits.AsSpan(0, t * e), t);
+        for (int i = 0; i < t; i++)
+        {
+            MoeRouting.Route(s.RouterLogits.AsSpan(i * e, e), s.Selected.AsSpan(i * a, a), s.SelectedWeights.AsSpan(i * a, a));
+        }
+        s.Out.AsSpan(0, t * _dim).Clear();
+        for (int expert = 0; expert < e; expert++)
+        {
+            int n = 0;
+            for (int i = 0; i < t * a; i++)
+            {
+                if (s.Selected[i] == expert)
+                {
+                    int token = i / a;
+                    s.RoutedToken[n] = token;
+                    s.RoutedWeight[n] = s.SelectedWeights[i];
+                    s.Xn.AsSpan(token * _dim, _dim).CopyTo(s.Gathered.AsSpan(n * _dim, _dim));
+                    n++;
+                }
+            }
+            if (n == 0)
+            {
+                continue;
+            }
+            FeedForward(moe.Experts[expert], s.Gathered, s.ExpertOut, n, s);
+            for (int i = 0; i < n; i++)
+            {
+                Kernels.Axpy(s.RoutedWeight[i], s.ExpertOut.AsSpan(i * _dim, _dim), s.Out.AsSpan(s.RoutedToken[i] * _dim, _dim));
+            }
+        }
+    }
+
+    /// <summary>logits = Output · RMSNorm(x, FinalNorm): (T, V) for every row, or (V) for the last.</summary>
+    private void OutputHead(int t, bool allPositions, Span<float> logits, Scratch s)
+    {
+        if (allPositions)
+        {
+            RmsNormRows(s.X, _w.FinalNorm, s.Xn, t);
+            _w.Output.MatMul(s.Xn.AsSpan(0, t * _dim), logits, t);
+        }
+        else
+        {
+            var last = s.Xn.AsSpan(0, _dim);
+            Kernels.RmsNorm(s.X.AsSpan((t - 1) * _dim, _dim), _w.FinalNorm, Config.NormEps, last);
+            _w.Output.MatVec(last, logits);
+        }
+    }
+
+    private static void AddInPlace(float[] x, float[] y, int n) =>
+        System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(0, n), y.AsSpan(0, n), x.AsSpan(0, n));
+
+    private Scratch ScratchFor(int t)
+    {
+        if (_s.Tokens < t)
+        {
+            _s = new Scratch(t, this);
+        }
+        return _s;
+    }
+
+    /// <summary>Per-pass buffers for up to <see cref="Tokens"/> tokens, reused across calls.</summary>
+    private sealed class Scratch
+    {
+        private float[] _scores = [];
+
+        public Scratch(int t, Transformer m)
+        {
+            Tokens = t;
+            if (t == 0)
+            {
+                X = Xn = Out = Q = Att = K = V = Cos = Sin = H1 = H3 = RouterLogits = SelectedWeights = Gathered = ExpertOut = RoutedWeight = [];
+                Selected = RoutedToken = [];
+                return;
+            }
+            var c = m.Config;
+            X = new float[t * m._dim];
+            Xn = new float[t * m._dim];
+            Out = new float[t * m._dim];
+            Q = new float[t * m._qDim];
+            Att = new float[t * m._qDim];
+            K = new float[t * m._kvDim];
+            V = new float[t * m._kvDim];
+            Cos = new float[t * m._headDim];
+            Sin = new float[t * m._headDim];
+            H1 = new float[t * m._hidden];
+            H3 = new float[t * m._hidden];
+            RouterLogits = new float[t * c.NExperts];
+            Selected = new int[t * c.NExpertsPerToken];
+            SelectedWeights = new float[t * c.NExpertsPerToken];
+            Gathered = c.IsMoE ? new float[t * m._dim] : [];
+            ExpertOut = c.IsMoE ? new float[t * m._dim] : [];
+            RoutedToken = new int[c.IsMoE ? t : 0];
+            RoutedWeight = new float[c.IsMoE ? t : 0];
+        }
+
+        public int Tokens { get; }
+
+        public float[] X { get; }            // (T, D) residual stream
+        public float[] Xn { get; }           // (T, D) normalised rows
+        public float[] Out { get; }          // (T, D) block output
+        public float[] Q { get; }            // (T, Hq * Dh)
+        public float[] Att { get; }          // (T, Hq * Dh) attention output before Wo
+        public float[] K { get; }            // (T, Hkv * Dh)
+        public float[] V { get; }            // (T, Hkv * Dh)
+        public float[] Cos { get; }          // (T, Dh)
+        public float[] Sin { get; }          // (T, Dh)
+        public float[] H1 { get; }           // (T, F)
+        public float[] H3 { get; }           // (T, F)
+        public float[] RouterLogits { get; } // (T, E)
+        public int[] Selected { get; }       // (T, A)
+        public float[] SelectedWeights { get; } // (T, A)
+        public float[] Gathered { get; }     // (T, D) rows routed to one expert
+        public float[] ExpertOut { get; }    // (T, D)
+        public int[] RoutedToken { get; }    // (T)
+        public float[] RoutedWeight { get; } // (T)
+
+        /// <summary>A score buffer of at least <paramref name="n"/> values (grown by doubling).</summary>
+        public float[] ScoresFor(int n)
+        {
+            if (_scores.Length < n)
+            {
+                _scores = new float[Math.Max(n, _scores.Length * 2)];
+            }
+            return _scores;
+        }
+    }
+}

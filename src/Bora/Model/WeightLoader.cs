@@ -1,0 +1,362 @@
+using Bora.Formats;
+using Bora.Numerics;
+
+namespace Bora.Model;
+
+/// <summary>The checkpoint tensor naming schemes <see cref="WeightLoader"/> recognises.</summary>
+public enum WeightNaming
+{
+    /// <summary>transformers: model.embed_tokens.weight, model.layers.{i}.self_attn.q_proj.weight, ... (Wq/Wk rows permuted for rotate-half RoPE).</summary>
+    HuggingFace,
+
+    /// <summary>mistral-inference consolidated: tok_embeddings.weight, layers.{i}.attention.wq.weight, ...</summary>
+    MistralConsolidated,
+
+    /// <summary>GGUF llama: token_embd.weight, blk.{i}.attn_q.weight, ...</summary>
+    Gguf,
+}
+
+/// <summary>
+/// Where one weight matrix comes from: a (Rows, Cols) tensor, or slice <see cref="Slice"/> of an
+/// (E, Rows, Cols) tensor (GGUF merged experts). When <see cref="RowOrder"/> is set, row r of the
+/// matrix is stored row RowOrder[r] (the HF un-permutation of Wq/Wk).
+/// </summary>
+/// <param name="Tensor">The stored tensor.</param>
+/// <param name="Slice">Outer index into a 3-D tensor, or -1 for a 2-D tensor.</param>
+/// <param name="Rows">Rows of the matrix.</param>
+/// <param name="Cols">Columns of the matrix.</param>
+/// <param name="RowOrder">Stored row for each matrix row, or null for the stored order.</param>
+public readonly record struct MatrixSource(TensorInfo Tensor, int Slice, int Rows, int Cols, int[]? RowOrder);
+
+/// <summary>
+/// Builds a <see cref="WeightMatrix"/> from its stored tensor. The default reads float32
+/// (<see cref="ITensorStore.ReadFloat32"/>); a quantized implementation can keep the blocks instead.
+/// </summary>
+public delegate WeightMatrix WeightMatrixFactory(ITensorStore store, MatrixSource source);
+
+/// <summary>
+/// Loads <see cref="TransformerWeights"/> from a checkpoint in any of the <see cref="WeightNaming"/>
+/// schemes, checking every tensor's shape against the config.
+/// </summary>
+public static class WeightLoader
+{
+    /// <summary>Names the scheme from the embedding tensor's name (or, failing that, the layer prefix).</summary>
+    public static WeightNaming DetectNaming(ITensorStore store)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        if (store.TryGetTensor("model.embed_tokens.weight", out _))
+        {
+            return WeightNaming.HuggingFace;
+        }
+        if (store.TryGetTensor("tok_embeddings.weight", out _))
+        {
+            return WeightNaming.MistralConsolidated;
+        }
+        if (store.TryGetTensor("token_embd.weight", out _))
+        {
+            return WeightNaming.Gguf;
+        }
+        foreach (var t in store.Tensors)
+        {
+            if (t.Name.StartsWith("model.layers.", StringComparison.Ordinal))
+            {
+                return WeightNaming.HuggingFace;
+            }
+            if (t.Name.StartsWith("layers.", StringComparison.Ordinal))
+            {
+                return WeightNaming.MistralConsolidated;
+            }
+            if (t.Name.StartsWith("blk.", StringComparison.Ordinal))
+            {
+                return WeightNaming.Gguf;
+            }
+        }
+        throw ModelFormatException.In(store.Path,
+            "cannot tell the tensor naming scheme: expected 'model.embed_tokens.weight' (Hugging Face), 'tok_embeddings.weight' (Mistral) or 'token_embd.weight' (GGUF)");
+    }
+
+    /// <summary>
+    /// Reads all weights. Output is tied to the embedding when the output tensor is absent and either
+    /// the config says tied or the checkpoint is GGUF (the returned Config then has TiedEmbeddings set).
+    /// </summary>
+    public static TransformerWeights Load(ITensorStore store, ModelConfig config, WeightMatrixFactory? matrixFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(config);
+        config.Validate(store.Path);
+        var naming = DetectNaming(store);
+        var reader = new Reader(store, naming, matrixFactory ?? new F32Factory().Create);
+        return naming switch
+        {
+            WeightNaming.HuggingFace => LoadHf(reader, config),
+            WeightNaming.MistralConsolidated => LoadMistral(reader, config),
+            _ => LoadGguf(reader, config),
+        };
+    }
+
+    /// <summary>The default factory: reads float32 and builds an <see cref="F32Matrix"/>.</summary>
+    public static WeightMatrix ReadF32Matrix(ITensorStore store, MatrixSource source) => new F32Factory().Create(store, source);
+
+    private static TransformerWeights LoadHf(Reader r, ModelConfig c)
+    {
+        var layers = new LayerWeights[c.NLayers];
+        for (int i = 0; i < c.NLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            string what = $"layer {i} ";
+            FeedForwardWeights? ffn = null;
+            MoeWeights? moe = null;
+            if (c.IsMoE)
+            {
+                moe = new MoeWeights
+                {
+                    Router = r.Matrix(p + "block_sparse_moe.gate.weight", what + "router", c.NExperts, c.Dim),
+                    Experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, $"{p}block_sparse_moe.experts.{e}.", "w1.weight", "w2.weight", "w3.weight", $"{what}expert {e} "))],
+                };
+            }
+            else
+            {
+                ffn = new FeedForwardWeights
+                {
+                    W1 = r.Matrix(p + "mlp.gate_proj.weight", what + "W1 (gate)", c.HiddenDim, c.Dim),
+                    W2 = r.Matrix(p + "mlp.down_proj.weight", what + "W2 (down)", c.Dim, c.HiddenDim),
+                    W3 = r.Matrix(p + "mlp.up_proj.weight", what + "W3 (up)", c.HiddenDim, c.Dim),
+                };
+            }
+            layers[i] = new LayerWeights
+            {
+                AttentionNorm = r.Vector(p + "input_layernorm.weight", what + "attention norm", c.Dim),
+                Wq = r.Matrix(p + "self_attn.q_proj.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim,
+                    HfRopePermutation.UnpermuteRowOrder(c.NHeads, c.NHeads * c.HeadDim)),
+                Wk = r.Matrix(p + "self_attn.k_proj.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim,
+                    HfRopePermutation.UnpermuteRowOrder(c.NKvHeads, c.NKvHeads * c.HeadDim)),
+                Wv = r.Matrix(p + "self_attn.v_proj.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
+                Wo = r.Matrix(p + "self_attn.o_proj.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
+                FfnNorm = r.Vector(p + "post_attention_layernorm.weight", what + "FFN norm", c.Dim),
+                FeedForward = ffn,
+                Moe = moe,
+            };
+        }
+        return Finish(r, c, "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", layers, tieIfAbsent: c.TiedEmbeddings);
+    }
+
+    private static TransformerWeights LoadMistral(Reader r, ModelConfig c)
+    {
+        var layers = new LayerWeights[c.NLayers];
+        for (int i = 0; i < c.NLayers; i++)
+        {
+            string p = $"layers.{i}.";
+            string what = $"layer {i} ";
+            FeedForwardWeights? ffn = null;
+            MoeWeights? moe = null;
+            if (c.IsMoE)
+            {
+                moe = new MoeWeights
+                {
+                    Router = r.Matrix(p + "feed_forward.gate.weight", what + "router", c.NExperts, c.Dim),
+                    Experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, $"{p}feed_forward.experts.{e}.", "w1.weight", "w2.weight", "w3.weight", $"{what}expert {e} "))],
+                };
+            }
+            else
+            {
+                ffn = PerExpert(r, c, p + "feed_forward.", "w1.weight", "w2.weight", "w3.weight", what);
+            }
+            layers[i] = new LayerWeights
+            {
+                AttentionNorm = r.Vector(p + "attention_norm.weight", what + "attention norm", c.Dim),
+                Wq = r.Matrix(p + "attention.wq.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim),
+                Wk = r.Matrix(p + "attention.wk.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim),
+                Wv = r.Matrix(p + "attention.wv.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
+                Wo = r.Matrix(p + "attention.wo.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
+                FfnNorm = r.Vector(p + "ffn_norm.weight", what + "FFN norm", c.Dim),
+                FeedForward = ffn,
+                Moe = moe,
+            };
+        }
+        return Finish(r, c, "tok_embeddings.weight", "norm.weight", "output.weight", layers, tieIfAbsent: c.TiedEmbeddings);
+    }
+
+    private static TransformerWeights LoadGguf(Reader r, ModelConfig c)
+    {
+        var layers = new LayerWeights[c.NLayers];
+        for (int i = 0; i < c.NLayers; i++)
+        {
+            string p = $"blk.{i}.";
+            string what = $"layer {i} ";
+            FeedForwardWeights? ffn = null;
+            MoeWeights? moe = null;
+            if (c.IsMoE)
+            {
+                var router = r.Matrix(p + "ffn_gate_inp.weight", what + "router", c.NExperts, c.Dim);
+                FeedForwardWeights[] experts;
+                if (r.Has(p + "ffn_gate_exps.weight"))
+                {
+                    // Slice each merged tensor for every expert in turn, so it is converted once.
+                    var w1 = Slices(r, p + "ffn_gate_exps.weight", $"{what}merged W1 (gate) experts", c.NExperts, c.HiddenDim, c.Dim);
+                    var w2 = Slices(r, p + "ffn_down_exps.weight", $"{what}merged W2 (down) experts", c.NExperts, c.Dim, c.HiddenDim);
+                    var w3 = Slices(r, p + "ffn_up_exps.weight", $"{what}merged W3 (up) experts", c.NExperts, c.HiddenDim, c.Dim);
+                    experts = [.. Enumerable.Range(0, c.NExperts).Select(e => new FeedForwardWeights { W1 = w1[e], W2 = w2[e], W3 = w3[e] })];
+                }
+                else
+                {
+                    experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, p, $"ffn_gate.{e}.weight", $"ffn_down.{e}.weight", $"ffn_up.{e}.weight", $"{what}expert {e} "))];
+                }
+                moe = new MoeWeights { Router = router, Experts = experts };
+            }
+            else
+            {
+                ffn = PerExpert(r, c, p, "ffn_gate.weight", "ffn_down.weight", "ffn_up.weight", what);
+            }
+            layers[i] = new LayerWeights
+            {
+                AttentionNorm = r.Vector(p + "attn_norm.weight", what + "attention norm", c.Dim),
+                Wq = r.Matrix(p + "attn_q.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim),
+                Wk = r.Matrix(p + "attn_k.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim),
+                Wv = r.Matrix(p + "attn_v.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
+                Wo = r.Matrix(p + "attn_output.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
+                FfnNorm = r.Vector(p + "ffn_norm.weight", what + "FFN norm", c.Dim),
+                FeedForward = ffn,
+                Moe = moe,
+            };
+        }
+        return Finish(r, c, "token_embd.weight", "output_norm.weight", "output.weight", layers, tieIfAbsent: true);
+    }
+
+    private static WeightMatrix[] Slices(Reader r, string name, string what, int experts, int rows, int cols) =>
+        [.. Enumerable.Range(0, experts).Select(e => r.ExpertSlice(name, what, e, experts, rows, cols))];
+
+    private static FeedForwardWeights PerExpert(Reader r, ModelConfig c, string prefix, string w1, string w2, string w3, string what) => new()
+    {
+        W1 = r.Matrix(prefix + w1, what + "W1 (gate)", c.HiddenDim, c.Dim),
+        W2 = r.Matrix(prefix + w2, what + "W2 (down)", c.Dim, c.HiddenDim),
+        W3 = r.Matrix(prefix + w3, what + "W3 (up)", c.HiddenDim, c.Dim),
+    };
+
+    private static TransformerWeights Finish(Reader r, ModelConfig c, string embedding, string norm, string output, LayerWeights[] layers, bool tieIfAbsent)
+    {
+        var emb = r.Matrix(embedding, "token embedding", c.VocabSize, c.Dim);
+        bool tied = !r.Has(output) && tieIfAbsent;
+        var weights = new TransformerWeights
+        {
+            Config = tied ? c with { TiedEmbeddings = true } : c,
+            TokenEmbedding = emb,
+            Layers = layers,
+            FinalNorm = r.Vector(norm, "final norm", c.Dim),
+            Output = tied ? emb : r.Matrix(output, "output head", c.VocabSize, c.Dim),
+        };
+        weights.Validate();
+        return weights;
+    }
+
+    /// <summary>Looks tensors up by name and checks their shapes, with messages naming the file, tensor and scheme.</summary>
+    private sealed class Reader(ITensorStore store, WeightNaming naming, WeightMatrixFactory factory)
+    {
+        public bool Has(string name) => store.TryGetTensor(name, out _);
+
+        public float[] Vector(string name, string what, int n)
+        {
+            var info = Get(name, what);
+            CheckShape(info, what, [n]);
+            var data = store.ReadFloat32(info);
+            if (data.Length != n)
+            {
+                throw ModelFormatException.In(store.Path, $"tensor '{name}' ({what}) read back {data.Length} values; expected {n}");
+            }
+            return data;
+        }
+
+        public WeightMatrix Matrix(string name, string what, int rows, int cols, int[]? rowOrder = null)
+        {
+            var info = Get(name, what);
+            CheckShape(info, what, [rows, cols]);
+            return Build(new MatrixSource(info, -1, rows, cols, rowOrder), name, what);
+        }
+
+        public WeightMatrix ExpertSlice(string name, string what, int expert, int experts, int rows, int cols)
+        {
+            var info = Get(name, what);
+            CheckShape(info, what, [experts, rows, cols]);
+            return Build(new MatrixSource(info, expert, rows, cols, null), name, what);
+        }
+
+        private WeightMatrix Build(MatrixSource source, string name, string what)
+        {
+            var m = factory(store, source);
+            if (m.Rows != source.Rows || m.Cols != source.Cols)
+            {
+                throw ModelFormatException.In(store.Path, $"tensor '{name}' ({what}) was built as {m.ShapeText}; expected ({source.Rows}, {source.Cols})");
+            }
+            return m;
+        }
+
+        private TensorInfo Get(string name, string what)
+        {
+            if (!store.TryGetTensor(name, out var info))
+            {
+                throw ModelFormatException.In(store.Path, $"tensor '{name}' ({what}) is missing; the checkpoint uses the {Describe(naming)} naming scheme");
+            }
+            return info;
+        }
+
+        private void CheckShape(TensorInfo info, string what, long[] expected)
+        {
+            if (!info.Shape.AsSpan().SequenceEqual(expected))
+            {
+                throw ModelFormatException.In(store.Path, $"tensor '{info.Name}' ({what}) has shape {info.ShapeText}; expected ({string.Join(", ", expected)})");
+            }
+        }
+
+        private static string Describe(WeightNaming n) => n switch
+        {
+            WeightNaming.HuggingFace => "Hugging Face",
+            WeightNaming.MistralConsolidated => "Mistral consolidated",
+            _ => "GGUF llama",
+        };
+    }
+
+    /// <summary>
+    /// Float32 matrices from <see cref="ITensorStore.ReadFloat32"/>. Keeps the last tensor read so
+    /// the E slices of a merged GGUF expert tensor convert it once, not E times.
+    /// </summary>
+    private sealed class F32Factory
+    {
+        private string? _lastName;
+        private float[]? _lastData;
+
+        public WeightMatrix Create(ITensorStore store, MatrixSource source)
+        {
+            float[] all;
+            if (_lastName == source.Tensor.Name && _lastData is not null)
+            {
+                all = _lastData;
+            }
+            else
+            {
+                all = store.ReadFloat32(source.Tensor);
+                (_lastName, _lastData) = source.Slice >= 0 ? (source.Tensor.Name, all) : (null, null);
+            }
+            long size = (long)source.Rows * source.Cols;
+            long start = source.Slice >= 0 ? source.Slice * size : 0;
+            if (start + size > all.LongLength)
+            {
+                throw ModelFormatException.In(store.Path, $"tensor '{source.Tensor.Name}' read back {all.LongLength} values; expected at least {start + size}");
+            }
+            float[] data;
+            if (source.Slice < 0 && source.RowOrder is null && all.LongLength == size)
+            {
+                data = all;
+            }
+            else
+            {
+                data = new float[size];
+                var src = all.AsSpan((int)start, (int)size);
+                for (int r = 0; r < source.Rows; r++)
+                {
+                    int from = source.RowOrder?[r] ?? r;
+                    src.Slice(from * source.Cols, source.Cols).CopyTo(data.AsSpan(r * source.Cols, source.Cols));
+                }
+            }
+            return new F32Matrix(data, source.Rows, source.Cols);
+        }
+    }
+}
