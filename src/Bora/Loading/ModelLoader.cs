@@ -34,7 +34,8 @@ public static class ModelLoader
                 $"{source.TokenizerPath}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary has {config.VocabSize} rows");
         }
         var weights = WeightLoader.Load(store, config);
-        return new LoadedModel(source, config, new Transformer(config, weights), tokenizer);
+        // The loader may refine the config (e.g. tied embeddings when the output head is absent).
+        return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer);
     }
 
     /// <summary>Opens the tensor store of a model without converting any weights.</summary>
