@@ -135,13 +135,13 @@ internal ref struct ProtoReader
         long at = FileOffset;
         ulong length = ReadVarint();
         long remaining = _data.Length - _pos;
-        if (length > (ulong)maxLength)
-        {
-            throw Error(at, $"{fieldName} is {length} bytes long; at most {maxLength} bytes expected");
-        }
         if (length > (ulong)remaining)
         {
             throw Error(at, $"{fieldName} claims {length} bytes but only {remaining} remain in {_context} (truncated or corrupt file)");
+        }
+        if (length > (ulong)maxLength)
+        {
+            throw Error(at, $"{fieldName} is {length} bytes long; at most {maxLength} bytes expected");
         }
         payloadOffset = FileOffset;
         var slice = _data.Slice(_pos, (int)length);
