@@ -30,6 +30,7 @@ namespace Bora.Tokenizers;
 /// visible piece is dropped (the dummy prefix); control pieces are invisible; &lt;unk&gt; shows as the
 /// model's unk_surface (" \u2047 " by default); runs of byte pieces are decoded as UTF-8 where every byte
 /// that does not start a valid character becomes one U+FFFD.</para>
+/// <para>Instances are immutable and safe to use from several threads.</para>
 /// </remarks>
 public sealed class SentencePieceTokenizer : ITokenizer
 {
@@ -52,6 +53,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
     private readonly HashSet<string> _userDefined;
     private readonly HashSet<string>.AlternateLookup<ReadOnlySpan<char>> _userDefinedLookup;
     private readonly int _userDefinedMaxChars;
+    private readonly HashSet<char> _userDefinedFirstChars = [];
     private readonly int[] _byteIds = new int[256];    // (256) id of <0xXX>, -1 when absent
     private readonly int[] _byteValue;                 // (V) byte of a BYTE piece, -1 otherwise
     private readonly int[] _decodeId;                  // (V) PieceToId(IdToPiece(id)): usually id itself
@@ -109,6 +111,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
             if (type == SentencePieceType.UserDefined)
             {
                 _userDefined.Add(piece);
+                _userDefinedFirstChars.Add(piece[0]);
                 _userDefinedMaxChars = Math.Max(_userDefinedMaxChars, piece.Length);
             }
             if (type == SentencePieceType.Unused)
@@ -408,7 +411,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// </summary>
     private int PrefixLength(string s, int pos, out bool userDefined)
     {
-        if (_userDefinedMaxChars > 0)
+        if (_userDefinedMaxChars > 0 && _userDefinedFirstChars.Contains(s[pos]))
         {
             for (int len = Math.Min(_userDefinedMaxChars, s.Length - pos); len > 0; len--)
             {
