@@ -1,0 +1,131 @@
+using System.Text;
+
+namespace Bora.Tokenizers.Tests;
+
+/// <summary>
+/// Bora's SentencePieceTokenizer against Google's SentencePiece 0.1.97 (tests/tools/spm/spm_oracle.py):
+/// 100% identical ids and decoded text over the whole corpus, for every shipped model and for edited
+/// variants of tok512 that exercise the code paths the shipped models do not (unused pieces, no byte
+/// fallback, user-defined pieces, other normalizer flags).
+/// </summary>
+public class SentencePieceOracleTests
+{
+    public static TheoryData<string> Models => new()
+    {
+        "models/stories260K/tok512.model",
+        "tokenizers/mistral/tokenizer.model.v1",
+        "tokenizers/mistral/mistral_instruct_tokenizer_240216.model.v2",
+        "tokenizers/mistral/mistral_instruct_tokenizer_240323.model.v3",
+        "tokenizers/mistral/mistral_instruct_tokenizer_241114.model.v7",
+    };
+
+    private static string ModelPath(string relative) => TestPaths.Shared(relative.Split('/'));
+
+    [Theory]
+    [MemberData(nameof(Models))]
+    public void Encode_and_decode_match_sentencepiece(string relative)
+    {
+        string path = ModelPath(relative);
+        if (!File.Exists(path) || !OracleCorpus.Available)
+        {
+            Console.WriteLine($"skipped: shared test data not found at {path}");
+            return;
+        }
+        CompareWithOracle(path, SentencePieceTokenizer.Load(path));
+    }
+
+    public static TheoryData<string> Variants => new()
+    {
+        "unused", "no-byte-fallback", "user-defined", "no-dummy-prefix-keep-spaces", "dummy-prefix-keep-spaces",
+        "whitespace-suffix", "no-escape",
+    };
+
+    /// <summary>tok512.model edited so that other SentencePiece code paths run, checked against the oracle.</summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void Edited_tok512_variants_match_sentencepiece(string variant)
+    {
+        string original = ModelPath("models/stories260K/tok512.model");
+        if (!File.Exists(original) || !OracleCorpus.Available)
+        {
+            Console.WriteLine($"skipped: shared test data not found at {original}");
+            return;
+        }
+        byte[] data = File.ReadAllBytes(original);
+        static bool Plain(SentencePieceEntry e) => e.Type == SentencePieceType.Normal && e.Piece.Length >= 2;
+        byte[] edited = variant switch
+        {
+            "unused" => ModelEdit.Rewrite(data, piece: (i, e) => Plain(e) && i % 5 == 0 ? e with { Type = SentencePieceType.Unused } : e),
+            "no-byte-fallback" => ModelEdit.Rewrite(data, piece: (_, e) => e.Type == SentencePieceType.Byte ? null : e,
+                trainerVarints: new() { [35] = 0 }),
+            "user-defined" => ModelEdit.Rewrite(data, piece: (i, e) => Plain(e) && !e.Piece.Contains('\u2581', StringComparison.Ordinal) && i % 7 == 0
+                ? e with { Type = SentencePieceType.UserDefined } : e),
+            "no-dummy-prefix-keep-spaces" => ModelEdit.Rewrite(data, normalizerVarints: new() { [3] = 0, [4] = 0 }),
+            "dummy-prefix-keep-spaces" => ModelEdit.Rewrite(data, normalizerVarints: new() { [3] = 1, [4] = 0 }),
+            "whitespace-suffix" => ModelEdit.Rewrite(data, trainerVarints: new() { [24] = 1 }),
+            "no-escape" => ModelEdit.Rewrite(data, normalizerVarints: new() { [5] = 0 }),
+            _ => throw new ArgumentException(variant),
+        };
+        string dir = TestPaths.NewTempDir("spm-variant");
+        try
+        {
+            string path = Path.Combine(dir, $"tok512-{variant}.model");
+            File.WriteAllBytes(path, edited);
+            var tok = SentencePieceTokenizer.Load(path);
+            if (variant == "unused")
+            {
+                Assert.Contains(Enumerable.Range(0, tok.VocabSize), i => tok.TypeOf(new TokenId(i)) == SentencePieceType.Unused);
+            }
+            CompareWithOracle(path, tok);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static void CompareWithOracle(string path, SentencePieceTokenizer tok)
+    {
+        string[] corpus = OracleCorpus.Strings;
+        Assert.True(corpus.Length >= 2000, $"corpus has {corpus.Length} strings; at least 2000 expected");
+        var decodeSequences = OracleCorpus.RandomIdSequences(tok, 300, seed: 7);
+        var oracle = SpmOracle.Run(path, corpus, decodeSequences);
+
+        var failures = new List<string>();
+        for (int i = 0; i < corpus.Length; i++)
+        {
+            int[] ids = tok.Encode(corpus[i], addBos: false).Select(t => t.Value).ToArray();
+            if (!ids.AsSpan().SequenceEqual(oracle.EncodedIds[i]))
+            {
+                failures.Add($"encode #{i} {Show(corpus[i])}:\n  sentencepiece {string.Join(' ', oracle.EncodedIds[i])}\n  bora          {string.Join(' ', ids)}");
+                continue;
+            }
+            string text = tok.Decode(ids.Select(x => new TokenId(x)).ToArray());
+            if (text != oracle.EncodedText[i])
+            {
+                failures.Add($"decode of encode #{i} {Show(corpus[i])}: sentencepiece {Show(oracle.EncodedText[i])}, bora {Show(text)}");
+            }
+        }
+        for (int i = 0; i < decodeSequences.Count; i++)
+        {
+            string text = tok.Decode(decodeSequences[i].Select(x => new TokenId(x)).ToArray());
+            if (text != oracle.Decoded[i])
+            {
+                failures.Add($"decode #{i} [{string.Join(' ', decodeSequences[i])}]: sentencepiece {Show(oracle.Decoded[i])}, bora {Show(text)}");
+            }
+        }
+        Assert.True(failures.Count == 0,
+            $"{failures.Count} of {corpus.Length + decodeSequences.Count} differ from sentencepiece {oracle.Version} for {path}:\n"
+            + string.Join("\n", failures.Take(10)));
+    }
+
+    private static string Show(string s)
+    {
+        var sb = new StringBuilder("\"");
+        foreach (char c in s.Length > 120 ? s[..120] : s)
+        {
+            sb.Append(c < 0x20 || c == 0x7F ? $"\\u{(int)c:X4}" : c.ToString());
+        }
+        return sb.Append(s.Length > 120 ? "...\"" : "\"").ToString();
+    }
+}
