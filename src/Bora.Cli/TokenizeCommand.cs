@@ -6,6 +6,8 @@ namespace Bora.Cli;
 /// <summary><c>bora tokenize --model PATH --text TEXT [--no-bos] [--json]</c>.</summary>
 internal static class TokenizeCommand
 {
+    private static readonly JsonSerializerOptions RelaxedJson = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     public static int Run(string[] args, TextWriter stdout)
     {
         var a = new CliArguments("tokenize", args, ["model", "text"], ["json", "no-bos"]);
@@ -18,7 +20,7 @@ internal static class TokenizeCommand
         }
         foreach (var id in ids)
         {
-            stdout.WriteLine($"{id.Value,7}  {JsonSerializer.Serialize(tokenizer.PieceOf(id))}");
+            stdout.WriteLine($"{id.Value,7}  {JsonSerializer.Serialize(tokenizer.PieceOf(id), RelaxedJson)}");
         }
         return 0;
     }

@@ -82,7 +82,7 @@ public static class ModelLoader
     {
         if (source.Layout == CheckpointLayout.Gguf)
         {
-            return GgufTokenizer.FromMetadata(((GgufFile)store).Metadata, source.WeightsPath);
+            return GgufVocabulary.Load(((GgufFile)store).Metadata, source.WeightsPath);
         }
         return LoadTokenizerFile(source.TokenizerPath ?? throw new ModelFormatException(
             $"{source.Path}: no tokenizer file; expected one of {string.Join(", ", ModelSource.TokenizerFileNames)}"));
@@ -98,7 +98,7 @@ public static class ModelLoader
         if (ModelSource.IsGgufFile(file))
         {
             using var gguf = GgufFile.Open(file);
-            return GgufTokenizer.FromMetadata(gguf.Metadata, file);
+            return GgufVocabulary.Load(gguf.Metadata, file);
         }
         if (name.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {

@@ -1,7 +1,3 @@
-// Bora.Reference.Tests references both src/Bora (assembly "Bora") and src/Bora.Cli (assembly "bora"); the
-// SDK treats the two names as one assembly and passes only bora.dll to the compiler, so no Bora type is
-// visible in this project yet. Once that clash is fixed (e.g. ReferenceOutputAssembly="false" on the CLI
-// reference, or another CLI AssemblyName), delete this #if: the test ran green with that fix applied.
 using Bora.Generation;
 using Bora.Model;
 using Bora.Tokenizers;
