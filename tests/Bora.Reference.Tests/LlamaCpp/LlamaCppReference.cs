@@ -259,8 +259,10 @@ public sealed class LlamaCppReference : IDisposable
     /// llama_model_quantize. <paramref name="type"/>: "q8_0", "q4_0", "q4_k_m" (also "q4_k_s", "q6_k",
     /// "f16", "f32"). Tensors whose rows do not divide into the type's blocks fall back to another type
     /// inside llama.cpp (see its log); the output tensor is left as llama.cpp chooses by default.
+    /// <paramref name="allowRequantize"/> lets an already quantized file be converted (llama.cpp dequantizes
+    /// each tensor to f32 first, so "f32" writes llama.cpp's own dequantization).
     /// </summary>
-    public static void Quantize(string inGguf, string outGguf, string type, int threads = 1)
+    public static void Quantize(string inGguf, string outGguf, string type, int threads = 1, bool allowRequantize = false)
     {
         LLamaFtype ftype = type.ToUpperInvariant() switch
         {
@@ -284,7 +286,7 @@ public sealed class LlamaCppReference : IDisposable
             var p = LLamaModelQuantizeParams.Default();
             p.ftype = ftype;
             p.nthread = threads;
-            p.allow_requantize = false;
+            p.allow_requantize = allowRequantize;
             uint rc = NativeApi.llama_model_quantize(inGguf, outGguf, ref p);
             if (rc != 0)
             {
