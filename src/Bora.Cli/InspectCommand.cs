@@ -24,7 +24,8 @@ internal static class InspectCommand
 
         if (a.Flag("json"))
         {
-            using var w = new Utf8JsonWriter(Console.OpenStandardOutput(), new JsonWriterOptions { Indented = true });
+            using var buffer = new MemoryStream();
+            using var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true });
             w.WriteStartObject();
             w.WriteString("path", source.Path);
             w.WriteString("layout", source.Layout.ToString());
@@ -50,7 +51,7 @@ internal static class InspectCommand
             w.WriteEndArray();
             w.WriteEndObject();
             w.Flush();
-            stdout.Flush();
+            stdout.WriteLine(System.Text.Encoding.UTF8.GetString(buffer.ToArray()));
             return 0;
         }
 

@@ -53,8 +53,17 @@ public class Stories260KTests
         {
             Config = new ModelConfig
             {
-                Dim = d, NLayers = layers, NHeads = hq, NKvHeads = hkv, HeadDim = dh, HiddenDim = f,
-                VocabSize = v, NormEps = 1e-5f, RopeTheta = 10000f, MaxSeqLen = seq, TiedEmbeddings = shared,
+                Dim = d,
+                NLayers = layers,
+                NHeads = hq,
+                NKvHeads = hkv,
+                HeadDim = dh,
+                HiddenDim = f,
+                VocabSize = v,
+                NormEps = 1e-5f,
+                RopeTheta = 10000f,
+                MaxSeqLen = seq,
+                TiedEmbeddings = shared,
             },
             TokenEmbedding = emb,
             Layers = [.. Enumerable.Range(0, layers).Select(i => new LayerWeights

@@ -140,35 +140,35 @@ public sealed class SentencePieceModel
             switch (field)
             {
                 case 1:
-                {
-                    top.Expect(field, wt, WireType.LengthDelimited, "pieces");
-                    var body = top.ReadBytes($"pieces[{pieces.Count}]", int.MaxValue, out long off);
-                    pieces.Add(ReadPiece(body, source, pieces.Count, off));
-                    break;
-                }
+                    {
+                        top.Expect(field, wt, WireType.LengthDelimited, "pieces");
+                        var body = top.ReadBytes($"pieces[{pieces.Count}]", int.MaxValue, out long off);
+                        pieces.Add(ReadPiece(body, source, pieces.Count, off));
+                        break;
+                    }
                 case 2:
-                {
-                    top.Expect(field, wt, WireType.LengthDelimited, "trainer_spec");
-                    var body = top.ReadBytes("trainer_spec", int.MaxValue, out long off);
-                    ReadTrainer(new ProtoReader(body, source, "trainer_spec", off), ref trainer, source);
-                    break;
-                }
+                    {
+                        top.Expect(field, wt, WireType.LengthDelimited, "trainer_spec");
+                        var body = top.ReadBytes("trainer_spec", int.MaxValue, out long off);
+                        ReadTrainer(new ProtoReader(body, source, "trainer_spec", off), ref trainer, source);
+                        break;
+                    }
                 case 3:
-                {
-                    top.Expect(field, wt, WireType.LengthDelimited, "normalizer_spec");
-                    var body = top.ReadBytes("normalizer_spec", int.MaxValue, out long off);
-                    ReadNormalizer(new ProtoReader(body, source, "normalizer_spec", off), ref normalizer);
-                    break;
-                }
+                    {
+                        top.Expect(field, wt, WireType.LengthDelimited, "normalizer_spec");
+                        var body = top.ReadBytes("normalizer_spec", int.MaxValue, out long off);
+                        ReadNormalizer(new ProtoReader(body, source, "normalizer_spec", off), ref normalizer);
+                        break;
+                    }
                 case 5:
-                {
-                    top.Expect(field, wt, WireType.LengthDelimited, "denormalizer_spec");
-                    var body = top.ReadBytes("denormalizer_spec", int.MaxValue, out long off);
-                    NormalizerFields denorm = new();
-                    ReadNormalizer(new ProtoReader(body, source, "denormalizer_spec", off), ref denorm);
-                    denormalizerBytes = denorm.CharsMap?.Length ?? 0;
-                    break;
-                }
+                    {
+                        top.Expect(field, wt, WireType.LengthDelimited, "denormalizer_spec");
+                        var body = top.ReadBytes("denormalizer_spec", int.MaxValue, out long off);
+                        NormalizerFields denorm = new();
+                        ReadNormalizer(new ProtoReader(body, source, "denormalizer_spec", off), ref denorm);
+                        denormalizerBytes = denorm.CharsMap?.Length ?? 0;
+                        break;
+                    }
                 default:
                     top.Skip(field, wt);
                     break;

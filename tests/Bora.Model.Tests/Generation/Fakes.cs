@@ -105,7 +105,14 @@ internal sealed class FakeCausalLM(int vocabSize, Action<IReadOnlyList<TokenId>,
 {
     public ModelConfig Config { get; } = new()
     {
-        Dim = 8, NLayers = 1, NHeads = 1, NKvHeads = 1, HeadDim = 8, HiddenDim = 8, VocabSize = vocabSize, MaxSeqLen = 64,
+        Dim = 8,
+        NLayers = 1,
+        NHeads = 1,
+        NKvHeads = 1,
+        HeadDim = 8,
+        HiddenDim = 8,
+        VocabSize = vocabSize,
+        MaxSeqLen = 64,
     };
 
     /// <summary>Token count of each Forward call, in order.</summary>

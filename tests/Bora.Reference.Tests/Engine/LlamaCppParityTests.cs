@@ -53,8 +53,16 @@ public sealed class LlamaCppParityTests(ITestOutputHelper output)
     /// <summary>Dense Mistral-style: GQA 8 query heads over 2 KV heads.</summary>
     private static ModelConfig Dense(int dim = 128, int hidden = 256, int headDim = 16) => new()
     {
-        Dim = dim, NLayers = 3, NHeads = 8, NKvHeads = 2, HeadDim = headDim, HiddenDim = hidden, VocabSize = 512,
-        NormEps = 1e-5f, RopeTheta = 10000f, MaxSeqLen = 256,
+        Dim = dim,
+        NLayers = 3,
+        NHeads = 8,
+        NKvHeads = 2,
+        HeadDim = headDim,
+        HiddenDim = hidden,
+        VocabSize = 512,
+        NormEps = 1e-5f,
+        RopeTheta = 10000f,
+        MaxSeqLen = 256,
     };
 
     /// <summary>Mixtral-style: 8 experts, top-2, GQA.</summary>

@@ -35,8 +35,16 @@ public sealed class QuantizedDequantizationTests(ITestOutputHelper output)
         string f32 = Path.Combine(dir, "f32.gguf"), quant = Path.Combine(dir, $"{ftype}.gguf"), back = Path.Combine(dir, "back.gguf");
         var config = new ModelConfig
         {
-            Dim = 256, NLayers = 2, NHeads = 8, NKvHeads = 2, HeadDim = 32, HiddenDim = 512, VocabSize = 512, MaxSeqLen = 128,
-            NExperts = 4, NExpertsPerToken = 2,
+            Dim = 256,
+            NLayers = 2,
+            NHeads = 8,
+            NKvHeads = 2,
+            HeadDim = 32,
+            HiddenDim = 512,
+            VocabSize = 512,
+            MaxSeqLen = 128,
+            NExperts = 4,
+            NExpertsPerToken = 2,
         };
         using (var vocab = GgufFile.Open(VocabularyGguf))
         {

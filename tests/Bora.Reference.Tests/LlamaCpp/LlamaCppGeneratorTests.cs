@@ -9,7 +9,14 @@ internal sealed class LlamaCppCausalLM(LlamaCppReference llama) : ICausalLM
 {
     public ModelConfig Config { get; } = new()
     {
-        Dim = 64, NLayers = 5, NHeads = 8, NKvHeads = 4, HeadDim = 8, HiddenDim = 172, VocabSize = llama.VocabSize, MaxSeqLen = llama.ContextSize,
+        Dim = 64,
+        NLayers = 5,
+        NHeads = 8,
+        NKvHeads = 4,
+        HeadDim = 8,
+        HiddenDim = 172,
+        VocabSize = llama.VocabSize,
+        MaxSeqLen = llama.ContextSize,
     };
 
     public IKvCache CreateCache(int contextLength) => new Cache(llama, Math.Min(contextLength, llama.ContextSize));
