@@ -7,6 +7,7 @@ namespace Bora.Formats.Tests;
 /// Dequantization against hand-built blocks whose expected values are worked out from the ggml block
 /// definitions (ggml-common.h), not from the implementation.
 /// </summary>
+[Trait("Category", "Kernels")]
 public class DequantizeTests
 {
     // IEEE half bit patterns of a few exact scales.

@@ -3,6 +3,7 @@ using Bora.Numerics.Quant;
 
 namespace Bora.Formats.Tests;
 
+[Trait("Category", "Kernels")]
 public class QuantizeTests
 {
     /// <summary>

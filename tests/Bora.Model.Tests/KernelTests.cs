@@ -2,6 +2,7 @@ using Bora.Numerics;
 
 namespace Bora.Model.Tests;
 
+[Trait("Category", "Kernels")]
 public class KernelTests
 {
     /// <summary>float32 vectorised vs double/sequential scalar: a few ulps of O(1) values over sums of up to 256 terms.</summary>

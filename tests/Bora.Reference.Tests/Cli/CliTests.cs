@@ -78,6 +78,24 @@ public sealed class CliTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Chat_AnswersEachLineUntilAnEmptyOne()
+    {
+        if (Absent())
+        {
+            return;
+        }
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        var stdin = new StringReader("Tell me a story\nAnd another one\n\nnever read\n");
+        int code = Program.Run(["chat", "--model", Gguf, "--max-tokens", "16", "--temperature", "0"], stdout, stderr, stdin);
+        Assert.True(code == 0, stderr.ToString());
+        // Two answers, then the empty line ends the loop before "never read" is consumed.
+        Assert.False(string.IsNullOrWhiteSpace(stdout.ToString()));
+        Assert.Equal(3, stderr.ToString().Split("> ").Length - 1);
+        Assert.Equal("never read", stdin.ReadLine());
+    }
+
+    [Fact]
     public void TokenizeJson_MatchesTheTokenizer()
     {
         if (Absent())
