@@ -28,6 +28,10 @@ internal static class GenerateCommand
         {
             var stream = generator.Stream(promptTokens, sampling, cancel.Token);
             bool json = a.Flag("json");
+            if (!json)
+            {
+                stdout.Write(prompt); // the continuation reads on from the prompt, as llama.cpp prints it
+            }
             try
             {
                 foreach (var token in stream)
