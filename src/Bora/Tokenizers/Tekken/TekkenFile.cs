@@ -182,6 +182,10 @@ internal sealed class TekkenFile
             {
                 throw Bad(path, $"vocab[{i}].token_bytes \"{Shorten(b64)}\" is not valid base64");
             }
+            if (n > MaxTokenBytes)
+            {
+                throw Bad(path, $"vocab[{i}].token_bytes has {n} bytes, more than the {MaxTokenBytes} accepted for one token");
+            }
             if (n == 0)
             {
                 throw Bad(path, $"vocab[{i}].token_bytes is empty, expected at least one byte");
@@ -215,6 +219,10 @@ internal sealed class TekkenFile
             if (specialsElement.ValueKind != JsonValueKind.Array)
             {
                 throw Bad(path, $"special_tokens is a JSON {specialsElement.ValueKind}, expected an array");
+            }
+            if (specialsElement.GetArrayLength() > numSpecial)
+            {
+                throw Bad(path, $"there are {specialsElement.GetArrayLength()} special tokens but config.default_num_special_tokens is {numSpecial}");
             }
             var i = 0;
             foreach (var entry in specialsElement.EnumerateArray())
