@@ -157,23 +157,23 @@ internal sealed class TekkenPreTokenizer
             switch (c)
             {
                 case '\\':
-                {
-                    var start = sb.Length;
-                    var len = EscapeLength(pattern, i);
-                    sb.Append(pattern, i, len);
-                    i += len;
-                    atomStart = start;
-                    break;
-                }
+                    {
+                        var start = sb.Length;
+                        var len = EscapeLength(pattern, i);
+                        sb.Append(pattern, i, len);
+                        i += len;
+                        atomStart = start;
+                        break;
+                    }
                 case '[':
-                {
-                    var start = sb.Length;
-                    var len = ClassLength(pattern, i);
-                    sb.Append(pattern, i, len);
-                    i += len;
-                    atomStart = start;
-                    break;
-                }
+                    {
+                        var start = sb.Length;
+                        var len = ClassLength(pattern, i);
+                        sb.Append(pattern, i, len);
+                        i += len;
+                        atomStart = start;
+                        break;
+                    }
                 case '(':
                     groupStarts.Push(sb.Length);
                     sb.Append(c);
@@ -190,40 +190,40 @@ internal sealed class TekkenPreTokenizer
                     atomStart = groupStarts.Pop();
                     break;
                 case '*' or '+' or '?' or '{':
-                {
-                    var qlen = c == '{' ? BraceQuantifierLength(pattern, i) : 1;
-                    if (qlen == 0)
                     {
-                        // A literal '{' (not a quantifier) is an atom of its own.
-                        atomStart = sb.Length;
-                        sb.Append(c);
-                        i++;
-                        break;
-                    }
-                    if (atomStart < 0)
-                    {
-                        // e.g. "(?" of a group construct or a quantifier after '|': copy as is.
+                        var qlen = c == '{' ? BraceQuantifierLength(pattern, i) : 1;
+                        if (qlen == 0)
+                        {
+                            // A literal '{' (not a quantifier) is an atom of its own.
+                            atomStart = sb.Length;
+                            sb.Append(c);
+                            i++;
+                            break;
+                        }
+                        if (atomStart < 0)
+                        {
+                            // e.g. "(?" of a group construct or a quantifier after '|': copy as is.
+                            sb.Append(pattern, i, qlen);
+                            i += qlen;
+                            break;
+                        }
                         sb.Append(pattern, i, qlen);
                         i += qlen;
+                        if (i < pattern.Length && pattern[i] == '+')
+                        {
+                            // Possessive: wrap atom + quantifier in an atomic group.
+                            sb.Insert(atomStart, "(?>");
+                            sb.Append(')');
+                            i++;
+                        }
+                        else if (i < pattern.Length && pattern[i] == '?')
+                        {
+                            sb.Append('?');   // lazy
+                            i++;
+                        }
+                        atomStart = -1;
                         break;
                     }
-                    sb.Append(pattern, i, qlen);
-                    i += qlen;
-                    if (i < pattern.Length && pattern[i] == '+')
-                    {
-                        // Possessive: wrap atom + quantifier in an atomic group.
-                        sb.Insert(atomStart, "(?>");
-                        sb.Append(')');
-                        i++;
-                    }
-                    else if (i < pattern.Length && pattern[i] == '?')
-                    {
-                        sb.Append('?');   // lazy
-                        i++;
-                    }
-                    atomStart = -1;
-                    break;
-                }
                 case '|':
                     sb.Append(c);
                     i++;

@@ -12,7 +12,7 @@ namespace Bora.Tokenizers.Tekken;
 /// <para>Ids: special tokens take ids 0..S-1 (S = default_num_special_tokens; &lt;unk&gt;=0, &lt;s&gt;=1,
 /// &lt;/s&gt;=2, [INST]=3, ... as the file says); the ordinary token of BPE rank r has id r + S; ids run
 /// up to <see cref="VocabSize"/> - 1 (= default_vocab_size - 1).
-/// Example (Mistral NeMo, S = 1000): "Hello" is rank 22177 -> id 23177.</para>
+/// Example (Mistral NeMo, S = 1000): "Hello world" is ranks [21177, 3304] -> ids [22177, 4304].</para>
 /// <para>Encoding splits the text with the file's regex (see <see cref="TekkenPreTokenizer"/>), turns each
 /// piece into UTF-8 and merges it with <see cref="BytePairMerge"/>. Text that spells a special token
 /// ("[INST]", "&lt;s&gt;") is encoded as ordinary bytes: encoding never produces special tokens.
