@@ -94,7 +94,7 @@ public sealed class ChatRenderer
             bool isFinal = i == msgs.Count - 1;
             if (request.ContinueFinalMessage && isFinal && m.Role != ChatRole.Assistant)
             {
-                throw new ChatRequestException("cannot continue the final message if it is not an assistant message");
+                throw new ChatRequestException("continue_final_message needs the last message to be an assistant message");
             }
             switch (m.Role)
             {
