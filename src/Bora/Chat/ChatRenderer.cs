@@ -201,17 +201,17 @@ public sealed class ChatRenderer
         bool hasCalls = m.ToolCalls.Count > 0;
         if (continueMessage && m.Prefix)
         {
-            throw new ChatRequestException($"message {index}: continue_final_message only works with an assistant message that has prefix=false");
+            throw new ChatRequestException($"normalized message {index}: continue_final_message only works with an assistant message that has prefix=false");
         }
         if (Version == TokenizerVersion.V1)
         {
             if (hasCalls)
             {
-                throw new ChatRequestException($"message {index}: tool calls are not available in chat format V1");
+                throw new ChatRequestException($"normalized message {index}: tool calls are not available in chat format V1");
             }
             if (!hasContent)
             {
-                throw new ChatRequestException($"message {index}: an assistant message needs content");
+                throw new ChatRequestException($"normalized message {index}: an assistant message needs content");
             }
             Text(tokens, m.Content!);
         }
@@ -219,7 +219,7 @@ public sealed class ChatRenderer
         {
             if (hasCalls && hasContent)
             {
-                throw new ChatRequestException($"message {index}: an assistant message cannot have both tool calls and content in chat format {Version}");
+                throw new ChatRequestException($"normalized message {index}: an assistant message cannot have both tool calls and content in chat format {Version}");
             }
             if (hasCalls)
             {
@@ -235,14 +235,14 @@ public sealed class ChatRenderer
             }
             else
             {
-                throw new ChatRequestException($"message {index}: an assistant message needs content or tool calls");
+                throw new ChatRequestException($"normalized message {index}: an assistant message needs content or tool calls");
             }
         }
         else
         {
             if (!hasContent && !hasCalls)
             {
-                throw new ChatRequestException($"message {index}: an assistant message needs content or tool calls");
+                throw new ChatRequestException($"normalized message {index}: an assistant message needs content or tool calls");
             }
             if (hasContent)
             {
@@ -281,7 +281,7 @@ public sealed class ChatRenderer
         switch (Version)
         {
             case TokenizerVersion.V1:
-                throw new ChatRequestException($"message {index}: tool messages are not available in chat format V1");
+                throw new ChatRequestException($"normalized message {index}: tool messages are not available in chat format V1");
             case TokenizerVersion.V2:
                 if (beforeLastUser)
                 {
@@ -296,7 +296,7 @@ public sealed class ChatRenderer
                 var r3 = new PyDict
                 {
                     ["content"] = ParseJsonOrText(content),
-                    ["call_id"] = m.ToolCallId ?? throw new ChatRequestException($"message {index}: a tool message needs tool_call_id in chat format V3"),
+                    ["call_id"] = m.ToolCallId ?? throw new ChatRequestException($"normalized message {index}: a tool message needs tool_call_id in chat format V3"),
                 };
                 tokens.Add(Control("[TOOL_RESULTS]"));
                 Text(tokens, PythonJson.Dumps(r3));
@@ -304,7 +304,7 @@ public sealed class ChatRenderer
                 return;
             default:
                 tokens.Add(Control("[TOOL_RESULTS]"));
-                Text(tokens, m.ToolCallId ?? throw new ChatRequestException($"message {index}: a tool message needs tool_call_id in chat format {Version}"));
+                Text(tokens, m.ToolCallId ?? throw new ChatRequestException($"normalized message {index}: a tool message needs tool_call_id in chat format {Version}"));
                 tokens.Add(Control("[TOOL_CONTENT]"));
                 Text(tokens, content);
                 tokens.Add(Control("[/TOOL_RESULTS]"));
