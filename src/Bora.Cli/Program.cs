@@ -12,6 +12,7 @@ public static class Program
           generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                    [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
           tokenize --model PATH --text TEXT [--no-bos] [--json]
+          chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
           chat --model PATH [generation options]
 
@@ -35,6 +36,7 @@ public static class Program
             {
                 "generate" => GenerateCommand.Run(rest, stdout, stderr),
                 "tokenize" => TokenizeCommand.Run(rest, stdout),
+                "chat-render" => ChatRenderCommand.Run(rest, stdout),
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
@@ -46,7 +48,7 @@ public static class Program
             return 2;
         }
         catch (Exception e) when (e is ModelFormatException or FileNotFoundException or DirectoryNotFoundException
-                                  or ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException)
+                                  or Bora.Chat.ChatRequestException or ArgumentException or InvalidOperationException or IOException or UnauthorizedAccessException)
         {
             stderr.WriteLine($"bora: {e.Message}");
             return 1;

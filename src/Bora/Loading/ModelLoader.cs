@@ -100,6 +100,11 @@ public static class ModelLoader
             using var gguf = GgufFile.Open(file);
             return GgufVocabulary.Load(gguf.Metadata, file);
         }
+        if (name.Equals("tokenizer.json", StringComparison.OrdinalIgnoreCase))
+        {
+            // SentencePiece's dummy prefix, which Mistral models were trained with (see HuggingFaceTokenizer).
+            return Tokenizers.HuggingFace.HuggingFaceTokenizer.Load(file, sentencePiecePrefix: true);
+        }
         if (name.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {
             throw new ModelFormatException(
