@@ -105,10 +105,14 @@ public static class ModelLoader
             // SentencePiece's dummy prefix, which Mistral models were trained with (see HuggingFaceTokenizer).
             return Tokenizers.HuggingFace.HuggingFaceTokenizer.Load(file, sentencePiecePrefix: true);
         }
+        if (name.Contains("tekken", StringComparison.OrdinalIgnoreCase) && name.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
+        {
+            return Tokenizers.Tekken.TekkenTokenizer.Load(file);
+        }
         if (name.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {
             throw new ModelFormatException(
-                $"{file}: {name} tokenizers are not supported yet; give the SentencePiece tokenizer.model of this model instead");
+                $"{file}: unknown tokenizer file; expected tokenizer.json (Hugging Face), tekken.json (Mistral Tekken) or a SentencePiece tokenizer.model");
         }
         return SentencePieceTokenizer.Load(file);
     }

@@ -106,7 +106,7 @@ public sealed class TekkenTokenizer : ITokenizer
     }
 
     /// <inheritdoc />
-    public string Decode(ReadOnlySpan<TokenId> ids) => Decode(ids, SpecialTokenPolicy.Skip);
+    public string Decode(ReadOnlySpan<TokenId> ids) => Decode(ids, SpecialTokenPolicy.Ignore);
 
     /// <summary>
     /// Decodes ids to text; <paramref name="policy"/> says what special tokens do (skipped, kept as
@@ -128,7 +128,7 @@ public sealed class TekkenTokenizer : ITokenizer
             Flush(sb, run);
             switch (policy)
             {
-                case SpecialTokenPolicy.Skip:
+                case SpecialTokenPolicy.Ignore:
                     break;
                 case SpecialTokenPolicy.Keep:
                     sb.Append(_specials[id].Text);
@@ -154,7 +154,7 @@ public sealed class TekkenTokenizer : ITokenizer
 
     /// <inheritdoc />
     /// <remarks>Tekken has no dummy prefix, so <paramref name="previous"/> does not matter; special tokens give no bytes.</remarks>
-    public byte[] TokenBytes(TokenId id, TokenId? previous) => TokenBytes(id, SpecialTokenPolicy.Skip);
+    public byte[] TokenBytes(TokenId id, TokenId? previous) => TokenBytes(id, SpecialTokenPolicy.Ignore);
 
     /// <summary>
     /// The bytes of one token (mistral-common <c>id_to_byte_piece</c>): ordinary tokens their bytes,
@@ -169,7 +169,7 @@ public sealed class TekkenTokenizer : ITokenizer
         }
         return policy switch
         {
-            SpecialTokenPolicy.Skip => [],
+            SpecialTokenPolicy.Ignore => [],
             SpecialTokenPolicy.Keep => Encoding.UTF8.GetBytes(_specials[i].Text),
             SpecialTokenPolicy.Raise => throw new ArgumentException($"{i} is the special token {_specials[i].Text}", nameof(id)),
             _ => throw new ArgumentOutOfRangeException(nameof(policy), policy, "unknown special-token policy"),

@@ -1,19 +1,20 @@
 using System.Text;
-using Bora.Tokenizers;
+namespace Bora.Tokenizers;
 
-namespace Bora.Chat;
-
-/// <summary>What decoding does with control tokens (mistral-common's <c>SpecialTokenPolicy</c>).</summary>
+/// <summary>
+/// What decoding does with control/special tokens (&lt;s&gt;, [INST], ...), as mistral-common's
+/// <c>SpecialTokenPolicy</c> (IGNORE = 0, KEEP = 1, RAISE = 2).
+/// </summary>
 public enum SpecialTokenPolicy
 {
-    /// <summary>Leave them out: the plain decoded text.</summary>
-    Ignore,
+    /// <summary>Leave them out: the plain decoded text (the default).</summary>
+    Ignore = 0,
 
-    /// <summary>Keep them: every token's piece, joined (control tokens and U+2581 as they are in the vocabulary).</summary>
-    Keep,
+    /// <summary>Keep them: SentencePiece joins every token's piece (control tokens and U+2581 as in the vocabulary); Tekken writes the special token's text.</summary>
+    Keep = 1,
 
-    /// <summary>Throw when there is one; otherwise the plain decoded text.</summary>
-    Raise,
+    /// <summary>A special token is an error; otherwise the plain decoded text.</summary>
+    Raise = 2,
 }
 
 /// <summary>Decoding with a <see cref="SpecialTokenPolicy"/>, as mistral-common's SentencePieceTokenizer.decode does.</summary>
