@@ -1,25 +1,30 @@
+using Bora.Chat;
 using Bora.Generation;
 using Bora.Loading;
-using Bora.Tokenizers;
 
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora chat --model PATH [options]</c>: an interactive loop. Until the chat-format work lands,
-/// turns are rendered in Mistral's v1 text format, <c>&lt;s&gt;[INST] user [/INST] answer&lt;/s&gt;</c>,
-/// with the whole conversation kept as the prompt.
+/// <c>bora chat --model PATH [--system TEXT] [options]</c>: an interactive conversation. Every turn, the
+/// whole conversation is rendered in the model's own chat format (its tokenizer version decides: v1 text
+/// <c>[INST]</c>, v2/v3 control tokens, v7 <c>[SYSTEM_PROMPT]</c>) exactly as mistral-common renders it,
+/// and the answer is generated until EOS.
 /// </summary>
 internal static class ChatCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
     {
-        var a = new CliArguments("chat", args, GenerationArgs.ValueOptions, []);
+        var a = new CliArguments("chat", args, [.. GenerationArgs.ValueOptions, "system"], []);
         var sampling = GenerationArgs.Sampling(a);
         var loaded = ModelLoader.Load(a.Require("model"));
-        var tokenizer = loaded.Tokenizer;
-        var generator = new Generator(loaded.Model, tokenizer, GenerationArgs.Context(a, loaded.Config));
-        var history = new List<TokenId> { tokenizer.Bos };
-        stderr.WriteLine($"bora chat: {loaded.Source.Path}. Type a message; an empty line or end of input quits.");
+        var renderer = ChatTemplate.For(loaded);
+        var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
+        var messages = new List<ChatMessage>();
+        if (a.Get("system") is { } system)
+        {
+            messages.Add(ChatMessage.System(system));
+        }
+        stderr.WriteLine($"bora chat: {loaded.Source.Path} (chat format {renderer.Version}). Type a message; an empty line or end of input quits.");
         while (true)
         {
             stderr.Write("> ");
@@ -28,12 +33,11 @@ internal static class ChatCommand
             {
                 return 0;
             }
-            var turn = tokenizer.Encode($"[INST] {line.Trim()} [/INST]", addBos: false);
-            var prompt = new List<TokenId>(history);
-            prompt.AddRange(turn);
-            if (prompt.Count >= generator.ContextLength)
+            messages.Add(ChatMessage.User(line.Trim()));
+            var prompt = renderer.Render(new ChatRequest { Messages = messages }).Tokens;
+            if (prompt.Length >= generator.ContextLength)
             {
-                stderr.WriteLine($"bora: the conversation ({prompt.Count} tokens) has filled the context of {generator.ContextLength}; start a new chat or raise --context");
+                stderr.WriteLine($"bora: the conversation ({prompt.Length} tokens) has filled the context of {generator.ContextLength}; start a new chat or raise --context");
                 return 1;
             }
             var stream = generator.Stream(prompt, sampling);
@@ -43,12 +47,18 @@ internal static class ChatCommand
                 stdout.Flush();
             }
             stdout.WriteLine();
-            history = prompt;
-            history.AddRange(stream.Tokens);
-            if (stream.FinishReason != FinishReason.Eos)
-            {
-                history.Add(tokenizer.Eos);
-            }
+            messages.Add(ChatMessage.Assistant(stream.Text.Trim()));
         }
+    }
+}
+
+/// <summary>Picks the chat format of a loaded model.</summary>
+internal static class ChatTemplate
+{
+    /// <summary>The renderer for the model's tokenizer version (file name, else control tokens in the vocabulary).</summary>
+    public static ChatRenderer For(LoadedModel model)
+    {
+        string? file = model.Source.Layout == CheckpointLayout.Gguf ? null : model.Source.TokenizerPath;
+        return new ChatRenderer(model.Tokenizer, TokenizerVersions.Detect(file, model.Tokenizer));
     }
 }

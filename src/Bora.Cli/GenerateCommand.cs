@@ -10,12 +10,20 @@ internal static class GenerateCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var a = new CliArguments("generate", args, [.. GenerationArgs.ValueOptions, "prompt"], ["json"]);
+        var a = new CliArguments("generate", args, [.. GenerationArgs.ValueOptions, "prompt", "system"], ["json", "chat"]);
         var sampling = GenerationArgs.Sampling(a);
         var prompt = a.Get("prompt") ?? "";
         var loaded = ModelLoader.Load(a.Require("model"));
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
-        var promptTokens = loaded.Tokenizer.Encode(prompt, addBos: true);
+        // --chat: the prompt is one user message in the model's chat format; otherwise raw text after BOS.
+        var promptTokens = a.Flag("chat")
+            ? ChatTemplate.For(loaded).Render(new Chat.ChatRequest
+            {
+                Messages = a.Get("system") is { } system
+                    ? [Chat.ChatMessage.System(system), Chat.ChatMessage.User(prompt)]
+                    : [Chat.ChatMessage.User(prompt)],
+            }).Tokens
+            : loaded.Tokenizer.Encode(prompt, addBos: true);
 
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
@@ -28,7 +36,7 @@ internal static class GenerateCommand
         {
             var stream = generator.Stream(promptTokens, sampling, cancel.Token);
             bool json = a.Flag("json");
-            if (!json)
+            if (!json && !a.Flag("chat"))
             {
                 stdout.Write(prompt); // the continuation reads on from the prompt, as llama.cpp prints it
             }

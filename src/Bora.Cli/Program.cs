@@ -11,10 +11,11 @@ public static class Program
         Commands:
           generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                    [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
+                   [--chat [--system TEXT]]   (the prompt as a user message in the model's chat format)
           tokenize --model PATH --text TEXT [--no-bos] [--json]
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
-          chat --model PATH [generation options]
+          chat --model PATH [--system TEXT] [generation options]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;

@@ -96,6 +96,44 @@ public sealed class CliTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ChatRender_GoldenSampleOfMistralCommon()
+    {
+        var sample = TestPaths.Shared("tokenizers", "mistral", "mistral-common-samples", "get_weather_full");
+        var model = TestPaths.Shared("tokenizers", "mistral", "mistral_instruct_tokenizer_240323.model.v3");
+        if (!File.Exists(model))
+        {
+            output.WriteLine($"skipped: {model} is absent");
+            return;
+        }
+        var (code, stdout, stderr) = Bora("chat-render", "--model", model, "--request", Path.Combine(sample, "sample.json"), "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        using var expected = JsonDocument.Parse(File.ReadAllText(Path.Combine(sample, "tokens_v3.json")));
+        Assert.Equal("v3", json.RootElement.GetProperty("version").GetString());
+        Assert.Equal(
+            expected.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()),
+            json.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()));
+    }
+
+    [Fact]
+    public void GenerateChat_RendersThePromptInTheModelsChatFormat()
+    {
+        if (Absent())
+        {
+            return;
+        }
+        var (code, stdout, stderr) = Bora("generate", "--model", Gguf, "--chat", "--prompt", "Hi", "--max-tokens", "4", "--json");
+        Assert.True(code == 0, stderr);
+        using var json = JsonDocument.Parse(stdout);
+        // stories260K has no control tokens: Mistral's v1 format, "<s>[INST] Hi [/INST]" as text after BOS.
+        var tokenize = Bora("tokenize", "--model", Gguf, "--text", "[INST] Hi [/INST]", "--json");
+        using var ids = JsonDocument.Parse(tokenize.Out);
+        Assert.Equal(
+            ids.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32()),
+            json.RootElement.GetProperty("prompt_tokens").EnumerateArray().Select(e => e.GetInt32()));
+    }
+
+    [Fact]
     public void TokenizeJson_MatchesTheTokenizer()
     {
         if (Absent())
