@@ -326,13 +326,18 @@ internal readonly unsafe struct Q4_0Dot : IQuantDotOperator
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Step512(Vector512<float> acc, byte* w, Q8Row a, int b, ref float corr)
     {
+        // Two blocks. Nibbles in 16-byte lanes: (b lo, b+1 lo, b hi, b+1 hi) = elements (b 0..15, b+1 0..15,
+        // b 16..31, b+1 16..31); the activations' lanes (b 0..15, b 16..31, b+1 0..15, b+1 16..31) are
+        // permuted to match (lanes 0, 2, 1, 3), so the int32 lanes alternate block b, b+1 every 4.
         byte* blk = w + (long)b * Bytes;
-        var q = QuantDot.Combine(Nibbles(blk), Nibbles(blk + Bytes));
-        var x = Vector512.Load(a.Q + 32L * b);
-        var p16 = Avx512BW.MultiplyAddAdjacent(q, x) - Avx512BW.MultiplyAddAdjacent(Vector512.Create((byte)8), x);
+        var q2 = Vector256.Create(Vector128.Load(blk + 2), Vector128.Load(blk + Bytes + 2));
+        var q = QuantDot.Combine(q2, Vector256.ShiftRightLogical(q2, 4)) & Vector512.Create((byte)0x0F);
+        var x = Vector512.Load((int*)(a.Q + 32L * b));
+        var xp = Avx512F.Shuffle4x128(x, x, 0b11_01_10_00).AsSByte();
+        var p16 = Avx512BW.MultiplyAddAdjacent(q, xp) - Avx512BW.MultiplyAddAdjacent(Vector512.Create((byte)8), xp);
         var p = Avx512BW.MultiplyAddAdjacent(p16, Vector512.Create((short)1));
-        var s = QuantDot.Combine(Vector256.Create(QuantDot.Half(blk) * a.D[b]), Vector256.Create(QuantDot.Half(blk + Bytes) * a.D[b + 1]));
-        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(p), s, acc);
+        var s2 = Vector256.Create(Vector128.Create(QuantDot.Half(blk) * a.D[b]), Vector128.Create(QuantDot.Half(blk + Bytes) * a.D[b + 1]));
+        return Avx512F.FusedMultiplyAdd(Avx512F.ConvertToVector512Single(p), QuantDot.Combine(s2, s2), acc);
     }
 }
 
