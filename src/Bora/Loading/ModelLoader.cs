@@ -21,8 +21,13 @@ public sealed class LoadedModel(ModelSource source, ModelConfig config, Transfor
 /// <summary>Opens a model of any supported layout (see <see cref="ModelSource"/>).</summary>
 public static class ModelLoader
 {
-    /// <summary>Loads config, weights and tokenizer of the model at <paramref name="path"/>.</summary>
-    public static LoadedModel Load(string path)
+    /// <summary>
+    /// Loads config, weights and tokenizer of the model at <paramref name="path"/>. Weights are built by
+    /// <paramref name="matrixFactory"/>; the default, <see cref="WeightLoader.ReadQuantizedMatrix"/>, keeps
+    /// GGUF Q8_0 / Q4_0 / Q4_K / Q6_K tensors quantized and converts the rest to float32
+    /// (pass <see cref="WeightLoader.ReadF32Matrix"/> to dequantize everything).
+    /// </summary>
+    public static LoadedModel Load(string path, WeightMatrixFactory? matrixFactory = null)
     {
         var source = ModelSource.Resolve(path);
         using var store = OpenWeights(source);
@@ -33,7 +38,7 @@ public static class ModelLoader
             throw new ModelFormatException(
                 $"{source.TokenizerPath}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary has {config.VocabSize} rows");
         }
-        var weights = WeightLoader.Load(store, config);
+        var weights = WeightLoader.Load(store, config, matrixFactory ?? WeightLoader.ReadQuantizedMatrix);
         // The loader may refine the config (e.g. tied embeddings when the output head is absent).
         return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer);
     }

@@ -1,0 +1,169 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// Activations quantized on the fly to 8 bits for integer dot products with quantized weights, like
+/// ggml's Q8_0 (blocks of 32, for Q8_0 / Q4_0 weights) and Q8_K (blocks of 256, for Q4_K / Q6_K weights).
+/// Each block of B values x gets a float scale d = max|x| / 127 and q = round(x / d) in [-127, 127]
+/// (ties to even; d = 0 and q = 0 for an all-zero block). -128 never occurs, which the sign trick of
+/// the maddubs kernels relies on.
+/// Letters: T = tokens, K = values per token (a multiple of B), B = block size (32 or 256).
+/// Buffers (pinned, so kernels take raw pointers without fixing):
+/// <list type="bullet">
+/// <item><see cref="Quants"/>: (T, K) int8, row-major.</item>
+/// <item><see cref="Scales"/>: (T, K / B) float, the d of each block.</item>
+/// <item><see cref="Sums16"/>: (T, K / 16) int16, the sum of q over each run of 16 values (|sum| &lt;= 2032).
+/// Weight formats with an offset or a min (Q4_0's -8, Q4_K's min, Q6_K's -32) use them.</item>
+/// </list>
+/// Example: K = 64, B = 32, token t: block j covers Quants[64t + 32j .. +32), has scale Scales[2t + j] and
+/// sums Sums16[4t + 2j] and Sums16[4t + 2j + 1].
+/// </summary>
+public sealed unsafe class Q8Activations
+{
+    private sbyte[] _q = [];
+    private float[] _d = [];
+    private short[] _s16 = [];
+
+    /// <summary>T of the last <see cref="Quantize"/>.</summary>
+    public int Tokens { get; private set; }
+
+    /// <summary>K of the last <see cref="Quantize"/>.</summary>
+    public int Cols { get; private set; }
+
+    /// <summary>B of the last <see cref="Quantize"/>.</summary>
+    public int BlockSize { get; private set; }
+
+    /// <summary>(T, K) quantized values.</summary>
+    public ReadOnlySpan<sbyte> Quants => _q.AsSpan(0, Tokens * Cols);
+
+    /// <summary>(T, K / B) block scales.</summary>
+    public ReadOnlySpan<float> Scales => _d.AsSpan(0, Tokens * (Cols / Math.Max(1, BlockSize)));
+
+    /// <summary>(T, K / 16) sums of each 16 quantized values.</summary>
+    public ReadOnlySpan<short> Sums16 => _s16.AsSpan(0, Tokens * Cols / 16);
+
+    /// <summary>Pointers to token <paramref name="t"/>'s rows of the three buffers.</summary>
+    internal Q8Row Row(int t) => new(
+        (sbyte*)Unsafe.AsPointer(ref _q[0]) + (long)t * Cols,
+        (float*)Unsafe.AsPointer(ref _d[0]) + (long)t * (Cols / BlockSize),
+        (short*)Unsafe.AsPointer(ref _s16[0]) + (long)t * (Cols / 16));
+
+    /// <summary>Quantizes x: (T, K) row-major, in blocks of <paramref name="blockSize"/> (32 or 256).</summary>
+    public void Quantize(ReadOnlySpan<float> x, int tokens, int cols, int blockSize) =>
+        QuantizeCore(x, tokens, cols, blockSize, vectorized: true);
+
+    /// <summary>The plain scalar twin of <see cref="Quantize"/>; tests assert both agree bit for bit.</summary>
+    public void QuantizeScalar(ReadOnlySpan<float> x, int tokens, int cols, int blockSize) =>
+        QuantizeCore(x, tokens, cols, blockSize, vectorized: false);
+
+    private void QuantizeCore(ReadOnlySpan<float> x, int tokens, int cols, int blockSize, bool vectorized)
+    {
+        if (blockSize is not (32 or 256))
+        {
+            throw new ArgumentOutOfRangeException(nameof(blockSize), blockSize, "activation blocks are 32 or 256 values");
+        }
+        ArgumentOutOfRangeException.ThrowIfNegative(tokens);
+        ArgumentOutOfRangeException.ThrowIfNegative(cols);
+        if (cols % blockSize != 0)
+        {
+            throw new ArgumentException($"{cols} values per token is not a whole number of blocks of {blockSize}", nameof(cols));
+        }
+        long n = (long)tokens * cols;
+        if (x.Length != n)
+        {
+            throw new ArgumentException($"{tokens} tokens of {cols} values need {n} inputs; got {x.Length}", nameof(x));
+        }
+        if (n > Array.MaxLength)
+        {
+            throw new ArgumentException($"{n} activations do not fit one buffer", nameof(x));
+        }
+        Ensure(ref _q, (int)n);
+        Ensure(ref _d, (int)(n / blockSize));
+        Ensure(ref _s16, (int)(n / 16));
+        (Tokens, Cols, BlockSize) = (tokens, cols, blockSize);
+        int blocks = (int)(n / blockSize);
+        for (int b = 0; b < blocks; b++)
+        {
+            var xb = x.Slice(b * blockSize, blockSize);
+            var qb = _q.AsSpan(b * blockSize, blockSize);
+            var sb = _s16.AsSpan(b * (blockSize / 16), blockSize / 16);
+            _d[b] = vectorized && Vector128.IsHardwareAccelerated ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
+        }
+    }
+
+    /// <summary>Grows a pinned buffer to at least <paramref name="n"/> elements (at least one, so &amp;buf[0] is valid).</summary>
+    private static void Ensure<T>(ref T[] buf, int n)
+    {
+        if (buf.Length < Math.Max(1, n))
+        {
+            buf = GC.AllocateUninitializedArray<T>(Math.Max(1, n), pinned: true);
+        }
+    }
+
+    /// <summary>Scalar: one block; returns d.</summary>
+    private static float BlockScalar(ReadOnlySpan<float> x, Span<sbyte> q, Span<short> s16)
+    {
+        float amax = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            amax = MathF.Max(amax, MathF.Abs(x[i]));
+        }
+        float d = amax / 127f;
+        float id = amax > 0 ? 127f / amax : 0f;
+        for (int g = 0; g < x.Length / 16; g++)
+        {
+            int sum = 0;
+            for (int i = 16 * g; i < 16 * g + 16; i++)
+            {
+                int v = (int)Math.Clamp(MathF.Round(x[i] * id), -127f, 127f);
+                q[i] = (sbyte)v;
+                sum += v;
+            }
+            s16[g] = (short)sum;
+        }
+        return d;
+    }
+
+    /// <summary>Vector128 (any ISA): same arithmetic as <see cref="BlockScalar"/>, 4 values a step.</summary>
+    private static float Block128(ReadOnlySpan<float> x, Span<sbyte> q, Span<short> s16)
+    {
+        var vmax = Vector128<float>.Zero;
+        for (int i = 0; i < x.Length; i += 4)
+        {
+            vmax = Vector128.Max(vmax, Vector128.Abs(Vector128.Create(x.Slice(i, 4))));
+        }
+        float amax = MathF.Max(MathF.Max(vmax[0], vmax[1]), MathF.Max(vmax[2], vmax[3]));
+        float d = amax / 127f;
+        float id = amax > 0 ? 127f / amax : 0f;
+        var vid = Vector128.Create(id);
+        var lo = Vector128.Create(-127f);
+        var hi = Vector128.Create(127f);
+        for (int g = 0; g < x.Length / 16; g++)
+        {
+            int o = 16 * g;
+            var i0 = Vector128.ConvertToInt32(Vector128.Clamp(Vector128.Round(Vector128.Create(x.Slice(o, 4)) * vid), lo, hi));
+            var i1 = Vector128.ConvertToInt32(Vector128.Clamp(Vector128.Round(Vector128.Create(x.Slice(o + 4, 4)) * vid), lo, hi));
+            var i2 = Vector128.ConvertToInt32(Vector128.Clamp(Vector128.Round(Vector128.Create(x.Slice(o + 8, 4)) * vid), lo, hi));
+            var i3 = Vector128.ConvertToInt32(Vector128.Clamp(Vector128.Round(Vector128.Create(x.Slice(o + 12, 4)) * vid), lo, hi));
+            var b = Vector128.Narrow(Vector128.Narrow(i0, i1), Vector128.Narrow(i2, i3));
+            b.CopyTo(q.Slice(o, 16));
+            s16[g] = (short)Vector128.Sum((i0 + i1) + (i2 + i3));
+        }
+        return d;
+    }
+}
+
+/// <summary>Raw pointers to one token's quantized activations (see <see cref="Q8Activations"/>).</summary>
+internal readonly unsafe struct Q8Row(sbyte* q, float* d, short* s16)
+{
+    /// <summary>(K) int8 values.</summary>
+    public readonly sbyte* Q = q;
+
+    /// <summary>(K / B) block scales.</summary>
+    public readonly float* D = d;
+
+    /// <summary>(K / 16) sums of 16 values.</summary>
+    public readonly short* S16 = s16;
+}

@@ -1,0 +1,229 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Bora.Numerics.Quant;
+
+namespace Bora.Numerics;
+
+/// <summary>
+/// A weight matrix kept in a GGUF block format (Q8_0, Q4_0, Q4_K, Q6_K) and multiplied without
+/// dequantizing: activations are quantized on the fly to 8 bits (<see cref="Q8Activations"/>, blocks of
+/// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block
+/// (<see cref="QuantDot"/>). Results differ from float32 over the dequantized weights only by the
+/// activation rounding (relative error about 1/254 of each block's largest activation).
+/// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of one pinned byte[]: (N, K / BE * BB) with
+/// BE, BB the block elements and bytes. The blocks are copied once at load (the tensor store is closed after
+/// loading, so a memory-mapped view would not outlive it), in the stored layout: no repacking.
+/// Letters: N = rows (outputs), K = cols (inputs), T = tokens.
+/// </summary>
+public sealed unsafe class QuantizedMatrix : WeightMatrix
+{
+    /// <summary>Rows per parallel work item at most: a row block of Q4_0 4096-wide rows is 147 KB, which stays in L2 across token tiles.</summary>
+    private const int MaxBlockRows = 64;
+
+    /// <summary>Tokens per tile: the row block is swept once per tile; each weight row stays in L1 across the tile's tokens.</summary>
+    private const int TokenTile = 8;
+
+    /// <summary>Multiply-adds below which a product runs on the calling thread.</summary>
+    private const long ParallelThreshold = 1L << 18;
+
+    [ThreadStatic]
+    private static Q8Activations? t_activations;
+
+    private readonly byte[] _blocks; // (N, RowBytes), pinned
+
+    /// <summary>
+    /// Wraps <paramref name="blocks"/>, which holds <paramref name="rows"/> rows of <paramref name="cols"/>
+    /// values in <paramref name="type"/>'s block layout, row-major. With <paramref name="copy"/> the bytes are
+    /// copied into a pinned array; pass false only for an array from <see cref="AllocateBlocks"/> (kernels
+    /// take raw pointers into it, so it must never move).
+    /// </summary>
+    public QuantizedMatrix(DType type, byte[] blocks, int rows, int cols, bool copy = true) : base(rows, cols)
+    {
+        ArgumentNullException.ThrowIfNull(blocks);
+        if (!IsSupported(type))
+        {
+            throw new ArgumentException($"{type} is not a quantized block format this matrix supports (Q8_0, Q4_0, Q4_K, Q6_K)", nameof(type));
+        }
+        int be = DTypeInfo.BlockElements(type);
+        if (cols % be != 0)
+        {
+            throw new ArgumentException($"a {type} matrix needs a multiple of {be} columns; got {cols}", nameof(cols));
+        }
+        long rowBytes = (long)cols / be * DTypeInfo.BlockBytes(type);
+        if (blocks.LongLength != rowBytes * rows)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix needs {rowBytes * rows} bytes; got {blocks.LongLength}", nameof(blocks));
+        }
+        Type = type;
+        RowBytes = (int)rowBytes;
+        BlocksPerRow = cols / be;
+        if (copy)
+        {
+            _blocks = AllocateBlocks(blocks.LongLength);
+            blocks.CopyTo(_blocks, 0);
+        }
+        else
+        {
+            _blocks = blocks;
+        }
+    }
+
+    /// <summary>Threads used by MatVec / MatMul (all quantized matrices); defaults to the processor count.</summary>
+    public static int MaxThreads { get; set; } = Environment.ProcessorCount;
+
+    /// <summary>The storage format.</summary>
+    public DType Type { get; }
+
+    /// <summary>Bytes per row: K / BE blocks.</summary>
+    public int RowBytes { get; }
+
+    /// <summary>Blocks per row.</summary>
+    public int BlocksPerRow { get; }
+
+    /// <summary>The raw blocks, (N, RowBytes). Not a copy.</summary>
+    public ReadOnlySpan<byte> Blocks => _blocks;
+
+    /// <summary>Whether <paramref name="type"/> can be held by a <see cref="QuantizedMatrix"/>.</summary>
+    public static bool IsSupported(DType type) => type is DType.Q8_0 or DType.Q4_0 or DType.Q4_K or DType.Q6_K;
+
+    /// <summary>A pinned, uninitialised byte array for <see cref="QuantizedMatrix(DType, byte[], int, int, bool)"/> with copy = false.</summary>
+    public static byte[] AllocateBlocks(long bytes)
+    {
+        if (bytes < 0 || bytes > Array.MaxLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "a quantized matrix is held in one array of at most Array.MaxLength bytes");
+        }
+        return GC.AllocateUninitializedArray<byte>((int)bytes, pinned: true);
+    }
+
+    /// <summary>Quantizes a float32 (N, K) matrix (tests, benchmarks). K must be a multiple of the block size.</summary>
+    public static QuantizedMatrix Quantize(DType type, ReadOnlySpan<float> data, int rows, int cols)
+    {
+        var blocks = AllocateBlocks(DTypeInfo.ByteSize(type, (long)rows * cols)
+            ?? throw new ArgumentException($"a ({rows}, {cols}) matrix is not a whole number of {type} blocks", nameof(cols)));
+        BlockQuantizer.FromFloat32(type, data, blocks);
+        return new QuantizedMatrix(type, blocks, rows, cols, copy: false);
+    }
+
+    /// <summary>Activation block size used with <paramref name="type"/>: 32 for Q8_0 / Q4_0, 256 for the K formats.</summary>
+    public static int ActivationBlock(DType type) => type is DType.Q4_K or DType.Q6_K ? 256 : 32;
+
+    public override void ReadRow(int row, Span<float> dst)
+    {
+        CheckReadRow(row, dst);
+        BlockDequantizer.ToFloat32(Type, _blocks.AsSpan(row * RowBytes, RowBytes), dst);
+    }
+
+    /// <summary>All rows dequantized to float32, (N, K).</summary>
+    public float[] Dequantize()
+    {
+        var all = new float[(long)Rows * Cols];
+        BlockDequantizer.ToFloat32(Type, _blocks, all);
+        return all;
+    }
+
+    public override void MatVec(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckMatVec(x, y);
+        MatMul(x, y, 1, QuantDot.Best);
+    }
+
+    public override void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
+        CheckMatMul(x, y, tokens);
+        MatMul(x, y, tokens, QuantDot.Best);
+    }
+
+    /// <summary><see cref="MatMul(ReadOnlySpan{float}, Span{float}, int)"/> with a chosen instruction set (tests, benchmarks).</summary>
+    public void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens, QuantIsa isa)
+    {
+        CheckMatMul(x, y, tokens);
+        if (!QuantDot.IsSupported(isa))
+        {
+            throw new PlatformNotSupportedException($"{isa} is not supported on this CPU / runtime configuration");
+        }
+        if (tokens == 0 || Rows == 0)
+        {
+            return;
+        }
+        var act = t_activations ??= new Q8Activations();
+        if (isa == QuantIsa.Scalar)
+        {
+            act.QuantizeScalar(x, tokens, Cols, ActivationBlock(Type));
+        }
+        else
+        {
+            act.Quantize(x, tokens, Cols, ActivationBlock(Type));
+        }
+        fixed (float* py = y)
+        {
+            var job = new Job(this, act, py, tokens, isa);
+            long work = (long)Rows * Cols * tokens;
+            int threads = Math.Max(1, MaxThreads);
+            int blockRows = work < ParallelThreshold || threads == 1
+                ? Rows
+                : Math.Clamp(Rows / (threads * 4), 4, MaxBlockRows);
+            int items = (Rows + blockRows - 1) / blockRows;
+            if (items == 1)
+            {
+                job.Run(0, Rows);
+                return;
+            }
+            Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads }, i =>
+            {
+                int r0 = i * blockRows;
+                job.Run(r0, Math.Min(Rows, r0 + blockRows));
+            });
+        }
+    }
+
+    /// <summary>One product's arguments, shared by the worker threads (y is pinned by the caller for the whole call).</summary>
+    private sealed class Job(QuantizedMatrix m, Q8Activations act, float* y, int tokens, QuantIsa isa)
+    {
+        /// <summary>y[t, r] for r in [r0, r1) and all tokens.</summary>
+        public void Run(int r0, int r1)
+        {
+            switch (m.Type)
+            {
+                case DType.Q8_0:
+                    Rows<Q8_0Dot>(r0, r1);
+                    break;
+                case DType.Q4_0:
+                    Rows<Q4_0Dot>(r0, r1);
+                    break;
+                case DType.Q4_K:
+                    Rows<Q4KDot>(r0, r1);
+                    break;
+                default:
+                    Rows<Q6KDot>(r0, r1);
+                    break;
+            }
+        }
+
+        /// <summary>Tiles of <see cref="TokenTile"/> tokens sweep rows [r0, r1); inside a tile each row is dotted with every token.</summary>
+        private void Rows<TOp>(int r0, int r1)
+            where TOp : struct, IQuantDotOperator
+        {
+            int n = m.Rows, nb = m.BlocksPerRow;
+            long rowBytes = m.RowBytes;
+            byte* w = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(m._blocks));
+            Span<Q8Row> rows = stackalloc Q8Row[TokenTile];
+            for (int t0 = 0; t0 < tokens; t0 += TokenTile)
+            {
+                int tt = Math.Min(TokenTile, tokens - t0);
+                for (int t = 0; t < tt; t++)
+                {
+                    rows[t] = act.Row(t0 + t);
+                }
+                for (int r = r0; r < r1; r++)
+                {
+                    byte* wr = w + r * rowBytes;
+                    for (int t = 0; t < tt; t++)
+                    {
+                        y[(long)(t0 + t) * n + r] = QuantDot.Dot<TOp>(isa, wr, rows[t], nb);
+                    }
+                }
+            }
+        }
+    }
+}
