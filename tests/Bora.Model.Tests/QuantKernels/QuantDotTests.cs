@@ -9,6 +9,7 @@ namespace Bora.Model.Tests.QuantKernels;
 /// quantizer against its scalar twin. Run with DOTNET_EnableAVX2=0 / DOTNET_EnableHWIntrinsic=0 too
 /// (tests/Bora.Model.Tests/QuantKernels/run-isa-matrix.sh) so the narrower paths are the process's best.
 /// </summary>
+[Trait("Category", "Kernels")]
 public sealed unsafe class QuantDotTests
 {
     /// <summary>

@@ -4,6 +4,7 @@ using Bora.Numerics.Quant;
 namespace Bora.Model.Tests.QuantKernels;
 
 /// <summary><see cref="QuantizedMatrix"/> against <see cref="F32Matrix"/> over its dequantized weights.</summary>
+[Trait("Category", "Kernels")]
 public sealed class QuantizedMatrixTests
 {
     public static TheoryData<DType> Types => [DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K];
