@@ -128,7 +128,7 @@ public sealed class Stories260KTests(ITestOutputHelper output)
     /// HF layout: config.json, model-0000i-of-0000N.safetensors + index (F32, small shards so the model
     /// spans several files), Q/K rows permuted for rotate-half RoPE, tokenizer.model.
     /// </summary>
-    private static void WriteHuggingFaceFolder(string dir)
+    internal static void WriteHuggingFaceFolder(string dir)
     {
         using var gguf = GgufFile.Open(Gguf);
         var config = ModelConfigLoader.FromGguf(gguf.Metadata, Gguf);
