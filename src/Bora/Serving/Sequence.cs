@@ -74,6 +74,9 @@ public sealed class Sequence
     /// <summary>Prompt followed by every generated token.</summary>
     public IReadOnlyList<TokenId> Tokens => _tokens;
 
+    /// <summary>The tokens as a span; valid until the next token is appended (by <see cref="Scheduler.Postprocess"/>).</summary>
+    public ReadOnlySpan<TokenId> TokenSpan => System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_tokens);
+
     /// <summary>Tokens generated so far.</summary>
     public int GeneratedCount => _tokens.Count - PromptLength;
 
