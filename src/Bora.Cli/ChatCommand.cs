@@ -17,7 +17,7 @@ internal static class ChatCommand
         var a = new CliArguments("chat", args, [.. GenerationArgs.ValueOptions, "system"], []);
         var sampling = GenerationArgs.Sampling(a);
         var loaded = ModelLoader.Load(a.Require("model"));
-        var renderer = ChatTemplate.For(loaded);
+        var renderer = loaded.CreateChatRenderer();
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         var messages = new List<ChatMessage>();
         if (a.Get("system") is { } system)
@@ -49,16 +49,5 @@ internal static class ChatCommand
             stdout.WriteLine();
             messages.Add(ChatMessage.Assistant(stream.Text.Trim()));
         }
-    }
-}
-
-/// <summary>Picks the chat format of a loaded model.</summary>
-internal static class ChatTemplate
-{
-    /// <summary>The renderer for the model's tokenizer version (file name, else control tokens in the vocabulary).</summary>
-    public static ChatRenderer For(LoadedModel model)
-    {
-        string? file = model.Source.Layout == CheckpointLayout.Gguf ? null : model.Source.TokenizerPath;
-        return new ChatRenderer(model.Tokenizer, TokenizerVersions.Detect(file, model.Tokenizer));
     }
 }

@@ -17,7 +17,7 @@ internal static class GenerateCommand
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         // --chat: the prompt is one user message in the model's chat format; otherwise raw text after BOS.
         var promptTokens = a.Flag("chat")
-            ? ChatTemplate.For(loaded).Render(new Chat.ChatRequest
+            ? loaded.CreateChatRenderer().Render(new Chat.ChatRequest
             {
                 Messages = a.Get("system") is { } system
                     ? [Chat.ChatMessage.System(system), Chat.ChatMessage.User(prompt)]

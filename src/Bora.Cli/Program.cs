@@ -16,6 +16,8 @@ public static class Program
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
           chat --model PATH [--system TEXT] [generation options]
+          serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N] [--kv-cache-mib N]
+                [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -40,6 +42,7 @@ public static class Program
                 "chat-render" => ChatRenderCommand.Run(rest, stdout),
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
+                "serve" => ServeCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }

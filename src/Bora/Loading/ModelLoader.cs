@@ -16,6 +16,16 @@ public sealed class LoadedModel(ModelSource source, ModelConfig config, Transfor
     public Transformer Model { get; } = model;
 
     public ITokenizer Tokenizer { get; } = tokenizer;
+
+    /// <summary>
+    /// The chat-format version: from the tokenizer file's name (<c>tokenizer.model.v3</c>) when it says,
+    /// else from the control tokens in the vocabulary.
+    /// </summary>
+    public Chat.TokenizerVersion ChatVersion =>
+        Chat.TokenizerVersions.Detect(Source.Layout == CheckpointLayout.Gguf ? null : Source.TokenizerPath, Tokenizer);
+
+    /// <summary>A renderer of chat requests in this model's format.</summary>
+    public Chat.ChatRenderer CreateChatRenderer() => new(Tokenizer, ChatVersion);
 }
 
 /// <summary>Opens a model of any supported layout (see <see cref="ModelSource"/>).</summary>

@@ -33,6 +33,7 @@ public sealed class Transformer : ICausalLM
     private readonly float _scale;
     private readonly Lock _gate = new();
     private Scratch _s = new(0, null!);
+    private float[] _batchLogits = []; // (S, V) logits of the sampling entries of a ForwardBatch
 
     public Transformer(TransformerWeights weights)
     {
@@ -221,6 +222,221 @@ public sealed class Transformer : ICausalLM
         layer.Wo.MatMul(s.Att.AsSpan(0, t * _qDim), s.Out.AsSpan(0, t * _dim), t);
     }
 
+    /// <summary>
+    /// Runs several sequences in one pass: the tokens of all entries are stacked into one (T, D)
+    /// batch, T = sum of the entries' token counts, so every weight matrix is read once per call for
+    /// the whole batch; attention runs per entry against its own cache. Entry i's tokens sit at
+    /// positions cache_i.Length .. cache_i.Length + T_i - 1; afterwards each cache has advanced by
+    /// T_i. Logits of an entry are (V) for its last token, or nothing when its Logits is empty (a
+    /// prefill chunk that samples nothing). Exactly the arithmetic of <see cref="Forward"/> per row,
+    /// so a sequence gets the same logits batched as alone (the kernels are row-independent).
+    /// <para>
+    /// Example: entries A (3 prompt tokens, empty cache) and B (1 token, cache.Length 17) make stacked
+    /// rows 0..2 = A at positions 0..2 and row 3 = B at position 17; row 3's queries attend B's
+    /// cached positions 0..16 (or the window) plus its own key; A's rows attend only A's rows.
+    /// </para>
+    /// The caller bounds T (the scratch buffers grow to it). Entries must use distinct caches.
+    /// </summary>
+    public void ForwardBatch(IReadOnlyList<BatchEntry> batch)
+    {
+        ArgumentNullException.ThrowIfNull(batch);
+        int total = 0, sampling = 0;
+        var seen = new HashSet<IPositionalKvCache>(ReferenceEqualityComparer.Instance);
+        for (int e = 0; e < batch.Count; e++)
+        {
+            var entry = batch[e];
+            var tokens = entry.Tokens.Span;
+            var cache = entry.Cache ?? throw new ArgumentException($"batch entry {e} has no cache", nameof(batch));
+            if (tokens.Length == 0)
+            {
+                throw new ArgumentException($"batch entry {e} has no tokens", nameof(batch));
+            }
+            if (cache.Layers != Config.NLayers || cache.KvDim != _kvDim)
+            {
+                throw new ArgumentException($"batch entry {e}: the cache has {cache.Layers} layers of {cache.KvDim}-wide rows; this model needs {Config.NLayers} of {_kvDim}", nameof(batch));
+            }
+            if (!seen.Add(cache))
+            {
+                throw new ArgumentException($"batch entry {e} shares its cache with an earlier entry", nameof(batch));
+            }
+            if ((long)cache.Length + tokens.Length > cache.MaxLength)
+            {
+                throw new ContextLengthExceededException(
+                    $"batch entry {e}: running {tokens.Length} tokens from position {cache.Length} needs {(long)cache.Length + tokens.Length} positions; the cache holds at most {cache.MaxLength}");
+            }
+            if (entry.Logits.Length != 0 && entry.Logits.Length != _vocab)
+            {
+                throw new ArgumentException($"batch entry {e}: logits has {entry.Logits.Length} values; expected {_vocab} (V) or none", nameof(batch));
+            }
+            for (int i = 0; i < tokens.Length; i++)
+            {
+                if ((uint)tokens[i].Value >= (uint)_vocab)
+                {
+                    throw new ArgumentOutOfRangeException(nameof(batch), tokens[i].Value, $"batch entry {e}: token at index {i} is outside the vocabulary 0 .. {_vocab - 1}");
+                }
+            }
+            total = checked(total + tokens.Length);
+            if (entry.Logits.Length != 0)
+            {
+                sampling++;
+            }
+        }
+        if (total == 0)
+        {
+            return;
+        }
+
+        lock (_gate)
+        {
+            var s = ScratchFor(total);
+            var rowEntry = new int[total];   // (T) entry of each stacked row
+            var rowStart = new int[batch.Count]; // first stacked row of each entry
+            int row = 0;
+            for (int e = 0; e < batch.Count; e++)
+            {
+                var tokens = batch[e].Tokens.Span;
+                int p = batch[e].Cache.Length;
+                rowStart[e] = row;
+                for (int i = 0; i < tokens.Length; i++, row++)
+                {
+                    rowEntry[row] = e;
+                    _w.TokenEmbedding.ReadRow(tokens[i].Value, s.X.AsSpan(row * _dim, _dim));
+                    _rope.Fill(p + i, s.Cos.AsSpan(row * _headDim, _headDim), s.Sin.AsSpan(row * _headDim, _headDim));
+                }
+            }
+            for (int l = 0; l < _w.Layers.Count; l++)
+            {
+                var layer = _w.Layers[l];
+                RmsNormRows(s.X, layer.AttentionNorm, s.Xn, total);
+                BatchAttention(layer, l, batch, rowEntry, rowStart, total, s);
+                AddInPlace(s.X, s.Out, total * _dim);
+                RmsNormRows(s.X, layer.FfnNorm, s.Xn, total);
+                if (layer.Moe is { } moe)
+                {
+                    MixtureOfExperts(moe, total, s);
+                }
+                else
+                {
+                    FeedForward(layer.FeedForward!, s.Xn, s.Out, total, s);
+                }
+                AddInPlace(s.X, s.Out, total * _dim);
+            }
+            for (int e = 0; e < batch.Count; e++)
+            {
+                batch[e].Cache.Advance(batch[e].Tokens.Length);
+            }
+            if (sampling == 0)
+            {
+                return;
+            }
+            // Final norm of each sampling entry's last row, gathered into (S, D); one (S, V) product.
+            int k = 0;
+            for (int e = 0; e < batch.Count; e++)
+            {
+                if (batch[e].Logits.Length != 0)
+                {
+                    int last = rowStart[e] + batch[e].Tokens.Length - 1;
+                    Kernels.RmsNorm(s.X.AsSpan(last * _dim, _dim), _w.FinalNorm, Config.NormEps, s.Xn.AsSpan(k * _dim, _dim));
+                    k++;
+                }
+            }
+            if (_batchLogits.Length < (long)k * _vocab)
+            {
+                _batchLogits = new float[(long)k * _vocab];
+            }
+            _w.Output.MatMul(s.Xn.AsSpan(0, k * _dim), _batchLogits.AsSpan(0, k * _vocab), k);
+            k = 0;
+            for (int e = 0; e < batch.Count; e++)
+            {
+                if (batch[e].Logits.Length != 0)
+                {
+                    _batchLogits.AsSpan(k++ * _vocab, _vocab).CopyTo(batch[e].Logits.Span);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Attention"/> over the stacked rows of several entries: one Wq/Wk/Wv/Wo product for
+    /// all T rows; stacked row r belongs to entry rowEntry[r] at position cache.Length + r - rowStart[entry].
+    /// </summary>
+    private void BatchAttention(LayerWeights layer, int l, IReadOnlyList<BatchEntry> batch, int[] rowEntry, int[] rowStart, int t, Scratch s)
+    {
+        layer.Wq.MatMul(s.Xn.AsSpan(0, t * _dim), s.Q.AsSpan(0, t * _qDim), t);
+        layer.Wk.MatMul(s.Xn.AsSpan(0, t * _dim), s.K.AsSpan(0, t * _kvDim), t);
+        layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
+        ApplyRope(s.Q, _qDim, t, s);
+        ApplyRope(s.K, _kvDim, t, s);
+
+        long maxKeys = 1, work = 0;
+        for (int e = 0; e < batch.Count; e++)
+        {
+            int n = batch[e].Tokens.Length;
+            long keys = Math.Min(_window ?? int.MaxValue, batch[e].Cache.Length + n);
+            maxKeys = Math.Max(maxKeys, keys);
+            work += keys * n * _nHeads * _headDim;
+        }
+        int items = t * _nHeads;
+        if (work < ParallelAttentionThreshold || items == 1)
+        {
+            var scores = s.ScoresFor((int)maxKeys);
+            for (int i = 0; i < items; i++)
+            {
+                AttendStacked(l, batch, rowEntry, rowStart, i / _nHeads, i % _nHeads, s, scores);
+            }
+        }
+        else
+        {
+            Parallel.For(0, items,
+                () => ArrayPool<float>.Shared.Rent((int)maxKeys),
+                (i, _, scores) =>
+                {
+                    AttendStacked(l, batch, rowEntry, rowStart, i / _nHeads, i % _nHeads, s, scores);
+                    return scores;
+                },
+                scores => ArrayPool<float>.Shared.Return(scores));
+        }
+
+        for (int e = 0; e < batch.Count; e++)
+        {
+            var cache = batch[e].Cache;
+            int p = cache.Length, r0 = rowStart[e];
+            for (int i = 0; i < batch[e].Tokens.Length; i++)
+            {
+                int r = (r0 + i) * _kvDim;
+                cache.Write(l, p + i, s.K.AsSpan(r, _kvDim), s.V.AsSpan(r, _kvDim));
+            }
+        }
+        layer.Wo.MatMul(s.Att.AsSpan(0, t * _qDim), s.Out.AsSpan(0, t * _dim), t);
+    }
+
+    /// <summary>As <see cref="AttendOne"/> for stacked row <paramref name="r"/>, query head <paramref name="h"/>.</summary>
+    private void AttendStacked(int l, IReadOnlyList<BatchEntry> batch, int[] rowEntry, int[] rowStart, int r, int h, Scratch s, float[] scoreBuffer)
+    {
+        int e = rowEntry[r], r0 = rowStart[e];
+        var cache = batch[e].Cache;
+        int p = cache.Length;
+        int pos = p + r - r0;
+        int lo = _window is { } w ? Math.Max(0, pos - w + 1) : 0;
+        int n = pos - lo + 1;
+        int kvOffset = h / _group * _headDim;
+        var q = s.Q.AsSpan(r * _qDim + h * _headDim, _headDim);
+        var scores = scoreBuffer.AsSpan(0, n);
+        for (int j = lo; j <= pos; j++)
+        {
+            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim) : s.K.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
+            scores[j - lo] = Kernels.Dot(q, key) * _scale;
+        }
+        Kernels.Softmax(scores);
+        var o = s.Att.AsSpan(r * _qDim + h * _headDim, _headDim);
+        o.Clear();
+        for (int j = lo; j <= pos; j++)
+        {
+            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim) : s.V.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
+            Kernels.Axpy(scores[j - lo], value, o);
+        }
+    }
+
     /// <summary>RoPE on every head of every row of x (T, width), width = heads * Dh.</summary>
     private void ApplyRope(float[] x, int width, int t, Scratch s)
     {
@@ -407,3 +623,31 @@ public sealed class Transformer : ICausalLM
         }
     }
 }
+
+/// <summary>
+/// A per-sequence KV cache addressed by position, as <see cref="Transformer.ForwardBatch"/> reads and
+/// writes it (a paged cache, say). Rows are (Hkv * Dh) = <see cref="KvDim"/> wide and hold keys after RoPE.
+/// </summary>
+public interface IPositionalKvCache : IKvCache
+{
+    /// <summary>L.</summary>
+    int Layers { get; }
+
+    /// <summary>Hkv * Dh.</summary>
+    int KvDim { get; }
+
+    /// <summary>Key row of a held position below <see cref="IKvCache.Length"/>.</summary>
+    ReadOnlySpan<float> KeyRow(int layer, int position);
+
+    /// <summary>Value row of a held position below <see cref="IKvCache.Length"/>.</summary>
+    ReadOnlySpan<float> ValueRow(int layer, int position);
+
+    /// <summary>Stores the rows of a position being run (at or after Length, before the matching <see cref="Advance"/>).</summary>
+    void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value);
+
+    /// <summary>Marks <paramref name="tokens"/> more positions as computed (after every layer wrote them).</summary>
+    void Advance(int tokens);
+}
+
+/// <summary>One sequence of a <see cref="Transformer.ForwardBatch"/>: its tokens, its cache, and (V) logits of its last token or empty for none.</summary>
+public readonly record struct BatchEntry(ReadOnlyMemory<TokenId> Tokens, IPositionalKvCache Cache, Memory<float> Logits);

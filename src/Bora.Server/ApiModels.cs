@@ -1,0 +1,123 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Bora.Server;
+
+// Wire types of the OpenAI-compatible API. Requests keep polymorphic fields (prompt, stop) as
+// JsonElement and are validated by RequestValidation; unknown fields are ignored, as OpenAI does.
+
+public sealed class CompletionRequest
+{
+    [JsonPropertyName("model")] public string? Model { get; set; }
+    [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
+    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
+    [JsonPropertyName("temperature")] public double? Temperature { get; set; }
+    [JsonPropertyName("top_p")] public double? TopP { get; set; }
+    [JsonPropertyName("seed")] public long? Seed { get; set; }
+    [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
+    [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
+    [JsonPropertyName("stream")] public bool? Stream { get; set; }
+    [JsonPropertyName("n")] public int? N { get; set; }
+}
+
+public sealed class ChatMessage
+{
+    [JsonPropertyName("role")] public string? Role { get; set; }
+    [JsonPropertyName("content")] public JsonElement Content { get; set; }
+}
+
+public sealed class ChatCompletionRequest
+{
+    [JsonPropertyName("model")] public string? Model { get; set; }
+    [JsonPropertyName("messages")] public List<ChatMessage>? Messages { get; set; }
+    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
+    [JsonPropertyName("max_completion_tokens")] public int? MaxCompletionTokens { get; set; }
+    [JsonPropertyName("temperature")] public double? Temperature { get; set; }
+    [JsonPropertyName("top_p")] public double? TopP { get; set; }
+    [JsonPropertyName("seed")] public long? Seed { get; set; }
+    [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
+    [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
+    [JsonPropertyName("stream")] public bool? Stream { get; set; }
+    [JsonPropertyName("n")] public int? N { get; set; }
+}
+
+public sealed record Usage(
+    [property: JsonPropertyName("prompt_tokens")] int PromptTokens,
+    [property: JsonPropertyName("completion_tokens")] int CompletionTokens,
+    [property: JsonPropertyName("total_tokens")] int TotalTokens);
+
+public sealed record CompletionChoice(
+    [property: JsonPropertyName("index")] int Index,
+    [property: JsonPropertyName("text")] string Text,
+    [property: JsonPropertyName("logprobs")] object? Logprobs,
+    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+
+public sealed record CompletionResponse(
+    [property: JsonPropertyName("id")] string Id,
+    [property: JsonPropertyName("object")] string Object,
+    [property: JsonPropertyName("created")] long Created,
+    [property: JsonPropertyName("model")] string Model,
+    [property: JsonPropertyName("choices")] IReadOnlyList<CompletionChoice> Choices,
+    [property: JsonPropertyName("usage")] Usage? Usage);
+
+public sealed record ChatMessageOut(
+    [property: JsonPropertyName("role")] string? Role,
+    [property: JsonPropertyName("content")] string? Content);
+
+public sealed record ChatChoice(
+    [property: JsonPropertyName("index")] int Index,
+    [property: JsonPropertyName("message")] ChatMessageOut Message,
+    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+
+public sealed record ChatResponse(
+    [property: JsonPropertyName("id")] string Id,
+    [property: JsonPropertyName("object")] string Object,
+    [property: JsonPropertyName("created")] long Created,
+    [property: JsonPropertyName("model")] string Model,
+    [property: JsonPropertyName("choices")] IReadOnlyList<ChatChoice> Choices,
+    [property: JsonPropertyName("usage")] Usage Usage);
+
+public sealed record ChatChunkChoice(
+    [property: JsonPropertyName("index")] int Index,
+    [property: JsonPropertyName("delta")] ChatMessageOut Delta,
+    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+
+public sealed record ChatChunk(
+    [property: JsonPropertyName("id")] string Id,
+    [property: JsonPropertyName("object")] string Object,
+    [property: JsonPropertyName("created")] long Created,
+    [property: JsonPropertyName("model")] string Model,
+    [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
+    [property: JsonPropertyName("usage")] Usage? Usage);
+
+public sealed record ModelCard(
+    [property: JsonPropertyName("id")] string Id,
+    [property: JsonPropertyName("object")] string Object,
+    [property: JsonPropertyName("created")] long Created,
+    [property: JsonPropertyName("owned_by")] string OwnedBy,
+    [property: JsonPropertyName("max_context_length")] int MaxContextLength);
+
+public sealed record ModelList(
+    [property: JsonPropertyName("object")] string Object,
+    [property: JsonPropertyName("data")] IReadOnlyList<ModelCard> Data);
+
+public sealed record ErrorBody(
+    [property: JsonPropertyName("message")] string Message,
+    [property: JsonPropertyName("type")] string Type,
+    [property: JsonPropertyName("param")] string? Param,
+    [property: JsonPropertyName("code")] string? Code);
+
+public sealed record ErrorResponse([property: JsonPropertyName("error")] ErrorBody Error);
+
+public sealed record HealthResponse([property: JsonPropertyName("status")] string Status);
+
+[JsonSourceGenerationOptions(DefaultIgnoreCondition = JsonIgnoreCondition.Never, UnmappedMemberHandling = JsonUnmappedMemberHandling.Skip)]
+[JsonSerializable(typeof(CompletionRequest))]
+[JsonSerializable(typeof(ChatCompletionRequest))]
+[JsonSerializable(typeof(CompletionResponse))]
+[JsonSerializable(typeof(ChatResponse))]
+[JsonSerializable(typeof(ChatChunk))]
+[JsonSerializable(typeof(ModelList))]
+[JsonSerializable(typeof(ErrorResponse))]
+[JsonSerializable(typeof(HealthResponse))]
+public sealed partial class ApiJsonContext : JsonSerializerContext;

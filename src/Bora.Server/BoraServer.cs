@@ -1,0 +1,474 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Bora.Generation;
+using Bora.Loading;
+using Bora.Serving;
+using Bora.Tokenizers;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Bora.Server;
+
+/// <summary>An error answered in OpenAI's shape with an HTTP status.</summary>
+public sealed class ApiException(int status, string type, string message, string? param = null, string? code = null) : Exception(message)
+{
+    public int Status { get; } = status;
+
+    public string Type { get; } = type;
+
+    public string? Param { get; } = param;
+
+    public string? Code { get; } = code;
+
+    public static ApiException BadRequest(string message, string? param = null, string? code = null) => new(400, "invalid_request_error", message, param, code);
+}
+
+/// <summary>
+/// <c>bora serve</c>: an OpenAI-compatible HTTP API (ASP.NET Core minimal APIs on Kestrel) over an
+/// <see cref="InferenceEngine"/>. The model loads in the background: /health answers 503 until it is
+/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health.
+/// </summary>
+public sealed class BoraServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ServerOptions _options;
+    private readonly TextWriter _log;
+    private readonly byte[]? _keyHash;
+    private readonly IChatPromptRenderer _renderer;
+    private readonly Lock _logGate = new();
+    private volatile InferenceEngine? _engine;
+    private volatile string? _loadError;
+    private string _modelId = "bora";
+    private long _requestIds;
+
+    private BoraServer(WebApplication app, ServerOptions options, TextWriter log, IChatPromptRenderer renderer)
+    {
+        _app = app;
+        _options = options;
+        _log = log;
+        _renderer = renderer;
+        _keyHash = string.IsNullOrEmpty(options.ApiKey) ? null : SHA256.HashData(Encoding.UTF8.GetBytes(options.ApiKey));
+    }
+
+    /// <summary>http://host:port/ actually bound.</summary>
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>Completes when the model is loaded and the engine runs (faults when loading failed).</summary>
+    public Task Ready { get; private set; } = Task.CompletedTask;
+
+    /// <summary>The engine once loaded.</summary>
+    public InferenceEngine? Engine => _engine;
+
+    /// <summary>
+    /// Starts listening at once and loads the model with <paramref name="load"/> on a background thread.
+    /// </summary>
+    /// <param name="options">Address, key, limits.</param>
+    /// <param name="load">Loads the model (e.g. <c>() =&gt; ModelLoader.Load(path)</c>).</param>
+    /// <param name="log">Receives one line per request, and load messages.</param>
+    /// <param name="renderer">Chat template; null = <see cref="MistralChatRenderer"/> (the version read from the vocabulary).</param>
+    public static async Task<BoraServer> StartAsync(ServerOptions options, Func<LoadedModel> load, TextWriter log, IChatPromptRenderer? renderer = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(load);
+        ArgumentNullException.ThrowIfNull(log);
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Limits.MaxRequestBodySize = options.MaxBodyBytes;
+            k.AddServerHeader = false;
+            if (options.Host == "localhost")
+            {
+                k.ListenLocalhost(options.Port);
+            }
+            else if (IPAddress.TryParse(options.Host, out var ip))
+            {
+                k.Listen(ip, options.Port);
+            }
+            else
+            {
+                throw new ArgumentException($"--host '{options.Host}' is not an IP address or 'localhost'");
+            }
+        });
+        var app = builder.Build();
+        var server = new BoraServer(app, options, log, renderer ?? new MistralChatRenderer());
+        server.Map(app);
+        await app.StartAsync().ConfigureAwait(false);
+        var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+        server.BaseAddress = new Uri(address.Replace("[::]", "127.0.0.1", StringComparison.Ordinal).TrimEnd('/') + "/");
+        server.Ready = Task.Run(() =>
+        {
+            try
+            {
+                var loaded = load();
+                server._modelId = options.ModelId ?? Path.GetFileNameWithoutExtension(loaded.Source.Path.TrimEnd('/', '\\'));
+                server._engine = new InferenceEngine(loaded.Model, loaded.Tokenizer, options.Engine);
+                server.Log($"model {server._modelId} ready: context {server._engine.ContextLength}, KV pool {server._engine.KvPool.Blocks} blocks of {server._engine.KvPool.BlockSize}");
+            }
+            catch (Exception e)
+            {
+                server._loadError = e.Message;
+                server.Log($"model failed to load: {e.Message}");
+                throw;
+            }
+        });
+        return server;
+    }
+
+    /// <summary>Completes when the host stops.</summary>
+    public Task WaitForShutdownAsync(CancellationToken cancellationToken = default) => _app.WaitForShutdownAsync(cancellationToken);
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+            await _app.StopAsync(stop.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            await _app.DisposeAsync().ConfigureAwait(false);
+            try
+            {
+                await Ready.ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                // reported by /health and the log already
+            }
+            _engine?.Dispose();
+        }
+    }
+
+    private void Log(string line)
+    {
+        lock (_logGate)
+        {
+            _log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-ddTHH:mm:ss.fffZ} {line}"));
+            _log.Flush();
+        }
+    }
+
+    private void Map(WebApplication app)
+    {
+        app.Use(async (ctx, next) =>
+        {
+            var clock = Stopwatch.StartNew();
+            try
+            {
+                if (ctx.Request.Path != "/health")
+                {
+                    Authorize(ctx);
+                }
+                await next(ctx).ConfigureAwait(false);
+                if (ctx.Response.StatusCode == 404 && !ctx.Response.HasStarted)
+                {
+                    throw new ApiException(404, "invalid_request_error", $"no route {ctx.Request.Method} {ctx.Request.Path}", code: "not_found");
+                }
+            }
+            catch (ApiException e)
+            {
+                await WriteError(ctx, e).ConfigureAwait(false);
+            }
+            catch (BadHttpRequestException e)
+            {
+                await WriteError(ctx, new ApiException(e.StatusCode, "invalid_request_error",
+                    e.StatusCode == 413 ? $"request body larger than {_options.MaxBodyBytes} bytes" : e.Message,
+                    code: e.StatusCode == 413 ? "request_too_large" : null)).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (ctx.RequestAborted.IsCancellationRequested)
+            {
+                // client went away
+            }
+            catch (Exception e) when (e is not OutOfMemoryException)
+            {
+                Log($"error {ctx.Request.Method} {ctx.Request.Path}: {e}");
+                await WriteError(ctx, new ApiException(500, "server_error", "internal server error")).ConfigureAwait(false);
+            }
+            Log(string.Create(CultureInfo.InvariantCulture,
+                $"{ctx.Connection.RemoteIpAddress} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F0}ms"));
+        });
+
+        app.MapGet("/health", async ctx =>
+        {
+            int status = _engine is not null ? 200 : 503;
+            string text = _engine is not null ? "ok" : _loadError is null ? "loading" : "failed: " + _loadError;
+            await WriteJson(ctx, status, new HealthResponse(text), ApiJsonContext.Default.HealthResponse).ConfigureAwait(false);
+        });
+        app.MapGet("/v1/models", async ctx =>
+        {
+            var engine = RequireEngine();
+            var card = new ModelCard(_modelId, "model", StartTime, "bora", engine.ContextLength);
+            await WriteJson(ctx, 200, new ModelList("list", [card]), ApiJsonContext.Default.ModelList).ConfigureAwait(false);
+        });
+        app.MapPost("/v1/completions", Completions);
+        app.MapPost("/v1/chat/completions", ChatCompletions);
+    }
+
+    private static readonly long StartTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    private void Authorize(HttpContext ctx)
+    {
+        if (_keyHash is null)
+        {
+            return;
+        }
+        string header = ctx.Request.Headers.Authorization.ToString();
+        const string Bearer = "Bearer ";
+        string given = header.StartsWith(Bearer, StringComparison.OrdinalIgnoreCase) ? header[Bearer.Length..].Trim() : "";
+        // Hash first so the comparison takes the same time whatever the lengths.
+        var hash = SHA256.HashData(Encoding.UTF8.GetBytes(given));
+        if (given.Length == 0 || !CryptographicOperations.FixedTimeEquals(hash, _keyHash))
+        {
+            throw new ApiException(401, "invalid_request_error",
+                given.Length == 0 ? "missing API key: send 'Authorization: Bearer KEY'" : "incorrect API key", code: "invalid_api_key");
+        }
+    }
+
+    private InferenceEngine RequireEngine() => _engine ?? throw new ApiException(503, "server_error",
+        _loadError is null ? "the model is still loading; retry shortly" : "the model failed to load: " + _loadError, code: "model_not_ready");
+
+    private async Task Completions(HttpContext ctx)
+    {
+        var engine = RequireEngine();
+        var req = await ReadBody(ctx, ApiJsonContext.Default.CompletionRequest).ConfigureAwait(false);
+        CheckModel(req.Model);
+        CheckN(req.N);
+        string prompt = RequestValidation.PromptText(req.Prompt);
+        var tokens = engine.Tokenizer.Encode(prompt, addBos: true);
+        var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16);
+        string id = "cmpl-" + NextId();
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        await Run(ctx, engine, tokens, sampling, req.Stream == true,
+            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
+                new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
+                ApiJsonContext.Default.CompletionResponse),
+            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
+                new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
+                ApiJsonContext.Default.CompletionResponse),
+            first: null).ConfigureAwait(false);
+    }
+
+    private async Task ChatCompletions(HttpContext ctx)
+    {
+        var engine = RequireEngine();
+        var req = await ReadBody(ctx, ApiJsonContext.Default.ChatCompletionRequest).ConfigureAwait(false);
+        CheckModel(req.Model);
+        CheckN(req.N);
+        var turns = RequestValidation.Turns(req.Messages);
+        TokenId[] tokens;
+        try
+        {
+            tokens = _renderer.Render(turns, engine.Tokenizer);
+        }
+        catch (ArgumentException e)
+        {
+            throw ApiException.BadRequest(e.Message, "messages");
+        }
+        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens);
+        string id = "chatcmpl-" + NextId();
+        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+        byte[] Chunk(ChatMessageOut delta, string? finish, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(
+            new ChatChunk(id, "chat.completion.chunk", created, _modelId, [new ChatChunkChoice(0, delta, finish)], usage), ApiJsonContext.Default.ChatChunk);
+        await Run(ctx, engine, tokens, sampling, req.Stream == true,
+            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
+                new ChatResponse(id, "chat.completion", created, _modelId, [new ChatChoice(0, new ChatMessageOut("assistant", text), finish)], usage!),
+                ApiJsonContext.Default.ChatResponse),
+            (text, finish, usage) => Chunk(new ChatMessageOut(null, finish is null ? text : text.Length > 0 ? text : null), finish, usage),
+            first: Chunk(new ChatMessageOut("assistant", ""), null, null)).ConfigureAwait(false);
+    }
+
+    private string NextId() => string.Create(CultureInfo.InvariantCulture, $"{StartTime:x}{Interlocked.Increment(ref _requestIds):x}");
+
+    private void CheckModel(string? model)
+    {
+        if (!string.IsNullOrEmpty(model) && model != _modelId)
+        {
+            throw new ApiException(404, "invalid_request_error", $"the model '{model}' does not exist; this server serves '{_modelId}'", "model", "model_not_found");
+        }
+    }
+
+    private static void CheckN(int? n)
+    {
+        if (n is { } v && v != 1)
+        {
+            throw ApiException.BadRequest($"n is {v}; only n = 1 is supported", "n");
+        }
+    }
+
+    private SamplingOptions Sampling(InferenceEngine engine, int promptTokens, int? maxTokens, double? temperature, double? topP, long? seed, JsonElement stop, int defaultMax)
+    {
+        if (maxTokens is { } m && (m < 1 || m > _options.MaxTokensLimit))
+        {
+            throw ApiException.BadRequest($"max_tokens is {m}; expected an integer in [1, {_options.MaxTokensLimit}]", "max_tokens");
+        }
+        if (temperature is { } t && !(t >= 0 && t <= 2))
+        {
+            throw ApiException.BadRequest($"temperature is {t.ToString(CultureInfo.InvariantCulture)}; expected a number in [0, 2]", "temperature");
+        }
+        if (topP is { } p && !(p > 0 && p <= 1))
+        {
+            throw ApiException.BadRequest($"top_p is {p.ToString(CultureInfo.InvariantCulture)}; expected a number in (0, 1]", "top_p");
+        }
+        var stops = RequestValidation.StopStrings(stop, _options.MaxStopStrings, _options.MaxStopLength);
+        int left = engine.ContextLength - promptTokens;
+        if (left < 1 || (maxTokens is { } mt && mt > left))
+        {
+            throw ApiException.BadRequest(
+                $"this model's maximum context length is {engine.ContextLength} tokens; the prompt has {promptTokens} and max_tokens asks for {maxTokens ?? 1} more",
+                maxTokens is null ? "messages" : "max_tokens", "context_length_exceeded");
+        }
+        return new SamplingOptions
+        {
+            Temperature = (float)(temperature ?? 1.0),
+            TopP = (float)(topP ?? 1.0),
+            TopK = 0,
+            MinP = 0,
+            Seed = seed is { } s ? unchecked((ulong)s) : null,
+            MaxTokens = maxTokens ?? Math.Min(defaultMax, left),
+            StopStrings = stops,
+        };
+    }
+
+    private async Task<T> ReadBody<T>(HttpContext ctx, JsonTypeInfo<T> type) where T : class
+    {
+        if (ctx.Request.ContentLength is { } len && len > _options.MaxBodyBytes)
+        {
+            throw new ApiException(413, "invalid_request_error", $"request body of {len} bytes is larger than {_options.MaxBodyBytes}", code: "request_too_large");
+        }
+        try
+        {
+            return await JsonSerializer.DeserializeAsync(ctx.Request.Body, type, ctx.RequestAborted).ConfigureAwait(false)
+                ?? throw ApiException.BadRequest("the request body is JSON null; expected an object");
+        }
+        catch (JsonException e)
+        {
+            throw ApiException.BadRequest($"invalid JSON body: {e.Message}", e.Path?.TrimStart('$', '.'));
+        }
+    }
+
+    /// <summary>Submits, then answers one JSON body or an SSE stream of chunks ending with a finish chunk carrying usage, then [DONE].</summary>
+    private async Task Run(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, SamplingOptions sampling, bool stream,
+        Func<string, string?, Usage?, byte[]> whole, Func<string, string?, Usage?, byte[]> chunk, byte[]? first)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
+        timeout.CancelAfter(_options.RequestTimeout);
+        GenerationHandle handle;
+        try
+        {
+            handle = engine.Submit(prompt, sampling, timeout.Token);
+        }
+        catch (ArgumentException e)
+        {
+            throw ApiException.BadRequest(e.Message);
+        }
+        try
+        {
+            await handle.Admitted.ConfigureAwait(false);
+        }
+        catch (EngineRefusedException e)
+        {
+            throw e.Reason switch
+            {
+                RefusalReason.ContextLength or RefusalReason.KvCache => ApiException.BadRequest(e.Message, "max_tokens", "context_length_exceeded"),
+                RefusalReason.QueueFull => new ApiException(429, "rate_limit_error", e.Message, code: "queue_full"),
+                _ => new ApiException(503, "server_error", e.Message, code: "unavailable"),
+            };
+        }
+        catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
+        {
+            throw new ApiException(408, "timeout_error", "the request timed out in the queue", code: "timeout");
+        }
+
+        if (!stream)
+        {
+            var text = new StringBuilder();
+            try
+            {
+                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                {
+                    text.Append(d.Text);
+                }
+                var summary = await handle.Completion.ConfigureAwait(false);
+                var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
+                ctx.Response.StatusCode = 200;
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.Body.WriteAsync(whole(text.ToString(), Finish(summary.FinishReason), usage), ctx.RequestAborted).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
+            {
+                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
+            }
+            return;
+        }
+
+        ctx.Response.StatusCode = 200;
+        ctx.Response.ContentType = "text/event-stream";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        var body = ctx.Response.Body;
+        var ct = ctx.RequestAborted;
+        try
+        {
+            if (first is not null)
+            {
+                await Event(body, first, ct).ConfigureAwait(false);
+            }
+            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                if (d.Text.Length > 0)
+                {
+                    await Event(body, chunk(d.Text, null, null), ct).ConfigureAwait(false);
+                }
+            }
+            var summary = await handle.Completion.ConfigureAwait(false);
+            var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
+            await Event(body, chunk("", Finish(summary.FinishReason), usage), ct).ConfigureAwait(false);
+            await body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
+            await body.FlushAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            // timed out mid-stream: end the stream with an error event
+            var err = JsonSerializer.SerializeToUtf8Bytes(new ErrorResponse(new ErrorBody($"the request ran longer than {_options.RequestTimeout}", "timeout_error", null, "timeout")), ApiJsonContext.Default.ErrorResponse);
+            await Event(body, err, CancellationToken.None).ConfigureAwait(false);
+        }
+    }
+
+    private static async Task Event(Stream body, byte[] json, CancellationToken ct)
+    {
+        await body.WriteAsync("data: "u8.ToArray(), ct).ConfigureAwait(false);
+        await body.WriteAsync(json, ct).ConfigureAwait(false);
+        await body.WriteAsync("\n\n"u8.ToArray(), ct).ConfigureAwait(false);
+        await body.FlushAsync(ct).ConfigureAwait(false);
+    }
+
+    private static string Finish(FinishReason reason) => reason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
+
+    private static async Task WriteError(HttpContext ctx, ApiException e)
+    {
+        if (ctx.Response.HasStarted)
+        {
+            return;
+        }
+        var body = new ErrorResponse(new ErrorBody(e.Message, e.Type, e.Param, e.Code));
+        await WriteJson(ctx, e.Status, body, ApiJsonContext.Default.ErrorResponse).ConfigureAwait(false);
+    }
+
+    private static async Task WriteJson<T>(HttpContext ctx, int status, T value, JsonTypeInfo<T> type)
+    {
+        ctx.Response.StatusCode = status;
+        ctx.Response.ContentType = "application/json";
+        await JsonSerializer.SerializeAsync(ctx.Response.Body, value, type, ctx.RequestAborted).ConfigureAwait(false);
+    }
+}

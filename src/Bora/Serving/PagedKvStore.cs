@@ -1,0 +1,144 @@
+using Bora.Model;
+
+namespace Bora.Serving;
+
+/// <summary>
+/// The tensor data of a paged KV cache: for every layer, N blocks of B positions of (Hkv * Dh) keys
+/// and as many values. Block b, offset o holds a row at [(b * B + o) * KvDim, +KvDim) of the layer's
+/// arrays. Which block holds which positions of which sequence is the business of
+/// <see cref="KvBlockPool"/> / <see cref="KvBlockManager"/>; a <see cref="PagedKvCache"/> is one
+/// sequence's view. Letters: L = layers, N = blocks, B = block size.
+/// </summary>
+public sealed class PagedKvStore
+{
+    private readonly float[][] _keys;   // L x (N * B, KvDim)
+    private readonly float[][] _values; // L x (N * B, KvDim)
+
+    public PagedKvStore(int layers, int kvDim, int blockCount, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvDim);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockCount);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
+        long perLayer = (long)blockCount * blockSize * kvDim;
+        if (perLayer > Array.MaxLength)
+        {
+            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount,
+                $"{blockCount} blocks of {blockSize} positions x {kvDim} values exceed the largest array ({Array.MaxLength} values) per layer; use a smaller cache");
+        }
+        Layers = layers;
+        KvDim = kvDim;
+        BlockCount = blockCount;
+        BlockSize = blockSize;
+        _keys = new float[layers][];
+        _values = new float[layers][];
+        for (int l = 0; l < layers; l++)
+        {
+            _keys[l] = new float[perLayer];
+            _values[l] = new float[perLayer];
+        }
+    }
+
+    public int Layers { get; }
+
+    public int KvDim { get; }
+
+    public int BlockCount { get; }
+
+    public int BlockSize { get; }
+
+    /// <summary>Bytes of one block over all layers: 2 (keys, values) * L * B * KvDim * 4.</summary>
+    public static long BytesPerBlock(int layers, int kvDim, int blockSize) => 2L * layers * blockSize * kvDim * sizeof(float);
+
+    /// <summary>Blocks that fit in <paramref name="mib"/> MiB (at least 1).</summary>
+    public static int BlocksForMiB(long mib, int layers, int kvDim, int blockSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(mib);
+        long blocks = mib * 1024 * 1024 / BytesPerBlock(layers, kvDim, blockSize);
+        return (int)Math.Clamp(blocks, 1, int.MaxValue / Math.Max(1, blockSize));
+    }
+
+    internal Span<float> Key(int layer, int block, int offset) => _keys[layer].AsSpan((block * BlockSize + offset) * KvDim, KvDim);
+
+    internal Span<float> Value(int layer, int block, int offset) => _values[layer].AsSpan((block * BlockSize + offset) * KvDim, KvDim);
+}
+
+/// <summary>
+/// One sequence's view of a <see cref="PagedKvStore"/>: position p lives in block table[p / B] at
+/// offset p mod B. Example, B = 16, table [7, 2, -1 …]: position 20 is row 4 of block 2.
+/// The table is the scheduler's (<see cref="Sequence.BlockTable"/>), read live; the view only adds
+/// <see cref="Length"/>, so it is cheap to make one per step.
+/// </summary>
+public sealed class PagedKvCache : IPositionalKvCache
+{
+    private readonly PagedKvStore _store;
+    private readonly IReadOnlyList<int> _table;
+
+    /// <param name="store">The shared data.</param>
+    /// <param name="blockTable">Block of each run of B positions; -1 where released.</param>
+    /// <param name="length">Positions already computed.</param>
+    /// <param name="maxLength">Most positions (the context length).</param>
+    public PagedKvCache(PagedKvStore store, IReadOnlyList<int> blockTable, int length, int maxLength)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(blockTable);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, length);
+        _store = store;
+        _table = blockTable;
+        Length = length;
+        MaxLength = maxLength;
+    }
+
+    public int Length { get; private set; }
+
+    public int MaxLength { get; }
+
+    public int Layers => _store.Layers;
+
+    public int KvDim => _store.KvDim;
+
+    /// <summary>Forgets the computed positions (the blocks stay with their owner).</summary>
+    public void Clear() => Length = 0;
+
+    public ReadOnlySpan<float> KeyRow(int layer, int position)
+    {
+        int b = BlockOf(position, write: false);
+        return _store.Key(layer, b, position % _store.BlockSize);
+    }
+
+    public ReadOnlySpan<float> ValueRow(int layer, int position)
+    {
+        int b = BlockOf(position, write: false);
+        return _store.Value(layer, b, position % _store.BlockSize);
+    }
+
+    public void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
+    {
+        int b = BlockOf(position, write: true);
+        key.CopyTo(_store.Key(layer, b, position % _store.BlockSize));
+        value.CopyTo(_store.Value(layer, b, position % _store.BlockSize));
+    }
+
+    public void Advance(int tokens)
+    {
+        if (tokens < 0 || (long)Length + tokens > MaxLength)
+        {
+            throw new InvalidOperationException($"cannot advance the cache by {tokens} from {Length}; it holds at most {MaxLength} positions");
+        }
+        Length += tokens;
+    }
+
+    private int BlockOf(int position, bool write)
+    {
+        bool ok = write ? position >= Length && position < MaxLength : position >= 0 && position < Length;
+        int i = position / _store.BlockSize;
+        if (!ok || i >= _table.Count || _table[i] < 0)
+        {
+            throw new InvalidOperationException(write
+                ? $"cache write at position {position}: expected {Length} .. {MaxLength - 1} with a block allocated ({_table.Count} blocks)"
+                : $"position {position} is not held by the paged cache (length {Length}, {_table.Count} blocks, entry {(i < _table.Count ? _table[i] : -1)})");
+        }
+        return _table[i];
+    }
+}
