@@ -5,7 +5,7 @@ namespace Bora.Cli;
 /// <summary>The <c>bora</c> command: dispatches to one command class per verb.</summary>
 public static class Program
 {
-    private const string Usage = """
+    private static readonly string Usage = $"""
         bora — Mistral-family language models on your own machine
 
         Commands:
@@ -14,6 +14,7 @@ public static class Program
           tokenize --model PATH --text TEXT [--no-bos] [--json]
           inspect PATH [--json]
           chat --model PATH [generation options]
+          {TrainCommand.Usage}
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -37,6 +38,7 @@ public static class Program
                 "tokenize" => TokenizeCommand.Run(rest, stdout),
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
+                "train" => TrainCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }
