@@ -15,6 +15,7 @@ public static class Program
           inspect PATH [--json]
           chat --model PATH [generation options]
           {TrainCommand.Usage}
+          {TokenizerCommand.Usage}
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -39,6 +40,7 @@ public static class Program
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
                 "train" => TrainCommand.Run(rest, stdout, stderr),
+                "tokenizer" => TokenizerCommand.Run(rest, stdout),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }

@@ -1,5 +1,6 @@
 namespace Bora.Training.Tests;
 
+[Trait("Category", "Kernels")]
 public class GemmTests
 {
     /// <summary>Float32 sums of up to ~70 products of values in ±1 against a double reference: a few ulps of the sum.</summary>
