@@ -5,7 +5,7 @@ namespace Bora.Cli;
 /// <summary>The <c>bora</c> command: dispatches to one command class per verb.</summary>
 public static class Program
 {
-    private const string Usage = """
+    private static readonly string Usage = $"""
         bora — Mistral-family language models on your own machine
 
         Commands:
@@ -18,6 +18,8 @@ public static class Program
           chat --model PATH [--system TEXT] [generation options]
           serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N] [--kv-cache-mib N]
                 [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
+          {TrainCommand.Usage}
+          {TokenizerCommand.Usage}
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -43,6 +45,8 @@ public static class Program
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
+                "train" => TrainCommand.Run(rest, stdout, stderr),
+                "tokenizer" => TokenizerCommand.Run(rest, stdout),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }
