@@ -10,32 +10,16 @@ namespace Bora.Model;
 /// </summary>
 public abstract class KvCache : IKvCache
 {
-    private readonly float[][] _keys;   // L x (S, Hkv * Dh)
-    private readonly float[][] _values; // L x (S, Hkv * Dh)
+    private readonly KvRows _rows; // L x (S, Hkv * Dh) keys and values
 
     protected KvCache(int layers, int kvDim, int capacity, int maxLength)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvDim);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(capacity);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        long perLayer = (long)capacity * kvDim;
-        if (perLayer > Array.MaxLength)
-        {
-            throw new ArgumentOutOfRangeException(nameof(capacity), capacity,
-                $"a cache of {capacity} positions x {kvDim} values per layer exceeds the largest array ({Array.MaxLength} values); use a shorter context");
-        }
+        _rows = new KvRows(layers, capacity, kvDim, $"a KV cache of {capacity} positions");
         Layers = layers;
         KvDim = kvDim;
         Capacity = capacity;
         MaxLength = maxLength;
-        _keys = new float[layers][];
-        _values = new float[layers][];
-        for (int l = 0; l < layers; l++)
-        {
-            _keys[l] = new float[perLayer];
-            _values[l] = new float[perLayer];
-        }
     }
 
     /// <summary>L.</summary>
@@ -63,10 +47,10 @@ public abstract class KvCache : IKvCache
     public void Clear() => Length = 0;
 
     /// <summary>Key row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
-    public ReadOnlySpan<float> KeyRow(int layer, int position) => _keys[layer].AsSpan(RowStart(position), KvDim);
+    public ReadOnlySpan<float> KeyRow(int layer, int position) => _rows.Key(layer, Slot(position));
 
     /// <summary>Value row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
-    public ReadOnlySpan<float> ValueRow(int layer, int position) => _values[layer].AsSpan(RowStart(position), KvDim);
+    public ReadOnlySpan<float> ValueRow(int layer, int position) => _rows.Value(layer, Slot(position));
 
     /// <summary>
     /// Writes the key and value rows of <paramref name="position"/> (Length &lt;= position &lt; Length + pending)
@@ -78,9 +62,9 @@ public abstract class KvCache : IKvCache
         {
             throw new InvalidOperationException($"cache write at position {position}; expected {Length} .. {MaxLength - 1}");
         }
-        int start = SlotOf(position) * KvDim;
-        key.CopyTo(_keys[layer].AsSpan(start, KvDim));
-        value.CopyTo(_values[layer].AsSpan(start, KvDim));
+        int slot = SlotOf(position);
+        key.CopyTo(_rows.Key(layer, slot));
+        value.CopyTo(_rows.Value(layer, slot));
     }
 
     /// <summary>Marks <paramref name="tokens"/> more positions as processed (after every layer wrote them).</summary>
@@ -93,13 +77,14 @@ public abstract class KvCache : IKvCache
         Length += tokens;
     }
 
-    private int RowStart(int position)
+    /// <summary>The slot of a held position; throws for one evicted or not yet written.</summary>
+    private int Slot(int position)
     {
         if (position < OldestPosition || position >= Length)
         {
             throw new InvalidOperationException($"position {position} is not held by the cache (it holds {OldestPosition} .. {Length - 1})");
         }
-        return SlotOf(position) * KvDim;
+        return SlotOf(position);
     }
 }
 

@@ -11,32 +11,17 @@ namespace Bora.Serving;
 /// </summary>
 public sealed class PagedKvStore
 {
-    private readonly float[][] _keys;   // L x (N * B, KvDim)
-    private readonly float[][] _values; // L x (N * B, KvDim)
+    private readonly KvRows _rows; // L x (N * B, KvDim) keys and values; block b, offset o is row b * B + o
 
     public PagedKvStore(int layers, int kvDim, int blockCount, int blockSize)
     {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvDim);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockCount);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
-        long perLayer = (long)blockCount * blockSize * kvDim;
-        if (perLayer > Array.MaxLength)
-        {
-            throw new ArgumentOutOfRangeException(nameof(blockCount), blockCount,
-                $"{blockCount} blocks of {blockSize} positions x {kvDim} values exceed the largest array ({Array.MaxLength} values) per layer; use a smaller cache");
-        }
+        _rows = new KvRows(layers, (long)blockCount * blockSize, kvDim, $"a paged KV store of {blockCount} blocks of {blockSize} positions");
         Layers = layers;
         KvDim = kvDim;
         BlockCount = blockCount;
         BlockSize = blockSize;
-        _keys = new float[layers][];
-        _values = new float[layers][];
-        for (int l = 0; l < layers; l++)
-        {
-            _keys[l] = new float[perLayer];
-            _values[l] = new float[perLayer];
-        }
     }
 
     public int Layers { get; }
@@ -58,9 +43,9 @@ public sealed class PagedKvStore
         return (int)Math.Clamp(blocks, 1, int.MaxValue / Math.Max(1, blockSize));
     }
 
-    internal Span<float> Key(int layer, int block, int offset) => _keys[layer].AsSpan((block * BlockSize + offset) * KvDim, KvDim);
+    internal Span<float> Key(int layer, int block, int offset) => _rows.Key(layer, block * BlockSize + offset);
 
-    internal Span<float> Value(int layer, int block, int offset) => _values[layer].AsSpan((block * BlockSize + offset) * KvDim, KvDim);
+    internal Span<float> Value(int layer, int block, int offset) => _rows.Value(layer, block * BlockSize + offset);
 }
 
 /// <summary>
