@@ -22,8 +22,8 @@ internal static class SpmOracle
         try
         {
             string request = Path.Combine(dir, "request.json");
-            // Escaped by hand: System.Text.Json refuses lone surrogates, which the corpus has on purpose.
-            File.WriteAllText(request, Tekken.TekkenOracle.RequestJson(texts, decodeIds), new UTF8Encoding(false));
+            // Every non-ASCII character escaped as \uXXXX, so the lone surrogates of the corpus survive.
+            File.WriteAllText(request, OracleJson.Request(texts, decodeIds), new UTF8Encoding(false));
             var psi = new ProcessStartInfo(Python)
             {
                 RedirectStandardOutput = true,
