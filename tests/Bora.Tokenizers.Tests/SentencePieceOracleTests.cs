@@ -31,8 +31,16 @@ public class SentencePieceOracleTests
             Console.WriteLine($"skipped: shared test data not found at {path}");
             return;
         }
-        CompareWithOracle(path, SentencePieceTokenizer.Load(path));
+        string[] corpus = OracleCorpus.Strings;
+        Assert.True(corpus.Length >= OracleCorpus.MinimumSize, $"corpus has {corpus.Length} strings; at least {OracleCorpus.MinimumSize} expected");
+        CompareWithOracle(path, SentencePieceTokenizer.Load(path), corpus);
     }
+
+    /// <summary>
+    /// Every third corpus string (over 2,500): the edited variants exercise code paths rather than corpus breadth,
+    /// and the whole corpus for all seven would take the oracle class past 30 s on a shared 2-core machine.
+    /// </summary>
+    private static string[] VariantCorpus => OracleCorpus.Strings.Where((_, i) => i % 3 == 0).ToArray();
 
     /// <summary>The corpus is as large and varied as issue 3 asks.</summary>
     [Fact]
@@ -121,7 +129,7 @@ public class SentencePieceOracleTests
             {
                 Assert.Contains(Enumerable.Range(0, tok.VocabSize), i => tok.TypeOf(new TokenId(i)) == SentencePieceType.Unused);
             }
-            CompareWithOracle(path, tok);
+            CompareWithOracle(path, tok, VariantCorpus);
         }
         finally
         {
@@ -129,10 +137,8 @@ public class SentencePieceOracleTests
         }
     }
 
-    private static void CompareWithOracle(string path, SentencePieceTokenizer tok)
+    private static void CompareWithOracle(string path, SentencePieceTokenizer tok, string[] corpus)
     {
-        string[] corpus = OracleCorpus.Strings;
-        Assert.True(corpus.Length >= OracleCorpus.MinimumSize, $"corpus has {corpus.Length} strings; at least {OracleCorpus.MinimumSize} expected");
         var decodeSequences = OracleCorpus.RandomIdSequences(tok, 300, seed: 7);
         var oracle = SpmOracle.Run(path, corpus, decodeSequences);
 
