@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text;
 using System.Text.Json;
 
 namespace Bora.Tokenizers.Tests;
@@ -21,7 +22,8 @@ internal static class SpmOracle
         try
         {
             string request = Path.Combine(dir, "request.json");
-            File.WriteAllText(request, JsonSerializer.Serialize(new { encode = texts, decode = decodeIds }));
+            // Every non-ASCII character escaped as \uXXXX, so the lone surrogates of the corpus survive.
+            File.WriteAllText(request, OracleJson.Request(texts, decodeIds), new UTF8Encoding(false));
             var psi = new ProcessStartInfo(Python)
             {
                 RedirectStandardOutput = true,

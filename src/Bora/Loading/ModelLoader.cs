@@ -18,11 +18,11 @@ public sealed class LoadedModel(ModelSource source, ModelConfig config, Transfor
     public ITokenizer Tokenizer { get; } = tokenizer;
 
     /// <summary>
-    /// The chat-format version: from the tokenizer file's name (<c>tokenizer.model.v3</c>) when it says,
-    /// else from the control tokens in the vocabulary.
+    /// The chat-format version: from the tokenizer file's name (<c>tokenizer.model.v3</c>) or Tekken version
+    /// when they say, else the latest of what the vocabulary, <c>tokenizer_config.json</c> and GGUF metadata show.
     /// </summary>
     public Chat.TokenizerVersion ChatVersion =>
-        Chat.TokenizerVersions.Detect(Source.Layout == CheckpointLayout.Gguf ? null : Source.TokenizerPath, Tokenizer);
+        Chat.TokenizerVersions.Detect(Source.TokenizerPath, Tokenizer);
 
     /// <summary>A renderer of chat requests in this model's format.</summary>
     public Chat.ChatRenderer CreateChatRenderer() => new(Tokenizer, ChatVersion);

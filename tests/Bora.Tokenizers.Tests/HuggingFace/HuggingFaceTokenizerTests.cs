@@ -44,7 +44,7 @@ public class HuggingFaceTokenizerTests
             Assert.Equal(sp.Decode(expected), hf.Decode(actual));
             n++;
         }
-        Assert.True(n >= 2000, $"only {n} corpus strings");
+        Assert.True(n >= OracleCorpus.MinimumSize, $"only {n} corpus strings");
     }
 
     [Fact]

@@ -43,7 +43,7 @@ internal static class TekkenOracle
         {
             var request = Path.Combine(dir, "request.json");
             var response = Path.Combine(dir, "response.json");
-            File.WriteAllText(request, RequestJson(encode, decode), new UTF8Encoding(false));
+            File.WriteAllText(request, OracleJson.Request(encode, decode), new UTF8Encoding(false));
             RunNode(["run", request, response], TimeSpan.FromMinutes(4));
             using var doc = JsonDocument.Parse(File.ReadAllBytes(response));
             var root = doc.RootElement;
@@ -61,40 +61,6 @@ internal static class TekkenOracle
         {
             Directory.Delete(dir, recursive: true);
         }
-    }
-
-    /// <summary>
-    /// JSON with every character outside printable ASCII escaped as \uXXXX, so lone surrogates survive
-    /// (JavaScript's JSON.parse turns "\ud800" into a lone surrogate, as intended).
-    /// </summary>
-    internal static string RequestJson(IReadOnlyList<string> encode, IReadOnlyList<int[]> decode)
-    {
-        var sb = new StringBuilder();
-        sb.Append("{\"encode\":[");
-        for (var i = 0; i < encode.Count; i++)
-        {
-            if (i > 0)
-            {
-                sb.Append(',');
-            }
-            sb.Append('"');
-            foreach (var c in encode[i])
-            {
-                if (c is >= ' ' and <= '~' and not '"' and not '\\')
-                {
-                    sb.Append(c);
-                }
-                else
-                {
-                    sb.Append("\\u").Append(((int)c).ToString("x4"));
-                }
-            }
-            sb.Append('"');
-        }
-        sb.Append("],\"decode\":[");
-        sb.AppendJoin(',', decode.Select(ids => "[" + string.Join(',', ids) + "]"));
-        sb.Append("]}");
-        return sb.ToString();
     }
 
     private static void EnsureInstalled()

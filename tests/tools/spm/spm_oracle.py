@@ -8,10 +8,15 @@ Prints one JSON object on stdout:
   {"sentencepiece": version,
    "encode": [{"ids": [...], "text": decode(ids)}, ...],   # ids without BOS/EOS
    "decode": [text, ...]}
+Lone UTF-16 surrogates (written as \\uD800-style escapes by the C# tests, whose strings may hold them)
+cannot be converted to UTF-8; each is replaced by U+FFFD first, as .NET's Encoding.UTF8 and Bora do.
 Exits with status 3 and a message on stderr when the sentencepiece module is missing.
 """
 import json
+import re
 import sys
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def main():
@@ -30,7 +35,8 @@ def main():
     sp = spm.SentencePieceProcessor(model_file=model)
     out = {"sentencepiece": getattr(spm, "__version__", "?"), "encode": [], "decode": []}
     for text in request.get("encode", []):
-        ids = sp.encode(text)
+        # json.load joins escaped surrogate pairs into one character, so only lone ones are left here.
+        ids = sp.encode(LONE_SURROGATE.sub("\ufffd", text))
         out["encode"].append({"ids": ids, "text": sp.decode(ids)})
     for ids in request.get("decode", []):
         out["decode"].append(sp.decode(ids))
