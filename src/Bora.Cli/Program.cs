@@ -16,6 +16,10 @@ public static class Program
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
           chat --model PATH [--system TEXT] [generation options]
+          quantize IN OUT --type q8_0|q4_0|q4_k [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
+          perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
+                     [--kl-reference PATH | --save-base FILE | --kl-base FILE]
+          bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -40,6 +44,9 @@ public static class Program
                 "chat-render" => ChatRenderCommand.Run(rest, stdout),
                 "inspect" => InspectCommand.Run(rest, stdout),
                 "chat" => ChatCommand.Run(rest, stdout, stderr, stdin),
+                "quantize" => QuantizeCommand.Run(rest, stdout, stderr),
+                "perplexity" => PerplexityCommand.Run(rest, stdout, stderr),
+                "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }
