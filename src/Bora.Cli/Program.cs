@@ -20,6 +20,10 @@ public static class Program
                 [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
+          quantize IN OUT --type q8_0|q4_0|q4_k [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
+          perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
+                     [--kl-reference PATH | --save-base FILE | --kl-base FILE]
+          bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         """;
@@ -47,6 +51,9 @@ public static class Program
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
                 "train" => TrainCommand.Run(rest, stdout, stderr),
                 "tokenizer" => TokenizerCommand.Run(rest, stdout),
+                "quantize" => QuantizeCommand.Run(rest, stdout, stderr),
+                "perplexity" => PerplexityCommand.Run(rest, stdout, stderr),
+                "bench" => BenchCommand.Run(rest, stdout, stderr),
                 _ => throw new UsageException($"unknown command '{args[0]}'. Run 'bora help' for the list of commands."),
             };
         }

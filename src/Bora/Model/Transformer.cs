@@ -204,7 +204,7 @@ public sealed class Transformer : ICausalLM
         }
         else
         {
-            Parallel.For(0, items,
+            Parallel.For(0, items, NumericsThreads.Options,
                 () => ArrayPool<float>.Shared.Rent((int)keys),
                 (i, _, scores) =>
                 {

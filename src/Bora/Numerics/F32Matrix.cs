@@ -74,7 +74,7 @@ public sealed class F32Matrix : WeightMatrix
                 return;
             }
             nint ax = (nint)px, ay = (nint)py, aw = (nint)pw;
-            Parallel.For(0, blocks, b =>
+            Parallel.For(0, blocks, NumericsThreads.Options, b =>
             {
                 int r0 = b * blockRows;
                 RowBlock((float*)aw, (float*)ax, (float*)ay, n, k, tokens, r0, Math.Min(n, r0 + blockRows));
@@ -85,11 +85,12 @@ public sealed class F32Matrix : WeightMatrix
     /// <summary>Rows per parallel block: whole matrix when small, else about 4 blocks per core (a multiple of <see cref="MicroRows"/>).</summary>
     private static int ChooseBlockRows(int n, long work)
     {
-        if (work < ParallelThreshold || Environment.ProcessorCount == 1)
+        int threads = NumericsThreads.MaxThreads;
+        if (work < ParallelThreshold || threads == 1)
         {
             return n;
         }
-        int target = Math.Max(1, n / (Environment.ProcessorCount * 4));
+        int target = Math.Max(1, n / (threads * 4));
         target = (target + MicroRows - 1) / MicroRows * MicroRows;
         return Math.Max(MicroRows * 4, target);
     }

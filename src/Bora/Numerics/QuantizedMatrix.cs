@@ -68,8 +68,12 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         }
     }
 
-    /// <summary>Threads used by MatVec / MatMul (all quantized matrices); defaults to the processor count.</summary>
-    public static int MaxThreads { get; set; } = Environment.ProcessorCount;
+    /// <summary>Threads used by MatVec / MatMul: the Bora-wide <see cref="NumericsThreads.MaxThreads"/> (setting it sets that).</summary>
+    public static int MaxThreads
+    {
+        get => NumericsThreads.MaxThreads;
+        set => NumericsThreads.MaxThreads = value;
+    }
 
     /// <summary>The storage format.</summary>
     public DType Type { get; }
@@ -169,7 +173,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
                 job.Run(0, Rows);
                 return;
             }
-            Parallel.For(0, items, new ParallelOptions { MaxDegreeOfParallelism = threads }, i =>
+            Parallel.For(0, items, NumericsThreads.Options, i =>
             {
                 int r0 = i * blockRows;
                 job.Run(r0, Math.Min(Rows, r0 + blockRows));

@@ -1,0 +1,94 @@
+using System.Diagnostics;
+using Bora.Numerics;
+using Bora.Numerics.Quant;
+
+namespace Bora.Bench;
+
+/// <summary>
+/// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K) and <see cref="F32Matrix"/>
+/// on Mistral-7B layer shapes: (4096, 4096) = Wq / Wo and (14336, 4096) = W1 / W3.
+/// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T] [--types q4_0,q8_0,f32] [--seconds S]
+/// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour).
+/// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
+/// </summary>
+public static class MatMulBench
+{
+    public static void Run(string[] args)
+    {
+        int threads = Environment.ProcessorCount, tokens = 1;
+        double seconds = 1.0;
+        string[] types = ["q4_0", "q8_0", "f32"];
+        for (int i = 0; i + 1 < args.Length; i += 2)
+        {
+            switch (args[i])
+            {
+                case "--threads": threads = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--tokens": tokens = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--seconds": seconds = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--types": types = args[i + 1].Split(','); break;
+                default: throw new ArgumentException($"unknown option {args[i]}");
+            }
+        }
+        NumericsThreads.MaxThreads = threads;
+        Console.WriteLine($"threads {threads} (processor count {Environment.ProcessorCount}), tokens {tokens}, ISA {QuantDot.Best}, {Environment.Version}");
+        Console.WriteLine($"{"type",-6} {"shape",-14} {"ms/call",9} {"GB/s",8} {"GFLOP/s",9} {"cpu-ms",10} {"cpu-GB/s",8}");
+        var rng = new Random(1);
+        foreach (var (n, k) in new[] { (4096, 4096), (14336, 4096) })
+        {
+            var w = new float[(long)n * k];
+            for (long i = 0; i < w.LongLength; i++)
+            {
+                w[i] = (float)(rng.NextDouble() * 2 - 1) * 0.02f;
+            }
+            var x = new float[tokens * k];
+            for (int i = 0; i < x.Length; i++)
+            {
+                x[i] = (float)(rng.NextDouble() * 2 - 1);
+            }
+            var y = new float[tokens * n];
+            foreach (var t in types)
+            {
+                WeightMatrix m;
+                long bytes;
+                if (t == "f32")
+                {
+                    m = new F32Matrix(w, n, k);
+                    bytes = 4L * n * k;
+                }
+                else
+                {
+                    var type = Enum.Parse<DType>(t, ignoreCase: true);
+                    var q = QuantizedMatrix.Quantize(type, w, n, k);
+                    m = q;
+                    bytes = q.Blocks.Length;
+                }
+                var (ms, cpuMs) = Measure(m, x, y, tokens, seconds);
+                Console.WriteLine($"{t,-6} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Median wall ms per call over repeated calls for about <paramref name="seconds"/>, after warm-up; and the
+    /// process CPU time per call divided by the thread count (less sensitive to other processes taking the cores).
+    /// </summary>
+    private static (double WallMs, double CpuMs) Measure(WeightMatrix m, float[] x, float[] y, int tokens, double seconds)
+    {
+        for (int i = 0; i < 5; i++)
+        {
+            m.MatMul(x, y, tokens);
+        }
+        var times = new List<double>();
+        var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+        var total = Stopwatch.StartNew();
+        while (total.Elapsed.TotalSeconds < seconds || times.Count < 5)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            m.MatMul(x, y, tokens);
+            times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+        }
+        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalMilliseconds / times.Count / Math.Min(QuantizedMatrix.MaxThreads, Environment.ProcessorCount);
+        times.Sort();
+        return (times[times.Count / 2], cpu);
+    }
+}

@@ -1,0 +1,95 @@
+using System.Globalization;
+using System.Text.Json;
+using Bora.Evaluation;
+using Bora.Loading;
+using Bora.Numerics;
+using Bora.Numerics.Quant;
+using Bora.Quantization;
+
+namespace Bora.Bench;
+
+/// <summary>
+/// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json] [--compare-llama-cpp]
+/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k --out FILE]</c>
+/// <para>
+/// Prefill and decode tokens per second of Bora (<see cref="ThroughputBenchmark"/>), the median of the repeats; with
+/// --compare-llama-cpp llama.cpp runs the same prompt ids on the same file in the same process, the two engines
+/// alternating run by run, and the ratios Bora / llama.cpp are printed. With --synthesize the file is first written by
+/// <see cref="SyntheticModels"/> (to --out, which is then the model unless --model is given). --threads sets Bora's
+/// <see cref="NumericsThreads.MaxThreads"/> and llama.cpp's n_threads / n_threads_batch.
+/// </para>
+/// </summary>
+public static class ModelBench
+{
+    public static int Run(string[] args)
+    {
+        var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed"],
+            ["json", "compare-llama-cpp"]);
+        int threads = a.GetInt("threads", Environment.ProcessorCount);
+        int promptTokens = a.GetInt("prompt-tokens", 512), gen = a.GetInt("gen-tokens", 128), repeats = a.GetInt("repeats", 3);
+        string? model = a.Get("model");
+        if (a.Get("synthesize") is { } shape)
+        {
+            string outPath = a.Get("out") ?? throw new ArgumentException("--synthesize needs --out FILE");
+            SyntheticModels.Synthesize(shape, a.Get("layers") is null ? null : a.GetInt("layers", 0), ModelQuantizer.ParseType(a.Get("type") ?? "q4_0"),
+                outPath, a.GetInt("seed", 1, 0), threads);
+            model ??= outPath;
+        }
+        if (model is null)
+        {
+            throw new ArgumentException("--model FILE (or --synthesize ... --out FILE) is required");
+        }
+
+        NumericsThreads.MaxThreads = threads;
+        var bora = ModelLoader.Load(model);
+        var prompt = ThroughputBenchmark.RandomPrompt(bora.Config.VocabSize, promptTokens, bora.Tokenizer.Bos);
+        int[] promptIds = [.. prompt.Select(t => t.Value)];
+        using var llama = a.Flag("compare-llama-cpp") ? new LlamaCppRunner(model, threads, promptTokens + gen, promptTokens) : null;
+
+        // Warm-up: JIT on Bora's side, first-touch of the mapped weights on llama.cpp's.
+        ThroughputBenchmark.Run(bora.Model, prompt.AsSpan(0, Math.Min(32, promptTokens)), 2);
+        llama?.Run(promptIds[..Math.Min(32, promptTokens)], 2);
+
+        var mine = new List<ThroughputSample>();
+        var theirs = new List<ThroughputSample>();
+        var inv = CultureInfo.InvariantCulture;
+        for (int r = 0; r < repeats; r++)
+        {
+            mine.Add(ThroughputBenchmark.Run(bora.Model, prompt, gen));
+            Console.Error.WriteLine(string.Create(inv, $"run {r + 1}/{repeats} bora:      prefill {mine[^1].PrefillTokensPerSecond,8:F2} tok/s  decode {mine[^1].DecodeTokensPerSecond,8:F2} tok/s"));
+            if (llama is not null)
+            {
+                theirs.Add(llama.Run(promptIds, gen));
+                Console.Error.WriteLine(string.Create(inv, $"run {r + 1}/{repeats} llama.cpp: prefill {theirs[^1].PrefillTokensPerSecond,8:F2} tok/s  decode {theirs[^1].DecodeTokensPerSecond,8:F2} tok/s"));
+            }
+        }
+        var (bp, bd) = Medians(mine);
+        if (a.Flag("json"))
+        {
+            object result = llama is null
+                ? new { bora = new { prefill_tok_s = bp, decode_tok_s = bd } }
+                : new
+                {
+                    bora = new { prefill_tok_s = bp, decode_tok_s = bd },
+                    llama_cpp = new { prefill_tok_s = Medians(theirs).Prefill, decode_tok_s = Medians(theirs).Decode },
+                    ratio = new { prefill = bp / Medians(theirs).Prefill, decode = bd / Medians(theirs).Decode },
+                };
+            Console.WriteLine(JsonSerializer.Serialize(result));
+            return 0;
+        }
+        Console.WriteLine(string.Create(inv,
+            $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}"));
+        Console.WriteLine($"{"engine",-10} {"prefill tok/s",14} {"decode tok/s",13}");
+        Console.WriteLine(string.Create(inv, $"{"bora",-10} {bp,14:F2} {bd,13:F2}"));
+        if (llama is not null)
+        {
+            var (lp, ld) = Medians(theirs);
+            Console.WriteLine(string.Create(inv, $"{"llama.cpp",-10} {lp,14:F2} {ld,13:F2}"));
+            Console.WriteLine(string.Create(inv, $"{"ratio",-10} {bp / lp,13:F2}x {bd / ld,12:F2}x"));
+        }
+        return 0;
+    }
+
+    private static (double Prefill, double Decode) Medians(List<ThroughputSample> s) =>
+        (ThroughputBenchmark.Median(s.Select(x => x.PrefillTokensPerSecond)), ThroughputBenchmark.Median(s.Select(x => x.DecodeTokensPerSecond)));
+}
