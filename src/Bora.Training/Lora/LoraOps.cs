@@ -54,7 +54,7 @@ internal sealed class FrozenDenseOp<T>(Parameter<T> weight, LoraScratch<T> scrat
 internal sealed class FrozenMatrixOp(WeightMatrix weight, LoraScratch<float> scratch, int threads) : ILinearOp<float>
 {
     /// <summary>Rows of W read per parallel work item.</summary>
-    private const int RowBlock = 64;
+    private const int RowBlock = 128;
 
     public void Forward(float[] x, float[] y, int rows) =>
         weight.MatMul(x.AsSpan(0, rows * weight.Cols), y.AsSpan(0, rows * weight.Rows), rows);
@@ -64,23 +64,27 @@ internal sealed class FrozenMatrixOp(WeightMatrix weight, LoraScratch<float> scr
         int o = weight.Rows, i = weight.Cols;
         var wt = scratch.Get("wt", (long)i * o); // (I, O) = Wᵀ dequantized
         int blocks = (o + RowBlock - 1) / RowBlock;
-        Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) }, blk =>
-        {
-            int r0 = blk * RowBlock, n = Math.Min(RowBlock, o - r0);
-            var block = new float[n * i]; // (n, I) rows r0 .. r0 + n of W
-            for (int r = 0; r < n; r++)
+        // Each worker reuses one (RowBlock, I) buffer for its blocks: no large-object allocation per block.
+        Parallel.For(0, blocks, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, threads) },
+            () => new float[RowBlock * i],
+            (blk, _, block) =>
             {
-                weight.ReadRow(r0 + r, block.AsSpan(r * i, i));
-            }
-            for (int c = 0; c < i; c++)
-            {
-                int dst = c * o + r0;
+                int r0 = blk * RowBlock, n = Math.Min(RowBlock, o - r0);
                 for (int r = 0; r < n; r++)
                 {
-                    wt[dst + r] = block[r * i + c];
+                    weight.ReadRow(r0 + r, block.AsSpan(r * i, i)); // (n, I) rows r0 .. r0 + n of W
                 }
-            }
-        });
+                for (int c = 0; c < i; c++)
+                {
+                    int dst = c * o + r0;
+                    for (int r = 0; r < n; r++)
+                    {
+                        wt[dst + r] = block[r * i + c];
+                    }
+                }
+                return block;
+            },
+            _ => { });
         Gemm.ABt(dy, 0, wt, 0, dx, 0, rows, i, o, accumulateDx, threads);
     }
 }
