@@ -210,6 +210,7 @@ public sealed class LoraAdapterTests : IDisposable
         var weights = loaded.Model.Weights;
         Assert.IsType<QuantizedMatrix>(weights.Layers[0].Wq);
         var lora = LoraParameters<float>.Create(loaded.Config, LoraTestHelpers.AllTargets, rank: 4, alpha: 8, seed: 21);
+        Assert.Equal(2 * (4 + 3 * 4), lora.Factors.Count);
         LoraTestHelpers.RandomizeB(lora, 22, scale: 0.05);
         const int T = 12;
         var tokens = TrainingTestModels.Tokens(T, config.VocabSize, 23);
@@ -233,6 +234,57 @@ public sealed class LoraAdapterTests : IDisposable
             adam.Update(1e-2);
         }
         Assert.True(last < 0.8 * first, $"loss {first} -> {last}");
+
+        // merge-lora on the GGUF: adapted tensors (stacked experts included) become F32 = W + s B A exactly as the
+        // run-time decorator's rows; everything else is copied byte for byte in its own type.
+        var adapterDir = Path.Combine(_dir, "adapter");
+        var adapter = lora.ToAdapter(path);
+        adapter.Save(adapterDir, loaded.Config);
+        var mergedDir = Path.Combine(_dir, "merged");
+        LoraMerge.Merge(path, adapterDir, mergedDir);
+        var merged = Bora.Loading.ModelLoader.Load(mergedDir).Model.Weights;
+        var expected = adapter.Apply(weights);
+        Assert.IsType<F32Matrix>(merged.Layers[1].Moe!.Experts[2].W2);
+        Assert.Equal(Dense(expected.Layers[1].Moe!.Experts[2].W2), Dense(merged.Layers[1].Moe!.Experts[2].W2));
+        Assert.Equal(Dense(expected.Layers[0].Wk), Dense(merged.Layers[0].Wk));
+        var output = Assert.IsType<QuantizedMatrix>(merged.Output);
+        Assert.Equal(DType.Q4_0, output.Type);
+        Assert.Equal(Dense(weights.Output), Dense(merged.Output));
+    }
+
+    [Fact]
+    public void Lora_matrix_products_agree_with_its_merged_rows()
+    {
+        // Worked example of LoraMatrix: W = 0 (2, 2), A = (1, 1), B = (1, 2)ᵀ, s = 0.5, x = (1, 3) -> y = (2, 4).
+        var m = new LoraMatrix(new F32Matrix(new float[4], 2, 2), [1f, 1f], [1f, 2f], 1, 0.5f);
+        var y = new float[2];
+        m.MatVec([1f, 3f], y);
+        Assert.Equal([2f, 4f], y);
+
+        var rng = new Random(5);
+        float[] R(int n) => [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() - 0.5))];
+        const int N = 7, K = 5, Rk = 3, T = 4;
+        var lora = new LoraMatrix(new F32Matrix(R(N * K), N, K), R(Rk * K), R(N * Rk), Rk, 1.5f);
+        var x = R(T * K);
+        var batched = new float[T * N];
+        lora.MatMul(x, batched, T);
+        var rows = Dense(lora);
+        for (int t = 0; t < T; t++)
+        {
+            var single = new float[N];
+            lora.MatVec(x.AsSpan(t * K, K), single);
+            for (int n = 0; n < N; n++)
+            {
+                double dot = 0;
+                for (int k = 0; k < K; k++)
+                {
+                    dot += rows[n * K + k] * x[t * K + k];
+                }
+                // float32 products of O(1) values over K + r = 8 terms: ~1e-6.
+                Assert.Equal(dot, single[n], 5);
+                Assert.Equal(single[n], batched[t * N + n], 6);
+            }
+        }
     }
 
     [Fact]

@@ -123,4 +123,27 @@ public class LoraGradientCheckTests
         Assert.True(LoraTestHelpers.MaxAbsDiff<double, double>(adapted.Model.Logits, reference.Logits) < 1e-10);
         Assert.Equal(lr, la, 10);
     }
+
+    [Fact]
+    public void Lora_gradients_do_not_depend_on_thread_count()
+    {
+        var config = TrainingTestModels.Moe(window: 5);
+        var weights = TrainingTestModels.Random<float>(config, 91).ToWeights();
+        var tokens = TrainingTestModels.Tokens(3 * 16, config.VocabSize, 92);
+        LoraParameters<float> Run(int threads)
+        {
+            var lora = LoraParameters<float>.Create(config, LoraTestHelpers.AllTargets, 4, 8, 93);
+            LoraTestHelpers.RandomizeB(lora, 94);
+            var model = LoraModel<float>.OverWeights(weights, lora, 3, 16, new TrainingModelOptions { MaxThreads = threads });
+            model.Model.Forward(tokens, tokens);
+            model.Model.Backward(1f);
+            return lora;
+        }
+        var one = Run(1);
+        var three = Run(3);
+        for (int k = 0; k < one.All.Count; k++)
+        {
+            Assert.Equal(one.All[k].Grad, three.All[k].Grad);
+        }
+    }
 }
