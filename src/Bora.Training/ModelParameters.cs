@@ -18,8 +18,12 @@ public sealed class Parameter<T>
     {
     }
 
-    /// <summary>With <paramref name="allocate"/> false, Data and Grad are empty (a frozen weight whose products an <see cref="ILinearOp{T}"/> supplies).</summary>
-    internal Parameter(string name, long[] shape, bool decay, bool allocate)
+    /// <summary>
+    /// With <paramref name="allocate"/> false, Data and Grad are empty (a frozen weight whose products an
+    /// <see cref="ILinearOp{T}"/> supplies); with <paramref name="allocateGrad"/> false only Grad is (a frozen
+    /// weight read directly, such as the token embedding under LoRA: its gradient is skipped).
+    /// </summary>
+    internal Parameter(string name, long[] shape, bool decay, bool allocate, bool allocateGrad = true)
     {
         long n = 1;
         foreach (var d in shape)
@@ -30,7 +34,7 @@ public sealed class Parameter<T>
         Shape = shape;
         Decay = decay;
         Data = allocate ? new T[n] : [];
-        Grad = allocate ? new T[n] : [];
+        Grad = allocate && allocateGrad ? new T[n] : [];
     }
 
     /// <summary>Checkpoint tensor name, e.g. <c>layers.0.attention.wq.weight</c>.</summary>
@@ -113,7 +117,8 @@ public sealed class ModelParameters<T>
         var all = new List<Parameter<T>>();
         Parameter<T> Add(string name, bool decay, params long[] shape)
         {
-            var p = new Parameter<T>(name, shape, decay, allocateMatrices || !decay || name == "tok_embeddings.weight");
+            bool embedding = name == "tok_embeddings.weight";
+            var p = new Parameter<T>(name, shape, decay, allocateMatrices || !decay || embedding, allocateGrad: allocateMatrices || !embedding);
             all.Add(p);
             return p;
         }
@@ -213,7 +218,7 @@ public sealed class ModelParameters<T>
 
     /// <summary>
     /// Copies the token embedding and the norm weights of <paramref name="weights"/> and leaves every other
-    /// matrix unallocated (Data and Grad empty): for a <see cref="TrainingModel{T}"/> whose linear products all
+    /// matrix unallocated (Data and Grad empty; the embedding has no Grad either): for a <see cref="TrainingModel{T}"/> whose linear products all
     /// come from <see cref="ILinearOp{T}"/>s over the original (possibly quantized) matrices, as LoRA does.
     /// </summary>
     internal static ModelParameters<T> EmbeddingAndNormsFrom(TransformerWeights weights) => CopyFrom(weights, matrices: false);

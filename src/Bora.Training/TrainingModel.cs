@@ -274,7 +274,7 @@ public sealed class TrainingModel<T>
             LayerBackward(l, dx, auxScale);
         }
         var dEmb = _p.TokenEmbedding.Grad;
-        for (int i = 0; i < _n; i++)
+        for (int i = 0; i < _n && dEmb.Length > 0; i++) // no Grad: a frozen embedding (LoRA)
         {
             var src = dx.AsSpan(i * _d, _d);
             var dst = dEmb.AsSpan(_tokens[i] * _d, _d);
