@@ -97,8 +97,12 @@ public static class ChatData
             {
                 continue;
             }
+            if (i == 0)
+            {
+                throw new ChatRequestException("messages[0] is an assistant message; a fine-tuning conversation starts with a system or user message");
+            }
             var upto = i == msgs.Count - 1 ? full : Ids(renderer.Render(Sub(request, i + 1), ValidationMode.Finetuning));
-            var prompt = i == 0 ? [renderer.Tokenizer.Bos.Value] : Ids(renderer.Render(Sub(request, i), ValidationMode.Test));
+            var prompt = Ids(renderer.Render(Sub(request, i), ValidationMode.Test));
             if (prompt.Length > upto.Length || !upto.AsSpan(0, prompt.Length).SequenceEqual(prompt))
             {
                 throw new ChatRequestException($"messages[{i}]: the conversation up to this assistant message does not render as its prompt followed by the reply, so its tokens cannot be located");

@@ -60,6 +60,9 @@ public class LoraFinetuneTests
         Assert.Equal(2, runs.Count);
         Assert.Equal(Reply(tok, "An apple."), runs[0]);
         Assert.Equal(Reply(tok, "A pear."), runs[1]);
+        var error = Assert.Throws<ChatRequestException>(() => ChatData.Render(ChatRequest.Parse(
+            """{"messages": [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Yes."}]}"""), renderer));
+        Assert.Contains("messages[0]", error.Message, StringComparison.Ordinal);
 
         // The loss counts exactly those targets: recompute it from the logits by hand.
         var config = TrainingTestModels.Dense() with { VocabSize = 512, MaxSeqLen = 128 };
