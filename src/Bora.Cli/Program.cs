@@ -12,6 +12,7 @@ public static class Program
           generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                    [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
                    [--chat [--system TEXT]]   (the prompt as a user message in the model's chat format)
+                   [--lora ADAPTER_DIR]       (a PEFT LoRA adapter applied at run time)
           tokenize --model PATH --text TEXT [--no-bos] [--json]
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
@@ -20,6 +21,8 @@ public static class Program
                 [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
+          {FinetuneCommand.Usage}
+          {MergeLoraCommand.Usage}
           quantize IN OUT --type q8_0|q4_0|q4_k [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
           perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
                      [--kl-reference PATH | --save-base FILE | --kl-base FILE]
@@ -51,6 +54,8 @@ public static class Program
                 "serve" => ServeCommand.Run(rest, stdout, stderr),
                 "train" => TrainCommand.Run(rest, stdout, stderr),
                 "tokenizer" => TokenizerCommand.Run(rest, stdout),
+                "finetune" => FinetuneCommand.Run(rest, stdout, stderr),
+                "merge-lora" => MergeLoraCommand.Run(rest, stdout),
                 "quantize" => QuantizeCommand.Run(rest, stdout, stderr),
                 "perplexity" => PerplexityCommand.Run(rest, stdout, stderr),
                 "bench" => BenchCommand.Run(rest, stdout, stderr),

@@ -14,6 +14,16 @@ public sealed class Parameter<T>
     where T : unmanaged, IFloatingPointIeee754<T>
 {
     public Parameter(string name, long[] shape, bool decay)
+        : this(name, shape, decay, allocate: true)
+    {
+    }
+
+    /// <summary>
+    /// With <paramref name="allocate"/> false, Data and Grad are empty (a frozen weight whose products an
+    /// <see cref="ILinearOp{T}"/> supplies); with <paramref name="allocateGrad"/> false only Grad is (a frozen
+    /// weight read directly, such as the token embedding under LoRA: its gradient is skipped).
+    /// </summary>
+    internal Parameter(string name, long[] shape, bool decay, bool allocate, bool allocateGrad = true)
     {
         long n = 1;
         foreach (var d in shape)
@@ -23,8 +33,8 @@ public sealed class Parameter<T>
         Name = name;
         Shape = shape;
         Decay = decay;
-        Data = new T[n];
-        Grad = new T[n];
+        Data = allocate ? new T[n] : [];
+        Grad = allocate && allocateGrad ? new T[n] : [];
     }
 
     /// <summary>Checkpoint tensor name, e.g. <c>layers.0.attention.wq.weight</c>.</summary>
@@ -100,14 +110,15 @@ public sealed class LayerParameters<T>
 public sealed class ModelParameters<T>
     where T : unmanaged, IFloatingPointIeee754<T>
 {
-    private ModelParameters(ModelConfig config)
+    private ModelParameters(ModelConfig config, bool allocateMatrices = true)
     {
         Config = config;
         int d = config.Dim, q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim, f = config.HiddenDim;
         var all = new List<Parameter<T>>();
         Parameter<T> Add(string name, bool decay, params long[] shape)
         {
-            var p = new Parameter<T>(name, shape, decay);
+            bool embedding = name == "tok_embeddings.weight";
+            var p = new Parameter<T>(name, shape, decay, allocateMatrices || !decay || embedding, allocateGrad: allocateMatrices || !embedding);
             all.Add(p);
             return p;
         }
@@ -205,14 +216,27 @@ public sealed class ModelParameters<T>
         return m;
     }
 
+    /// <summary>
+    /// Copies the token embedding and the norm weights of <paramref name="weights"/> and leaves every other
+    /// matrix unallocated (Data and Grad empty; the embedding has no Grad either): for a <see cref="TrainingModel{T}"/> whose linear products all
+    /// come from <see cref="ILinearOp{T}"/>s over the original (possibly quantized) matrices, as LoRA does.
+    /// </summary>
+    internal static ModelParameters<T> EmbeddingAndNormsFrom(TransformerWeights weights) => CopyFrom(weights, matrices: false);
+
     /// <summary>Copies the values of loaded weights (any storage type; read as float32).</summary>
-    public static ModelParameters<T> FromWeights(TransformerWeights weights)
+    public static ModelParameters<T> FromWeights(TransformerWeights weights) => CopyFrom(weights, matrices: true);
+
+    private static ModelParameters<T> CopyFrom(TransformerWeights weights, bool matrices)
     {
         ArgumentNullException.ThrowIfNull(weights);
         weights.Validate();
-        var m = new ModelParameters<T>(weights.Config);
+        var m = new ModelParameters<T>(weights.Config, matrices);
         static void Copy(WeightMatrix src, Parameter<T> dst)
         {
+            if (dst.Data.Length == 0)
+            {
+                return; // unallocated frozen matrix
+            }
             var row = new float[src.Cols];
             for (int r = 0; r < src.Rows; r++)
             {

@@ -18,6 +18,23 @@ public sealed record TrainingModelOptions
 }
 
 /// <summary>
+/// A replacement for the product of one weight matrix W (out, in) inside a <see cref="TrainingModel{T}"/>
+/// (see its constructor). Arrays may be longer than the rows used; only the first rows * width values count.
+/// </summary>
+public interface ILinearOp<T>
+    where T : unmanaged, IFloatingPointIeee754<T>
+{
+    /// <summary>y (rows, out) = x (rows, in) · W_effᵀ.</summary>
+    void Forward(T[] x, T[] y, int rows);
+
+    /// <summary>
+    /// Backward of <see cref="Forward"/> on the same x: dx (rows, in) = dy (rows, out) · W_eff (or += with
+    /// <paramref name="accumulateDx"/>), plus whatever gradients the op owns.
+    /// </summary>
+    void Backward(T[] x, T[] dy, T[] dx, int rows, bool accumulateDx);
+}
+
+/// <summary>
 /// The Mistral / Mixtral forward pass over a batch of B sequences of T tokens each (every sequence
 /// starts at position 0), caching the activations the hand-written backward pass needs (llm.c style).
 /// Generic over the float type: <c>float</c> trains, <c>double</c> is the twin the gradient checks use.
@@ -45,6 +62,7 @@ public sealed class TrainingModel<T>
     public const int IgnoreTarget = -1;
 
     private readonly ModelParameters<T> _p;
+    private readonly IReadOnlyDictionary<Parameter<T>, ILinearOp<T>>? _ops;
     private readonly ModelConfig _c;
     private readonly int _b, _t, _n, _d, _hq, _hkv, _dh, _g, _qd, _kd, _f, _v, _e, _a;
     private readonly int? _window;
@@ -58,13 +76,20 @@ public sealed class TrainingModel<T>
     private int _validTargets;
     private bool _forwardDone;
 
-    public TrainingModel(ModelParameters<T> parameters, int batch, int seqLen, TrainingModelOptions? options = null)
+    /// <summary>
+    /// A model over <paramref name="parameters"/>. <paramref name="linearOps"/> (optional) takes over the products of
+    /// the weight matrices it maps (e.g. LoRA over a frozen or quantized base): their forward and backward run
+    /// there instead of on the parameter's dense values, and the parameter's own gradient is left alone.
+    /// </summary>
+    public TrainingModel(ModelParameters<T> parameters, int batch, int seqLen, TrainingModelOptions? options = null,
+        IReadOnlyDictionary<Parameter<T>, ILinearOp<T>>? linearOps = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batch);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(seqLen);
         options ??= new TrainingModelOptions();
         _p = parameters;
+        _ops = linearOps;
         _c = parameters.Config;
         if (seqLen > _c.MaxSeqLen)
         {
@@ -249,7 +274,7 @@ public sealed class TrainingModel<T>
             LayerBackward(l, dx, auxScale);
         }
         var dEmb = _p.TokenEmbedding.Grad;
-        for (int i = 0; i < _n; i++)
+        for (int i = 0; i < _n && dEmb.Length > 0; i++) // no Grad: a frozen embedding (LoRA)
         {
             var src = dx.AsSpan(i * _d, _d);
             var dst = dEmb.AsSpan(_tokens[i] * _d, _d);
@@ -764,6 +789,11 @@ public sealed class TrainingModel<T>
     /// <summary>y (rows, out) = x (rows, in) · Wᵀ for W (out, in).</summary>
     private void Linear(T[] x, Parameter<T> w, T[] y, int rows)
     {
+        if (_ops is not null && _ops.TryGetValue(w, out var op))
+        {
+            op.Forward(x, y, rows);
+            return;
+        }
         int outF = (int)w.Shape[0], inF = (int)w.Shape[1];
         Gemm.ABt(x, 0, w.Data, 0, y, 0, rows, outF, inF, accumulate: false, _threads);
     }
@@ -774,6 +804,11 @@ public sealed class TrainingModel<T>
     /// </summary>
     private void LinearBackward(T[] x, Parameter<T> w, T[] dy, T[] dx, int rows, bool accumulateDx)
     {
+        if (_ops is not null && _ops.TryGetValue(w, out var op))
+        {
+            op.Backward(x, dy, dx, rows, accumulateDx);
+            return;
+        }
         int outF = (int)w.Shape[0], inF = (int)w.Shape[1];
         var wt = Buffer("wt", inF * outF);
         Gemm.Transpose(w.Data, 0, outF, inF, wt, 0);
