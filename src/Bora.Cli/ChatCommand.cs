@@ -5,7 +5,8 @@ using Bora.Loading;
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora chat --model PATH [--system TEXT] [options]</c>: an interactive conversation. Every turn, the
+/// <c>bora chat [--model PATH] [--system TEXT] [options]</c>: an interactive conversation (without --model,
+/// with the embedded <see cref="DefaultModel"/>). Every turn, the
 /// whole conversation is rendered in the model's own chat format (its tokenizer version decides: v1 text
 /// <c>[INST]</c>, v2/v3 control tokens, v7 <c>[SYSTEM_PROMPT]</c>) exactly as mistral-common renders it,
 /// and the answer is generated until EOS.
@@ -16,7 +17,7 @@ internal static class ChatCommand
     {
         var a = new CliArguments("chat", args, [.. GenerationArgs.ValueOptions, "system"], []);
         var sampling = GenerationArgs.Sampling(a);
-        var loaded = ModelLoader.Load(a.Require("model"));
+        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr));
         var renderer = loaded.CreateChatRenderer();
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         var messages = new List<ChatMessage>();

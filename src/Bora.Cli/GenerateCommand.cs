@@ -5,7 +5,7 @@ using Bora.Loading;
 
 namespace Bora.Cli;
 
-/// <summary><c>bora generate --model PATH --prompt TEXT [options] [--json]</c>.</summary>
+/// <summary><c>bora generate [--model PATH] --prompt TEXT [options] [--json]</c>; without --model, the embedded <see cref="DefaultModel"/>.</summary>
 internal static class GenerateCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
@@ -13,7 +13,7 @@ internal static class GenerateCommand
         var a = new CliArguments("generate", args, [.. GenerationArgs.ValueOptions, "prompt", "system", "lora"], ["json", "chat"]);
         var sampling = GenerationArgs.Sampling(a);
         var prompt = a.Get("prompt") ?? "";
-        var loaded = ModelLoader.Load(a.Require("model"));
+        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr));
         loaded = Training.Lora.LoraLoading.WithLora(loaded, a.Get("lora")); // --lora DIR: a PEFT adapter applied at run time
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         // --chat: the prompt is one user message in the model's chat format; otherwise raw text after BOS.

@@ -9,15 +9,15 @@ public static class Program
         bora — Mistral-family language models on your own machine
 
         Commands:
-          generate --model PATH --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
+          generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
                    [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
                    [--chat [--system TEXT]]   (the prompt as a user message in the model's chat format)
                    [--lora ADAPTER_DIR]       (a PEFT LoRA adapter applied at run time)
           tokenize --model PATH --text TEXT [--no-bos] [--json]
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
-          chat --model PATH [--system TEXT] [generation options]
-          serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N] [--kv-cache-mib N]
+          chat [--model PATH] [--system TEXT] [generation options]
+          serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N] [--kv-cache-mib N]
                 [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
@@ -29,6 +29,8 @@ public static class Program
           bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
+        Without --model, generate, chat and serve use the embedded default model bora-kjv (a small Mixtral that
+        Bora trained on the King James Bible; it continues text in King James English).
         """;
 
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error, Console.In);

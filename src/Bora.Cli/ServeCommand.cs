@@ -5,9 +5,10 @@ using Bora.Serving;
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora serve --model PATH [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N]
+/// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N]
 /// [--kv-cache-mib N] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]</c>:
-/// the OpenAI-compatible HTTP server until Ctrl+C. The key may also come from BORA_API_KEY.
+/// the OpenAI-compatible HTTP server until Ctrl+C. The key may also come from BORA_API_KEY. Without --model,
+/// it serves the embedded <see cref="DefaultModel"/>.
 /// </summary>
 internal static class ServeCommand
 {
@@ -15,7 +16,7 @@ internal static class ServeCommand
     {
         var a = new CliArguments("serve", args,
             ["model", "host", "port", "api-key", "context", "kv-cache-mib", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit"], []);
-        string model = a.Require("model");
+        string model = DefaultModel.Resolve(a, stderr);
         var options = new ServerOptions
         {
             Host = a.Get("host") ?? "127.0.0.1",

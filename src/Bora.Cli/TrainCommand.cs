@@ -126,7 +126,7 @@ internal static class TrainCommand
     }
 
     /// <summary>The corpus as token ids, encoded in chunks of whole lines (no BOS) so long files stay linear-time.</summary>
-    private static int[] Tokenize(string path, Bora.Tokenizers.ITokenizer tokenizer)
+    internal static int[] Tokenize(string path, Bora.Tokenizers.ITokenizer tokenizer)
     {
         if (!File.Exists(path))
         {
