@@ -134,130 +134,98 @@ public static class WeightLoader
         return new QuantizedMatrix(type, blocks, source.Rows, source.Cols, copy: false);
     }
 
-    private static TransformerWeights LoadHf(Reader r, ModelConfig c)
+    private static TransformerWeights LoadHf(Reader r, ModelConfig c) => Finish(r, c,
+        "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+        Layers(r, c, "model.layers.", HfLayerNames, unpermuteQk: true,
+            moe: (p, what) => PerTensorExperts(r, c, p + "block_sparse_moe.", what),
+            ffn: (p, what) => PerExpert(r, c, p + "mlp.", "gate_proj.weight", "down_proj.weight", "up_proj.weight", what)),
+        tieIfAbsent: c.TiedEmbeddings);
+
+    private static TransformerWeights LoadMistral(Reader r, ModelConfig c) => Finish(r, c,
+        "tok_embeddings.weight", "norm.weight", "output.weight",
+        Layers(r, c, "layers.", MistralLayerNames, unpermuteQk: false,
+            moe: (p, what) => PerTensorExperts(r, c, p + "feed_forward.", what),
+            ffn: (p, what) => PerExpert(r, c, p + "feed_forward.", "w1.weight", "w2.weight", "w3.weight", what)),
+        tieIfAbsent: c.TiedEmbeddings);
+
+    private static TransformerWeights LoadGguf(Reader r, ModelConfig c) => Finish(r, c,
+        "token_embd.weight", "output_norm.weight", "output.weight",
+        Layers(r, c, "blk.", GgufLayerNames, unpermuteQk: false,
+            moe: (p, what) => GgufExperts(r, c, p, what),
+            ffn: (p, what) => PerExpert(r, c, p, "ffn_gate.weight", "ffn_down.weight", "ffn_up.weight", what)),
+        tieIfAbsent: true);
+
+    /// <summary>GGUF MoE: a router, and the experts either merged into one (E, rows, cols) tensor per matrix or one tensor each.</summary>
+    private static MoeWeights GgufExperts(Reader r, ModelConfig c, string p, string what)
     {
-        var layers = new LayerWeights[c.NLayers];
-        for (int i = 0; i < c.NLayers; i++)
+        var router = r.Matrix(p + "ffn_gate_inp.weight", what + "router", c.NExperts, c.Dim);
+        FeedForwardWeights[] experts;
+        if (r.Has(p + "ffn_gate_exps.weight"))
         {
-            string p = $"model.layers.{i}.";
-            string what = $"layer {i} ";
-            FeedForwardWeights? ffn = null;
-            MoeWeights? moe = null;
-            if (c.IsMoE)
-            {
-                moe = new MoeWeights
-                {
-                    Router = r.Matrix(p + "block_sparse_moe.gate.weight", what + "router", c.NExperts, c.Dim),
-                    Experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, $"{p}block_sparse_moe.experts.{e}.", "w1.weight", "w2.weight", "w3.weight", $"{what}expert {e} "))],
-                };
-            }
-            else
-            {
-                ffn = new FeedForwardWeights
-                {
-                    W1 = r.Matrix(p + "mlp.gate_proj.weight", what + "W1 (gate)", c.HiddenDim, c.Dim),
-                    W2 = r.Matrix(p + "mlp.down_proj.weight", what + "W2 (down)", c.Dim, c.HiddenDim),
-                    W3 = r.Matrix(p + "mlp.up_proj.weight", what + "W3 (up)", c.HiddenDim, c.Dim),
-                };
-            }
-            layers[i] = new LayerWeights
-            {
-                AttentionNorm = r.Vector(p + "input_layernorm.weight", what + "attention norm", c.Dim),
-                Wq = r.Matrix(p + "self_attn.q_proj.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim,
-                    HfRopePermutation.UnpermuteRowOrder(c.NHeads, c.NHeads * c.HeadDim)),
-                Wk = r.Matrix(p + "self_attn.k_proj.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim,
-                    HfRopePermutation.UnpermuteRowOrder(c.NKvHeads, c.NKvHeads * c.HeadDim)),
-                Wv = r.Matrix(p + "self_attn.v_proj.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
-                Wo = r.Matrix(p + "self_attn.o_proj.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
-                FfnNorm = r.Vector(p + "post_attention_layernorm.weight", what + "FFN norm", c.Dim),
-                FeedForward = ffn,
-                Moe = moe,
-            };
+            // Slice each merged tensor for every expert in turn, so it is converted once.
+            var w1 = Slices(r, p + "ffn_gate_exps.weight", $"{what}merged W1 (gate) experts", c.NExperts, c.HiddenDim, c.Dim);
+            var w2 = Slices(r, p + "ffn_down_exps.weight", $"{what}merged W2 (down) experts", c.NExperts, c.Dim, c.HiddenDim);
+            var w3 = Slices(r, p + "ffn_up_exps.weight", $"{what}merged W3 (up) experts", c.NExperts, c.HiddenDim, c.Dim);
+            experts = [.. Enumerable.Range(0, c.NExperts).Select(e => new FeedForwardWeights { W1 = w1[e], W2 = w2[e], W3 = w3[e] })];
         }
-        return Finish(r, c, "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", layers, tieIfAbsent: c.TiedEmbeddings);
+        else
+        {
+            experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, p, $"ffn_gate.{e}.weight", $"ffn_down.{e}.weight", $"ffn_up.{e}.weight", $"{what}expert {e} "))];
+        }
+        return new MoeWeights { Router = router, Experts = experts };
     }
 
-    private static TransformerWeights LoadMistral(Reader r, ModelConfig c)
+    /// <summary>
+    /// Reads every layer <c>{layerPrefix}{i}.</c>: its feed-forward weights first (<paramref name="moe"/> for an MoE
+    /// config, else <paramref name="ffn"/>, each given the layer's prefix and "layer i " for messages), then its norms
+    /// and attention matrices named by <paramref name="n"/>. With <paramref name="unpermuteQk"/> the Wq/Wk rows are
+    /// un-permuted from HF's rotate-half order.
+    /// </summary>
+    private static LayerWeights[] Layers(Reader r, ModelConfig c, string layerPrefix, LayerNames n, bool unpermuteQk,
+        Func<string, string, MoeWeights> moe, Func<string, string, FeedForwardWeights> ffn)
     {
         var layers = new LayerWeights[c.NLayers];
         for (int i = 0; i < c.NLayers; i++)
         {
-            string p = $"layers.{i}.";
+            string p = $"{layerPrefix}{i}.";
             string what = $"layer {i} ";
-            FeedForwardWeights? ffn = null;
-            MoeWeights? moe = null;
-            if (c.IsMoE)
-            {
-                moe = new MoeWeights
-                {
-                    Router = r.Matrix(p + "feed_forward.gate.weight", what + "router", c.NExperts, c.Dim),
-                    Experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, $"{p}feed_forward.experts.{e}.", "w1.weight", "w2.weight", "w3.weight", $"{what}expert {e} "))],
-                };
-            }
-            else
-            {
-                ffn = PerExpert(r, c, p + "feed_forward.", "w1.weight", "w2.weight", "w3.weight", what);
-            }
+            MoeWeights? m = c.IsMoE ? moe(p, what) : null;
+            FeedForwardWeights? f = c.IsMoE ? null : ffn(p, what);
             layers[i] = new LayerWeights
             {
-                AttentionNorm = r.Vector(p + "attention_norm.weight", what + "attention norm", c.Dim),
-                Wq = r.Matrix(p + "attention.wq.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim),
-                Wk = r.Matrix(p + "attention.wk.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim),
-                Wv = r.Matrix(p + "attention.wv.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
-                Wo = r.Matrix(p + "attention.wo.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
-                FfnNorm = r.Vector(p + "ffn_norm.weight", what + "FFN norm", c.Dim),
-                FeedForward = ffn,
-                Moe = moe,
+                AttentionNorm = r.Vector(p + n.AttentionNorm, what + "attention norm", c.Dim),
+                Wq = r.Matrix(p + n.Wq, what + "Wq", c.NHeads * c.HeadDim, c.Dim,
+                    unpermuteQk ? HfRopePermutation.UnpermuteRowOrder(c.NHeads, c.NHeads * c.HeadDim) : null),
+                Wk = r.Matrix(p + n.Wk, what + "Wk", c.NKvHeads * c.HeadDim, c.Dim,
+                    unpermuteQk ? HfRopePermutation.UnpermuteRowOrder(c.NKvHeads, c.NKvHeads * c.HeadDim) : null),
+                Wv = r.Matrix(p + n.Wv, what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
+                Wo = r.Matrix(p + n.Wo, what + "Wo", c.Dim, c.NHeads * c.HeadDim),
+                FfnNorm = r.Vector(p + n.FfnNorm, what + "FFN norm", c.Dim),
+                FeedForward = f,
+                Moe = m,
             };
         }
-        return Finish(r, c, "tok_embeddings.weight", "norm.weight", "output.weight", layers, tieIfAbsent: c.TiedEmbeddings);
+        return layers;
     }
 
-    private static TransformerWeights LoadGguf(Reader r, ModelConfig c)
+    /// <summary>A layer's attention and norm tensor names (after the layer prefix) in one naming scheme.</summary>
+    private sealed record LayerNames(string AttentionNorm, string Wq, string Wk, string Wv, string Wo, string FfnNorm);
+
+    private static readonly LayerNames HfLayerNames = new("input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight");
+
+    private static readonly LayerNames MistralLayerNames = new("attention_norm.weight", "attention.wq.weight", "attention.wk.weight",
+        "attention.wv.weight", "attention.wo.weight", "ffn_norm.weight");
+
+    private static readonly LayerNames GgufLayerNames = new("attn_norm.weight", "attn_q.weight", "attn_k.weight",
+        "attn_v.weight", "attn_output.weight", "ffn_norm.weight");
+
+    /// <summary>A router <c>{prefix}gate.weight</c> and one tensor per expert matrix, <c>{prefix}experts.{e}.w1.weight</c> ... (HF and Mistral MoE).</summary>
+    private static MoeWeights PerTensorExperts(Reader r, ModelConfig c, string prefix, string what) => new()
     {
-        var layers = new LayerWeights[c.NLayers];
-        for (int i = 0; i < c.NLayers; i++)
-        {
-            string p = $"blk.{i}.";
-            string what = $"layer {i} ";
-            FeedForwardWeights? ffn = null;
-            MoeWeights? moe = null;
-            if (c.IsMoE)
-            {
-                var router = r.Matrix(p + "ffn_gate_inp.weight", what + "router", c.NExperts, c.Dim);
-                FeedForwardWeights[] experts;
-                if (r.Has(p + "ffn_gate_exps.weight"))
-                {
-                    // Slice each merged tensor for every expert in turn, so it is converted once.
-                    var w1 = Slices(r, p + "ffn_gate_exps.weight", $"{what}merged W1 (gate) experts", c.NExperts, c.HiddenDim, c.Dim);
-                    var w2 = Slices(r, p + "ffn_down_exps.weight", $"{what}merged W2 (down) experts", c.NExperts, c.Dim, c.HiddenDim);
-                    var w3 = Slices(r, p + "ffn_up_exps.weight", $"{what}merged W3 (up) experts", c.NExperts, c.HiddenDim, c.Dim);
-                    experts = [.. Enumerable.Range(0, c.NExperts).Select(e => new FeedForwardWeights { W1 = w1[e], W2 = w2[e], W3 = w3[e] })];
-                }
-                else
-                {
-                    experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, p, $"ffn_gate.{e}.weight", $"ffn_down.{e}.weight", $"ffn_up.{e}.weight", $"{what}expert {e} "))];
-                }
-                moe = new MoeWeights { Router = router, Experts = experts };
-            }
-            else
-            {
-                ffn = PerExpert(r, c, p, "ffn_gate.weight", "ffn_down.weight", "ffn_up.weight", what);
-            }
-            layers[i] = new LayerWeights
-            {
-                AttentionNorm = r.Vector(p + "attn_norm.weight", what + "attention norm", c.Dim),
-                Wq = r.Matrix(p + "attn_q.weight", what + "Wq", c.NHeads * c.HeadDim, c.Dim),
-                Wk = r.Matrix(p + "attn_k.weight", what + "Wk", c.NKvHeads * c.HeadDim, c.Dim),
-                Wv = r.Matrix(p + "attn_v.weight", what + "Wv", c.NKvHeads * c.HeadDim, c.Dim),
-                Wo = r.Matrix(p + "attn_output.weight", what + "Wo", c.Dim, c.NHeads * c.HeadDim),
-                FfnNorm = r.Vector(p + "ffn_norm.weight", what + "FFN norm", c.Dim),
-                FeedForward = ffn,
-                Moe = moe,
-            };
-        }
-        return Finish(r, c, "token_embd.weight", "output_norm.weight", "output.weight", layers, tieIfAbsent: true);
-    }
+        Router = r.Matrix(prefix + "gate.weight", what + "router", c.NExperts, c.Dim),
+        Experts = [.. Enumerable.Range(0, c.NExperts).Select(e => PerExpert(r, c, $"{prefix}experts.{e}.", "w1.weight", "w2.weight", "w3.weight", $"{what}expert {e} "))],
+    };
 
     private static WeightMatrix[] Slices(Reader r, string name, string what, int experts, int rows, int cols) =>
         [.. Enumerable.Range(0, experts).Select(e => r.ExpertSlice(name, what, e, experts, rows, cols))];
