@@ -132,30 +132,7 @@ public sealed class Stories260KTests(ITestOutputHelper output)
     {
         using var gguf = GgufFile.Open(Gguf);
         var config = ModelConfigLoader.FromGguf(gguf.Metadata, Gguf);
-        var tensors = new List<TensorData>();
-        void Add(string name, string ggufName, Func<float[], float[]>? transform = null)
-        {
-            Assert.True(gguf.TryGetTensor(ggufName, out var info), ggufName);
-            float[] data = gguf.ReadFloat32(info);
-            tensors.Add(TensorData.FromFloat32(name, DType.F32, info.Shape, transform is null ? data : transform(data)));
-        }
-        int dq = config.NHeads * config.HeadDim, dkv = config.NKvHeads * config.HeadDim;
-        Add("model.embed_tokens.weight", "token_embd.weight");
-        for (int l = 0; l < config.NLayers; l++)
-        {
-            string hf = $"model.layers.{l}.", g = $"blk.{l}.";
-            Add(hf + "input_layernorm.weight", g + "attn_norm.weight");
-            Add(hf + "self_attn.q_proj.weight", g + "attn_q.weight", w => HfRopePermutation.Permute(w, config.NHeads, dq, config.Dim));
-            Add(hf + "self_attn.k_proj.weight", g + "attn_k.weight", w => HfRopePermutation.Permute(w, config.NKvHeads, dkv, config.Dim));
-            Add(hf + "self_attn.v_proj.weight", g + "attn_v.weight");
-            Add(hf + "self_attn.o_proj.weight", g + "attn_output.weight");
-            Add(hf + "post_attention_layernorm.weight", g + "ffn_norm.weight");
-            Add(hf + "mlp.gate_proj.weight", g + "ffn_gate.weight");
-            Add(hf + "mlp.up_proj.weight", g + "ffn_up.weight");
-            Add(hf + "mlp.down_proj.weight", g + "ffn_down.weight");
-        }
-        Add("model.norm.weight", "output_norm.weight");
-        Add("lm_head.weight", "output.weight");
+        var tensors = HuggingFaceTensors(gguf, config);
         SafetensorsWriter.WriteSharded(dir, tensors, maxShardBytes: 400_000);
 
         var hfConfig = new Dictionary<string, object?>
@@ -187,11 +164,7 @@ public sealed class Stories260KTests(ITestOutputHelper output)
         using var gguf = GgufFile.Open(Gguf);
         var config = ModelConfigLoader.FromGguf(gguf.Metadata, Gguf);
         var tensors = new List<TensorData>();
-        void Add(string name, string ggufName)
-        {
-            Assert.True(gguf.TryGetTensor(ggufName, out var info), ggufName);
-            tensors.Add(TensorData.FromFloat32(name, DType.F32, info.Shape, gguf.ReadFloat32(info)));
-        }
+        void Add(string name, string ggufName) => tensors.Add(Renamed(gguf, name, ggufName));
         Add("tok_embeddings.weight", "token_embd.weight");
         for (int l = 0; l < config.NLayers; l++)
         {
@@ -223,5 +196,47 @@ public sealed class Stories260KTests(ITestOutputHelper output)
         };
         File.WriteAllText(Path.Combine(dir, "params.json"), JsonSerializer.Serialize(paramsJson));
         File.Copy(Path.Combine(ModelDir, "tok512.model"), Path.Combine(dir, "tokenizer.model"));
+    }
+
+    /// <summary>
+    /// stories260K's tensors (<paramref name="gguf"/>) under transformers LlamaForCausalLM names, F32, with the Q/K rows
+    /// permuted for rotate-half RoPE; <paramref name="skip"/>, if given, is left out (to test a missing tensor).
+    /// </summary>
+    internal static List<TensorData> HuggingFaceTensors(GgufFile gguf, ModelConfig config, string? skip = null)
+    {
+        var tensors = new List<TensorData>();
+        void Add(string name, string ggufName, Func<float[], float[]>? transform = null)
+        {
+            if (name != skip)
+            {
+                tensors.Add(Renamed(gguf, name, ggufName, transform));
+            }
+        }
+        int dq = config.NHeads * config.HeadDim, dkv = config.NKvHeads * config.HeadDim;
+        Add("model.embed_tokens.weight", "token_embd.weight");
+        for (int l = 0; l < config.NLayers; l++)
+        {
+            string hf = $"model.layers.{l}.", g = $"blk.{l}.";
+            Add(hf + "input_layernorm.weight", g + "attn_norm.weight");
+            Add(hf + "self_attn.q_proj.weight", g + "attn_q.weight", w => HfRopePermutation.Permute(w, config.NHeads, dq, config.Dim));
+            Add(hf + "self_attn.k_proj.weight", g + "attn_k.weight", w => HfRopePermutation.Permute(w, config.NKvHeads, dkv, config.Dim));
+            Add(hf + "self_attn.v_proj.weight", g + "attn_v.weight");
+            Add(hf + "self_attn.o_proj.weight", g + "attn_output.weight");
+            Add(hf + "post_attention_layernorm.weight", g + "ffn_norm.weight");
+            Add(hf + "mlp.gate_proj.weight", g + "ffn_gate.weight");
+            Add(hf + "mlp.up_proj.weight", g + "ffn_up.weight");
+            Add(hf + "mlp.down_proj.weight", g + "ffn_down.weight");
+        }
+        Add("model.norm.weight", "output_norm.weight");
+        Add("lm_head.weight", "output.weight");
+        return tensors;
+    }
+
+    /// <summary>GGUF tensor <paramref name="ggufName"/> read as F32 and named <paramref name="name"/>, optionally transformed.</summary>
+    private static TensorData Renamed(GgufFile gguf, string name, string ggufName, Func<float[], float[]>? transform = null)
+    {
+        Assert.True(gguf.TryGetTensor(ggufName, out var info), ggufName);
+        float[] data = gguf.ReadFloat32(info);
+        return TensorData.FromFloat32(name, DType.F32, info.Shape, transform is null ? data : transform(data));
     }
 }

@@ -6,6 +6,7 @@ using Bora.Loading;
 using Bora.Model;
 using Bora.Numerics;
 using Bora.Quantization;
+using Bora.Reference.Tests.Engine;
 using Bora.Reference.Tests.LlamaCpp;
 using Bora.Tokenizers;
 using Xunit.Abstractions;
@@ -204,35 +205,7 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         Directory.CreateDirectory(hfDir);
         using var gguf = GgufFile.Open(Stories);
         var config = ModelConfigLoader.FromGguf(gguf.Metadata, Stories);
-        var tensors = new List<TensorData>();
-        void Add(string hfName, string ggufName, Func<float[], float[]>? transform = null)
-        {
-            if (hfName == skip)
-            {
-                return;
-            }
-            gguf.TryGetTensor(ggufName, out var info);
-            var values = gguf.ReadFloat32(info);
-            tensors.Add(TensorData.FromFloat32(hfName, DType.F32, info.Shape, transform is null ? values : transform(values)));
-        }
-        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
-        Add("model.embed_tokens.weight", "token_embd.weight");
-        Add("model.norm.weight", "output_norm.weight");
-        Add("lm_head.weight", "output.weight");
-        for (int i = 0; i < config.NLayers; i++)
-        {
-            string p = $"model.layers.{i}.", b = $"blk.{i}.";
-            Add(p + "input_layernorm.weight", b + "attn_norm.weight");
-            Add(p + "self_attn.q_proj.weight", b + "attn_q.weight", w => HfRopePermutation.Permute(w, config.NHeads, q, config.Dim));
-            Add(p + "self_attn.k_proj.weight", b + "attn_k.weight", w => HfRopePermutation.Permute(w, config.NKvHeads, kv, config.Dim));
-            Add(p + "self_attn.v_proj.weight", b + "attn_v.weight");
-            Add(p + "self_attn.o_proj.weight", b + "attn_output.weight");
-            Add(p + "post_attention_layernorm.weight", b + "ffn_norm.weight");
-            Add(p + "mlp.gate_proj.weight", b + "ffn_gate.weight");
-            Add(p + "mlp.down_proj.weight", b + "ffn_down.weight");
-            Add(p + "mlp.up_proj.weight", b + "ffn_up.weight");
-        }
-        SafetensorsWriter.Write(Path.Combine(hfDir, "model.safetensors"), tensors);
+        SafetensorsWriter.Write(Path.Combine(hfDir, "model.safetensors"), Stories260KTests.HuggingFaceTensors(gguf, config, skip));
         File.WriteAllText(Path.Combine(hfDir, "config.json"), string.Create(CultureInfo.InvariantCulture, $$"""
             {"architectures": ["LlamaForCausalLM"], "hidden_size": {{config.Dim}}, "intermediate_size": {{config.HiddenDim}},
              "num_attention_heads": {{config.NHeads}}, "num_key_value_heads": {{config.NKvHeads}}, "num_hidden_layers": {{config.NLayers}},
