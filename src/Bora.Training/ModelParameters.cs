@@ -133,34 +133,19 @@ public sealed class ModelParameters<T>
         for (int i = 0; i < layers.Length; i++)
         {
             string p = $"layers.{i}.";
-            var attNorm = Add(p + "attention_norm.weight", false, d);
-            var wq = Add(p + "attention.wq.weight", true, q, d);
-            var wk = Add(p + "attention.wk.weight", true, kv, d);
-            var wv = Add(p + "attention.wv.weight", true, kv, d);
-            var wo = Add(p + "attention.wo.weight", true, d, q);
-            var ffnNorm = Add(p + "ffn_norm.weight", false, d);
-            layers[i] = config.IsMoE
-                ? new LayerParameters<T>
-                {
-                    AttentionNorm = attNorm,
-                    Wq = wq,
-                    Wk = wk,
-                    Wv = wv,
-                    Wo = wo,
-                    FfnNorm = ffnNorm,
-                    Router = Add(p + "feed_forward.gate.weight", true, config.NExperts, d),
-                    Experts = [.. Enumerable.Range(0, config.NExperts).Select(e => Ffn($"{p}feed_forward.experts.{e}."))],
-                }
-                : new LayerParameters<T>
-                {
-                    AttentionNorm = attNorm,
-                    Wq = wq,
-                    Wk = wk,
-                    Wv = wv,
-                    Wo = wo,
-                    FfnNorm = ffnNorm,
-                    FeedForward = Ffn(p + "feed_forward."),
-                };
+            // The Add calls run in written order, which fixes the order of the parameter list.
+            layers[i] = new LayerParameters<T>
+            {
+                AttentionNorm = Add(p + "attention_norm.weight", false, d),
+                Wq = Add(p + "attention.wq.weight", true, q, d),
+                Wk = Add(p + "attention.wk.weight", true, kv, d),
+                Wv = Add(p + "attention.wv.weight", true, kv, d),
+                Wo = Add(p + "attention.wo.weight", true, d, q),
+                FfnNorm = Add(p + "ffn_norm.weight", false, d),
+                FeedForward = config.IsMoE ? null : Ffn(p + "feed_forward."),
+                Router = config.IsMoE ? Add(p + "feed_forward.gate.weight", true, config.NExperts, d) : null,
+                Experts = config.IsMoE ? [.. Enumerable.Range(0, config.NExperts).Select(e => Ffn($"{p}feed_forward.experts.{e}."))] : [],
+            };
         }
         Layers = layers;
         FinalNorm = Add("norm.weight", false, d);
