@@ -38,28 +38,7 @@ public static class SyntheticGguf
         int d = config.Dim, dq = config.NHeads * config.HeadDim, dkv = config.NKvHeads * config.HeadDim, f = config.HiddenDim;
         var rng = new Random(seed);
         var w = new GgufWriter();
-        w.AddMetadata("general.architecture", "llama");
-        w.AddMetadata("general.name", "bora-synthetic");
-        w.AddMetadata("llama.context_length", (uint)config.MaxSeqLen);
-        w.AddMetadata("llama.embedding_length", (uint)d);
-        w.AddMetadata("llama.block_count", (uint)config.NLayers);
-        w.AddMetadata("llama.feed_forward_length", (uint)f);
-        w.AddMetadata("llama.rope.dimension_count", (uint)config.HeadDim);
-        w.AddMetadata("llama.attention.head_count", (uint)config.NHeads);
-        w.AddMetadata("llama.attention.head_count_kv", (uint)config.NKvHeads);
-        w.AddMetadata("llama.attention.layer_norm_rms_epsilon", config.NormEps);
-        w.AddMetadata("llama.rope.freq_base", config.RopeTheta);
-        if (config.HeadDim * config.NHeads != d)
-        {
-            w.AddMetadata("llama.attention.key_length", (uint)config.HeadDim);
-            w.AddMetadata("llama.attention.value_length", (uint)config.HeadDim);
-        }
-        if (config.IsMoE)
-        {
-            w.AddMetadata("llama.expert_count", (uint)config.NExperts);
-            w.AddMetadata("llama.expert_used_count", (uint)config.NExpertsPerToken);
-        }
-        w.AddMetadata("llama.vocab_size", (uint)config.VocabSize);
+        AddLlamaConfig(w, config, "bora-synthetic");
         foreach (var (key, value) in vocabularySource.Metadata)
         {
             if (key.StartsWith("tokenizer.", StringComparison.Ordinal))
@@ -115,5 +94,35 @@ public static class SyntheticGguf
             a[i] = mean + std * (float)(Math.Sqrt(-2.0 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
         }
         return a;
+    }
+
+    /// <summary>
+    /// <c>general.architecture = llama</c>, <c>general.name</c> and the <c>llama.*</c> hyper-parameters of
+    /// <paramref name="config"/> (see <c>Bora.Quantization.GgufLlamaMetadata.AddConfig</c>, which uses this).
+    /// </summary>
+    internal static void AddLlamaConfig(GgufWriter w, ModelConfig config, string name)
+    {
+        w.AddMetadata("general.architecture", "llama");
+        w.AddMetadata("general.name", name);
+        w.AddMetadata("llama.context_length", (uint)config.MaxSeqLen);
+        w.AddMetadata("llama.embedding_length", (uint)config.Dim);
+        w.AddMetadata("llama.block_count", (uint)config.NLayers);
+        w.AddMetadata("llama.feed_forward_length", (uint)config.HiddenDim);
+        w.AddMetadata("llama.rope.dimension_count", (uint)config.HeadDim);
+        w.AddMetadata("llama.attention.head_count", (uint)config.NHeads);
+        w.AddMetadata("llama.attention.head_count_kv", (uint)config.NKvHeads);
+        w.AddMetadata("llama.attention.layer_norm_rms_epsilon", config.NormEps);
+        w.AddMetadata("llama.rope.freq_base", config.RopeTheta);
+        if (config.HeadDim * config.NHeads != config.Dim)
+        {
+            w.AddMetadata("llama.attention.key_length", (uint)config.HeadDim);
+            w.AddMetadata("llama.attention.value_length", (uint)config.HeadDim);
+        }
+        if (config.IsMoE)
+        {
+            w.AddMetadata("llama.expert_count", (uint)config.NExperts);
+            w.AddMetadata("llama.expert_used_count", (uint)config.NExpertsPerToken);
+        }
+        w.AddMetadata("llama.vocab_size", (uint)config.VocabSize);
     }
 }

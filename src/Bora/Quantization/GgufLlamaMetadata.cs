@@ -32,28 +32,7 @@ public static class GgufLlamaMetadata
     {
         ArgumentNullException.ThrowIfNull(w);
         ArgumentNullException.ThrowIfNull(config);
-        w.AddMetadata("general.architecture", "llama");
-        w.AddMetadata("general.name", name);
-        w.AddMetadata("llama.context_length", (uint)config.MaxSeqLen);
-        w.AddMetadata("llama.embedding_length", (uint)config.Dim);
-        w.AddMetadata("llama.block_count", (uint)config.NLayers);
-        w.AddMetadata("llama.feed_forward_length", (uint)config.HiddenDim);
-        w.AddMetadata("llama.rope.dimension_count", (uint)config.HeadDim);
-        w.AddMetadata("llama.attention.head_count", (uint)config.NHeads);
-        w.AddMetadata("llama.attention.head_count_kv", (uint)config.NKvHeads);
-        w.AddMetadata("llama.attention.layer_norm_rms_epsilon", config.NormEps);
-        w.AddMetadata("llama.rope.freq_base", config.RopeTheta);
-        if (config.HeadDim * config.NHeads != config.Dim)
-        {
-            w.AddMetadata("llama.attention.key_length", (uint)config.HeadDim);
-            w.AddMetadata("llama.attention.value_length", (uint)config.HeadDim);
-        }
-        if (config.IsMoE)
-        {
-            w.AddMetadata("llama.expert_count", (uint)config.NExperts);
-            w.AddMetadata("llama.expert_used_count", (uint)config.NExpertsPerToken);
-        }
-        w.AddMetadata("llama.vocab_size", (uint)config.VocabSize);
+        SyntheticGguf.AddLlamaConfig(w, config, name);
     }
 
     /// <summary>
