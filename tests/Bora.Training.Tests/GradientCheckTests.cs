@@ -49,28 +49,7 @@ public class GradientCheckTests
         model.Forward(tokens, targets);
         model.Backward(1.0);
 
-        var rng = new Random(24);
-        var failures = new List<string>();
-        foreach (var param in p.All)
-        {
-            for (int s = 0; s < EntriesPerTensor; s++)
-            {
-                int i = rng.Next(param.Length);
-                double saved = param.Data[i];
-                param.Data[i] = saved + Step;
-                double up = model.Forward(tokens, targets);
-                param.Data[i] = saved - Step;
-                double down = model.Forward(tokens, targets);
-                param.Data[i] = saved;
-                double numeric = (up - down) / (2 * Step);
-                double analytic = param.Grad[i];
-                double err = Math.Abs(analytic - numeric) / Math.Max(1e-3, Math.Max(Math.Abs(analytic), Math.Abs(numeric)));
-                if (err > RelativeTolerance)
-                {
-                    failures.Add($"{param.Name}[{i}]: analytic {analytic:E6} numeric {numeric:E6} (rel {err:E2})");
-                }
-            }
-        }
+        var failures = FiniteDifferenceMismatches(p.All, () => model.Forward(tokens, targets), new Random(24), EntriesPerTensor, Step, RelativeTolerance);
         Assert.True(failures.Count == 0, $"{name}: " + string.Join("\n", failures));
     }
 
@@ -134,5 +113,38 @@ public class GradientCheckTests
         {
             Assert.Equal(a.All[k].Grad, b.All[k].Grad);
         }
+    }
+
+    /// <summary>
+    /// Checks <paramref name="entriesPerTensor"/> entries (drawn from <paramref name="rng"/>) of each parameter's
+    /// analytic gradient (already in Grad) against the central difference (f(x + h) - f(x - h)) / 2h of
+    /// <paramref name="forward"/>, restoring each entry after; returns one line for each entry whose
+    /// |analytic - numeric| / max(|analytic|, |numeric|, 1e-3) exceeds <paramref name="relativeTolerance"/>.
+    /// </summary>
+    internal static List<string> FiniteDifferenceMismatches(IEnumerable<Parameter<double>> parameters, Func<double> forward, Random rng,
+        int entriesPerTensor, double step, double relativeTolerance)
+    {
+        var failures = new List<string>();
+        foreach (var param in parameters)
+        {
+            for (int s = 0; s < entriesPerTensor; s++)
+            {
+                int i = rng.Next(param.Length);
+                double saved = param.Data[i];
+                param.Data[i] = saved + step;
+                double up = forward();
+                param.Data[i] = saved - step;
+                double down = forward();
+                param.Data[i] = saved;
+                double numeric = (up - down) / (2 * step);
+                double analytic = param.Grad[i];
+                double err = Math.Abs(analytic - numeric) / Math.Max(1e-3, Math.Max(Math.Abs(analytic), Math.Abs(numeric)));
+                if (err > relativeTolerance)
+                {
+                    failures.Add($"{param.Name}[{i}]: analytic {analytic:E6} numeric {numeric:E6} (rel {err:E2})");
+                }
+            }
+        }
+        return failures;
     }
 }

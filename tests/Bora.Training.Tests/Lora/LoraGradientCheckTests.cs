@@ -33,28 +33,8 @@ public class LoraGradientCheckTests
         model.Model.Forward(tokens, targets);
         model.Model.Backward(1.0);
 
-        var rng = new Random(66);
-        var failures = new List<string>();
-        foreach (var param in lora.All)
-        {
-            for (int s = 0; s < EntriesPerTensor; s++)
-            {
-                int i = rng.Next(param.Length);
-                double saved = param.Data[i];
-                param.Data[i] = saved + Step;
-                double up = model.Model.Forward(tokens, targets);
-                param.Data[i] = saved - Step;
-                double down = model.Model.Forward(tokens, targets);
-                param.Data[i] = saved;
-                double numeric = (up - down) / (2 * Step);
-                double analytic = param.Grad[i];
-                double err = Math.Abs(analytic - numeric) / Math.Max(1e-3, Math.Max(Math.Abs(analytic), Math.Abs(numeric)));
-                if (err > RelativeTolerance)
-                {
-                    failures.Add($"{param.Name}[{i}]: analytic {analytic:E6} numeric {numeric:E6} (rel {err:E2})");
-                }
-            }
-        }
+        var failures = GradientCheckTests.FiniteDifferenceMismatches(lora.All, () => model.Model.Forward(tokens, targets), new Random(66),
+            EntriesPerTensor, Step, RelativeTolerance);
         Assert.True(failures.Count == 0, $"{name}: " + string.Join("\n", failures));
         Assert.Contains(lora.All, p => p.Grad.Any(g => Math.Abs(g) > 1e-6));
         // Frozen: no matrix of the base received a gradient.
