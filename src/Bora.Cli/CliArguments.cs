@@ -3,7 +3,28 @@ using System.Globalization;
 namespace Bora.Cli;
 
 /// <summary>A command-line usage error; the message says what was wrong and how to fix it.</summary>
-public sealed class UsageException(string message) : Exception(message);
+public sealed class UsageException(string message) : Exception(message)
+{
+    /// <summary>Runs <paramref name="check"/>; an <see cref="ArgumentException"/> it throws becomes a usage error with the same message.</summary>
+    public static void From(Action check) => From(() =>
+    {
+        check();
+        return true;
+    });
+
+    /// <summary>Returns <paramref name="parse"/>'s value; an <see cref="ArgumentException"/> it throws becomes a usage error with the same message.</summary>
+    public static T From<T>(Func<T> parse)
+    {
+        try
+        {
+            return parse();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+}
 
 /// <summary>
 /// Parsed arguments of one command: positional values, <c>--name value</c> options and

@@ -32,15 +32,7 @@ internal static class FinetuneCommand
         {
             throw new UsageException($"--alpha must be positive; got {alpha}");
         }
-        IReadOnlySet<Model.Lora.LoraModule> targets;
-        try
-        {
-            targets = LoraTargets.Parse(a.Get("targets") ?? "q,k,v,o");
-        }
-        catch (ArgumentException e)
-        {
-            throw new UsageException(e.Message);
-        }
+        var targets = UsageException.From(() => LoraTargets.Parse(a.Get("targets") ?? "q,k,v,o"));
 
         var clock = Stopwatch.StartNew();
         var loaded = ModelLoader.Load(modelPath);
@@ -66,14 +58,7 @@ internal static class FinetuneCommand
             Seed = a.GetULong("seed") ?? 1,
             MaxThreads = a.GetInt("threads", Environment.ProcessorCount, min: 1),
         };
-        try
-        {
-            options.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new UsageException(e.Message);
-        }
+        UsageException.From(options.Validate);
         int evalEvery = a.GetInt("eval-every", Math.Max(1, steps / 10), min: 1);
         int cut = data.Count(e => e.Tokens.Length - 1 > options.SeqLen);
         int assistant = data.Sum(e => e.TrainedCount);

@@ -28,14 +28,7 @@ internal static class GenerationArgs
             Seed = a.GetULong("seed"),
             StopStrings = stop is null ? [] : [stop],
         };
-        try
-        {
-            options.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new UsageException(e.Message);
-        }
+        UsageException.From(options.Validate);
         return options;
     }
 

@@ -46,14 +46,7 @@ internal static class TrainCommand
             Seed = a.GetULong("seed") ?? 1,
             MaxThreads = a.GetInt("threads", Environment.ProcessorCount, min: 1),
         };
-        try
-        {
-            options.Validate();
-        }
-        catch (ArgumentException e)
-        {
-            throw new UsageException(e.Message);
-        }
+        UsageException.From(options.Validate);
         int evalEvery = a.GetInt("eval-every", Math.Max(1, steps / 10), min: 1);
         int evalBatches = a.GetInt("eval-batches", 16, min: 1);
         int saveEvery = a.GetInt("save-every", Math.Max(1, steps / 10), min: 1);
