@@ -130,17 +130,7 @@ public sealed class Transformer : ICausalLM
             var layer = _w.Layers[l];
             RmsNormRows(s.X, layer.AttentionNorm, s.Xn, t);
             Attention(layer, l, cache, p, t, s);
-            AddInPlace(s.X, s.Out, t * _dim);
-            RmsNormRows(s.X, layer.FfnNorm, s.Xn, t);
-            if (layer.Moe is { } moe)
-            {
-                MixtureOfExperts(moe, t, s);
-            }
-            else
-            {
-                FeedForward(layer.FeedForward!, s.Xn, s.Out, t, s);
-            }
-            AddInPlace(s.X, s.Out, t * _dim);
+            ResidualAndFeedForward(layer, t, s);
         }
         cache.Advance(t);
         if (!logits.IsEmpty)
@@ -309,17 +299,7 @@ public sealed class Transformer : ICausalLM
                 var layer = _w.Layers[l];
                 RmsNormRows(s.X, layer.AttentionNorm, s.Xn, total);
                 BatchAttention(layer, l, batch, rowEntry, rowStart, total, s);
-                AddInPlace(s.X, s.Out, total * _dim);
-                RmsNormRows(s.X, layer.FfnNorm, s.Xn, total);
-                if (layer.Moe is { } moe)
-                {
-                    MixtureOfExperts(moe, total, s);
-                }
-                else
-                {
-                    FeedForward(layer.FeedForward!, s.Xn, s.Out, total, s);
-                }
-                AddInPlace(s.X, s.Out, total * _dim);
+                ResidualAndFeedForward(layer, total, s);
             }
             for (int e = 0; e < batch.Count; e++)
             {
@@ -473,6 +453,25 @@ public sealed class Transformer : ICausalLM
             var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim) : s.V.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
             Kernels.Axpy(scores[j - lo], value, o);
         }
+    }
+
+    /// <summary>
+    /// The rest of a layer once attention has written s.Out (T, D): x += out, then x += FFN(RMSNorm(x)) with the
+    /// dense SwiGLU or the MoE. s.X: (T, D) residual stream; s.Xn, s.Out: (T, D) scratch.
+    /// </summary>
+    private void ResidualAndFeedForward(LayerWeights layer, int t, Scratch s)
+    {
+        AddInPlace(s.X, s.Out, t * _dim);
+        RmsNormRows(s.X, layer.FfnNorm, s.Xn, t);
+        if (layer.Moe is { } moe)
+        {
+            MixtureOfExperts(moe, t, s);
+        }
+        else
+        {
+            FeedForward(layer.FeedForward!, s.Xn, s.Out, t, s);
+        }
+        AddInPlace(s.X, s.Out, t * _dim);
     }
 
     /// <summary>SwiGLU: y = W2 (silu(W1 x) * (W3 x)) for n rows. x: (n, D), y: (n, D); uses s.H1, s.H3 (n, F).</summary>
