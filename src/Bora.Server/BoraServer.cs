@@ -250,14 +250,11 @@ public sealed class BoraServer : IAsyncDisposable
         var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16);
         string id = "cmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        await Run(ctx, engine, tokens, sampling, req.Stream == true,
-            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-                new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
-                ApiJsonContext.Default.CompletionResponse),
-            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-                new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
-                ApiJsonContext.Default.CompletionResponse),
-            first: null).ConfigureAwait(false);
+        // A text completion's whole response and its stream chunks have the same shape.
+        Func<string, string?, Usage?, byte[]> body = (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
+            new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
+            ApiJsonContext.Default.CompletionResponse);
+        await Run(ctx, engine, tokens, sampling, req.Stream == true, whole: body, chunk: body, first: null).ConfigureAwait(false);
     }
 
     private async Task ChatCompletions(HttpContext ctx)
