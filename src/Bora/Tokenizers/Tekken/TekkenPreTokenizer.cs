@@ -156,19 +156,11 @@ internal sealed class TekkenPreTokenizer
             var c = pattern[i];
             switch (c)
             {
-                case '\\':
+                case '\\' or '[':
                     {
+                        // An escape or a character class is copied whole as one atom.
                         var start = sb.Length;
-                        var len = EscapeLength(pattern, i);
-                        sb.Append(pattern, i, len);
-                        i += len;
-                        atomStart = start;
-                        break;
-                    }
-                case '[':
-                    {
-                        var start = sb.Length;
-                        var len = ClassLength(pattern, i);
+                        var len = c == '[' ? ClassLength(pattern, i) : EscapeLength(pattern, i);
                         sb.Append(pattern, i, len);
                         i += len;
                         atomStart = start;
