@@ -17,7 +17,7 @@ public static class Program
           chat-render --model PATH --request REQUEST.json [--version v1|v2|v3|v7] [--json]
           inspect PATH [--json]
           chat [--model PATH] [--system TEXT] [generation options]
-          serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N] [--kv-cache-mib N]
+          serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N] [--kv-cache-mib N]
                 [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}

@@ -1,22 +1,25 @@
 using Bora.Loading;
+using Bora.Numerics;
 using Bora.Server;
 using Bora.Serving;
 
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--context N]
+/// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N]
 /// [--kv-cache-mib N] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]</c>:
-/// the OpenAI-compatible HTTP server until Ctrl+C. The key may also come from BORA_API_KEY. Without --model,
-/// it serves the embedded <see cref="DefaultModel"/>.
+/// the OpenAI-compatible HTTP server until Ctrl+C, one log line per request on stderr. The key may also come
+/// from BORA_API_KEY; --threads bounds the threads of the numeric kernels (all cores by default). Without
+/// --model, it serves the embedded <see cref="DefaultModel"/>.
 /// </summary>
 internal static class ServeCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var a = new CliArguments("serve", args,
-            ["model", "host", "port", "api-key", "context", "kv-cache-mib", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit"], []);
+            ["model", "host", "port", "api-key", "threads", "context", "kv-cache-mib", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit"], []);
         string model = DefaultModel.Resolve(a, stderr);
+        NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount, 1, 1024);
         var options = new ServerOptions
         {
             Host = a.Get("host") ?? "127.0.0.1",

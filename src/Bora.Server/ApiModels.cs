@@ -6,7 +6,7 @@ namespace Bora.Server;
 // Wire types of the OpenAI-compatible API. Requests keep polymorphic fields (prompt, stop) as
 // JsonElement and are validated by RequestValidation; unknown fields are ignored, as OpenAI does.
 
-public sealed class CompletionRequest
+public sealed partial class CompletionRequest
 {
     [JsonPropertyName("model")] public string? Model { get; set; }
     [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
@@ -20,13 +20,13 @@ public sealed class CompletionRequest
     [JsonPropertyName("n")] public int? N { get; set; }
 }
 
-public sealed class ChatMessage
+public sealed partial class ChatMessage
 {
     [JsonPropertyName("role")] public string? Role { get; set; }
     [JsonPropertyName("content")] public JsonElement Content { get; set; }
 }
 
-public sealed class ChatCompletionRequest
+public sealed partial class ChatCompletionRequest
 {
     [JsonPropertyName("model")] public string? Model { get; set; }
     [JsonPropertyName("messages")] public List<ChatMessage>? Messages { get; set; }
@@ -62,7 +62,8 @@ public sealed record CompletionResponse(
 
 public sealed record ChatMessageOut(
     [property: JsonPropertyName("role")] string? Role,
-    [property: JsonPropertyName("content")] string? Content);
+    [property: JsonPropertyName("content")] string? Content,
+    [property: JsonPropertyName("tool_calls"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<ToolCallOut>? ToolCalls = null);
 
 public sealed record ChatChoice(
     [property: JsonPropertyName("index")] int Index,

@@ -37,27 +37,30 @@ public sealed class ApiException(int status, string type, string message, string
 /// <summary>
 /// <c>bora serve</c>: an OpenAI-compatible HTTP API (ASP.NET Core minimal APIs on Kestrel) over an
 /// <see cref="InferenceEngine"/>. The model loads in the background: /health answers 503 until it is
-/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health.
+/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+/// and (BoraServer.Routes.cs) POST /v1/fim/completions, /v1/tokenize, /v1/detokenize, GET /metrics.
 /// </summary>
-public sealed class BoraServer : IAsyncDisposable
+public sealed partial class BoraServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ServerOptions _options;
     private readonly TextWriter _log;
     private readonly byte[]? _keyHash;
-    private readonly IChatPromptRenderer _renderer;
+    private volatile IChatPromptRenderer _renderer;
+    private readonly bool _defaultRenderer;
     private readonly Lock _logGate = new();
     private volatile InferenceEngine? _engine;
     private volatile string? _loadError;
     private string _modelId = "bora";
     private long _requestIds;
 
-    private BoraServer(WebApplication app, ServerOptions options, TextWriter log, IChatPromptRenderer renderer)
+    private BoraServer(WebApplication app, ServerOptions options, TextWriter log, IChatPromptRenderer? renderer)
     {
         _app = app;
         _options = options;
         _log = log;
-        _renderer = renderer;
+        _renderer = renderer ?? new MistralChatRenderer();
+        _defaultRenderer = renderer is null;
         _keyHash = string.IsNullOrEmpty(options.ApiKey) ? null : SHA256.HashData(Encoding.UTF8.GetBytes(options.ApiKey));
     }
 
@@ -76,7 +79,7 @@ public sealed class BoraServer : IAsyncDisposable
     /// <param name="options">Address, key, limits.</param>
     /// <param name="load">Loads the model (e.g. <c>() =&gt; ModelLoader.Load(path)</c>).</param>
     /// <param name="log">Receives one line per request, and load messages.</param>
-    /// <param name="renderer">Chat template; null = <see cref="MistralChatRenderer"/> (the version read from the vocabulary).</param>
+    /// <param name="renderer">Chat template; null = <see cref="MistralChatRenderer"/> of the loaded model's chat version (<see cref="LoadedModel.ChatVersion"/>).</param>
     public static async Task<BoraServer> StartAsync(ServerOptions options, Func<LoadedModel> load, TextWriter log, IChatPromptRenderer? renderer = null)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -102,7 +105,7 @@ public sealed class BoraServer : IAsyncDisposable
             }
         });
         var app = builder.Build();
-        var server = new BoraServer(app, options, log, renderer ?? new MistralChatRenderer());
+        var server = new BoraServer(app, options, log, renderer);
         server.Map(app);
         await app.StartAsync().ConfigureAwait(false);
         var address = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
@@ -113,6 +116,10 @@ public sealed class BoraServer : IAsyncDisposable
             {
                 var loaded = load();
                 server._modelId = options.ModelId ?? Path.GetFileNameWithoutExtension(loaded.Source.Path.TrimEnd('/', '\\'));
+                if (server._defaultRenderer)
+                {
+                    server._renderer = new MistralChatRenderer(loaded.ChatVersion);
+                }
                 server._engine = new InferenceEngine(loaded.Model, loaded.Tokenizer, options.Engine);
                 server.Log($"model {server._modelId} ready: context {server._engine.ContextLength}, KV pool {server._engine.KvPool.Blocks} blocks of {server._engine.KvPool.BlockSize}");
             }
@@ -196,8 +203,10 @@ public sealed class BoraServer : IAsyncDisposable
                 Log($"error {ctx.Request.Method} {ctx.Request.Path}: {e}");
                 await WriteError(ctx, new ApiException(500, "server_error", "internal server error")).ConfigureAwait(false);
             }
+            _metrics.CountRequest(MetricRoute(ctx.Request.Path), ctx.Response.StatusCode);
+            string tokens = ctx.Items.TryGetValue(UsageKey, out var u) && u is Usage usage ? $" {usage.PromptTokens}+{usage.CompletionTokens} tokens" : "";
             Log(string.Create(CultureInfo.InvariantCulture,
-                $"{ctx.Connection.RemoteIpAddress} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode} {clock.Elapsed.TotalMilliseconds:F0}ms"));
+                $"{ctx.Connection.RemoteIpAddress} {ctx.Request.Method} {ctx.Request.Path} {ctx.Response.StatusCode}{tokens} {clock.Elapsed.TotalMilliseconds:F0}ms"));
         });
 
         app.MapGet("/health", async ctx =>
@@ -214,6 +223,7 @@ public sealed class BoraServer : IAsyncDisposable
         });
         app.MapPost("/v1/completions", Completions);
         app.MapPost("/v1/chat/completions", ChatCompletions);
+        MapMoreRoutes(app);
     }
 
     private static readonly long StartTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -246,7 +256,7 @@ public sealed class BoraServer : IAsyncDisposable
         CheckModel(req.Model);
         CheckN(req.N);
         string prompt = RequestValidation.PromptText(req.Prompt);
-        var tokens = engine.Tokenizer.Encode(prompt, addBos: true);
+        var tokens = req.Suffix is null ? engine.Tokenizer.Encode(prompt, addBos: true) : FimTokens(engine, prompt, req.Suffix, "suffix");
         var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16);
         string id = "cmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
@@ -255,35 +265,6 @@ public sealed class BoraServer : IAsyncDisposable
             new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
             ApiJsonContext.Default.CompletionResponse);
         await Run(ctx, engine, tokens, sampling, req.Stream == true, whole: body, chunk: body, first: null).ConfigureAwait(false);
-    }
-
-    private async Task ChatCompletions(HttpContext ctx)
-    {
-        var engine = RequireEngine();
-        var req = await ReadBody(ctx, ApiJsonContext.Default.ChatCompletionRequest).ConfigureAwait(false);
-        CheckModel(req.Model);
-        CheckN(req.N);
-        var turns = RequestValidation.Turns(req.Messages);
-        TokenId[] tokens;
-        try
-        {
-            tokens = _renderer.Render(turns, engine.Tokenizer);
-        }
-        catch (ArgumentException e)
-        {
-            throw ApiException.BadRequest(e.Message, "messages");
-        }
-        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens);
-        string id = "chatcmpl-" + NextId();
-        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        byte[] Chunk(ChatMessageOut delta, string? finish, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(
-            new ChatChunk(id, "chat.completion.chunk", created, _modelId, [new ChatChunkChoice(0, delta, finish)], usage), ApiJsonContext.Default.ChatChunk);
-        await Run(ctx, engine, tokens, sampling, req.Stream == true,
-            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-                new ChatResponse(id, "chat.completion", created, _modelId, [new ChatChoice(0, new ChatMessageOut("assistant", text), finish)], usage!),
-                ApiJsonContext.Default.ChatResponse),
-            (text, finish, usage) => Chunk(new ChatMessageOut(null, finish is null ? text : text.Length > 0 ? text : null), finish, usage),
-            first: Chunk(new ChatMessageOut("assistant", ""), null, null)).ConfigureAwait(false);
     }
 
     private string NextId() => string.Create(CultureInfo.InvariantCulture, $"{StartTime:x}{Interlocked.Increment(ref _requestIds):x}");
@@ -361,10 +342,68 @@ public sealed class BoraServer : IAsyncDisposable
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
         timeout.CancelAfter(_options.RequestTimeout);
+        var clock = new TokenClock(_metrics);
+        var handle = await Submit(ctx, engine, prompt, sampling, timeout.Token).ConfigureAwait(false);
+
+        if (!stream)
+        {
+            var text = new StringBuilder();
+            try
+            {
+                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+                {
+                    clock.Observe(d);
+                    text.Append(d.Text);
+                }
+                var summary = await handle.Completion.ConfigureAwait(false);
+                var usage = Finished(ctx, summary);
+                ctx.Response.StatusCode = 200;
+                ctx.Response.ContentType = "application/json";
+                await ctx.Response.Body.WriteAsync(whole(text.ToString(), Finish(summary.FinishReason), usage), ctx.RequestAborted).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
+            {
+                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
+            }
+            return;
+        }
+
+        StartStream(ctx);
+        var body = ctx.Response.Body;
+        var ct = ctx.RequestAborted;
+        try
+        {
+            if (first is not null)
+            {
+                await Event(body, first, ct).ConfigureAwait(false);
+            }
+            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            {
+                clock.Observe(d);
+                if (d.Text.Length > 0)
+                {
+                    await Event(body, chunk(d.Text, null, null), ct).ConfigureAwait(false);
+                }
+            }
+            var summary = await handle.Completion.ConfigureAwait(false);
+            var usage = Finished(ctx, summary);
+            await Event(body, chunk("", Finish(summary.FinishReason), usage), ct).ConfigureAwait(false);
+            await body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
+            await body.FlushAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            await StreamTimedOut(body).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Submits a generation and waits for its admission; refusals become API errors.</summary>
+    private async Task<GenerationHandle> Submit(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, SamplingOptions sampling, CancellationToken timeout)
+    {
         GenerationHandle handle;
         try
         {
-            handle = engine.Submit(prompt, sampling, timeout.Token);
+            handle = engine.Submit(prompt, sampling, timeout);
         }
         catch (ArgumentException e)
         {
@@ -387,59 +426,30 @@ public sealed class BoraServer : IAsyncDisposable
         {
             throw new ApiException(408, "timeout_error", "the request timed out in the queue", code: "timeout");
         }
+        return handle;
+    }
 
-        if (!stream)
-        {
-            var text = new StringBuilder();
-            try
-            {
-                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                {
-                    text.Append(d.Text);
-                }
-                var summary = await handle.Completion.ConfigureAwait(false);
-                var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
-                ctx.Response.StatusCode = 200;
-                ctx.Response.ContentType = "application/json";
-                await ctx.Response.Body.WriteAsync(whole(text.ToString(), Finish(summary.FinishReason), usage), ctx.RequestAborted).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-            {
-                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
-            }
-            return;
-        }
+    /// <summary>Counts a finished generation's tokens and keeps its usage for the request's log line.</summary>
+    private Usage Finished(HttpContext ctx, GenerationSummary summary)
+    {
+        _metrics.CountTokens(summary.PromptTokens, summary.CompletionTokens);
+        var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
+        ctx.Items[UsageKey] = usage;
+        return usage;
+    }
 
+    private static void StartStream(HttpContext ctx)
+    {
         ctx.Response.StatusCode = 200;
         ctx.Response.ContentType = "text/event-stream";
         ctx.Response.Headers.CacheControl = "no-cache";
-        var body = ctx.Response.Body;
-        var ct = ctx.RequestAborted;
-        try
-        {
-            if (first is not null)
-            {
-                await Event(body, first, ct).ConfigureAwait(false);
-            }
-            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            {
-                if (d.Text.Length > 0)
-                {
-                    await Event(body, chunk(d.Text, null, null), ct).ConfigureAwait(false);
-                }
-            }
-            var summary = await handle.Completion.ConfigureAwait(false);
-            var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
-            await Event(body, chunk("", Finish(summary.FinishReason), usage), ct).ConfigureAwait(false);
-            await body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
-            await body.FlushAsync(ct).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            // timed out mid-stream: end the stream with an error event
-            var err = JsonSerializer.SerializeToUtf8Bytes(new ErrorResponse(new ErrorBody($"the request ran longer than {_options.RequestTimeout}", "timeout_error", null, "timeout")), ApiJsonContext.Default.ErrorResponse);
-            await Event(body, err, CancellationToken.None).ConfigureAwait(false);
-        }
+    }
+
+    /// <summary>Timed out mid-stream: ends the stream with an error event.</summary>
+    private async Task StreamTimedOut(Stream body)
+    {
+        var err = JsonSerializer.SerializeToUtf8Bytes(new ErrorResponse(new ErrorBody($"the request ran longer than {_options.RequestTimeout}", "timeout_error", null, "timeout")), ApiJsonContext.Default.ErrorResponse);
+        await Event(body, err, CancellationToken.None).ConfigureAwait(false);
     }
 
     private static async Task Event(Stream body, byte[] json, CancellationToken ct)

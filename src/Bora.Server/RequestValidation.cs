@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.Json;
 
 namespace Bora.Server;
@@ -52,48 +51,5 @@ internal static class RequestValidation
             }
         }
         return list;
-    }
-
-    /// <summary>messages: a non-empty array of {role, content} with role system/user/assistant and content a string or text parts.</summary>
-    public static List<ChatTurn> Turns(List<ChatMessage>? messages)
-    {
-        if (messages is null || messages.Count == 0)
-        {
-            throw ApiException.BadRequest("messages must be a non-empty array", "messages");
-        }
-        var turns = new List<ChatTurn>(messages.Count);
-        for (int i = 0; i < messages.Count; i++)
-        {
-            var m = messages[i] ?? throw ApiException.BadRequest($"messages[{i}] is null", $"messages[{i}]");
-            if (m.Role is not ("system" or "user" or "assistant"))
-            {
-                throw ApiException.BadRequest($"messages[{i}].role is '{m.Role}'; expected system, user or assistant", $"messages[{i}].role");
-            }
-            turns.Add(new ChatTurn(m.Role, Content(m.Content, i)));
-        }
-        return turns;
-    }
-
-    private static string Content(JsonElement content, int i)
-    {
-        switch (content.ValueKind)
-        {
-            case JsonValueKind.String:
-                return content.GetString()!;
-            case JsonValueKind.Array:
-                var sb = new StringBuilder();
-                foreach (var part in content.EnumerateArray())
-                {
-                    if (part.ValueKind != JsonValueKind.Object || !part.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String
-                        || type.GetString() != "text" || !part.TryGetProperty("text", out var text) || text.ValueKind != JsonValueKind.String)
-                    {
-                        throw ApiException.BadRequest($"messages[{i}].content parts must be {{\"type\":\"text\",\"text\":...}}", $"messages[{i}].content");
-                    }
-                    sb.Append(text.GetString());
-                }
-                return sb.ToString();
-            default:
-                throw ApiException.BadRequest($"messages[{i}].content is a JSON {content.ValueKind}; expected a string", $"messages[{i}].content");
-        }
     }
 }

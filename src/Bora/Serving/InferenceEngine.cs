@@ -154,6 +154,7 @@ public sealed class InferenceEngine : IDisposable
     private volatile bool _stopping;
     private long _nextId;
     private int _waitingSnapshot, _runningSnapshot, _peakBatch;
+    private int _kvUsedSnapshot;
 
     public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions? options = null)
     {
@@ -203,6 +204,9 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>Sequences running (as of the last engine step).</summary>
     public int RunningCount => Volatile.Read(ref _runningSnapshot);
+
+    /// <summary>KV blocks held by sequences (as of the last engine step; blocks kept only for the prefix cache count as free).</summary>
+    public int KvBlocksUsed => Volatile.Read(ref _kvUsedSnapshot);
 
     /// <summary>
     /// Queues a generation of <paramref name="prompt"/> (empty = BOS alone). Sampling options are
@@ -280,6 +284,7 @@ public sealed class InferenceEngine : IDisposable
                 var batch = _scheduler.Schedule();
                 Volatile.Write(ref _waitingSnapshot, _scheduler.Waiting.Count);
                 Volatile.Write(ref _runningSnapshot, _scheduler.Running.Count);
+                Volatile.Write(ref _kvUsedSnapshot, _store.BlockCount - _scheduler.Blocks.Pool.FreeCount);
                 if (batch.IsEmpty)
                 {
                     _signal.WaitOne(TimeSpan.FromMilliseconds(200));
