@@ -62,8 +62,12 @@ public static class ChatRequestMapping
             w.WriteEndArray();
             if (tools.ValueKind == JsonValueKind.Array)
             {
-                w.WritePropertyName("tools");
-                tools.WriteTo(w);
+                w.WriteStartArray("tools");
+                foreach (var tool in tools.EnumerateArray())
+                {
+                    WriteTool(w, tool);
+                }
+                w.WriteEndArray();
             }
             w.WriteEndObject();
         }
@@ -86,6 +90,43 @@ public static class ChatRequestMapping
             }
         }
         return request;
+    }
+
+    /// <summary>
+    /// Copies a tool; a function without <c>parameters</c> (OpenAI allows that for a function that takes none)
+    /// gets the empty schema <c>{}</c>, which mistral-common requires to be present.
+    /// </summary>
+    private static void WriteTool(Utf8JsonWriter w, JsonElement tool)
+    {
+        if (tool.ValueKind != JsonValueKind.Object || !tool.TryGetProperty("function", out var f) || f.ValueKind != JsonValueKind.Object
+            || (f.TryGetProperty("parameters", out var p) && p.ValueKind != JsonValueKind.Null))
+        {
+            tool.WriteTo(w); // as given: ChatRequest.Parse reports what is wrong with it
+            return;
+        }
+        w.WriteStartObject();
+        foreach (var property in tool.EnumerateObject())
+        {
+            if (property.NameEquals("function"))
+            {
+                w.WriteStartObject("function");
+                foreach (var fp in f.EnumerateObject())
+                {
+                    if (!fp.NameEquals("parameters"))
+                    {
+                        fp.WriteTo(w);
+                    }
+                }
+                w.WriteStartObject("parameters");
+                w.WriteEndObject();
+                w.WriteEndObject();
+            }
+            else
+            {
+                property.WriteTo(w);
+            }
+        }
+        w.WriteEndObject();
     }
 
     private static void Copy(Utf8JsonWriter w, string name, JsonElement value, int i, params ReadOnlySpan<JsonValueKind> allowed)

@@ -207,7 +207,12 @@ public class ServeApiTests(V3Server live) : IClassFixture<V3Server>
             return;
         }
         AssertBadRequest(await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"a"}],"tools":{"type":"function"}}"""), param: "tools");
-        AssertBadRequest(await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"name":"f"}}]}"""), param: "tools");
+        AssertBadRequest(await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"description":"no name","parameters":{}}}]}"""), param: "tools");
+        AssertBadRequest(await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"retrieval"}]}"""), param: "tools");
+        // A function without parameters (OpenAI allows it) renders with the empty schema mistral-common requires.
+        var (_, noParams) = await Post("/v1/tokenize", """{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"name":"f","description":"d"}}]}""");
+        var expected = Renderer.Render(new ChatRequest { Messages = [Bora.Chat.ChatMessage.User("a")], Tools = [new ToolDefinition("f", "d", new PyDict())] }).Tokens;
+        Assert.Equal(Ids(expected), noParams.GetProperty("tokens").EnumerateArray().Select(e => e.GetInt32()).ToArray());
         AssertBadRequest(await Post("/v1/chat/completions", """{"messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{"name":"bad name!","parameters":{}}}]}"""));
         // v3 needs 9-alphanumeric call ids, and every call answered.
         AssertBadRequest(await Post("/v1/chat/completions",
