@@ -1,0 +1,285 @@
+using System.Net;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Bora.Chat;
+using Bora.Loading;
+using Bora.Model;
+using Bora.Numerics;
+using Bora.Tokenizers;
+
+namespace Bora.Server.Tests;
+
+/// <summary>
+/// A live server over a "scripted" model with Mistral's v3 tokenizer: a transformer whose attention and
+/// feed-forward outputs are zero (Wo = W2 = 0), so each logit depends only on the current token, and whose
+/// embedding and output matrices make a chain: after [/INST] it greedily writes [TOOL_CALLS], then
+/// <see cref="CallJson"/> token by token, then EOS. The model really calls a tool, end to end over HTTP.
+/// </summary>
+/// <remarks>
+/// Chain tokens c0 = [/INST], c1 = [TOOL_CALLS], c2..cn (the JSON), c(n+1) = EOS. Embedding row of c_i is the
+/// one-hot e_i (D = <see cref="Dim"/>); RMSNorm turns it into sqrt(D) e_i; output row of c(i+1) is
+/// <see cref="Gain"/> e_i, so the logit of the successor is Gain sqrt(D) and every other logit is 0. Each JSON
+/// token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
+/// (<see cref="DistinctTokens"/>), which decode to the same text.
+/// </remarks>
+public sealed class ScriptedServer : IAsyncLifetime
+{
+    public const string CallJson = """{"name":"lookup","arguments":{"q":7}}""";
+
+    private const int Dim = 64;
+    private const float Gain = 10f;
+
+    public BoraServer? Server { get; private set; }
+
+    public ITokenizer? Tokenizer { get; private set; }
+
+    /// <summary>c1 .. c(n+1): what the model generates after [/INST].</summary>
+    public TokenId[] Script { get; private set; } = [];
+
+    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
+
+    public async Task InitializeAsync()
+    {
+        if (!V3Server.Available)
+        {
+            return;
+        }
+        var tok = SentencePieceTokenizer.Load(V3Server.TokenizerPath);
+        Tokenizer = tok;
+        var controls = ControlTokens.Of(tok);
+        var endInst = controls.Get("[/INST]", "the scripted model");
+        var toolCalls = controls.Get("[TOOL_CALLS]", "the scripted model");
+        Script = [toolCalls, .. DistinctTokens(tok, CallJson), tok.Eos];
+        TokenId[] chain = [endInst, .. Script];
+        Assert.Equal(chain.Length, chain.Distinct().Count());
+        Assert.True(chain.Length <= Dim);
+
+        var config = new ModelConfig
+        {
+            Dim = Dim,
+            NLayers = 1,
+            NHeads = 4,
+            NKvHeads = 2,
+            HeadDim = 16,
+            HiddenDim = 32,
+            VocabSize = tok.VocabSize,
+            MaxSeqLen = 512,
+        };
+        int v = config.VocabSize;
+        var embedding = new float[v * Dim];   // (V, D)
+        var output = new float[v * Dim];      // (V, D)
+        for (int i = 0; i < chain.Length; i++)
+        {
+            embedding[(chain[i].Value * Dim) + i] = 1f;
+            if (i + 1 < chain.Length)
+            {
+                output[(chain[i + 1].Value * Dim) + i] = Gain;
+            }
+        }
+        F32Matrix Zero(int rows, int cols) => new(new float[rows * cols], rows, cols);
+        float[] Ones() => [.. Enumerable.Repeat(1f, Dim)];
+        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
+        var model = new Transformer(new TransformerWeights
+        {
+            Config = config,
+            TokenEmbedding = new F32Matrix(embedding, v, Dim),
+            Layers =
+            [
+                new LayerWeights
+                {
+                    AttentionNorm = Ones(),
+                    Wq = Zero(q, Dim),
+                    Wk = Zero(kv, Dim),
+                    Wv = Zero(kv, Dim),
+                    Wo = Zero(Dim, q),
+                    FfnNorm = Ones(),
+                    FeedForward = new FeedForwardWeights { W1 = Zero(config.HiddenDim, Dim), W2 = Zero(Dim, config.HiddenDim), W3 = Zero(config.HiddenDim, Dim) },
+                },
+            ],
+            FinalNorm = Ones(),
+            Output = new F32Matrix(output, v, Dim),
+        });
+        var loaded = new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
+        Server = await BoraServer.StartAsync(new ServerOptions { Port = 0, ApiKey = "k", ModelId = "scripted" }, () => loaded, TextWriter.Null);
+        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
+        Client.BaseAddress = Server.BaseAddress;
+        Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k");
+    }
+
+    /// <summary>
+    /// Token ids that decode to <paramref name="text"/> (no spaces in it), none used twice: greedy longest
+    /// match over unused plain pieces, else the character's unused byte token &lt;0xNN&gt;.
+    /// </summary>
+    internal static List<TokenId> DistinctTokens(ITokenizer tok, string text)
+    {
+        var pieces = new Dictionary<string, TokenId>(StringComparer.Ordinal);
+        var bytes = new Dictionary<int, TokenId>();
+        for (int id = 0; id < tok.VocabSize; id++)
+        {
+            var t = new TokenId(id);
+            if (tok.IsControl(t))
+            {
+                continue;
+            }
+            string piece = tok.PieceOf(t);
+            var m = Regex.Match(piece, "^<0x([0-9A-F]{2})>$");
+            if (m.Success)
+            {
+                bytes[Convert.ToInt32(m.Groups[1].Value, 16)] = t;
+            }
+            else if (!piece.Contains('\u2581', StringComparison.Ordinal))
+            {
+                pieces.TryAdd(piece, t);
+            }
+        }
+        var used = new HashSet<TokenId>();
+        var result = new List<TokenId>();
+        int pos = 0;
+        while (pos < text.Length)
+        {
+            bool found = false;
+            for (int len = Math.Min(12, text.Length - pos); len >= 1 && !found; len--)
+            {
+                if (pieces.TryGetValue(text.Substring(pos, len), out var id) && used.Add(id))
+                {
+                    result.Add(id);
+                    pos += len;
+                    found = true;
+                }
+            }
+            if (!found)
+            {
+                Assert.True(text[pos] < 128 && bytes.ContainsKey(text[pos]), $"no byte token for '{text[pos]}'");
+                var b = bytes[text[pos]];
+                Assert.True(used.Add(b), $"no unused token left for '{text[pos]}'");
+                result.Add(b);
+                pos++;
+            }
+        }
+        Assert.Equal(text, tok.Decode([.. result]));
+        return result;
+    }
+
+    public async Task DisposeAsync()
+    {
+        Client.Dispose();
+        if (Server is not null)
+        {
+            await Server.DisposeAsync();
+        }
+    }
+}
+
+public class ScriptedToolCallTests(ScriptedServer live) : IClassFixture<ScriptedServer>
+{
+    private const string Tools = """[{"type":"function","function":{"name":"lookup","description":"Looks q up","parameters":{"type":"object","properties":{"q":{"type":"integer"}}}}}]""";
+
+    private static string Request(bool tools, int maxTokens, bool stream = false) =>
+        $$"""{"messages":[{"role":"user","content":"Look 7 up."}],{{(tools ? $"\"tools\":{Tools}," : "")}}"max_tokens":{{maxTokens}},"temperature":0,"stream":{{(stream ? "true" : "false")}}}""";
+
+    private async Task<JsonElement> Post(string json)
+    {
+        using var r = await live.Client.PostAsync("/v1/chat/completions", new StringContent(json, Encoding.UTF8, "application/json"));
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.True(r.StatusCode == HttpStatusCode.OK, text);
+        return JsonDocument.Parse(text).RootElement.Clone();
+    }
+
+    private async Task<List<JsonElement>> Stream(string json)
+    {
+        using var r = await live.Client.PostAsync("/v1/chat/completions", new StringContent(json, Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        return [.. (await r.Content.ReadAsStringAsync()).Split('\n')
+            .Where(l => l.StartsWith("data: {", StringComparison.Ordinal))
+            .Select(l => JsonDocument.Parse(l[6..]).RootElement.Clone())];
+    }
+
+    [Fact]
+    public async Task The_model_calls_a_tool_and_the_answer_has_tool_calls_then_the_result_goes_back()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        var body = await Post(Request(tools: true, maxTokens: 100));
+        var choice = body.GetProperty("choices")[0];
+        Assert.Equal("tool_calls", choice.GetProperty("finish_reason").GetString());
+        var message = choice.GetProperty("message");
+        Assert.Equal(JsonValueKind.Null, message.GetProperty("content").ValueKind);
+        var call = Assert.Single(message.GetProperty("tool_calls").EnumerateArray());
+        Assert.Equal("function", call.GetProperty("type").GetString());
+        Assert.Equal("lookup", call.GetProperty("function").GetProperty("name").GetString());
+        string arguments = call.GetProperty("function").GetProperty("arguments").GetString()!;
+        var args = JsonDocument.Parse(arguments).RootElement;
+        Assert.Equal(7, args.GetProperty("q").GetInt32());
+        string id = call.GetProperty("id").GetString()!;
+        Assert.Matches("^[a-zA-Z0-9]{9}$", id);
+        // Every scripted token was generated ([TOOL_CALLS], the JSON, and EOS when the engine counts it).
+        Assert.InRange(body.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), live.Script.Length - 1, live.Script.Length);
+
+        // Round trip: the call and its result are accepted back (v3 checks the id) and render as mistral-common does.
+        var call0 = new JsonObject { ["id"] = id, ["type"] = "function", ["function"] = new JsonObject { ["name"] = "lookup", ["arguments"] = arguments } };
+        var followUpRequest = new JsonObject
+        {
+            ["messages"] = new JsonArray(
+                new JsonObject { ["role"] = "user", ["content"] = "Look 7 up." },
+                new JsonObject { ["role"] = "assistant", ["content"] = null, ["tool_calls"] = new JsonArray(call0) },
+                new JsonObject { ["role"] = "tool", ["tool_call_id"] = id, ["name"] = "lookup", ["content"] = "{\"answer\": 42}" }),
+            ["tools"] = JsonNode.Parse(Tools),
+            ["max_tokens"] = 3,
+            ["temperature"] = 0,
+        };
+        string followUp = followUpRequest.ToJsonString();
+        var next = await Post(followUp);
+        var renderer = new ChatRenderer(live.Tokenizer!, TokenizerVersion.V3);
+        var chat = ChatRequest.Parse(followUp);
+        Assert.Equal(renderer.Render(chat).Tokens.Length, next.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Contains("[TOOL_CALLS]", renderer.Render(chat).Text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_streamed_tool_call_arrives_as_tool_call_deltas_with_finish_reason_tool_calls()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        var events = await Stream(Request(tools: true, maxTokens: 100, stream: true));
+        Assert.Equal("assistant", events[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("role").GetString());
+        var deltas = events.Select(e => e.GetProperty("choices")[0].GetProperty("delta")).ToList();
+        Assert.All(deltas, d => Assert.True(!d.TryGetProperty("content", out var c) || c.ValueKind == JsonValueKind.Null || c.GetString() == ""));
+        var calls = deltas.Where(d => d.TryGetProperty("tool_calls", out _)).Select(d => d.GetProperty("tool_calls")[0]).ToList();
+        Assert.Equal(2, calls.Count);
+        Assert.Equal(0, calls[0].GetProperty("index").GetInt32());
+        Assert.Equal("lookup", calls[0].GetProperty("function").GetProperty("name").GetString());
+        string args = string.Concat(calls.Select(c => c.GetProperty("function").TryGetProperty("arguments", out var a) ? a.GetString() : ""));
+        Assert.Equal(7, JsonDocument.Parse(args).RootElement.GetProperty("q").GetInt32());
+        Assert.Equal("tool_calls", events[^1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+    }
+
+    [Fact]
+    public async Task Call_text_cut_off_by_max_tokens_or_without_tools_is_plain_content()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        // Cut off: [TOOL_CALLS] and 5 JSON tokens, an incomplete call: given back as text, finish_reason length.
+        var cut = (await Post(Request(tools: true, maxTokens: 6))).GetProperty("choices")[0];
+        Assert.Equal("length", cut.GetProperty("finish_reason").GetString());
+        Assert.False(cut.GetProperty("message").TryGetProperty("tool_calls", out _));
+        Assert.Equal(live.Tokenizer!.Decode(live.Script.AsSpan(0, 6)), cut.GetProperty("message").GetProperty("content").GetString());
+        var streamed = await Stream(Request(tools: true, maxTokens: 6, stream: true));
+        Assert.Equal(cut.GetProperty("message").GetProperty("content").GetString(), string.Concat(streamed.Select(e =>
+            e.GetProperty("choices")[0].GetProperty("delta").TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() : "")));
+        Assert.Equal("length", streamed[^1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+
+        // No tools in the request: the JSON is the answer's text.
+        var plain = (await Post(Request(tools: false, maxTokens: 100))).GetProperty("choices")[0];
+        Assert.Equal("stop", plain.GetProperty("finish_reason").GetString());
+        Assert.Equal(ScriptedServer.CallJson, plain.GetProperty("message").GetProperty("content").GetString());
+    }
+}
