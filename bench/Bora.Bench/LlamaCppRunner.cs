@@ -77,7 +77,7 @@ internal sealed class LlamaCppRunner : IDisposable
     }
 
     /// <summary>Silences llama.cpp's log and loads the native library (llama_empty_call must come before other entry points).</summary>
-    private static void EnsureLoaded()
+    internal static void EnsureLoaded()
     {
         if (s_loaded)
         {

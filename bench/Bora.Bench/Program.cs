@@ -5,6 +5,8 @@ namespace Bora.Bench;
 /// <list type="bullet">
 /// <item><c>model</c> — prefill / decode tokens per second of a GGUF, optionally side by side with llama.cpp
 /// (<see cref="ModelBench"/>); <c>bora bench</c> in the CLI is the same measurement without llama.cpp.</item>
+/// <item><c>serve</c> — N concurrent streaming clients against Bora served in process, optionally beside llama.cpp's
+/// batched decode (<see cref="ServeBench"/>); <c>bora bench serve</c> in the CLI is the same without llama.cpp.</item>
 /// <item><c>synthesize</c> — write a random-weight GGUF of a named shape (<see cref="SyntheticModels"/>).</item>
 /// <item><c>matmul</c> (also the default when the first argument is an option) — the matrix micro-benchmark (<see cref="MatMulBench"/>).</item>
 /// </list>
@@ -19,6 +21,8 @@ public static class Program
             {
                 case "model":
                     return ModelBench.Run(args[1..]);
+                case "serve":
+                    return ServeBench.Run(args[1..]);
                 case "synthesize":
                     return SyntheticModels.Run(args[1..]);
                 case "matmul":
@@ -29,7 +33,7 @@ public static class Program
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, synthesize or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, synthesize or matmul");
                     return 2;
             }
         }

@@ -16,6 +16,10 @@ internal static class BenchCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
+        if (args.Length > 0 && args[0] == "serve")
+        {
+            return ServeBenchCommand.Run(args[1..], stdout, stderr);
+        }
         var a = new CliArguments("bench", args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats"], ["json", "compare-llama-cpp"]);
         if (a.Flag("compare-llama-cpp"))
         {

@@ -27,6 +27,8 @@ public static class Program
           perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
                      [--kl-reference PATH | --save-base FILE | --kl-base FILE]
           bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]
+          bench serve [--model PATH | --url URL [--api-key KEY] [--model-id ID]] [--clients 1,4,16,64]
+                      [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--kv-cache-mib N] [--json]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         Without --model, generate, chat and serve use the embedded default model bora-kjv (a small Mixtral that
