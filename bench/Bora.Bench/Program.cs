@@ -6,6 +6,7 @@ namespace Bora.Bench;
 /// <item><c>model</c> — prefill / decode tokens per second of a GGUF, optionally side by side with llama.cpp
 /// (<see cref="ModelBench"/>); <c>bora bench</c> in the CLI is the same measurement without llama.cpp.</item>
 /// <item><c>synthesize</c> — write a random-weight GGUF of a named shape (<see cref="SyntheticModels"/>).</item>
+/// <item><c>attention</c> — tiled against per-query attention on Mistral 7B's attention shape (<see cref="AttentionBench"/>).</item>
 /// <item><c>matmul</c> (also the default when the first argument is an option) — the matrix micro-benchmark (<see cref="MatMulBench"/>).</item>
 /// </list>
 /// </summary>
@@ -21,6 +22,8 @@ public static class Program
                     return ModelBench.Run(args[1..]);
                 case "synthesize":
                     return SyntheticModels.Run(args[1..]);
+                case "attention":
+                    return AttentionBench.Run(args[1..]);
                 case "matmul":
                     MatMulBench.Run(args[1..]);
                     return 0;
@@ -29,7 +32,7 @@ public static class Program
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, synthesize or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, synthesize, attention or matmul");
                     return 2;
             }
         }

@@ -5,6 +5,7 @@ using Xunit.Abstractions;
 namespace Bora.Model.Tests;
 
 /// <summary>The tiled online-softmax attention against the per-query reference kernel (<see cref="Transformer.TiledAttention"/> = false).</summary>
+[Trait("Category", "Kernels")]
 public sealed class TiledAttentionTests(ITestOutputHelper output)
 {
     /// <summary>

@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 using Bora.Numerics;
 
@@ -84,6 +85,105 @@ public sealed partial class Transformer
         }
     }
 
+    /// <summary>
+    /// scores[j] = q · K[j] for the tile's keys j in [0, cols), with the keys transposed: kt (Dh, KeyTile), column j
+    /// = key j. Vectorised along the keys (Dh broadcast multiply-adds of 4 vectors of keys: no horizontal sums).
+    /// </summary>
+    private static unsafe void TileScores(ReadOnlySpan<float> q, ReadOnlySpan<float> kt, int cols, Span<float> scores)
+    {
+        int dh = q.Length, vl = Vector<float>.Count, j = 0;
+        fixed (float* pk = kt)
+        fixed (float* ps = scores)
+        {
+            for (; j + 4 * vl <= cols; j += 4 * vl)
+            {
+                Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int c = 0; c < dh; c++)
+                {
+                    var qc = new Vector<float>(q[c]);
+                    float* row = pk + c * KeyTile + j;
+                    a0 = Vector.FusedMultiplyAdd(Vector.Load(row), qc, a0);
+                    a1 = Vector.FusedMultiplyAdd(Vector.Load(row + vl), qc, a1);
+                    a2 = Vector.FusedMultiplyAdd(Vector.Load(row + 2 * vl), qc, a2);
+                    a3 = Vector.FusedMultiplyAdd(Vector.Load(row + 3 * vl), qc, a3);
+                }
+                a0.Store(ps + j);
+                a1.Store(ps + j + vl);
+                a2.Store(ps + j + 2 * vl);
+                a3.Store(ps + j + 3 * vl);
+            }
+            for (; j + vl <= cols; j += vl)
+            {
+                Vector<float> a = default;
+                for (int c = 0; c < dh; c++)
+                {
+                    a = Vector.FusedMultiplyAdd(Vector.Load(pk + c * KeyTile + j), new Vector<float>(q[c]), a);
+                }
+                a.Store(ps + j);
+            }
+            for (; j < cols; j++)
+            {
+                float sum = 0;
+                for (int c = 0; c < dh; c++)
+                {
+                    sum += q[c] * pk[c * KeyTile + j];
+                }
+                ps[j] = sum;
+            }
+        }
+    }
+
+    /// <summary>
+    /// o += sum_j w[j] * values[j] for values (n, Dh) row-major, o (Dh): blocks of 4 vectors of o stay in registers
+    /// while all n rows are added.
+    /// </summary>
+    private static unsafe void WeightedValues(ReadOnlySpan<float> w, ReadOnlySpan<float> values, Span<float> o)
+    {
+        int n = w.Length, dh = o.Length, vl = Vector<float>.Count, c = 0;
+        fixed (float* pv = values)
+        fixed (float* po = o)
+        {
+            for (; c + 4 * vl <= dh; c += 4 * vl)
+            {
+                var a0 = Vector.Load(po + c);
+                var a1 = Vector.Load(po + c + vl);
+                var a2 = Vector.Load(po + c + 2 * vl);
+                var a3 = Vector.Load(po + c + 3 * vl);
+                for (int j = 0; j < n; j++)
+                {
+                    var wj = new Vector<float>(w[j]);
+                    float* row = pv + j * dh + c;
+                    a0 = Vector.FusedMultiplyAdd(Vector.Load(row), wj, a0);
+                    a1 = Vector.FusedMultiplyAdd(Vector.Load(row + vl), wj, a1);
+                    a2 = Vector.FusedMultiplyAdd(Vector.Load(row + 2 * vl), wj, a2);
+                    a3 = Vector.FusedMultiplyAdd(Vector.Load(row + 3 * vl), wj, a3);
+                }
+                a0.Store(po + c);
+                a1.Store(po + c + vl);
+                a2.Store(po + c + 2 * vl);
+                a3.Store(po + c + 3 * vl);
+            }
+            for (; c + vl <= dh; c += vl)
+            {
+                var a = Vector.Load(po + c);
+                for (int j = 0; j < n; j++)
+                {
+                    a = Vector.FusedMultiplyAdd(Vector.Load(pv + j * dh + c), new Vector<float>(w[j]), a);
+                }
+                a.Store(po + c);
+            }
+            for (; c < dh; c++)
+            {
+                float sum = po[c];
+                for (int j = 0; j < n; j++)
+                {
+                    sum += w[j] * pv[j * dh + c];
+                }
+                po[c] = sum;
+            }
+        }
+    }
+
     /// <summary>Runs the tiled kernel over <paramref name="items"/> (in parallel when the work is large).</summary>
     private void RunTiles(int l, KvSource[] sources, TileItem[] items, int count, long work, Scratch s)
     {
@@ -139,13 +239,17 @@ public sealed partial class Transformer
         for (int k0 = lo; k0 <= last; k0 += KeyTile)
         {
             int k1 = Math.Min(last + 1, k0 + KeyTile); // keys [k0, k1)
-            var kt = buf.Keys.AsSpan(0, (k1 - k0) * dh);
-            var vt = buf.Values.AsSpan(0, (k1 - k0) * dh);
+            int cols = k1 - k0;
+            var kt = buf.Keys.AsSpan(0, dh * KeyTile); // (Dh, KeyTile): column j is key k0 + j (transposed)
+            var vt = buf.Values.AsSpan(0, cols * dh);  // (cols, Dh): row j is value k0 + j
             for (int j = k0; j < k1; j++)
             {
-                var key = j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim);
+                var key = (j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
                 var value = j < p ? src.CachedValue(l, j) : s.V.AsSpan((rb + j - p) * _kvDim, _kvDim);
-                key.Slice(kvOffset, dh).CopyTo(kt.Slice((j - k0) * dh, dh));
+                for (int c = 0; c < dh; c++)
+                {
+                    kt[c * KeyTile + j - k0] = key[c];
+                }
                 value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh));
             }
             for (int i = item.I0; i < item.I1; i++)
@@ -161,11 +265,9 @@ public sealed partial class Transformer
                 {
                     int qi = (i - item.I0) * group + hh;
                     var q = s.Q.AsSpan((rb + i) * _qDim + (item.G * group + hh) * dh, dh);
-                    var sc = buf.Scores.AsSpan(0, n);
-                    for (int j = 0; j < n; j++)
-                    {
-                        sc[j] = Kernels.Dot(q, kt.Slice((a - k0 + j) * dh, dh)) * _scale;
-                    }
+                    TileScores(q, kt, cols, buf.Scores);
+                    var sc = buf.Scores.AsSpan(a - k0, n);
+                    TensorPrimitives.Multiply(sc, _scale, sc);
                     float mNew = MathF.Max(max[qi], TensorPrimitives.Max(sc));
                     var oq = o.Slice(qi * dh, dh);
                     if (sum[qi] != 0 && mNew != max[qi])
@@ -178,10 +280,7 @@ public sealed partial class Transformer
                     TensorPrimitives.Subtract(sc, mNew, sc);
                     TensorPrimitives.Exp(sc, sc);
                     sum[qi] += TensorPrimitives.Sum(sc);
-                    for (int j = 0; j < n; j++)
-                    {
-                        Kernels.Axpy(sc[j], vt.Slice((a - k0 + j) * dh, dh), oq);
-                    }
+                    WeightedValues(sc, vt.Slice((a - k0) * dh, n * dh), oq);
                 }
             }
         }
