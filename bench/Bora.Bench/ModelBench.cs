@@ -24,7 +24,8 @@ namespace Bora.Bench;
 /// <para>
 /// Memory: Bora's load time and the process's peak resident set (VmHWM of /proc/self/status) after loading and at the
 /// end, beside the file size and Bora's KV cache size (float32 K and V of every layer for prompt + gen positions), so
-/// the goal "peak RSS &lt;= file + KV cache + 5%" can be read off. Weights are read in place from the mapped file;
+/// the goal "peak RSS &lt;= file + KV cache + 5%" can be read off (the peak is reset just before loading, so a
+/// --synthesize run in the same process does not count). Weights are read in place from the mapped file;
 /// --copy-weights loads them into private pinned copies instead (the behaviour before mapping), for comparison.
 /// The end figure includes llama.cpp's own memory when --compare-llama-cpp is given.
 /// </para>
@@ -51,6 +52,7 @@ public static class ModelBench
         }
 
         NumericsThreads.MaxThreads = threads;
+        ResetPeakResident();
         long loadStart = Stopwatch.GetTimestamp();
         using var bora = ModelLoader.Load(model, a.Flag("copy-weights") ? CopyWeights : null);
         double loadSeconds = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
@@ -137,6 +139,23 @@ public static class ModelBench
             }
         }
         return -1;
+    }
+
+    /// <summary>
+    /// Starts the peak-RSS count afresh (after a collection that returns the synthesizer's buffers, when --synthesize ran
+    /// in this process): writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS (Linux 4.0 and later).
+    /// </summary>
+    private static void ResetPeakResident()
+    {
+        GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // No procfs (or not writable): the peak then counts from the process start.
+        }
     }
 
     /// <summary>The loading behaviour before mapping: every block / 16-bit tensor copied into a pinned array.</summary>
