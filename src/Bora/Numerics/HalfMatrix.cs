@@ -18,7 +18,8 @@ namespace Bora.Numerics;
 /// time into a buffer that stays in L1 and dotted with the matching slice of x (one pass over the weights, which is
 /// what decode is bound by).</item>
 /// <item>Many tokens (<see cref="MatMul"/>): a panel of <see cref="PanelRows"/> rows is converted to float32 once
-/// (it stays in L2), then multiplied with every token, four rows per step so each loaded x vector serves four rows.</item>
+/// (it stays in L2), then multiplied with every token, four rows by two tokens per step, so each loaded weight vector
+/// serves two tokens and each loaded x vector four rows.</item>
 /// </list>
 /// Results equal float32 products over the widened weights up to summation order.
 /// </para>
@@ -224,7 +225,24 @@ public sealed unsafe class HalfMatrix : WeightMatrix
         ToFloat32(type, new ReadOnlySpan<ushort>(w + (long)r0 * k, p * k), panel);
         fixed (float* pw = panel)
         {
-            for (int t = 0; t < tokens; t++)
+            int t = 0;
+            for (; t + 2 <= tokens; t += 2)
+            {
+                float* xt = x + (long)t * k;
+                float* yt = y + (long)t * n + r0;
+                int r = 0;
+                for (; r + 4 <= p; r += 4)
+                {
+                    Dot4x2(pw + (long)r * k, xt, k, yt + r, n);
+                }
+                for (; r < p; r++)
+                {
+                    var row = new ReadOnlySpan<float>(pw + (long)r * k, k);
+                    yt[r] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(xt, k));
+                    yt[n + r] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(xt + k, k));
+                }
+            }
+            for (; t < tokens; t++)
             {
                 float* xt = x + (long)t * k;
                 float* yt = y + (long)t * n + r0;
@@ -239,6 +257,59 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Four consecutive rows (stride k) of w dotted with two tokens (stride k) of x; writes y[0..3] and y[n..n+3].
+    /// Each loaded weight vector serves both tokens and each loaded x vector four rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4x2(float* w, float* x, int k, float* y, int n)
+    {
+        int vl = Vector<float>.Count;
+        Vector<float> a00 = default, a10 = default, a20 = default, a30 = default;
+        Vector<float> a01 = default, a11 = default, a21 = default, a31 = default;
+        float* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k, x0 = x, x1 = x + k;
+        int i = 0;
+        for (; i + vl <= k; i += vl)
+        {
+            var v0 = Vector.Load(x0 + i);
+            var v1 = Vector.Load(x1 + i);
+            var wv = Vector.Load(w0 + i);
+            a00 = Vector.FusedMultiplyAdd(wv, v0, a00);
+            a01 = Vector.FusedMultiplyAdd(wv, v1, a01);
+            wv = Vector.Load(w1 + i);
+            a10 = Vector.FusedMultiplyAdd(wv, v0, a10);
+            a11 = Vector.FusedMultiplyAdd(wv, v1, a11);
+            wv = Vector.Load(w2 + i);
+            a20 = Vector.FusedMultiplyAdd(wv, v0, a20);
+            a21 = Vector.FusedMultiplyAdd(wv, v1, a21);
+            wv = Vector.Load(w3 + i);
+            a30 = Vector.FusedMultiplyAdd(wv, v0, a30);
+            a31 = Vector.FusedMultiplyAdd(wv, v1, a31);
+        }
+        float s00 = Vector.Sum(a00), s10 = Vector.Sum(a10), s20 = Vector.Sum(a20), s30 = Vector.Sum(a30);
+        float s01 = Vector.Sum(a01), s11 = Vector.Sum(a11), s21 = Vector.Sum(a21), s31 = Vector.Sum(a31);
+        for (; i < k; i++)
+        {
+            float xv0 = x0[i], xv1 = x1[i];
+            s00 += w0[i] * xv0;
+            s01 += w0[i] * xv1;
+            s10 += w1[i] * xv0;
+            s11 += w1[i] * xv1;
+            s20 += w2[i] * xv0;
+            s21 += w2[i] * xv1;
+            s30 += w3[i] * xv0;
+            s31 += w3[i] * xv1;
+        }
+        y[0] = s00;
+        y[1] = s10;
+        y[2] = s20;
+        y[3] = s30;
+        y[n] = s01;
+        y[n + 1] = s11;
+        y[n + 2] = s21;
+        y[n + 3] = s31;
     }
 
     /// <summary>Four consecutive rows (stride k) of w dotted with x; writes y[0..3].</summary>
