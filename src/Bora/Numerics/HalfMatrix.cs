@@ -14,9 +14,8 @@ namespace Bora.Numerics;
 /// <para>
 /// Products convert to float32 on the fly and accumulate in float32:
 /// <list type="bullet">
-/// <item>One token (<see cref="MatVec"/>): each row is converted a tile of <see cref="ConvertTile"/> values at a
-/// time into a buffer that stays in L1 and dotted with the matching slice of x (one pass over the weights, which is
-/// what decode is bound by).</item>
+/// <item>One token (<see cref="MatVec"/>): each row is widened in registers as it is read and multiplied with x at
+/// once (one pass over the weights, which is what decode is bound by; no intermediate buffer).</item>
 /// <item>Many tokens (<see cref="MatMul"/>): a panel of <see cref="PanelRows"/> rows is converted to float32 once
 /// (it stays in L2), then multiplied with every token, four rows by two tokens per step, so each loaded weight vector
 /// serves two tokens and each loaded x vector four rows.</item>
@@ -27,9 +26,6 @@ namespace Bora.Numerics;
 /// </summary>
 public sealed unsafe class HalfMatrix : WeightMatrix
 {
-    /// <summary>Values converted per step of <see cref="MatVec"/> (4 KiB of float32, in L1).</summary>
-    private const int ConvertTile = 1024;
-
     /// <summary>Rows per panel of <see cref="MatMul"/>: 16 rows of 4096 float32 values are 256 KiB, which stays in L2 across tokens.</summary>
     private const int PanelRows = 16;
 
@@ -195,23 +191,72 @@ public sealed unsafe class HalfMatrix : WeightMatrix
         GC.KeepAlive(_storage);
     }
 
-    /// <summary>y[r] = W[r] · x for r in [r0, r1): each row converted <see cref="ConvertTile"/> values at a time. w: (N, K), x: (K), y: (N).</summary>
+    /// <summary>
+    /// y[r] = W[r] · x for r in [r0, r1), each row widened in registers and multiplied as it is read (one pass over
+    /// the weights, which decode is bound by). w: (N, K), x: (K), y: (N).
+    /// </summary>
     private static void RowsMatVec(DType type, ushort* w, float* x, float* y, int k, int r0, int r1)
     {
-        Span<float> tile = stackalloc float[Math.Min(ConvertTile, k)];
         for (int r = r0; r < r1; r++)
         {
-            ushort* row = w + (long)r * k;
-            float s = 0;
-            for (int c0 = 0; c0 < k; c0 += ConvertTile)
-            {
-                int len = Math.Min(ConvertTile, k - c0);
-                var t = tile[..len];
-                ToFloat32(type, new ReadOnlySpan<ushort>(row + c0, len), t);
-                s += TensorPrimitives.Dot(t, new ReadOnlySpan<float>(x + c0, len));
-            }
-            y[r] = s;
+            y[r] = type == DType.BF16 ? DotBf16(w + (long)r * k, x, k) : DotF16(w + (long)r * k, x, k);
         }
+    }
+
+    /// <summary>bfloat16 row (k) · float32 x (k): each value zero-extended to 32 bits and shifted into the top half.</summary>
+    private static float DotBf16(ushort* w, float* x, int k)
+    {
+        int vl = Vector<float>.Count, i = 0;
+        Vector<float> a0 = default, a1 = default;
+        for (; i + 2 * vl <= k; i += 2 * vl)
+        {
+            Vector.Widen(Vector.Load(w + i), out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(lo << 16), Vector.Load(x + i), a0);
+            a1 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(hi << 16), Vector.Load(x + i + vl), a1);
+        }
+        float s = Vector.Sum(a0 + a1);
+        for (; i < k; i++)
+        {
+            s += Bf16.ToSingle(w[i]) * x[i];
+        }
+        return s;
+    }
+
+    /// <summary>IEEE half row (k) · float32 x (k), each vector of halves widened in registers by <see cref="WidenHalf"/>.</summary>
+    private static float DotF16(ushort* w, float* x, int k)
+    {
+        int vl = Vector<float>.Count, i = 0;
+        Vector<float> a0 = default, a1 = default;
+        for (; i + 2 * vl <= k; i += 2 * vl)
+        {
+            Vector.Widen(Vector.Load(w + i), out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(WidenHalf(lo), Vector.Load(x + i), a0);
+            a1 = Vector.FusedMultiplyAdd(WidenHalf(hi), Vector.Load(x + i + vl), a1);
+        }
+        float s = Vector.Sum(a0 + a1);
+        for (; i < k; i++)
+        {
+            s += (float)BitConverter.UInt16BitsToHalf(w[i]) * x[i];
+        }
+        return s;
+    }
+
+    /// <summary>
+    /// IEEE half bits (one per 32-bit lane) to float32, exactly. The magnitude bits shifted up by 13 land the half's
+    /// 5-bit exponent and 10-bit fraction in a float32's exponent and fraction fields, i.e. the value times 2^-112
+    /// (for a subnormal half, a float32 subnormal of the same scaled value); multiplying by 2^112 restores it exactly.
+    /// (2^112 is 0x77800000.) Exponent 31 (infinity, NaN) gets the float32 all-ones exponent instead; the sign moves from bit 15 to bit 31.
+    /// Example: 1.0 = 0x3C00 -> 0x3C00 &lt;&lt; 13 = 0x07800000 = 2^-112, times 2^112 = 1.0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector<float> WidenHalf(Vector<uint> bits)
+    {
+        var magnitude = bits & new Vector<uint>(0x7FFF);
+        var shifted = magnitude << 13;
+        var value = Vector.AsVectorUInt32(Vector.AsVectorSingle(shifted) * new Vector<float>(BitConverter.UInt32BitsToSingle(0x77800000)));
+        var special = Vector.GreaterThanOrEqual(magnitude, new Vector<uint>(0x7C00));
+        value = Vector.ConditionalSelect(special, shifted | new Vector<uint>(0x7F800000), value);
+        return Vector.AsVectorSingle(value | ((bits & new Vector<uint>(0x8000)) << 16));
     }
 
     /// <summary>

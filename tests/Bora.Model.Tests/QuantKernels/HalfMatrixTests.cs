@@ -43,6 +43,35 @@ public sealed class HalfMatrixTests
         }
     }
 
+    [Fact]
+    public void TheInRegisterHalfWideningIsExactForEveryBitPattern()
+    {
+        int vl = System.Numerics.Vector<uint>.Count;
+        var lanes = new uint[vl];
+        var widened = new float[vl];
+        for (int b = 0; b < 65536; b += vl)
+        {
+            for (int i = 0; i < vl; i++)
+            {
+                lanes[i] = (uint)(b + i);
+            }
+            HalfMatrix.WidenHalf(new System.Numerics.Vector<uint>(lanes)).CopyTo(widened);
+            for (int i = 0; i < vl; i++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(b + i));
+                if (float.IsNaN(expected))
+                {
+                    Assert.True(float.IsNaN(widened[i]), $"half 0x{b + i:X4}: expected NaN, got {widened[i]}");
+                }
+                else
+                {
+                    Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened[i]),
+                        $"half 0x{b + i:X4}: expected {expected}, got {widened[i]}");
+                }
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public void ProductsMatchTheScalarTwinForEveryWidth(DType type)
