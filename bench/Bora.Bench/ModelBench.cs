@@ -1,7 +1,10 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using Bora.Evaluation;
+using Bora.Formats;
 using Bora.Loading;
+using Bora.Model;
 using Bora.Numerics;
 using Bora.Numerics.Quant;
 using Bora.Quantization;
@@ -10,7 +13,7 @@ namespace Bora.Bench;
 
 /// <summary>
 /// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json] [--compare-llama-cpp]
-/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k --out FILE]</c>
+/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m --out FILE] [--copy-weights]</c>
 /// <para>
 /// Prefill and decode tokens per second of Bora (<see cref="ThroughputBenchmark"/>), the median of the repeats; with
 /// --compare-llama-cpp llama.cpp runs the same prompt ids on the same file in the same process, the two engines
@@ -18,20 +21,28 @@ namespace Bora.Bench;
 /// <see cref="SyntheticModels"/> (to --out, which is then the model unless --model is given). --threads sets Bora's
 /// <see cref="NumericsThreads.MaxThreads"/> and llama.cpp's n_threads / n_threads_batch.
 /// </para>
+/// <para>
+/// Memory: Bora's load time and the process's peak resident set (VmHWM of /proc/self/status) after loading and at the
+/// end, beside the file size and Bora's KV cache size (float32 K and V of every layer for prompt + gen positions), so
+/// the goal "peak RSS &lt;= file + KV cache + 5%" can be read off (the peak is reset just before loading, so a
+/// --synthesize run in the same process does not count). Weights are read in place from the mapped file;
+/// --copy-weights loads them into private pinned copies instead (the behaviour before mapping), for comparison.
+/// The end figure includes llama.cpp's own memory when --compare-llama-cpp is given.
+/// </para>
 /// </summary>
 public static class ModelBench
 {
     public static int Run(string[] args)
     {
         var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed"],
-            ["json", "compare-llama-cpp"]);
+            ["json", "compare-llama-cpp", "copy-weights"]);
         int threads = a.GetInt("threads", Environment.ProcessorCount);
         int promptTokens = a.GetInt("prompt-tokens", 512), gen = a.GetInt("gen-tokens", 128), repeats = a.GetInt("repeats", 3);
         string? model = a.Get("model");
         if (a.Get("synthesize") is { } shape)
         {
             string outPath = a.Get("out") ?? throw new ArgumentException("--synthesize needs --out FILE");
-            SyntheticModels.Synthesize(shape, a.Get("layers") is null ? null : a.GetInt("layers", 0), ModelQuantizer.ParseType(a.Get("type") ?? "q4_0"),
+            SyntheticModels.Synthesize(shape, a.Get("layers") is null ? null : a.GetInt("layers", 0), QuantizeTarget.Parse(a.Get("type") ?? "q4_0"),
                 outPath, a.GetInt("seed", 1, 0), threads);
             model ??= outPath;
         }
@@ -41,7 +52,14 @@ public static class ModelBench
         }
 
         NumericsThreads.MaxThreads = threads;
-        var bora = ModelLoader.Load(model);
+        ResetPeakResident();
+        long loadStart = Stopwatch.GetTimestamp();
+        using var bora = ModelLoader.Load(model, a.Flag("copy-weights") ? CopyWeights : null);
+        double loadSeconds = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
+        long loadPeak = PeakResidentBytes();
+        long fileBytes = new FileInfo(model).Length;
+        var cfg = bora.Config;
+        long kvBytes = 2L * cfg.NLayers * (promptTokens + gen) * cfg.NKvHeads * cfg.HeadDim * sizeof(float);
         var prompt = ThroughputBenchmark.RandomPrompt(bora.Config.VocabSize, promptTokens, bora.Tokenizer.Bos);
         int[] promptIds = [.. prompt.Select(t => t.Value)];
         using var llama = a.Flag("compare-llama-cpp") ? new LlamaCppRunner(model, threads, promptTokens + gen, promptTokens) : null;
@@ -64,13 +82,24 @@ public static class ModelBench
             }
         }
         var (bp, bd) = Medians(mine);
+        long endPeak = PeakResidentBytes();
+        var memory = new
+        {
+            file_bytes = fileBytes,
+            kv_cache_bytes = kvBytes,
+            load_s = loadSeconds,
+            peak_rss_after_load_bytes = loadPeak,
+            peak_rss_bytes = endPeak,
+            copy_weights = a.Flag("copy-weights"),
+        };
         if (a.Flag("json"))
         {
             object result = llama is null
-                ? new { bora = new { prefill_tok_s = bp, decode_tok_s = bd } }
+                ? new { bora = new { prefill_tok_s = bp, decode_tok_s = bd }, memory }
                 : new
                 {
                     bora = new { prefill_tok_s = bp, decode_tok_s = bd },
+                    memory,
                     llama_cpp = new { prefill_tok_s = Medians(theirs).Prefill, decode_tok_s = Medians(theirs).Decode },
                     ratio = new { prefill = bp / Medians(theirs).Prefill, decode = bd / Medians(theirs).Decode },
                 };
@@ -79,6 +108,9 @@ public static class ModelBench
         }
         Console.WriteLine(string.Create(inv,
             $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}"));
+        Console.WriteLine(string.Create(inv,
+            $"memory: file {fileBytes / 1e6:F1} MB, KV cache {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : " (mapped weights)")}, " +
+            $"peak RSS after load {loadPeak / 1e6:F1} MB, at the end {endPeak / 1e6:F1} MB ({(double)endPeak / (fileBytes + kvBytes):P0} of file + KV cache)"));
         Console.WriteLine($"{"engine",-10} {"prefill tok/s",14} {"decode tok/s",13}");
         Console.WriteLine(string.Create(inv, $"{"bora",-10} {bp,14:F2} {bd,13:F2}"));
         if (llama is not null)
@@ -88,6 +120,58 @@ public static class ModelBench
             Console.WriteLine(string.Create(inv, $"{"ratio",-10} {bp / lp,13:F2}x {bd / ld,12:F2}x"));
         }
         return 0;
+    }
+
+    /// <summary>Peak resident set size of this process in bytes (VmHWM of /proc/self/status), or -1 where there is none.</summary>
+    public static long PeakResidentBytes()
+    {
+        const string Path = "/proc/self/status";
+        if (!File.Exists(Path))
+        {
+            return -1;
+        }
+        foreach (var line in File.ReadLines(Path))
+        {
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                var parts = line["VmHWM:".Length..].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                return long.Parse(parts[0], CultureInfo.InvariantCulture) * 1024; // kB
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>
+    /// Starts the peak-RSS count afresh (after a collection that returns the synthesizer's buffers, when --synthesize ran
+    /// in this process): writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS (Linux 4.0 and later).
+    /// </summary>
+    private static void ResetPeakResident()
+    {
+        GC.Collect(2, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // No procfs (or not writable): the peak then counts from the process start.
+        }
+    }
+
+    /// <summary>The loading behaviour before mapping: every block / 16-bit tensor copied into a pinned array.</summary>
+    private static WeightMatrix CopyWeights(ITensorStore store, MatrixSource source)
+    {
+        var type = source.Tensor.Type;
+        if (!WeightMapper.KeepsStoredType(type, source.Cols) || type is DType.F16 or DType.BF16 || source.RowOrder is not null)
+        {
+            return WeightLoader.ReadF32Matrix(store, source);
+        }
+        long rowBytes = DTypeInfo.ByteSize(type, source.Cols)!.Value;
+        long size = rowBytes * source.Rows;
+        long start = source.Slice >= 0 ? source.Slice * size : 0;
+        var blocks = QuantizedMatrix.AllocateBlocks(size);
+        store.GetBytes(source.Tensor).Slice((int)start, (int)size).CopyTo(blocks);
+        return new QuantizedMatrix(type, blocks, source.Rows, source.Cols, copy: false);
     }
 
     private static (double Prefill, double Decode) Medians(List<ThroughputSample> s) =>

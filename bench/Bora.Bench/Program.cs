@@ -8,6 +8,7 @@ namespace Bora.Bench;
 /// <item><c>serve</c> — N concurrent streaming clients against Bora served in process, optionally beside llama.cpp's
 /// batched decode (<see cref="ServeBench"/>); <c>bora bench serve</c> in the CLI is the same without llama.cpp.</item>
 /// <item><c>synthesize</c> — write a random-weight GGUF of a named shape (<see cref="SyntheticModels"/>).</item>
+/// <item><c>attention</c> — tiled against per-query attention on Mistral 7B's attention shape (<see cref="AttentionBench"/>).</item>
 /// <item><c>matmul</c> (also the default when the first argument is an option) — the matrix micro-benchmark (<see cref="MatMulBench"/>).</item>
 /// </list>
 /// </summary>
@@ -25,6 +26,8 @@ public static class Program
                     return ServeBench.Run(args[1..]);
                 case "synthesize":
                     return SyntheticModels.Run(args[1..]);
+                case "attention":
+                    return AttentionBench.Run(args[1..]);
                 case "matmul":
                     MatMulBench.Run(args[1..]);
                     return 0;
@@ -33,7 +36,7 @@ public static class Program
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, synthesize or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, synthesize, attention or matmul");
                     return 2;
             }
         }

@@ -10,10 +10,11 @@ using Bora.Tokenizers;
 namespace Bora.Bench;
 
 /// <summary>
-/// <c>synthesize --synthesize mistral-7b|mixtral-8x7b [--layers N] --type q4_0|q8_0|q4_k --out FILE [--seed S] [--threads N]</c>:
+/// <c>synthesize --synthesize mistral-7b|mixtral-8x7b [--layers N] --type q4_0|q8_0|q4_k|q4_k_m --out FILE [--seed S] [--threads N]</c>:
 /// a random-weight llama GGUF with a real model's shapes (and Mistral's 32000-piece vocabulary from the shared test
 /// data), written directly in the target format and streamed tensor by tensor (one tensor in memory at a time), with
-/// the same per-tensor types <c>bora quantize</c> would choose (norms and router F32, output head Q6_K for Q4_0/Q4_K).
+/// the same per-tensor types <c>bora quantize</c> would choose (norms and router F32, output head Q6_K for Q4_0/Q4_K, and
+/// llama.cpp's per-layer mixture for Q4_K_M).
 /// Speed does not depend on the weights' values, so these files benchmark both engines on a model's exact shapes.
 /// Values are uniform with the standard deviation of <see cref="SyntheticGguf"/>'s (1/sqrt(fan_in)), from a
 /// per-row-block seeded generator so tensors are produced in parallel and reproducibly.
@@ -44,13 +45,13 @@ public static class SyntheticModels
     {
         var a = new BenchArgs(args, ["synthesize", "layers", "type", "out", "seed", "threads"], []);
         Synthesize(a.Get("synthesize") ?? throw new ArgumentException("--synthesize mistral-7b|mixtral-8x7b is required"),
-            a.Get("layers") is null ? null : a.GetInt("layers", 0), ModelQuantizer.ParseType(a.Get("type") ?? "q4_0"),
+            a.Get("layers") is null ? null : a.GetInt("layers", 0), QuantizeTarget.Parse(a.Get("type") ?? "q4_0"),
             a.Get("out") ?? throw new ArgumentException("--out FILE is required"), a.GetInt("seed", 1, 0), a.GetInt("threads", Environment.ProcessorCount));
         return 0;
     }
 
     /// <summary>Writes the file (see the class summary); refuses when the disk lacks room for it.</summary>
-    public static void Synthesize(string shape, int? layers, DType type, string outPath, int seed, int threads)
+    public static void Synthesize(string shape, int? layers, QuantizeTarget type, string outPath, int seed, int threads)
     {
         var config = Shape(shape, layers);
         string vocabPath = Path.Combine(FindSharedTestData(), "tokenizers", "mistral", "tokenizer.model.v1");
@@ -58,7 +59,7 @@ public static class SyntheticModels
         var w = new GgufWriter();
         GgufLlamaMetadata.AddConfig(w, config, $"bora-synthetic-{shape}-{config.NLayers}L");
         GgufLlamaMetadata.AddSentencePieceVocabulary(w, vocab);
-        w.AddMetadata("general.file_type", GgufLlamaMetadata.FileType(type));
+        w.AddMetadata("general.file_type", type.FileType);
         w.AddMetadata("general.quantization_version", 2u);
 
         int d = config.Dim, f = config.HiddenDim, q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim, e = config.NExperts;
@@ -92,12 +93,13 @@ public static class SyntheticModels
         tensors.Add(("output_norm.weight", [d], 0.1f, 1f));
         tensors.Add(("output.weight", [config.VocabSize, d], SyntheticGguf.LogitScale / MathF.Sqrt(d), 0f));
 
+        var modelShape = new QuantizeModelShape(config.NLayers, config.NExperts, HasOutput: true);
         var set = new LazyTensorSet();
         long total = 0;
         for (int i = 0; i < tensors.Count; i++)
         {
             var (name, dims, std, mean) = tensors[i];
-            var dtype = ModelQuantizer.ChooseType(name, dims, type, out _);
+            var dtype = ModelQuantizer.ChooseType(name, dims, type, modelShape, out _);
             long count = dims.Aggregate(1L, (x, y) => x * y);
             long bytes = DTypeInfo.ByteSize(dtype, count)!.Value;
             total += bytes;

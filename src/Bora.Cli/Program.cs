@@ -23,7 +23,7 @@ public static class Program
           {TokenizerCommand.Usage}
           {FinetuneCommand.Usage}
           {MergeLoraCommand.Usage}
-          quantize IN OUT --type q8_0|q4_0|q4_k [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
+          quantize IN OUT --type q8_0|q4_0|q4_k|q4_k_m [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
           perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
                      [--kl-reference PATH | --save-base FILE | --kl-base FILE]
           bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]

@@ -9,7 +9,7 @@ using Bora.Quantization;
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora quantize IN OUT --type q8_0|q4_0|q4_k [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]</c>:
+/// <c>bora quantize IN OUT --type q8_0|q4_0|q4_k|q4_k_m [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]</c>:
 /// converts a float checkpoint to a quantized GGUF (see <see cref="ModelQuantizer"/>), with a progress bar on stderr;
 /// with --eval-file, then reports the perplexity of both models and the mean KL-divergence of the quantized one from
 /// the original on that text.
@@ -21,12 +21,12 @@ internal static class QuantizeCommand
         var a = new CliArguments("quantize", args, ["type", "threads", "eval-file", "ctx", "chunks", "batch"], ["quiet"]);
         if (a.Positional.Count != 2)
         {
-            throw new UsageException("'quantize' takes IN (a .gguf file or a model folder) and OUT (the .gguf to write), and --type q8_0|q4_0|q4_k");
+            throw new UsageException("'quantize' takes IN (a .gguf file or a model folder) and OUT (the .gguf to write), and --type q8_0|q4_0|q4_k|q4_k_m");
         }
-        DType type;
+        QuantizeTarget type;
         try
         {
-            type = ModelQuantizer.ParseType(a.Require("type"));
+            type = QuantizeTarget.Parse(a.Require("type"));
         }
         catch (ArgumentException e)
         {

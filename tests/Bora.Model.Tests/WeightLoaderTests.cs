@@ -237,4 +237,49 @@ public class WeightLoaderTests
         }
         Assert.Throws<ArgumentException>(() => HfRopePermutation.Permute(new float[6], 2, 3, 2));
     }
+
+    /// <summary>
+    /// 16-bit weights: float32 products over the same widened values, summed in another order (see
+    /// QuantKernels.HalfMatrixTests.SumOrderTolerance), relative to the largest logit.
+    /// </summary>
+    private const float HalfLogitTolerance = 1e-4f;
+
+    [Theory]
+    [InlineData(DType.BF16)]
+    [InlineData(DType.F16)]
+    public void Hf_safetensors_in_16_bits_load_as_half_matrices_over_the_mapped_file(DType type)
+    {
+        var original = TestModels.Random(TestModels.Dense(), seed: 25);
+        using var memory = ToStore(original, Scheme.Hf);
+        string dir = TestPaths.NewTempDir("st16");
+        try
+        {
+            string path = Path.Combine(dir, "model.safetensors");
+            Bora.Formats.Safetensors.SafetensorsWriter.Write(path, memory.Tensors.Select(t =>
+                TensorData.FromFloat32(t.Name, t.Shape.Length == 1 ? DType.F32 : type, t.Shape, memory.ReadFloat32(t))));
+            using var store = Bora.Formats.Safetensors.SafetensorsFile.Open(path);
+            using var mapper = new WeightMapper();
+            var halves = WeightLoader.Load(store, original.Config, mapper.Create);
+            var widened = WeightLoader.Load(store, original.Config, WeightLoader.ReadF32Matrix);
+
+            // Wq / Wk rows are un-permuted, so they are copied (still 16-bit); everything else is read in place.
+            var wq = Assert.IsType<HalfMatrix>(halves.Layers[0].Wq);
+            Assert.Null(wq.Storage.Path);
+            Assert.Equal(type, wq.Type);
+            Assert.Equal(Path.GetFullPath(path), Assert.IsType<HalfMatrix>(halves.Layers[1].Wv).Storage.Path);
+            long qk = halves.Layers.Sum(l => 2L * (l.Wq.Rows * l.Wq.Cols + l.Wk.Rows * l.Wk.Cols));
+            Assert.Equal(qk, mapper.CopiedBytes);
+            long matrices = store.Tensors.Where(t => t.Shape.Length == 2).Sum(t => t.ByteLength);
+            Assert.Equal(matrices - qk, mapper.MappedBytes);
+
+            var tokens = TestModels.Tokens(12, 50, 26);
+            var expected = TestModels.Prefill(new Transformer(widened), tokens);
+            float scale = expected.Max(MathF.Abs);
+            TestModels.AssertClose(expected, TestModels.Prefill(new Transformer(halves), tokens), HalfLogitTolerance * scale, $"{type} safetensors");
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

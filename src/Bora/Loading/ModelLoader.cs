@@ -6,9 +6,20 @@ using Bora.Tokenizers;
 
 namespace Bora.Loading;
 
-/// <summary>A model ready to run: its config, weights and tokenizer.</summary>
-public sealed class LoadedModel(ModelSource source, ModelConfig config, Transformer model, ITokenizer tokenizer)
+/// <summary>
+/// A model ready to run: its config, weights and tokenizer. Weights loaded by <see cref="ModelLoader.Load"/> with the
+/// default factory read the memory-mapped model file in place; the mapping lives as long as the weights are reachable,
+/// and <see cref="Dispose"/> releases it at once (the model must not be used after).
+/// </summary>
+/// <param name="source">Where the model came from.</param>
+/// <param name="config">Its hyper-parameters.</param>
+/// <param name="model">The transformer.</param>
+/// <param name="tokenizer">Its tokenizer.</param>
+/// <param name="resources">What <see cref="Dispose"/> releases (the weight mappings), or null.</param>
+public sealed class LoadedModel(ModelSource source, ModelConfig config, Transformer model, ITokenizer tokenizer, IDisposable? resources = null) : IDisposable
 {
+    private IDisposable? _resources = resources;
+
     public ModelSource Source { get; } = source;
 
     public ModelConfig Config { get; } = config;
@@ -26,6 +37,15 @@ public sealed class LoadedModel(ModelSource source, ModelConfig config, Transfor
 
     /// <summary>A renderer of chat requests in this model's format.</summary>
     public Chat.ChatRenderer CreateChatRenderer() => new(Tokenizer, ChatVersion);
+
+    /// <summary>The weight mappings (null when the weights were built by another factory), for statistics.</summary>
+    public WeightMapper? Mapper => _resources as WeightMapper;
+
+    /// <summary>Releases the weight mappings now; the model's weights must not be used afterwards.</summary>
+    public void Dispose()
+    {
+        Interlocked.Exchange(ref _resources, null)?.Dispose();
+    }
 }
 
 /// <summary>Opens a model of any supported layout (see <see cref="ModelSource"/>).</summary>
@@ -33,9 +53,10 @@ public static class ModelLoader
 {
     /// <summary>
     /// Loads config, weights and tokenizer of the model at <paramref name="path"/>. Weights are built by
-    /// <paramref name="matrixFactory"/>; the default, <see cref="WeightLoader.ReadQuantizedMatrix"/>, keeps
-    /// GGUF Q8_0 / Q4_0 / Q4_K / Q6_K tensors quantized and converts the rest to float32
-    /// (pass <see cref="WeightLoader.ReadF32Matrix"/> to dequantize everything).
+    /// <paramref name="matrixFactory"/>; the default, a <see cref="WeightMapper"/> owned by the returned model, keeps
+    /// GGUF Q8_0 / Q4_0 / Q4_K / Q6_K and F16 / BF16 tensors in their stored type, read in place from a memory mapping
+    /// of the file (no copy), and converts the rest to float32 (pass <see cref="WeightLoader.ReadF32Matrix"/> to
+    /// expand everything). The tensor store itself is closed before returning.
     /// </summary>
     public static LoadedModel Load(string path, WeightMatrixFactory? matrixFactory = null)
     {
@@ -48,9 +69,18 @@ public static class ModelLoader
             throw new ModelFormatException(
                 $"{source.TokenizerPath}: the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary has {config.VocabSize} rows");
         }
-        var weights = WeightLoader.Load(store, config, matrixFactory ?? WeightLoader.ReadQuantizedMatrix);
-        // The loader may refine the config (e.g. tied embeddings when the output head is absent).
-        return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer);
+        var mapper = matrixFactory is null ? new WeightMapper() : null;
+        try
+        {
+            var weights = WeightLoader.Load(store, config, matrixFactory ?? mapper!.Create);
+            // The loader may refine the config (e.g. tied embeddings when the output head is absent).
+            return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer, mapper);
+        }
+        catch
+        {
+            mapper?.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Opens the tensor store of a model without converting any weights.</summary>

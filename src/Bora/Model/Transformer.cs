@@ -18,7 +18,7 @@ namespace Bora.Model;
 /// batched prefill: one MatMul per weight); a decode step is a pass of one token. Calls on one
 /// instance are serialised (the scratch buffers are shared); use one cache per sequence.
 /// </summary>
-public sealed class Transformer : ICausalLM
+public sealed partial class Transformer : ICausalLM
 {
     /// <summary>Default for <see cref="MaxTokensPerPass"/>: bounds the scratch memory of long prompts.</summary>
     public const int DefaultMaxTokensPerPass = 256;
@@ -34,6 +34,8 @@ public sealed class Transformer : ICausalLM
     private readonly Lock _gate = new();
     private Scratch _s = new(0, null!);
     private float[] _batchLogits = []; // (S, V) logits of the sampling entries of a ForwardBatch
+    private TileItem[] _tileItems = []; // work items of the tiled attention of one layer
+    private KvSource[] _kvSources = []; // (S) where each sequence's keys and values are
 
     public Transformer(TransformerWeights weights)
     {
@@ -184,7 +186,18 @@ public sealed class Transformer : ICausalLM
         long keys = Math.Min(_window ?? int.MaxValue, p + t);
         long work = keys * t * _nHeads * _headDim;
         int items = t * _nHeads;
-        if (work < ParallelAttentionThreshold || items == 1)
+        if (TiledAttention)
+        {
+            if (_kvSources.Length < 1)
+            {
+                _kvSources = new KvSource[1];
+            }
+            _kvSources[0] = new KvSource(cache, null, p, 0);
+            int count = 0;
+            AddTiles(ref _tileItems, ref count, 0, t);
+            RunTiles(l, _kvSources, _tileItems, count, work, s);
+        }
+        else if (work < ParallelAttentionThreshold || items == 1)
         {
             var scores = s.ScoresFor((int)keys);
             for (int i = 0; i < items; i++)
@@ -357,7 +370,21 @@ public sealed class Transformer : ICausalLM
             work += keys * n * _nHeads * _headDim;
         }
         int items = t * _nHeads;
-        if (work < ParallelAttentionThreshold || items == 1)
+        if (TiledAttention)
+        {
+            if (_kvSources.Length < batch.Count)
+            {
+                _kvSources = new KvSource[batch.Count];
+            }
+            int count = 0;
+            for (int e = 0; e < batch.Count; e++)
+            {
+                _kvSources[e] = new KvSource(null, batch[e].Cache, batch[e].Cache.Length, rowStart[e]);
+                AddTiles(ref _tileItems, ref count, e, batch[e].Tokens.Length);
+            }
+            RunTiles(l, _kvSources, _tileItems, count, work, s);
+        }
+        else if (work < ParallelAttentionThreshold || items == 1)
         {
             var scores = s.ScoresFor((int)maxKeys);
             for (int i = 0; i < items; i++)

@@ -98,41 +98,18 @@ public static class WeightLoader
     public static WeightMatrix ReadF32Matrix(ITensorStore store, MatrixSource source) => new F32Factory().Create(store, source);
 
     /// <summary>
-    /// A factory that keeps GGUF block formats (Q8_0, Q4_0, Q4_K, Q6_K) as a <see cref="QuantizedMatrix"/>
-    /// (blocks copied once into a pinned array, slice and row order applied, no dequantization) and reads
-    /// every other type as <see cref="ReadF32Matrix"/> does.
+    /// A factory that keeps GGUF block formats (Q8_0, Q4_0, Q4_K, Q6_K) as a <see cref="QuantizedMatrix"/> and
+    /// F16 / BF16 as a <see cref="HalfMatrix"/>, reading them straight from a memory mapping of the file (no copy; see
+    /// <see cref="WeightMapper"/>, one per store, kept alive by the matrices), and reads every other type as
+    /// <see cref="ReadF32Matrix"/> does. Matrices with re-ordered rows (HF Wq / Wk) are copied, still unexpanded.
     /// </summary>
     public static WeightMatrix ReadQuantizedMatrix(ITensorStore store, MatrixSource source)
     {
         ArgumentNullException.ThrowIfNull(store);
-        var type = source.Tensor.Type;
-        if (!QuantizedMatrix.IsSupported(type) || source.Cols % DTypeInfo.BlockElements(type) != 0)
-        {
-            return ReadF32Matrix(store, source);
-        }
-        long rowBytes = (long)source.Cols / DTypeInfo.BlockElements(type) * DTypeInfo.BlockBytes(type);
-        long size = rowBytes * source.Rows;
-        long start = source.Slice >= 0 ? source.Slice * size : 0;
-        var all = store.GetBytes(source.Tensor);
-        if (start + size > all.Length || size > Array.MaxLength)
-        {
-            throw ModelFormatException.In(store.Path, $"tensor '{source.Tensor.Name}' has {all.Length} bytes of {type}; expected at least {start + size} for a ({source.Rows}, {source.Cols}) matrix");
-        }
-        var src = all.Slice((int)start, (int)size);
-        var blocks = QuantizedMatrix.AllocateBlocks(size);
-        if (source.RowOrder is null)
-        {
-            src.CopyTo(blocks);
-        }
-        else
-        {
-            for (int r = 0; r < source.Rows; r++)
-            {
-                src.Slice((int)(source.RowOrder[r] * rowBytes), (int)rowBytes).CopyTo(blocks.AsSpan((int)(r * rowBytes), (int)rowBytes));
-            }
-        }
-        return new QuantizedMatrix(type, blocks, source.Rows, source.Cols, copy: false);
+        return s_mappers.GetValue(store, _ => new WeightMapper()).Create(store, source);
     }
+
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ITensorStore, WeightMapper> s_mappers = [];
 
     private static TransformerWeights LoadHf(Reader r, ModelConfig c) => Finish(r, c,
         "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",

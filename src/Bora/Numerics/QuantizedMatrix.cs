@@ -1,5 +1,3 @@
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using Bora.Numerics.Quant;
 
 namespace Bora.Numerics;
@@ -10,9 +8,10 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block
 /// (<see cref="QuantDot"/>). Results differ from float32 over the dequantized weights only by the
 /// activation rounding (relative error about 1/254 of each block's largest activation).
-/// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of one pinned byte[]: (N, K / BE * BB) with
-/// BE, BB the block elements and bytes. The blocks are copied once at load (the tensor store is closed after
-/// loading, so a memory-mapped view would not outlive it), in the stored layout: no repacking.
+/// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of a <see cref="WeightStorage"/> region starting at
+/// <see cref="StorageOffset"/>: (N, K / BE * BB) with BE, BB the block elements and bytes, in GGUF's stored layout
+/// (no repacking). The region is either a pinned array or the memory-mapped model file itself (GGUF blocks are
+/// already in this layout, so a loaded model reads them where they lie, with no copy).
 /// Letters: N = rows (outputs), K = cols (inputs), T = tokens.
 /// </summary>
 public sealed unsafe class QuantizedMatrix : WeightMatrix
@@ -29,7 +28,8 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     [ThreadStatic]
     private static Q8Activations? t_activations;
 
-    private readonly byte[] _blocks; // (N, RowBytes), pinned
+    private readonly WeightStorage _storage; // holds the blocks, (N, RowBytes) from _offset
+    private readonly long _offset;
 
     /// <summary>
     /// Wraps <paramref name="blocks"/>, which holds <paramref name="rows"/> rows of <paramref name="cols"/>
@@ -40,6 +40,49 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     public QuantizedMatrix(DType type, byte[] blocks, int rows, int cols, bool copy = true) : base(rows, cols)
     {
         ArgumentNullException.ThrowIfNull(blocks);
+        long size = CheckGeometry(type, rows, cols);
+        if (blocks.LongLength != size)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix needs {size} bytes; got {blocks.LongLength}", nameof(blocks));
+        }
+        Type = type;
+        RowBytes = (int)((long)cols / DTypeInfo.BlockElements(type) * DTypeInfo.BlockBytes(type));
+        BlocksPerRow = cols / DTypeInfo.BlockElements(type);
+        if (copy)
+        {
+            var pinned = AllocateBlocks(blocks.LongLength);
+            blocks.CopyTo(pinned, 0);
+            blocks = pinned;
+        }
+        _storage = WeightStorage.Pinned(blocks);
+        _offset = 0;
+    }
+
+    /// <summary>
+    /// A matrix over bytes [<paramref name="offset"/>, offset + rows * RowBytes) of <paramref name="storage"/> (not
+    /// copied; typically the memory-mapped model file), which hold <paramref name="rows"/> rows of
+    /// <paramref name="cols"/> values in <paramref name="type"/>'s block layout, row-major. The matrix keeps the
+    /// storage alive.
+    /// </summary>
+    /// <exception cref="ArgumentException">An unsupported type, partial blocks, or a region outside the storage.</exception>
+    public QuantizedMatrix(DType type, WeightStorage storage, long offset, int rows, int cols) : base(rows, cols)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        long size = CheckGeometry(type, rows, cols);
+        if (offset < 0 || offset > storage.Length || size > storage.Length - offset)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix needs {size} bytes from offset {offset}; the storage has {storage.Length}", nameof(offset));
+        }
+        Type = type;
+        RowBytes = (int)((long)cols / DTypeInfo.BlockElements(type) * DTypeInfo.BlockBytes(type));
+        BlocksPerRow = cols / DTypeInfo.BlockElements(type);
+        _storage = storage;
+        _offset = offset;
+    }
+
+    /// <summary>Checks the type and column count; returns the bytes of a (rows, cols) matrix (at most Array.MaxLength).</summary>
+    private static long CheckGeometry(DType type, int rows, int cols)
+    {
         if (!IsSupported(type))
         {
             throw new ArgumentException($"{type} is not a quantized block format this matrix supports (Q8_0, Q4_0, Q4_K, Q6_K)", nameof(type));
@@ -49,23 +92,12 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             throw new ArgumentException($"a {type} matrix needs a multiple of {be} columns; got {cols}", nameof(cols));
         }
-        long rowBytes = (long)cols / be * DTypeInfo.BlockBytes(type);
-        if (blocks.LongLength != rowBytes * rows)
+        long size = (long)cols / be * DTypeInfo.BlockBytes(type) * rows;
+        if (size > Array.MaxLength)
         {
-            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix needs {rowBytes * rows} bytes; got {blocks.LongLength}", nameof(blocks));
+            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix of {size} bytes is larger than one span can address ({Array.MaxLength})", nameof(rows));
         }
-        Type = type;
-        RowBytes = (int)rowBytes;
-        BlocksPerRow = cols / be;
-        if (copy)
-        {
-            _blocks = AllocateBlocks(blocks.LongLength);
-            blocks.CopyTo(_blocks, 0);
-        }
-        else
-        {
-            _blocks = blocks;
-        }
+        return size;
     }
 
     /// <summary>Threads used by MatVec / MatMul: the Bora-wide <see cref="NumericsThreads.MaxThreads"/> (setting it sets that).</summary>
@@ -84,8 +116,17 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     /// <summary>Blocks per row.</summary>
     public int BlocksPerRow { get; }
 
-    /// <summary>The raw blocks, (N, RowBytes). Not a copy.</summary>
-    public ReadOnlySpan<byte> Blocks => _blocks;
+    /// <summary>The raw blocks, (N, RowBytes). Not a copy (valid while the storage is not disposed).</summary>
+    public ReadOnlySpan<byte> Blocks => new(BlockPointer, RowBytes * Rows);
+
+    /// <summary>The memory holding the blocks (a pinned array, or the mapped model file).</summary>
+    public WeightStorage Storage => _storage;
+
+    /// <summary>Byte offset of row 0 in <see cref="Storage"/>.</summary>
+    public long StorageOffset => _offset;
+
+    /// <summary>Row 0's first byte: (N, RowBytes) from here. Throws once the storage is disposed.</summary>
+    private byte* BlockPointer => _storage.Pointer(_offset, (long)RowBytes * Rows);
 
     /// <summary>Whether <paramref name="type"/> can be held by a <see cref="QuantizedMatrix"/>.</summary>
     public static bool IsSupported(DType type) => type is DType.Q8_0 or DType.Q4_0 or DType.Q4_K or DType.Q6_K;
@@ -115,14 +156,16 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     public override void ReadRow(int row, Span<float> dst)
     {
         CheckReadRow(row, dst);
-        BlockDequantizer.ToFloat32(Type, _blocks.AsSpan(row * RowBytes, RowBytes), dst);
+        BlockDequantizer.ToFloat32(Type, Blocks.Slice(row * RowBytes, RowBytes), dst);
+        GC.KeepAlive(_storage);
     }
 
     /// <summary>All rows dequantized to float32, (N, K).</summary>
     public float[] Dequantize()
     {
         var all = new float[(long)Rows * Cols];
-        BlockDequantizer.ToFloat32(Type, _blocks, all);
+        BlockDequantizer.ToFloat32(Type, Blocks, all);
+        GC.KeepAlive(_storage);
         return all;
     }
 
@@ -171,6 +214,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             if (items == 1)
             {
                 job.Run(0, Rows);
+                GC.KeepAlive(_storage);
                 return;
             }
             Parallel.For(0, items, NumericsThreads.Options, i =>
@@ -179,6 +223,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
                 job.Run(r0, Math.Min(Rows, r0 + blockRows));
             });
         }
+        GC.KeepAlive(_storage);
     }
 
     /// <summary>One product's arguments, shared by the worker threads (y is pinned by the caller for the whole call).</summary>
@@ -210,7 +255,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             int n = m.Rows, nb = m.BlocksPerRow;
             long rowBytes = m.RowBytes;
-            byte* w = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(m._blocks));
+            byte* w = m.BlockPointer;
             Span<Q8Row> rows = stackalloc Q8Row[TokenTile];
             for (int t0 = 0; t0 < tokens; t0 += TokenTile)
             {

@@ -17,16 +17,20 @@ namespace Bora.Quantization;
 /// <param name="Reason">Why <see cref="Type"/> differs from the requested type (null when it does not).</param>
 public sealed record QuantizedTensor(string Name, long[] Shape, DType SourceType, DType Type, string? Reason);
 
-/// <summary>Progress of <see cref="ModelQuantizer.Quantize"/>: tensors done of total, bytes of output done of total.</summary>
+/// <summary>Progress of <see cref="ModelQuantizer.Quantize(string, string, QuantizeTarget, int, Action{QuantizeProgress})"/>: tensors done of total, bytes of output done of total.</summary>
 public readonly record struct QuantizeProgress(int Done, int Total, string Tensor, long BytesDone, long BytesTotal);
 
-/// <summary>What <see cref="ModelQuantizer.Quantize"/> wrote.</summary>
+/// <summary>What <see cref="ModelQuantizer.Quantize(string, string, QuantizeTarget, int, Action{QuantizeProgress})"/> wrote.</summary>
 /// <param name="OutputPath">The GGUF file.</param>
 /// <param name="Requested">The requested type.</param>
 /// <param name="Tensors">Every tensor written, in file order.</param>
 /// <param name="InputBytes">Bytes of tensor data read.</param>
 /// <param name="OutputBytes">Bytes of tensor data written.</param>
-public sealed record QuantizeResult(string OutputPath, DType Requested, IReadOnlyList<QuantizedTensor> Tensors, long InputBytes, long OutputBytes);
+public sealed record QuantizeResult(string OutputPath, DType Requested, IReadOnlyList<QuantizedTensor> Tensors, long InputBytes, long OutputBytes)
+{
+    /// <summary>The requested target (its <see cref="QuantizeTarget.Base"/> is <see cref="Requested"/>).</summary>
+    public QuantizeTarget Target { get; init; } = QuantizeTarget.Of(Requested);
+}
 
 /// <summary>
 /// <c>bora quantize</c>: an offline transform from a float checkpoint (GGUF, Hugging Face or Mistral safetensors, in
@@ -40,6 +44,8 @@ public sealed record QuantizeResult(string OutputPath, DType Requested, IReadOnl
 /// Q4_K to Q8_0 when the rows divide into 32 (llama.cpp picks Q5_0, which Bora does not store; Q8_0 keeps at least its
 /// precision), anything else to F16.</item>
 /// </list>
+/// With <see cref="QuantizeTarget.Q4_K_M"/> llama.cpp's Q4_K_M mixture decides each matrix (see
+/// <see cref="ChooseType(string, long[], QuantizeTarget, QuantizeModelShape, out string?)"/>).
 /// Hugging Face q_proj / k_proj rows are un-permuted to the interleaved-pair RoPE layout GGUF uses (as
 /// <see cref="WeightLoader"/> does); Mixtral experts are merged into <c>ffn_{gate,down,up}_exps</c> tensors. A
 /// safetensors model's SentencePiece <c>tokenizer.model</c> is embedded as <c>tokenizer.ggml.*</c>. The file is written
@@ -47,7 +53,7 @@ public sealed record QuantizeResult(string OutputPath, DType Requested, IReadOnl
 /// </summary>
 public static class ModelQuantizer
 {
-    /// <summary>The types <see cref="Quantize"/> can target.</summary>
+    /// <summary>The types <see cref="Quantize(string, string, QuantizeTarget, int, Action{QuantizeProgress})"/> can target.</summary>
     public static IReadOnlyList<DType> Targets { get; } = [DType.Q8_0, DType.Q4_0, DType.Q4_K];
 
     /// <summary>Parses "q8_0", "q4_0" or "q4_k" (any case).</summary>
@@ -72,6 +78,109 @@ public static class ModelQuantizer
         {
             throw new ArgumentException($"{requested} is not a quantization target; expected one of {string.Join(", ", Targets)}", nameof(requested));
         }
+        return ChooseUniform(name, shape, requested, out reason);
+    }
+
+    /// <summary>
+    /// The stored type of tensor <paramref name="name"/> of <paramref name="shape"/> (outermost-first) for
+    /// <paramref name="target"/> in a model of <paramref name="model"/>'s shape, and why it differs from the target's
+    /// base type (null when it does not). Uniform targets follow the class summary. Q4_K_M follows llama.cpp's
+    /// llama_tensor_get_type for a llama-architecture model (rules restated, not copied):
+    /// <list type="bullet">
+    /// <item>Norms and the router F32; the output head (or, with no <c>output.weight</c>, the token embedding that
+    /// doubles as it) Q6_K, Q8_0 when its rows do not divide into 256.</item>
+    /// <item><c>attn_v</c>: Q8_0 in a model of exactly 8 experts; else Q6_K in the layers <see cref="UseMoreBits"/>
+    /// picks.</item>
+    /// <item><c>attn_k</c>: Q8_0 in a model of exactly 8 experts.</item>
+    /// <item><c>ffn_down</c> (dense, per-expert or merged experts): Q6_K in the layers <see cref="UseMoreBits"/> picks.</item>
+    /// <item><c>attn_output</c> in a model of exactly 8 experts: llama.cpp picks Q5_K, which Bora does not store; Q6_K
+    /// (more bits, so at least its precision) instead, and the reason says so.</item>
+    /// <item>Everything else Q4_K; a row that does not divide into 256 falls back to Q8_0 (llama.cpp: Q5_0 for Q4_K,
+    /// Q8_0 for Q6_K), or F16 when it does not divide into 32.</item>
+    /// </list>
+    /// </summary>
+    /// <exception cref="ArgumentException">A matrix of the mixture whose name has no <c>blk.N.</c> layer within the model.</exception>
+    public static DType ChooseType(string name, long[] shape, QuantizeTarget target, QuantizeModelShape model, out string? reason)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(shape);
+        ArgumentNullException.ThrowIfNull(target);
+        ArgumentNullException.ThrowIfNull(model);
+        if (!target.KQuantMixture)
+        {
+            return ChooseUniform(name, shape, target.Base, out reason);
+        }
+        long cols = shape[^1];
+        if (shape.Length == 1 || name.EndsWith("ffn_gate_inp.weight", StringComparison.Ordinal))
+        {
+            return ChooseUniform(name, shape, target.Base, out reason);
+        }
+        bool eightExperts = model.Experts == 8;
+        DType wanted = DType.Q4_K;
+        string? why = null;
+        if (name == "output.weight" || (!model.HasOutput && name == "token_embd.weight"))
+        {
+            (wanted, why) = (DType.Q6_K, name == "output.weight" ? "output head: Q6_K, as llama.cpp" : "token embedding doubles as the output head: Q6_K, as llama.cpp");
+        }
+        else if (name.Contains("attn_v.weight", StringComparison.Ordinal))
+        {
+            int layer = LayerOf(name, model.Layers);
+            (wanted, why) = eightExperts ? (DType.Q8_0, "attn_v of an 8-expert model: Q8_0, as llama.cpp")
+                : UseMoreBits(layer, model.Layers) ? (DType.Q6_K, $"Q4_K_M: attn_v of layer {layer} gets more bits (Q6_K), as llama.cpp")
+                : (DType.Q4_K, null);
+        }
+        else if (name.Contains("attn_k.weight", StringComparison.Ordinal) && eightExperts)
+        {
+            (wanted, why) = (DType.Q8_0, "attn_k of an 8-expert model: Q8_0, as llama.cpp");
+        }
+        else if (name.Contains("ffn_down", StringComparison.Ordinal))
+        {
+            int layer = LayerOf(name, model.Layers);
+            if (UseMoreBits(layer, model.Layers))
+            {
+                (wanted, why) = (DType.Q6_K, $"Q4_K_M: ffn_down of layer {layer} gets more bits (Q6_K), as llama.cpp");
+            }
+        }
+        else if (name.Contains("attn_output.weight", StringComparison.Ordinal) && eightExperts)
+        {
+            (wanted, why) = (DType.Q6_K, "attn_output of an 8-expert model: llama.cpp picks Q5_K, which Bora does not store; Q6_K");
+        }
+        if (cols % DTypeInfo.BlockElements(wanted) == 0)
+        {
+            reason = why;
+            return wanted;
+        }
+        if (cols % 32 == 0)
+        {
+            reason = $"rows of {cols} do not divide into 256-element super-blocks; fallback Q8_0";
+            return DType.Q8_0;
+        }
+        reason = $"rows of {cols} do not divide into 32-element blocks; fallback F16";
+        return DType.F16;
+    }
+
+    /// <summary>
+    /// llama.cpp's choice of the layers that get more bits in the _M mixtures: the first and last eighth of the
+    /// <paramref name="layers"/>, and every third layer in between (integer division throughout). Example, 32 layers:
+    /// 0-3 and 28-31, and 6, 9, ..., 27 (i - 4 ≡ 2 mod 3): 16 of 32.
+    /// </summary>
+    public static bool UseMoreBits(int layer, int layers) =>
+        layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+
+    /// <summary>N of a tensor named <c>blk.N.…</c>, checked to be below <paramref name="layers"/>.</summary>
+    private static int LayerOf(string name, int layers)
+    {
+        const string Prefix = "blk.";
+        int dot = name.StartsWith(Prefix, StringComparison.Ordinal) ? name.IndexOf('.', Prefix.Length) : -1;
+        if (dot < 0 || !int.TryParse(name.AsSpan(Prefix.Length, dot - Prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out int layer) || layer >= layers)
+        {
+            throw new ArgumentException($"tensor '{name}': the Q4_K_M mixture needs a layer blk.N. with N below the model's {layers} layers");
+        }
+        return layer;
+    }
+
+    private static DType ChooseUniform(string name, long[] shape, DType requested, out string? reason)
+    {
         long cols = shape[^1];
         if (shape.Length == 1)
         {
@@ -120,13 +229,24 @@ public static class ModelQuantizer
     /// <exception cref="ArgumentException">An unsupported type, or the output is the input.</exception>
     public static QuantizeResult Quantize(string input, string output, DType type, int threads = 1, Action<QuantizeProgress>? progress = null)
     {
-        ArgumentException.ThrowIfNullOrEmpty(input);
-        ArgumentException.ThrowIfNullOrEmpty(output);
-        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
         if (!Targets.Contains(type))
         {
             throw new ArgumentException($"{type} is not a quantization target; expected one of {string.Join(", ", Targets)}", nameof(type));
         }
+        return Quantize(input, output, QuantizeTarget.Of(type), threads, progress);
+    }
+
+    /// <summary>
+    /// Quantizes the model at <paramref name="input"/> to <paramref name="output"/> for <paramref name="target"/>
+    /// (a uniform type, or the Q4_K_M mixture); otherwise as <see cref="Quantize(string, string, DType, int, Action{QuantizeProgress})"/>.
+    /// </summary>
+    public static QuantizeResult Quantize(string input, string output, QuantizeTarget target, int threads = 1, Action<QuantizeProgress>? progress = null)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(input);
+        ArgumentException.ThrowIfNullOrEmpty(output);
+        ArgumentNullException.ThrowIfNull(target);
+        ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
+        var type = target.Base;
         var source = ModelSource.Resolve(input);
         string outFull = Path.GetFullPath(output);
         if (string.Equals(outFull, Path.GetFullPath(source.WeightsPath), StringComparison.Ordinal))
@@ -155,7 +275,7 @@ public static class ModelQuantizer
             GgufLlamaMetadata.AddSentencePieceVocabulary(writer, LoadSentencePiece(source, config));
             plan = PlanSafetensors(store, config);
         }
-        writer.AddMetadata("general.file_type", GgufLlamaMetadata.FileType(type));
+        writer.AddMetadata("general.file_type", target.FileType);
         writer.AddMetadata("general.quantization_version", 2u);
 
         foreach (var t in plan)
@@ -174,9 +294,10 @@ public static class ModelQuantizer
         var written = new List<QuantizedTensor>();
         long inputBytes = 0, outputBytes = 0;
         var sizes = new List<long>();
+        var shape = new QuantizeModelShape(config.NLayers, config.NExperts, plan.Any(t => t.Name == "output.weight"));
         foreach (var t in plan)
         {
-            var dtype = ChooseType(t.Name, t.Shape, type, out var reason);
+            var dtype = ChooseType(t.Name, t.Shape, target, shape, out var reason);
             written.Add(new QuantizedTensor(t.Name, t.Shape, t.Parts[0].Type, dtype, reason));
             long count = t.Shape.Aggregate(1L, (a, d) => checked(a * d));
             long bytes = DTypeInfo.ByteSize(dtype, count)!.Value;
@@ -194,7 +315,7 @@ public static class ModelQuantizer
             progress?.Invoke(new QuantizeProgress(done, plan.Count, name, bytesDone, outputBytes));
         };
         writer.Write(outFull);
-        return new QuantizeResult(outFull, type, written, inputBytes, outputBytes);
+        return new QuantizeResult(outFull, type, written, inputBytes, outputBytes) { Target = target };
     }
 
     /// <summary>An output tensor: its parts (one stored tensor, or the E per-expert tensors of a merged one) and an optional row order.</summary>

@@ -111,8 +111,14 @@ public sealed class LlamaCppParityTests(ITestOutputHelper output)
             SyntheticGguf.Write(path, config, seed: 1234, type, vocab);
         }
 
-        var bora = ModelLoader.Load(path);
+        using var bora = ModelLoader.Load(path);
         Assert.Equal(config.IsMoE, bora.Config.IsMoE);
+        if (type == DType.F16)
+        {
+            // F16 weights stay 16-bit, read in place from the mapped file (not expanded to float32).
+            Assert.Equal(DType.F16, Assert.IsType<HalfMatrix>(bora.Model.Weights.Layers[0].Wq).Type);
+            Assert.Equal(0, bora.Mapper!.CopiedBytes);
+        }
         using var llama = new LlamaCppReference(path, contextSize: 256, threads: 2);
 
         // Same tokenizer on both sides (the stories260K vocabulary embedded in the file).

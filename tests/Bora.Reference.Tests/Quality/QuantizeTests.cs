@@ -41,6 +41,8 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         { "stories260K", "q4_k" },
         { "mixtral", "q4_0" },
         { "dense256", "q4_k" },
+        { "dense8x256", "q4_k_m" },
+        { "mixtral256", "q4_k_m" },
     };
 
     [Theory]
@@ -57,24 +59,27 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         if (model != "stories260K")
         {
             input = Path.Combine(dir, "in.gguf");
+            bool moe = model.StartsWith("mixtral", StringComparison.Ordinal);
             var config = new ModelConfig
             {
                 Dim = model == "mixtral" ? 128 : 256,
-                NLayers = 2,
+                // 8 layers: the Q4_K_M rule gives layers 0, 3, 6 and 7 more bits; 4 (MoE): layers 2 and 3.
+                NLayers = model switch { "dense8x256" => 8, "mixtral256" => 4, _ => 2 },
                 NHeads = 8,
                 NKvHeads = 2,
                 HeadDim = model == "mixtral" ? 16 : 32,
-                HiddenDim = model == "mixtral" ? 128 : 512,
+                HiddenDim = model switch { "mixtral" => 128, "mixtral256" => 256, _ => 512 },
                 VocabSize = 512,
                 MaxSeqLen = 256,
-                NExperts = model == "mixtral" ? 8 : 0,
-                NExpertsPerToken = model == "mixtral" ? 2 : 0,
+                NExperts = moe ? 8 : 0,
+                NExpertsPerToken = moe ? 2 : 0,
             };
             using var vocab = GgufFile.Open(Stories);
             SyntheticGguf.Write(input, config, seed: 7, DType.F32, vocab);
         }
         string outPath = Path.Combine(dir, $"out-{type}.gguf");
-        var result = ModelQuantizer.Quantize(input, outPath, ModelQuantizer.ParseType(type), threads: 2);
+        var target = QuantizeTarget.Parse(type);
+        var result = ModelQuantizer.Quantize(input, outPath, target, threads: 2);
         Assert.False(File.Exists(outPath + ".tmp"));
 
         // The rules llama.cpp follows: norms and router F32, everything else the type or a named fallback.
@@ -87,13 +92,17 @@ public sealed class QuantizeTests(ITestOutputHelper output)
             }
             else if (t.Reason is null)
             {
-                Assert.Equal(ModelQuantizer.ParseType(type), t.Type);
+                Assert.Equal(target.Base, t.Type);
             }
         }
         using (var written = GgufFile.Open(outPath))
         {
             Assert.Equal(result.Tensors.Select(t => (t.Name, t.Type)), written.Tensors.Select(t => (t.Name, t.Type)));
-            Assert.Equal(GgufLlamaMetadata.FileType(ModelQuantizer.ParseType(type)), (uint)written.GetInt64("general.file_type"));
+            Assert.Equal(target.FileType, (uint)written.GetInt64("general.file_type"));
+        }
+        if (target.KQuantMixture)
+        {
+            AssertSameMixtureAsLlamaCpp(input, Path.Combine(dir, $"llama-{type}.gguf"), type, result);
         }
 
         var bora = ModelLoader.Load(outPath);
@@ -118,6 +127,98 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{model} {type}: {prompt.Length} positions, logit NMSE Bora vs llama.cpp = {nmse:G3}"));
         Assert.True(nmse <= LogitNmseBound, $"NMSE {nmse} > {LogitNmseBound}");
         Directory.Delete(dir, recursive: true);
+    }
+
+    /// <summary>
+    /// llama.cpp's own quantization of the same input to the same mixture stores every tensor in the type Bora chose,
+    /// except where Bora documents a substitute (Q6_K for llama.cpp's Q5_K, which Bora does not store).
+    /// </summary>
+    private void AssertSameMixtureAsLlamaCpp(string input, string llamaOut, string type, QuantizeResult result)
+    {
+        LlamaCppReference.Quantize(input, llamaOut, type, threads: 2);
+        // Read with a minimal parser: llama.cpp's file may hold types Bora's reader refuses (Q5_K).
+        var theirs = ReadGgmlTypes(llamaOut);
+        int moreBits = 0;
+        foreach (var t in result.Tensors)
+        {
+            Assert.True(theirs.TryGetValue(t.Name, out uint id), $"llama.cpp's file lacks {t.Name}");
+            if (t.Reason?.Contains("Q5_K", StringComparison.Ordinal) == true)
+            {
+                Assert.Equal((DType.Q6_K, GgmlQ5K), (t.Type, id));
+                continue;
+            }
+            Assert.True(GgmlId(t.Type) == id, $"{t.Name}: Bora chose {t.Type} (ggml {GgmlId(t.Type)}), llama.cpp ggml type {id}");
+            moreBits += t.Type == DType.Q6_K ? 1 : 0;
+        }
+        output.WriteLine($"{type}: all {result.Tensors.Count} tensor types equal llama.cpp's ({moreBits} Q6_K)");
+        Assert.True(moreBits >= 2, "the mixture should give some matrices more bits");
+    }
+
+    /// <summary>ggml's type id of Q5_K (ggml.h), which Bora does not store.</summary>
+    private const uint GgmlQ5K = 13;
+
+    /// <summary>ggml's type ids (ggml.h) of the types Bora stores.</summary>
+    private static uint GgmlId(DType t) => t switch
+    {
+        DType.F32 => 0,
+        DType.F16 => 1,
+        DType.Q4_0 => 2,
+        DType.Q8_0 => 8,
+        DType.Q4_K => 12,
+        DType.Q6_K => 14,
+        DType.BF16 => 30,
+        _ => throw new ArgumentOutOfRangeException(nameof(t)),
+    };
+
+    /// <summary>
+    /// Tensor name → ggml type id from a GGUF's header (magic, version, counts, metadata key/values skipped by their
+    /// value type, then tensor infos), independent of Bora's reader.
+    /// </summary>
+    private static Dictionary<string, uint> ReadGgmlTypes(string path)
+    {
+        using var r = new BinaryReader(File.OpenRead(path));
+        Assert.Equal(0x46554747u, r.ReadUInt32()); // "GGUF"
+        r.ReadUInt32();
+        long tensors = r.ReadInt64(), kvs = r.ReadInt64();
+        string Str() => System.Text.Encoding.UTF8.GetString(r.ReadBytes(checked((int)r.ReadUInt64())));
+        void Skip(uint valueType)
+        {
+            switch (valueType)
+            {
+                case 0 or 1 or 7: r.ReadByte(); break;
+                case 2 or 3: r.ReadUInt16(); break;
+                case 4 or 5 or 6: r.ReadUInt32(); break;
+                case 10 or 11 or 12: r.ReadUInt64(); break;
+                case 8: Str(); break;
+                case 9:
+                    uint elem = r.ReadUInt32();
+                    ulong n = r.ReadUInt64();
+                    for (ulong i = 0; i < n; i++)
+                    {
+                        Skip(elem);
+                    }
+                    break;
+                default: throw new InvalidDataException($"{path}: GGUF value type {valueType}");
+            }
+        }
+        for (long i = 0; i < kvs; i++)
+        {
+            Str();
+            Skip(r.ReadUInt32());
+        }
+        var types = new Dictionary<string, uint>(StringComparer.Ordinal);
+        for (long i = 0; i < tensors; i++)
+        {
+            string name = Str();
+            uint dims = r.ReadUInt32();
+            for (uint d = 0; d < dims; d++)
+            {
+                r.ReadUInt64();
+            }
+            types[name] = r.ReadUInt32();
+            r.ReadUInt64();
+        }
+        return types;
     }
 
     /// <summary>

@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using System.Globalization;
+using Bora.Model;
+using Bora.Numerics;
+using Bora.Tokenizers;
+
+namespace Bora.Bench;
+
+/// <summary>
+/// <c>attention [--tokens 1024] [--threads N] [--repeats 3] [--window W]</c>: prefill time of the tiled online-softmax
+/// attention against the per-query kernel (<see cref="Transformer.TiledAttention"/>) on Mistral 7B's attention shape
+/// (32 query heads, 8 KV heads of 128) in a one-layer model whose other matrices are tiny, so attention dominates.
+/// Both run in this process, alternating; prints the medians and their ratio.
+/// </summary>
+public static class AttentionBench
+{
+    public static int Run(string[] args)
+    {
+        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window"], []);
+        int tokens = a.GetInt("tokens", 1024), repeats = a.GetInt("repeats", 3);
+        NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount);
+        var config = new ModelConfig
+        {
+            Dim = 256,
+            NLayers = 1,
+            NHeads = 32,
+            NKvHeads = 8,
+            HeadDim = 128,
+            HiddenDim = 256,
+            VocabSize = 64,
+            NormEps = 1e-5f,
+            RopeTheta = 10000f,
+            MaxSeqLen = tokens,
+            SlidingWindow = a.Get("window") is null ? null : a.GetInt("window", 1),
+        };
+        var rng = new Random(1);
+        WeightMatrix M(int rows, int cols)
+        {
+            var w = new float[rows * cols];
+            float s = MathF.Sqrt(3f / cols);
+            for (int i = 0; i < w.Length; i++)
+            {
+                w[i] = (float)(rng.NextDouble() * 2 - 1) * s;
+            }
+            return new F32Matrix(w, rows, cols);
+        }
+        float[] Ones(int n) => Enumerable.Repeat(1f, n).ToArray();
+        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
+        var weights = new TransformerWeights
+        {
+            Config = config,
+            TokenEmbedding = M(config.VocabSize, config.Dim),
+            Layers =
+            [
+                new LayerWeights
+                {
+                    AttentionNorm = Ones(config.Dim),
+                    Wq = M(q, config.Dim),
+                    Wk = M(kv, config.Dim),
+                    Wv = M(kv, config.Dim),
+                    Wo = M(config.Dim, q),
+                    FfnNorm = Ones(config.Dim),
+                    FeedForward = new FeedForwardWeights { W1 = M(config.HiddenDim, config.Dim), W2 = M(config.Dim, config.HiddenDim), W3 = M(config.HiddenDim, config.Dim) },
+                },
+            ],
+            FinalNorm = Ones(config.Dim),
+            Output = M(config.VocabSize, config.Dim),
+        };
+        var prompt = Enumerable.Range(0, tokens).Select(i => new TokenId(i % config.VocabSize)).ToArray();
+        var models = new[] { new Transformer(weights) { MaxTokensPerPass = tokens }, new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false } };
+        var times = new[] { new List<double>(), new List<double>() };
+        var logits = new float[config.VocabSize];
+        for (int r = 0; r <= repeats; r++)
+        {
+            for (int m = 0; m < 2; m++)
+            {
+                var cache = models[m].CreateCache(tokens);
+                long t0 = Stopwatch.GetTimestamp();
+                models[m].Forward(prompt, cache, logits);
+                double ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                if (r > 0)
+                {
+                    times[m].Add(ms); // the first round warms up (JIT, buffers)
+                }
+            }
+        }
+        double tiled = Median(times[0]), perQuery = Median(times[1]);
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"attention prefill, {tokens} tokens, Hq 32 / Hkv 8 / Dh 128, window {config.SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "none"}, threads {NumericsThreads.MaxThreads}, median of {repeats}: tiled {tiled:F1} ms, per-query {perQuery:F1} ms, ratio {perQuery / tiled:F2}x"));
+        return 0;
+    }
+
+    private static double Median(List<double> v)
+    {
+        var s = v.Order().ToArray();
+        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
+    }
+}

@@ -1,0 +1,410 @@
+using System.Numerics;
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using Bora.Numerics.Quant;
+
+namespace Bora.Numerics;
+
+/// <summary>
+/// A weight matrix stored as 16-bit floats, IEEE half (<see cref="DType.F16"/>) or bfloat16
+/// (<see cref="DType.BF16"/>), over a <see cref="WeightStorage"/> region (typically the memory-mapped model
+/// file: F16 / BF16 rows are already in their runtime layout, so nothing is copied or expanded; a 7B model takes
+/// its file size, not twice it).
+/// <para>
+/// Products convert to float32 on the fly and accumulate in float32:
+/// <list type="bullet">
+/// <item>One token (<see cref="MatVec"/>): each row is widened in registers as it is read and multiplied with x at
+/// once (one pass over the weights, which is what decode is bound by; no intermediate buffer).</item>
+/// <item>Many tokens (<see cref="MatMul"/>): a panel of <see cref="PanelRows"/> rows is converted to float32 once
+/// (it stays in L2), then multiplied with every token, four rows by two tokens per step, so each loaded weight vector
+/// serves two tokens and each loaded x vector four rows.</item>
+/// </list>
+/// Results equal float32 products over the widened weights up to summation order.
+/// </para>
+/// Letters: N = rows (outputs), K = cols (inputs), T = tokens, P = panel rows.
+/// </summary>
+public sealed unsafe class HalfMatrix : WeightMatrix
+{
+    /// <summary>Rows per panel of <see cref="MatMul"/>: 16 rows of 4096 float32 values are 256 KiB, which stays in L2 across tokens.</summary>
+    private const int PanelRows = 16;
+
+    /// <summary>Multiply-adds below which a product runs on the calling thread.</summary>
+    private const long ParallelThreshold = 1L << 18;
+
+    [ThreadStatic]
+    private static float[]? t_panel;
+
+    private readonly WeightStorage _storage; // (N, K) 16-bit values from _offset
+    private readonly long _offset;
+
+    /// <summary>
+    /// A (rows, cols) matrix over bytes [<paramref name="offset"/>, offset + rows * cols * 2) of
+    /// <paramref name="storage"/>, row-major (not copied; the matrix keeps the storage alive). The offset must be
+    /// even (2-byte aligned elements).
+    /// </summary>
+    /// <exception cref="ArgumentException">A type other than F16 / BF16, an odd offset or a region outside the storage.</exception>
+    public HalfMatrix(DType type, WeightStorage storage, long offset, int rows, int cols) : base(rows, cols)
+    {
+        ArgumentNullException.ThrowIfNull(storage);
+        if (type is not (DType.F16 or DType.BF16))
+        {
+            throw new ArgumentException($"{type} is not a 16-bit float type; expected F16 or BF16", nameof(type));
+        }
+        long size = (long)rows * cols * 2;
+        if ((long)rows * cols > Array.MaxLength)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) matrix has more values than one span can address ({Array.MaxLength})", nameof(rows));
+        }
+        if (offset < 0 || offset % 2 != 0 || offset > storage.Length || size > storage.Length - offset)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) {type} matrix needs {size} bytes from an even offset; got offset {offset} in {storage.Length} bytes", nameof(offset));
+        }
+        Type = type;
+        _storage = storage;
+        _offset = offset;
+    }
+
+    /// <summary>Converts a float32 (N, K) matrix to <paramref name="type"/> in a pinned buffer (tests, benchmarks, re-ordered rows).</summary>
+    public static HalfMatrix FromFloat32(DType type, ReadOnlySpan<float> data, int rows, int cols)
+    {
+        if (data.Length != (long)rows * cols)
+        {
+            throw new ArgumentException($"a ({rows}, {cols}) matrix needs {(long)rows * cols} values; got {data.Length}", nameof(data));
+        }
+        var storage = WeightStorage.Allocate((long)rows * cols * 2);
+        var bits = new Span<ushort>(storage.Pointer(0, storage.Length), rows * cols);
+        for (int i = 0; i < bits.Length; i++)
+        {
+            bits[i] = type == DType.BF16 ? Bf16.FromSingle(data[i]) : BitConverter.HalfToUInt16Bits((Half)data[i]);
+        }
+        return new HalfMatrix(type, storage, 0, rows, cols);
+    }
+
+    /// <summary>F16 or BF16.</summary>
+    public DType Type { get; }
+
+    /// <summary>The memory holding the values.</summary>
+    public WeightStorage Storage => _storage;
+
+    /// <summary>The raw 16-bit values, (N, K). Not a copy.</summary>
+    public ReadOnlySpan<ushort> Bits => new(Base, Rows * Cols);
+
+    /// <summary>Row 0's first element.</summary>
+    private ushort* Base => (ushort*)_storage.Pointer(_offset, (long)Rows * Cols * 2);
+
+    public override void ReadRow(int row, Span<float> dst)
+    {
+        CheckReadRow(row, dst);
+        ToFloat32(Type, new ReadOnlySpan<ushort>(Base + (long)row * Cols, Cols), dst);
+        GC.KeepAlive(_storage);
+    }
+
+    /// <summary>
+    /// Widens 16-bit values of <paramref name="type"/> (F16 or BF16) to float32 with SIMD: F16 by
+    /// <see cref="TensorPrimitives.ConvertToSingle(ReadOnlySpan{Half}, Span{float})"/>, BF16 by zero-extending each
+    /// value to 32 bits and shifting it into the top half (bfloat16 is the top 16 bits of a float32).
+    /// </summary>
+    public static void ToFloat32(DType type, ReadOnlySpan<ushort> src, Span<float> dst)
+    {
+        if (dst.Length < src.Length)
+        {
+            throw new ArgumentException($"destination holds {dst.Length} values; {src.Length} needed", nameof(dst));
+        }
+        if (type == DType.F16)
+        {
+            TensorPrimitives.ConvertToSingle(MemoryMarshal.Cast<ushort, Half>(src), dst);
+            return;
+        }
+        if (type != DType.BF16)
+        {
+            throw new ArgumentException($"{type} is not a 16-bit float type; expected F16 or BF16", nameof(type));
+        }
+        int i = 0;
+        var d = MemoryMarshal.Cast<float, uint>(dst);
+        if (Vector.IsHardwareAccelerated)
+        {
+            int vl = Vector<ushort>.Count;
+            for (; i + vl <= src.Length; i += vl)
+            {
+                Vector.Widen(new Vector<ushort>(src.Slice(i, vl)), out var lo, out var hi);
+                (lo << 16).CopyTo(d.Slice(i));
+                (hi << 16).CopyTo(d.Slice(i + vl / 2));
+            }
+        }
+        for (; i < src.Length; i++)
+        {
+            d[i] = (uint)src[i] << 16;
+        }
+    }
+
+    /// <summary>One 16-bit value of <paramref name="type"/> as float32 (the scalar reference).</summary>
+    public static float ToSingle(DType type, ushort bits) => type == DType.BF16 ? Bf16.ToSingle(bits) : (float)BitConverter.UInt16BitsToHalf(bits);
+
+    public override void MatVec(ReadOnlySpan<float> x, Span<float> y)
+    {
+        CheckMatVec(x, y);
+        Product(x, y, 1);
+    }
+
+    public override void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
+        CheckMatMul(x, y, tokens);
+        Product(x, y, tokens);
+    }
+
+    private void Product(ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
+        if (tokens == 0 || Rows == 0)
+        {
+            return;
+        }
+        int n = Rows, k = Cols;
+        ushort* w = Base;
+        fixed (float* px = x)
+        fixed (float* py = y)
+        {
+            long work = (long)n * k * tokens;
+            int threads = NumericsThreads.MaxThreads;
+            // One token: blocks of rows; many: panels of PanelRows rows (a multiple of 4 for the 4-row step).
+            int blockRows = tokens == 1
+                ? (work < ParallelThreshold || threads == 1 ? n : Math.Max(4, n / (threads * 4)))
+                : PanelRows;
+            int blocks = (n + blockRows - 1) / blockRows;
+            nint aw = (nint)w, ax = (nint)px, ay = (nint)py;
+            DType type = Type;
+            Action<int> run = tokens == 1
+                ? b => RowsMatVec(type, (ushort*)aw, (float*)ax, (float*)ay, k, b * blockRows, Math.Min(n, (b + 1) * blockRows))
+                : b => Panel(type, (ushort*)aw, (float*)ax, (float*)ay, n, k, tokens, b * blockRows, Math.Min(n, (b + 1) * blockRows));
+            if (blocks == 1 || work < ParallelThreshold || threads == 1)
+            {
+                for (int b = 0; b < blocks; b++)
+                {
+                    run(b);
+                }
+            }
+            else
+            {
+                Parallel.For(0, blocks, NumericsThreads.Options, run);
+            }
+        }
+        GC.KeepAlive(_storage);
+    }
+
+    /// <summary>
+    /// y[r] = W[r] · x for r in [r0, r1), each row widened in registers and multiplied as it is read (one pass over
+    /// the weights, which decode is bound by). w: (N, K), x: (K), y: (N).
+    /// </summary>
+    private static void RowsMatVec(DType type, ushort* w, float* x, float* y, int k, int r0, int r1)
+    {
+        for (int r = r0; r < r1; r++)
+        {
+            y[r] = type == DType.BF16 ? DotBf16(w + (long)r * k, x, k) : DotF16(w + (long)r * k, x, k);
+        }
+    }
+
+    /// <summary>bfloat16 row (k) · float32 x (k): each value zero-extended to 32 bits and shifted into the top half.</summary>
+    private static float DotBf16(ushort* w, float* x, int k)
+    {
+        int vl = Vector<float>.Count, i = 0;
+        Vector<float> a0 = default, a1 = default;
+        for (; i + 2 * vl <= k; i += 2 * vl)
+        {
+            Vector.Widen(Vector.Load(w + i), out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(lo << 16), Vector.Load(x + i), a0);
+            a1 = Vector.FusedMultiplyAdd(Vector.AsVectorSingle(hi << 16), Vector.Load(x + i + vl), a1);
+        }
+        float s = Vector.Sum(a0 + a1);
+        for (; i < k; i++)
+        {
+            s += Bf16.ToSingle(w[i]) * x[i];
+        }
+        return s;
+    }
+
+    /// <summary>IEEE half row (k) · float32 x (k), each vector of halves widened in registers by <see cref="WidenHalf"/>.</summary>
+    private static float DotF16(ushort* w, float* x, int k)
+    {
+        int vl = Vector<float>.Count, i = 0;
+        Vector<float> a0 = default, a1 = default;
+        for (; i + 2 * vl <= k; i += 2 * vl)
+        {
+            Vector.Widen(Vector.Load(w + i), out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(WidenHalf(lo), Vector.Load(x + i), a0);
+            a1 = Vector.FusedMultiplyAdd(WidenHalf(hi), Vector.Load(x + i + vl), a1);
+        }
+        float s = Vector.Sum(a0 + a1);
+        for (; i < k; i++)
+        {
+            s += (float)BitConverter.UInt16BitsToHalf(w[i]) * x[i];
+        }
+        return s;
+    }
+
+    /// <summary>
+    /// IEEE half bits (one per 32-bit lane) to float32, exactly. The magnitude bits shifted up by 13 land the half's
+    /// 5-bit exponent and 10-bit fraction in a float32's exponent and fraction fields, i.e. the value times 2^-112
+    /// (for a subnormal half, a float32 subnormal of the same scaled value); multiplying by 2^112 restores it exactly.
+    /// (2^112 is 0x77800000.) Exponent 31 (infinity, NaN) gets the float32 all-ones exponent instead; the sign moves from bit 15 to bit 31.
+    /// Example: 1.0 = 0x3C00 -> 0x3C00 &lt;&lt; 13 = 0x07800000 = 2^-112, times 2^112 = 1.0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector<float> WidenHalf(Vector<uint> bits)
+    {
+        var magnitude = bits & new Vector<uint>(0x7FFF);
+        var shifted = magnitude << 13;
+        var value = Vector.AsVectorUInt32(Vector.AsVectorSingle(shifted) * new Vector<float>(BitConverter.UInt32BitsToSingle(0x77800000)));
+        var special = Vector.GreaterThanOrEqual(magnitude, new Vector<uint>(0x7C00));
+        value = Vector.ConditionalSelect(special, shifted | new Vector<uint>(0x7F800000), value);
+        return Vector.AsVectorSingle(value | ((bits & new Vector<uint>(0x8000)) << 16));
+    }
+
+    /// <summary>
+    /// Rows [r0, r1) (at most <see cref="PanelRows"/>) converted once to a float32 panel (P, K), then y[t, r] for
+    /// every token t, four rows per step. w: (N, K), x: (T, K), y: (T, N).
+    /// </summary>
+    private static void Panel(DType type, ushort* w, float* x, float* y, int n, int k, int tokens, int r0, int r1)
+    {
+        int p = r1 - r0;
+        var panel = t_panel is { } buf && buf.Length >= p * k ? buf : t_panel = new float[PanelRows * k];
+        ToFloat32(type, new ReadOnlySpan<ushort>(w + (long)r0 * k, p * k), panel);
+        fixed (float* pw = panel)
+        {
+            int t = 0;
+            for (; t + 2 <= tokens; t += 2)
+            {
+                float* xt = x + (long)t * k;
+                float* yt = y + (long)t * n + r0;
+                int r = 0;
+                for (; r + 4 <= p; r += 4)
+                {
+                    Dot4x2(pw + (long)r * k, xt, k, yt + r, n);
+                }
+                for (; r < p; r++)
+                {
+                    var row = new ReadOnlySpan<float>(pw + (long)r * k, k);
+                    yt[r] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(xt, k));
+                    yt[n + r] = TensorPrimitives.Dot(row, new ReadOnlySpan<float>(xt + k, k));
+                }
+            }
+            for (; t < tokens; t++)
+            {
+                float* xt = x + (long)t * k;
+                float* yt = y + (long)t * n + r0;
+                int r = 0;
+                for (; r + 4 <= p; r += 4)
+                {
+                    Dot4(pw + (long)r * k, xt, k, yt + r);
+                }
+                for (; r < p; r++)
+                {
+                    yt[r] = TensorPrimitives.Dot(new ReadOnlySpan<float>(pw + (long)r * k, k), new ReadOnlySpan<float>(xt, k));
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Four consecutive rows (stride k) of w dotted with two tokens (stride k) of x; writes y[0..3] and y[n..n+3].
+    /// Each loaded weight vector serves both tokens and each loaded x vector four rows.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4x2(float* w, float* x, int k, float* y, int n)
+    {
+        int vl = Vector<float>.Count;
+        Vector<float> a00 = default, a10 = default, a20 = default, a30 = default;
+        Vector<float> a01 = default, a11 = default, a21 = default, a31 = default;
+        float* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k, x0 = x, x1 = x + k;
+        int i = 0;
+        for (; i + vl <= k; i += vl)
+        {
+            var v0 = Vector.Load(x0 + i);
+            var v1 = Vector.Load(x1 + i);
+            var wv = Vector.Load(w0 + i);
+            a00 = Vector.FusedMultiplyAdd(wv, v0, a00);
+            a01 = Vector.FusedMultiplyAdd(wv, v1, a01);
+            wv = Vector.Load(w1 + i);
+            a10 = Vector.FusedMultiplyAdd(wv, v0, a10);
+            a11 = Vector.FusedMultiplyAdd(wv, v1, a11);
+            wv = Vector.Load(w2 + i);
+            a20 = Vector.FusedMultiplyAdd(wv, v0, a20);
+            a21 = Vector.FusedMultiplyAdd(wv, v1, a21);
+            wv = Vector.Load(w3 + i);
+            a30 = Vector.FusedMultiplyAdd(wv, v0, a30);
+            a31 = Vector.FusedMultiplyAdd(wv, v1, a31);
+        }
+        float s00 = Vector.Sum(a00), s10 = Vector.Sum(a10), s20 = Vector.Sum(a20), s30 = Vector.Sum(a30);
+        float s01 = Vector.Sum(a01), s11 = Vector.Sum(a11), s21 = Vector.Sum(a21), s31 = Vector.Sum(a31);
+        for (; i < k; i++)
+        {
+            float xv0 = x0[i], xv1 = x1[i];
+            s00 += w0[i] * xv0;
+            s01 += w0[i] * xv1;
+            s10 += w1[i] * xv0;
+            s11 += w1[i] * xv1;
+            s20 += w2[i] * xv0;
+            s21 += w2[i] * xv1;
+            s30 += w3[i] * xv0;
+            s31 += w3[i] * xv1;
+        }
+        y[0] = s00;
+        y[1] = s10;
+        y[2] = s20;
+        y[3] = s30;
+        y[n] = s01;
+        y[n + 1] = s11;
+        y[n + 2] = s21;
+        y[n + 3] = s31;
+    }
+
+    /// <summary>Four consecutive rows (stride k) of w dotted with x; writes y[0..3].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Dot4(float* w, float* x, int k, float* y)
+    {
+        int vl = Vector<float>.Count;
+        Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        float* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k;
+        int i = 0;
+        for (; i + vl <= k; i += vl)
+        {
+            var v = Vector.Load(x + i);
+            a0 = Vector.FusedMultiplyAdd(Vector.Load(w0 + i), v, a0);
+            a1 = Vector.FusedMultiplyAdd(Vector.Load(w1 + i), v, a1);
+            a2 = Vector.FusedMultiplyAdd(Vector.Load(w2 + i), v, a2);
+            a3 = Vector.FusedMultiplyAdd(Vector.Load(w3 + i), v, a3);
+        }
+        float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
+        for (; i < k; i++)
+        {
+            float xv = x[i];
+            s0 += w0[i] * xv;
+            s1 += w1[i] * xv;
+            s2 += w2[i] * xv;
+            s3 += w3[i] * xv;
+        }
+        y[0] = s0;
+        y[1] = s1;
+        y[2] = s2;
+        y[3] = s3;
+    }
+
+    /// <summary>
+    /// Scalar twin of <see cref="MatMul"/>: y[t, r] = sum_c widen(w[r, c]) * x[t, c] with plain loops.
+    /// w: (N, K) 16-bit values of <paramref name="type"/>, x: (T, K), y: (T, N).
+    /// </summary>
+    public static void MatMulScalar(DType type, ReadOnlySpan<ushort> w, int rows, int cols, ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int r = 0; r < rows; r++)
+            {
+                float s = 0;
+                for (int c = 0; c < cols; c++)
+                {
+                    s += ToSingle(type, w[r * cols + c]) * x[t * cols + c];
+                }
+                y[t * rows + r] = s;
+            }
+        }
+    }
+}

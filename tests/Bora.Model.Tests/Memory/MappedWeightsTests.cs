@@ -1,0 +1,198 @@
+using Bora.Formats;
+using Bora.Formats.Gguf;
+using Bora.Loading;
+using Bora.Model.Tests.QuantKernels;
+using Bora.Numerics;
+using Xunit.Abstractions;
+
+namespace Bora.Model.Tests.Memory;
+
+/// <summary>Loaded models read GGUF blocks and F16 / BF16 values in place from a memory mapping: no copy, same results.</summary>
+public sealed class MappedWeightsTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// Managed bytes a load may allocate, as a fraction of the matrices' bytes: the loader's own objects (tensor table,
+    /// float32 norms, vocabulary, RoPE table, scratch) are a few per cent for these models; a copy of the blocks alone
+    /// would be 100%.
+    /// </summary>
+    private const double MaxAllocatedFraction = 0.25;
+
+    /// <summary>F16 / BF16 weights: float32 products over the same widened values, summed in another order (see HalfMatrixTests).</summary>
+    private const float HalfLogitTolerance = 1e-4f;
+
+    [Theory]
+    [InlineData(DType.Q4_0)]
+    [InlineData(DType.Q8_0)]
+    [InlineData(DType.Q4_K)]
+    public void QuantizedMatricesReadTheMappedFileWithoutCopies(DType type)
+    {
+        string path = TempFile(type);
+        try
+        {
+            QuantizedModelTests.WriteTinyModel(path, type, seed: 5);
+            using var store = GgufFile.Open(path);
+            var config = ModelConfigLoader.FromGguf(store.Metadata, path);
+            long matrixBytes = store.Tensors.Where(t => t.Shape.Length == 2).Sum(t => t.ByteLength);
+
+            using var mapper = new WeightMapper();
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            var mapped = WeightLoader.Load(store, config, mapper.Create);
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            output.WriteLine($"{type}: matrices {matrixBytes} bytes, file {new FileInfo(path).Length}, allocated by the load {allocated} bytes ({(double)allocated / matrixBytes:P1})");
+
+            Assert.Equal(matrixBytes, mapper.MappedBytes);
+            Assert.Equal(0, mapper.CopiedBytes);
+            Assert.True(allocated < MaxAllocatedFraction * matrixBytes, $"the load allocated {allocated} bytes for {matrixBytes} bytes of matrices");
+            var wq = Assert.IsType<QuantizedMatrix>(mapped.Layers[1].Wq);
+            Assert.Equal(Path.GetFullPath(path), Path.GetFullPath(wq.Storage.Path!));
+            Assert.Same(wq.Storage, Assert.IsType<QuantizedMatrix>(mapped.Output).Storage);
+            Assert.Equal(store.TryGetTensor("blk.1.attn_q.weight", out var info) ? info.Offset : -1, wq.StorageOffset);
+
+            // Same kernels over the same bytes: bit-identical logits to matrices over private copies.
+            var copied = WeightLoader.Load(store, config, (s, src) =>
+                new QuantizedMatrix(src.Tensor.Type, s.GetBytes(src.Tensor).ToArray(), src.Rows, src.Cols));
+            var tokens = TestModels.Tokens(9, config.VocabSize, seed: 6);
+            Assert.Equal(TestModels.Prefill(new Transformer(copied), tokens), TestModels.Prefill(new Transformer(mapped), tokens));
+
+            mapper.Dispose();
+            Assert.Throws<ObjectDisposedException>(() => mapped.Layers[0].Wq.MatVec(new float[config.Dim], new float[mapped.Layers[0].Wq.Rows]));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Theory]
+    [InlineData(DType.F16)]
+    [InlineData(DType.BF16)]
+    public void HalfMatricesReadTheMappedFileAndGiveTheLogitsOfTheWidenedWeights(DType type)
+    {
+        string path = TempFile(type);
+        try
+        {
+            QuantizedModelTests.WriteTinyModel(path, type, seed: 7);
+            using var store = GgufFile.Open(path);
+            var config = ModelConfigLoader.FromGguf(store.Metadata, path);
+            using var mapper = new WeightMapper();
+            var mapped = WeightLoader.Load(store, config, mapper.Create);
+            var f32 = WeightLoader.Load(store, config, WeightLoader.ReadF32Matrix);
+            Assert.Equal(0, mapper.CopiedBytes);
+            var w2 = Assert.IsType<HalfMatrix>(mapped.Layers[0].FeedForward!.W2);
+            Assert.Equal(type, w2.Type);
+            Assert.NotNull(w2.Storage.Path);
+
+            var tokens = TestModels.Tokens(11, config.VocabSize, seed: 8);
+            var expected = TestModels.Prefill(new Transformer(f32), tokens);
+            var actual = TestModels.Prefill(new Transformer(mapped), tokens);
+            float scale = expected.Max(MathF.Abs);
+            TestModels.AssertClose(expected, actual, HalfLogitTolerance * scale, $"{type} mapped vs float32");
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void AStoreWhoseBytesAreNotItsFilesBytesIsCopiedNotMapped()
+    {
+        string path = TempFile(DType.Q4_0);
+        try
+        {
+            QuantizedModelTests.WriteTinyModel(path, DType.Q4_0, seed: 9);
+            using var store = GgufFile.Open(path);
+            var config = ModelConfigLoader.FromGguf(store.Metadata, path);
+            var elsewhere = new RelocatedStore(store);
+            using var mapper = new WeightMapper();
+            var copied = WeightLoader.Load(elsewhere, config, mapper.Create);
+            Assert.Equal(0, mapper.MappedBytes);
+            Assert.True(mapper.CopiedBytes > 0);
+            Assert.Null(Assert.IsType<QuantizedMatrix>(copied.Layers[0].Wk).Storage.Path);
+            var mapped = WeightLoader.Load(store, config, WeightLoader.ReadQuantizedMatrix);
+            var tokens = TestModels.Tokens(5, config.VocabSize, seed: 10);
+            Assert.Equal(TestModels.Prefill(new Transformer(mapped), tokens), TestModels.Prefill(new Transformer(copied), tokens));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    [Fact]
+    public void ModelLoaderKeepsTheMappingAndDisposeReleasesIt()
+    {
+        string vocabulary = TestPaths.Shared("models", "stories260K", "stories260K.gguf");
+        if (!File.Exists(vocabulary))
+        {
+            output.WriteLine($"skipped: {vocabulary} is absent");
+            return;
+        }
+        var config = new ModelConfig
+        {
+            Dim = 256,
+            NLayers = 4,
+            NHeads = 8,
+            NKvHeads = 2,
+            HeadDim = 32,
+            HiddenDim = 1024,
+            VocabSize = 512,
+            NormEps = 1e-5f,
+            RopeTheta = 10000f,
+            MaxSeqLen = 64,
+        };
+        string path = TempFile(DType.Q4_0);
+        try
+        {
+            using (var vocab = GgufFile.Open(vocabulary))
+            {
+                SyntheticGguf.Write(path, config, seed: 11, DType.Q4_0, vocab);
+            }
+            long fileBytes = new FileInfo(path).Length;
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            var loaded = ModelLoader.Load(path);
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            output.WriteLine($"Q4_0 4-layer: file {fileBytes} bytes, mapped {loaded.Mapper!.MappedBytes}, allocated by ModelLoader.Load {allocated} bytes ({(double)allocated / fileBytes:P1})");
+            Assert.Equal(0, loaded.Mapper.CopiedBytes);
+            Assert.True(loaded.Mapper.MappedBytes > fileBytes * 9 / 10, $"mapped {loaded.Mapper.MappedBytes} of {fileBytes}");
+            Assert.True(allocated < MaxAllocatedFraction * fileBytes, $"ModelLoader.Load allocated {allocated} bytes for a {fileBytes}-byte file");
+
+            var logits = TestModels.Prefill(loaded.Model, TestModels.Tokens(4, config.VocabSize, seed: 12));
+            Assert.All(logits, v => Assert.True(float.IsFinite(v)));
+            var storage = Assert.IsType<QuantizedMatrix>(loaded.Model.Weights.Layers[0].Wo).Storage;
+            loaded.Dispose();
+            Assert.True(storage.IsDisposed);
+            loaded.Dispose(); // idempotent
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static string TempFile(DType type) => Path.Combine(Path.GetTempPath(), $"bora-mapped-{type}-{Environment.ProcessId}-{Guid.NewGuid():N}.gguf");
+
+    /// <summary>The same tensors, but claiming to live in a file that does not exist (as an in-memory store would).</summary>
+    private sealed class RelocatedStore(ITensorStore inner) : ITensorStore
+    {
+        private readonly TensorInfo[] _tensors = [.. inner.Tensors.Select(t => t with { SourcePath = "memory://nowhere" })];
+
+        public string Path => inner.Path;
+
+        public IReadOnlyList<TensorInfo> Tensors => _tensors;
+
+        public bool TryGetTensor(string name, out TensorInfo info)
+        {
+            info = _tensors.FirstOrDefault(t => t.Name == name)!;
+            return info is not null;
+        }
+
+        public ReadOnlySpan<byte> GetBytes(TensorInfo info) => inner.GetBytes(info);
+
+        public float[] ReadFloat32(TensorInfo info) => inner.ReadFloat32(info);
+
+        public void Dispose()
+        {
+        }
+    }
+}
