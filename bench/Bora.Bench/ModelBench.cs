@@ -7,7 +7,6 @@ using Bora.Loading;
 using Bora.Model;
 using Bora.Numerics;
 using Bora.Numerics.Quant;
-using Bora.Quantization;
 
 namespace Bora.Bench;
 
@@ -42,7 +41,7 @@ public static class ModelBench
         if (a.Get("synthesize") is { } shape)
         {
             string outPath = a.Get("out") ?? throw new ArgumentException("--synthesize needs --out FILE");
-            SyntheticModels.Synthesize(shape, a.Get("layers") is null ? null : a.GetInt("layers", 0), QuantizeTarget.Parse(a.Get("type") ?? "q4_0"),
+            SyntheticModels.Synthesize(shape, a.Get("layers") is null ? null : a.GetInt("layers", 0), a.Get("type") ?? "q4_0",
                 outPath, a.GetInt("seed", 1, 0), threads);
             model ??= outPath;
         }

@@ -10,7 +10,7 @@ using Bora.Tokenizers;
 namespace Bora.Bench;
 
 /// <summary>
-/// <c>synthesize --synthesize mistral-7b|mixtral-8x7b [--layers N] --type q4_0|q8_0|q4_k|q4_k_m --out FILE [--seed S] [--threads N]</c>:
+/// <c>synthesize --synthesize mistral-7b|mixtral-8x7b [--layers N] --type q4_0|q8_0|q4_k|q4_k_m|f16 --out FILE [--seed S] [--threads N]</c>:
 /// a random-weight llama GGUF with a real model's shapes (and Mistral's 32000-piece vocabulary from the shared test
 /// data), written directly in the target format and streamed tensor by tensor (one tensor in memory at a time), with
 /// the same per-tensor types <c>bora quantize</c> would choose (norms and router F32, output head Q6_K for Q4_0/Q4_K, and
@@ -45,21 +45,27 @@ public static class SyntheticModels
     {
         var a = new BenchArgs(args, ["synthesize", "layers", "type", "out", "seed", "threads"], []);
         Synthesize(a.Get("synthesize") ?? throw new ArgumentException("--synthesize mistral-7b|mixtral-8x7b is required"),
-            a.Get("layers") is null ? null : a.GetInt("layers", 0), QuantizeTarget.Parse(a.Get("type") ?? "q4_0"),
+            a.Get("layers") is null ? null : a.GetInt("layers", 0), a.Get("type") ?? "q4_0",
             a.Get("out") ?? throw new ArgumentException("--out FILE is required"), a.GetInt("seed", 1, 0), a.GetInt("threads", Environment.ProcessorCount));
         return 0;
     }
 
-    /// <summary>Writes the file (see the class summary); refuses when the disk lacks room for it.</summary>
-    public static void Synthesize(string shape, int? layers, QuantizeTarget type, string outPath, int seed, int threads)
+    /// <summary>
+    /// Writes the file (see the class summary); refuses when the disk lacks room for it. <paramref name="typeName"/> is a
+    /// <c>bora quantize</c> target (q8_0, q4_0, q4_k, q4_k_m) or <c>f16</c>: every matrix F16 (llama.cpp's
+    /// LLAMA_FTYPE_MOSTLY_F16 = 1), vectors F32, as llama.cpp's convert script writes an unquantized model.
+    /// </summary>
+    public static void Synthesize(string shape, int? layers, string typeName, string outPath, int seed, int threads)
     {
+        bool f16 = string.Equals(typeName, "f16", StringComparison.OrdinalIgnoreCase);
+        var type = f16 ? null : QuantizeTarget.Parse(typeName);
         var config = Shape(shape, layers);
         string vocabPath = Path.Combine(FindSharedTestData(), "tokenizers", "mistral", "tokenizer.model.v1");
         var vocab = SentencePieceModel.Load(vocabPath);
         var w = new GgufWriter();
         GgufLlamaMetadata.AddConfig(w, config, $"bora-synthetic-{shape}-{config.NLayers}L");
         GgufLlamaMetadata.AddSentencePieceVocabulary(w, vocab);
-        w.AddMetadata("general.file_type", type.FileType);
+        w.AddMetadata("general.file_type", type?.FileType ?? 1u);
         w.AddMetadata("general.quantization_version", 2u);
 
         int d = config.Dim, f = config.HiddenDim, q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim, e = config.NExperts;
@@ -99,7 +105,7 @@ public static class SyntheticModels
         for (int i = 0; i < tensors.Count; i++)
         {
             var (name, dims, std, mean) = tensors[i];
-            var dtype = ModelQuantizer.ChooseType(name, dims, type, modelShape, out _);
+            var dtype = type is null ? (dims.Length == 1 ? DType.F32 : DType.F16) : ModelQuantizer.ChooseType(name, dims, type, modelShape, out _);
             long count = dims.Aggregate(1L, (x, y) => x * y);
             long bytes = DTypeInfo.ByteSize(dtype, count)!.Value;
             total += bytes;
@@ -120,7 +126,7 @@ public static class SyntheticModels
         w.Write(full);
         Console.Error.WriteLine();
         Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"synthesize: wrote {full}: {shape}, {config.NLayers} layers, {type}, {total / 1e9:F2} GB of tensor data in {sw.Elapsed.TotalSeconds:F0} s"));
+            $"synthesize: wrote {full}: {shape}, {config.NLayers} layers, {typeName}, {total / 1e9:F2} GB of tensor data in {sw.Elapsed.TotalSeconds:F0} s"));
     }
 
     /// <summary>rows x cols uniform values of the given mean and std, converted to <paramref name="type"/> in parallel blocks of rows.</summary>
