@@ -6,7 +6,7 @@ namespace Bora.Numerics.Quant;
 
 /// <summary>
 /// Register-blocked products of Q8_0 / Q4_0 weight rows with <see cref="Q8Activations"/> (AVX2 and AVX-512).
-/// <para>Prefill: a tile of 2 rows x 8 tokens (AVX-512; 2 x 4 with AVX2) keeps its 16 partial sums in vector
+/// <para>Prefill: a tile of 4 rows x 4 tokens (AVX-512; 2 x 4 with AVX2) keeps its partial sums in vector
 /// registers; each weight block is unpacked once per tile (nibbles to bytes; the f16 scales of a panel's rows are
 /// converted once per product) and multiplied with every token's activation block; one horizontal sum per
 /// (row, token) at the end. Decode and token tails: 4 rows share each activation block load
@@ -24,8 +24,11 @@ namespace Bora.Numerics.Quant;
 /// </summary>
 internal static unsafe class QuantGemm
 {
-    /// <summary>Rows per prefill tile.</summary>
+    /// <summary>Rows per AVX2 prefill tile (x 4 tokens).</summary>
     public const int TileRows = 2;
+
+    /// <summary>Rows per AVX-512 prefill tile (x 4 tokens).</summary>
+    public const int TileRows512 = 4;
 
     /// <summary>Rows per decode step.</summary>
     public const int GemvRows = 4;
@@ -66,8 +69,8 @@ internal static unsafe class QuantGemm
     }
 
     /// <summary>
-    /// Panels of rows; inside a panel, token tiles sweep it (8, then one of 4, with AVX-512; 4 with AVX2, a tail of 3
-    /// padded), then each remaining token runs as a decode step.
+    /// Panels of rows; inside a panel, tiles of 4 tokens sweep it (with AVX2 a tail of 3 is padded to 4), then each
+    /// remaining token runs as a decode step.
     /// </summary>
     private static void Rows<TOp>(bool wide, byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
         where TOp : struct, IGemmBlock
@@ -90,32 +93,29 @@ internal static unsafe class QuantGemm
                 }
             }
             int t = 0;
-            while (t < tiled)
+            for (; t < tiled; t += 4)
             {
-                int tt = wide && tiled - t >= 8 ? 8 : 4;
-                var tokenPanel = new TokenPanel(act, t);
+                if (wide)
+                {
+                    var tokenPanel = new TokenPanel(act, t);
+                    for (int r = p0; r < p1; r += TileRows512)
+                    {
+                        int rr = Math.Min(TileRows512, p1 - r);
+                        byte* w0 = w + r * rowBytes;
+                        float* sw0 = scales + (long)(r - p0) * nb;
+                        Tile512<TOp>(w0, rr > 1 ? w0 + rowBytes : w0, rr > 2 ? w0 + 2 * rowBytes : w0, rr > 3 ? w0 + 3 * rowBytes : w0,
+                            sw0, rr > 1 ? sw0 + nb : sw0, rr > 2 ? sw0 + 2 * nb : sw0, rr > 3 ? sw0 + 3 * nb : sw0, tokenPanel, nb, y + (long)t * n + r, n, rr);
+                    }
+                    continue;
+                }
+                var (a0, a1, a2, a3) = (act.Row(t), act.Row(Math.Min(t + 1, tokens - 1)), act.Row(Math.Min(t + 2, tokens - 1)), act.Row(Math.Min(t + 3, tokens - 1)));
                 for (int r = p0; r < p1; r += TileRows)
                 {
                     int rr = Math.Min(TileRows, p1 - r);
                     byte* w0 = w + r * rowBytes;
-                    byte* w1 = rr > 1 ? w0 + rowBytes : w0;
                     float* sw0 = scales + (long)(r - p0) * nb;
-                    float* sw1 = rr > 1 ? sw0 + nb : sw0;
-                    float* yt = y + (long)t * n + r;
-                    if (!wide)
-                    {
-                        Tile<TOp>(w0, w1, sw0, sw1, act.Row(t), act.Row(Math.Min(t + 1, tokens - 1)), act.Row(Math.Min(t + 2, tokens - 1)), act.Row(Math.Min(t + 3, tokens - 1)), nb, yt, n, rr, Math.Min(4, tokens - t));
-                    }
-                    else if (tt == 8)
-                    {
-                        Tile512<TOp, Eight>(w0, w1, sw0, sw1, tokenPanel, nb, yt, n, rr);
-                    }
-                    else
-                    {
-                        Tile512<TOp, Four>(w0, w1, sw0, sw1, tokenPanel, nb, yt, n, rr);
-                    }
+                    Tile<TOp>(w0, rr > 1 ? w0 + rowBytes : w0, sw0, rr > 1 ? sw0 + nb : sw0, a0, a1, a2, a3, nb, y + (long)t * n + r, n, rr, Math.Min(4, tokens - t));
                 }
-                t += tt;
             }
             for (t = Math.Max(t, tiled); t < tokens; t++)
             {
@@ -229,65 +229,76 @@ internal static unsafe class QuantGemm
     }
 
     /// <summary>
-    /// AVX-512: 2 rows (w0, w1; converted scales sw0, sw1) x <typeparamref name="TN"/> consecutive tokens of
-    /// <paramref name="tp"/>; writes y[j * n + i] for row i &lt; <paramref name="rows"/> (a missing second row repeats
-    /// the first and is not written), every token j.
+    /// AVX-512: 4 rows (w0..w3; converted scales sw0..sw3) x 4 consecutive tokens of <paramref name="tp"/>; writes
+    /// y[j * n + i] for row i &lt; <paramref name="rows"/> (missing rows repeat w0 and are not written), every token j.
+    /// 16 accumulators + 4 unpacked rows (+ 4 sign masks for Q8_0) fill the 32 vector registers without spills
+    /// (measured better than 2 x 8: each token block load serves 4 rows).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile512<TOp, TN>(byte* w0, byte* w1, float* sw0, float* sw1, TokenPanel tp, int nb, float* y, int n, int rows)
+    private static void Tile512<TOp>(byte* w0, byte* w1, byte* w2, byte* w3, float* sw0, float* sw1, float* sw2, float* sw3, TokenPanel tp, int nb, float* y, int n, int rows)
         where TOp : struct, IGemmBlock
-        where TN : struct, ITokenCount
     {
-        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default, c04 = default, c05 = default, c06 = default, c07 = default;
-        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default, c14 = default, c15 = default, c16 = default, c17 = default;
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
         var pairIndex = PairIndex;
         long qs = tp.QStride, ps = tp.PStride;
         int b = 0;
         for (; b + 2 <= nb; b += 2)
         {
+            long o = (long)b * TOp.Bytes;
             var d0 = PairLanes(sw0 + b, pairIndex);
             var d1 = PairLanes(sw1 + b, pairIndex);
-            TOp.Unpack512(w0 + (long)b * TOp.Bytes, out var u0, out var s0);
-            TOp.Unpack512(w1 + (long)b * TOp.Bytes, out var u1, out var s1);
+            var d2 = PairLanes(sw2 + b, pairIndex);
+            var d3 = PairLanes(sw3 + b, pairIndex);
+            TOp.Unpack512(w0 + o, out var u0, out var s0);
+            TOp.Unpack512(w1 + o, out var u1, out var s1);
+            TOp.Unpack512(w2 + o, out var u2, out var s2);
+            TOp.Unpack512(w3 + o, out var u3, out var s3);
             sbyte* x = tp.Q + 32L * b;
             float* p = tp.P + 16L * b;
             c00 = Step512<TOp>(c00, u0, s0, d0, x, p);
             c10 = Step512<TOp>(c10, u1, s1, d1, x, p);
-            c01 = Step512<TOp>(c01, u0, s0, d0, x + qs, p + ps);
-            c11 = Step512<TOp>(c11, u1, s1, d1, x + qs, p + ps);
-            c02 = Step512<TOp>(c02, u0, s0, d0, x + 2 * qs, p + 2 * ps);
-            c12 = Step512<TOp>(c12, u1, s1, d1, x + 2 * qs, p + 2 * ps);
-            c03 = Step512<TOp>(c03, u0, s0, d0, x + 3 * qs, p + 3 * ps);
-            c13 = Step512<TOp>(c13, u1, s1, d1, x + 3 * qs, p + 3 * ps);
-            if (TN.Count > 4)
-            {
-                x += 4 * qs;
-                p += 4 * ps;
-                c04 = Step512<TOp>(c04, u0, s0, d0, x, p);
-                c14 = Step512<TOp>(c14, u1, s1, d1, x, p);
-                c05 = Step512<TOp>(c05, u0, s0, d0, x + qs, p + ps);
-                c15 = Step512<TOp>(c15, u1, s1, d1, x + qs, p + ps);
-                c06 = Step512<TOp>(c06, u0, s0, d0, x + 2 * qs, p + 2 * ps);
-                c16 = Step512<TOp>(c16, u1, s1, d1, x + 2 * qs, p + 2 * ps);
-                c07 = Step512<TOp>(c07, u0, s0, d0, x + 3 * qs, p + 3 * ps);
-                c17 = Step512<TOp>(c17, u1, s1, d1, x + 3 * qs, p + 3 * ps);
-            }
+            c20 = Step512<TOp>(c20, u2, s2, d2, x, p);
+            c30 = Step512<TOp>(c30, u3, s3, d3, x, p);
+            x += qs;
+            p += ps;
+            c01 = Step512<TOp>(c01, u0, s0, d0, x, p);
+            c11 = Step512<TOp>(c11, u1, s1, d1, x, p);
+            c21 = Step512<TOp>(c21, u2, s2, d2, x, p);
+            c31 = Step512<TOp>(c31, u3, s3, d3, x, p);
+            x += qs;
+            p += ps;
+            c02 = Step512<TOp>(c02, u0, s0, d0, x, p);
+            c12 = Step512<TOp>(c12, u1, s1, d1, x, p);
+            c22 = Step512<TOp>(c22, u2, s2, d2, x, p);
+            c32 = Step512<TOp>(c32, u3, s3, d3, x, p);
+            x += qs;
+            p += ps;
+            c03 = Step512<TOp>(c03, u0, s0, d0, x, p);
+            c13 = Step512<TOp>(c13, u1, s1, d1, x, p);
+            c23 = Step512<TOp>(c23, u2, s2, d2, x, p);
+            c33 = Step512<TOp>(c33, u3, s3, d3, x, p);
         }
-        // Store the sums first (no accumulator stays live across the calls below), then add an odd last block.
         Store512(y, n, rows, 0, c00, c10);
         Store512(y, n, rows, 1, c01, c11);
         Store512(y, n, rows, 2, c02, c12);
         Store512(y, n, rows, 3, c03, c13);
-        if (TN.Count > 4)
+        if (rows > 2)
         {
-            Store512(y, n, rows, 4, c04, c14);
-            Store512(y, n, rows, 5, c05, c15);
-            Store512(y, n, rows, 6, c06, c16);
-            Store512(y, n, rows, 7, c07, c17);
+            Store512(y + 2, n, rows - 2, 0, c20, c30);
+            Store512(y + 2, n, rows - 2, 1, c21, c31);
+            Store512(y + 2, n, rows - 2, 2, c22, c32);
+            Store512(y + 2, n, rows - 2, 3, c23, c33);
         }
         if (b < nb)
         {
-            OddBlock<TOp>(w0, w1, sw0, sw1, tp, TN.Count, b, y, n, rows);
+            OddBlock<TOp>(w0, w1, sw0, sw1, tp, 4, b, y, n, Math.Min(rows, 2));
+            if (rows > 2)
+            {
+                OddBlock<TOp>(w2, w3, sw2, sw3, tp, 4, b, y + 2, n, rows - 2);
+            }
         }
     }
 
@@ -326,7 +337,7 @@ internal static unsafe class QuantGemm
     }
 
     /// <summary>
-    /// AVX-512: 4 rows (w0..w3) x 1 token (token 0 of <paramref name="tp"/>), the sequence of <see cref="Tile512{TOp, TN}"/>;
+    /// AVX-512: 4 rows (w0..w3) x 1 token (token 0 of <paramref name="tp"/>), the sequence of <see cref="Tile512{TOp}"/>;
     /// writes y[i] for i &lt; <paramref name="rows"/> (missing rows repeat w0 and are not written).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -338,27 +349,36 @@ internal static unsafe class QuantGemm
         // Prefetch distance: the next group of rows at the same column (the group's rows are contiguous, so the
         // kernel reads one sequential stream overall, 4 rows wide).
         long ahead = 4L * (w1 - w0);
+        var i1 = pairIndex + Vector512.Create(2);
+        var i2 = pairIndex + Vector512.Create(4);
+        var i3 = pairIndex + Vector512.Create(6);
         int b = 0;
         for (; b + 2 <= nb; b += 2)
         {
             long o = (long)b * TOp.Bytes;
             if (ahead != 0)
             {
-                Sse.Prefetch0(w0 + o + ahead);
-                Sse.Prefetch0(w1 + o + ahead);
-                Sse.Prefetch0(w2 + o + ahead);
-                Sse.Prefetch0(w3 + o + ahead);
+                Sse.Prefetch1(w0 + o + ahead);
+                Sse.Prefetch1(w1 + o + ahead);
+                Sse.Prefetch1(w2 + o + ahead);
+                Sse.Prefetch1(w3 + o + ahead);
             }
             sbyte* x = tp.Q + 32L * b;
             float* p = tp.P + 16L * b;
+            // The 8 f16 scales (rows 0..3, blocks b and b + 1) converted at once, then spread to each row's lane pattern.
+            int bb = TOp.Bytes;
+            var h = Vector256.Create(
+                Vector128.Create(*(ushort*)(w0 + o), *(ushort*)(w0 + o + bb), *(ushort*)(w1 + o), *(ushort*)(w1 + o + bb)),
+                Vector128.Create(*(ushort*)(w2 + o), *(ushort*)(w2 + o + bb), *(ushort*)(w3 + o), *(ushort*)(w3 + o + bb)));
+            var dw = Halves(h.AsInt32()).ToVector512Unsafe();
             TOp.Unpack512(w0 + o, out var u0, out var s0);
-            c0 = Step512<TOp>(c0, u0, s0, PairScales<TOp>(w0 + o, pairIndex), x, p);
+            c0 = Step512<TOp>(c0, u0, s0, Avx512F.PermuteVar16x32(dw, pairIndex), x, p);
             TOp.Unpack512(w1 + o, out var u1, out var s1);
-            c1 = Step512<TOp>(c1, u1, s1, PairScales<TOp>(w1 + o, pairIndex), x, p);
+            c1 = Step512<TOp>(c1, u1, s1, Avx512F.PermuteVar16x32(dw, i1), x, p);
             TOp.Unpack512(w2 + o, out var u2, out var s2);
-            c2 = Step512<TOp>(c2, u2, s2, PairScales<TOp>(w2 + o, pairIndex), x, p);
+            c2 = Step512<TOp>(c2, u2, s2, Avx512F.PermuteVar16x32(dw, i2), x, p);
             TOp.Unpack512(w3 + o, out var u3, out var s3);
-            c3 = Step512<TOp>(c3, u3, s3, PairScales<TOp>(w3 + o, pairIndex), x, p);
+            c3 = Step512<TOp>(c3, u3, s3, Avx512F.PermuteVar16x32(dw, i3), x, p);
         }
         y[0] = Vector512.Sum(c0);
         if (rows > 1)
@@ -414,15 +434,6 @@ internal static unsafe class QuantGemm
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> PairLanes(float* p, Vector512<int> pairIndex) =>
         Avx512F.PermuteVar16x32(Vector128.CreateScalarUnsafe(*(double*)p).AsSingle().ToVector256Unsafe().ToVector512Unsafe(), pairIndex);
-
-    /// <summary>d_w of blocks b (lanes 0..7) and b + 1 (lanes 8..15) of the row at <paramref name="k"/> (block b), converted here.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> PairScales<TOp>(byte* k, Vector512<int> pairIndex)
-        where TOp : struct, IGemmBlock
-    {
-        var h = Vector128.CreateScalarUnsafe((int)*(ushort*)k).WithElement(1, *(ushort*)(k + TOp.Bytes));
-        return Avx512F.PermuteVar16x32(Halves(h.ToVector256Unsafe()).ToVector512Unsafe(), pairIndex);
-    }
 
     /// <summary>
     /// The IEEE halves in the low 16 bits of each lane as floats, exactly as <see cref="QuantDot.Half"/> (exponent and
@@ -487,24 +498,6 @@ internal static unsafe class QuantGemm
             }
         }
     }
-}
-
-/// <summary>A compile-time token count for <see cref="QuantGemm"/>'s tiles.</summary>
-internal interface ITokenCount
-{
-    static abstract int Count { get; }
-}
-
-/// <summary>4 tokens.</summary>
-internal readonly struct Four : ITokenCount
-{
-    public static int Count => 4;
-}
-
-/// <summary>8 tokens.</summary>
-internal readonly struct Eight : ITokenCount
-{
-    public static int Count => 8;
 }
 
 /// <summary>One 32-value weight block format for <see cref="QuantGemm"/>: f16 scale at offset 0, then the quants.</summary>
@@ -587,7 +580,7 @@ internal readonly unsafe struct Q4_0Gemm : IGemmBlock
     public static void Unpack512(byte* blk, out Vector512<byte> u, out Vector512<sbyte> s)
     {
         var q2 = Vector256.Create(Vector128.Load(blk + 2), Vector128.Load(blk + 18 + 2));
-        var q = QuantDot.Combine(q2, Vector256.ShiftRightLogical(q2, 4)) & Vector512.Create((byte)0x0F);
+        var q = QuantDot.Combine(q2, Vector256.ShiftRightLogical(q2.AsUInt32(), 4).AsByte()) & Vector512.Create((byte)0x0F);
         u = Avx512F.Shuffle4x128(q.AsUInt32(), q.AsUInt32(), 0b11_01_10_00).AsByte();
         s = default;
     }
