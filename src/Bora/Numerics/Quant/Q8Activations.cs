@@ -29,6 +29,7 @@ public sealed unsafe class Q8Activations
     private short[] _s16 = [];
     private float[] _ds = [];
     private float[] _pairs = [];
+    private float[] _ds8 = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -65,6 +66,20 @@ public sealed unsafe class Q8Activations
 
     /// <summary>Floats of <see cref="Pairs"/> per token: (K / 64) * 32.</summary>
     internal long PairFloats => Cols / 64 * 32L;
+
+    /// <summary>(K / B) values 8 d_x sum(x) of token <paramref name="t"/> (the Q4_0 offset term), after <see cref="PrepareScaledSums8"/>.</summary>
+    internal float* ScaledSums8(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / BlockSize);
+
+    /// <summary>Fills <see cref="ScaledSums8"/>: 8 times <see cref="ScaledSums"/> (exact: a power of two).</summary>
+    internal void PrepareScaledSums8()
+    {
+        int count = Tokens * (Cols / BlockSize);
+        Ensure(ref _ds8, count);
+        for (int i = 0; i < count; i++)
+        {
+            _ds8[i] = 8 * _ds[i];
+        }
+    }
 
     /// <summary>Fills <see cref="Pairs"/> from the last <see cref="Quantize"/> (which must have used blocks of 32).</summary>
     internal void PreparePairs(bool negated)

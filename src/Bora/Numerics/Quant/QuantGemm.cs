@@ -45,7 +45,11 @@ internal static unsafe class QuantGemm
     /// <summary>Once per product, on the calling thread, after quantizing: the per-token data the 512-bit kernels read.</summary>
     public static void Prepare(DType type, QuantIsa isa, Q8Activations act)
     {
-        if (isa == QuantIsa.Avx512 && Covers(type, isa))
+        if (type == DType.Q4_0 && Q4_0Interleaved.Covers(isa, act.Tokens))
+        {
+            Q4_0Interleaved.Prepare(act);
+        }
+        else if (isa == QuantIsa.Avx512 && Covers(type, isa))
         {
             act.PreparePairs(negated: type == DType.Q8_0);
         }
@@ -58,7 +62,11 @@ internal static unsafe class QuantGemm
     public static void Run(DType type, QuantIsa isa, byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         bool wide = isa == QuantIsa.Avx512;
-        if (type == DType.Q8_0)
+        if (type == DType.Q4_0 && Q4_0Interleaved.Covers(isa, tokens))
+        {
+            Q4_0Interleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
+        }
+        else if (type == DType.Q8_0)
         {
             Rows<Q8_0Gemm>(wide, w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
