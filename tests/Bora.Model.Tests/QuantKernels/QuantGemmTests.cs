@@ -159,9 +159,9 @@ public sealed unsafe class QuantGemmTests
                         first ??= y;
                         Assert.True(first.AsSpan().SequenceEqual(y), $"{type} {isa} K = {k}, {tokens} tokens: {threads} threads differ from 1");
                     }
-                    if (type == DType.Q4_0 && Q4_0Interleaved.Covers(isa, tokens))
+                    if (Q4_0Interleaved.Covers(isa, tokens))
                     {
-                        continue; // a different (tested) rounding order than smaller batches; see Q4_0Interleaved
+                        continue; // the interleaved prefill: a different (tested) rounding order than smaller batches
                     }
                     NumericsThreads.MaxThreads = 2;
                     for (int t0 = 0; t0 < tokens; t0 += 6)
@@ -185,12 +185,14 @@ public sealed unsafe class QuantGemmTests
     }
 
     /// <summary>
-    /// The interleaved Q4_0 prefill (rows in lanes, repacked per group of 16) equals its scalar twin bit for bit: both run
-    /// acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc) per block with the exact integer block sum p. Rows sweep the group
+    /// The interleaved prefill (rows in lanes, repacked per group of 16) equals its scalar twin bit for bit: both run
+    /// acc = fma(d_w, fms(p, d_x, o d_x sum x), acc) per block with the exact integer block sum p (of q x, o = 8, for
+    /// Q4_0; of (w + 128) x, o = 128, for Q8_0). Rows sweep the group
     /// tails (0..67), tokens the 8-token tile tails above the threshold, blocks per row odd and even.
     /// </summary>
-    [Fact]
-    public void InterleavedQ4_0EqualsItsScalarTwinBitForBit()
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void InterleavedPrefillEqualsItsScalarTwinBitForBit(DType type)
     {
         if (!Q4_0Interleaved.Covers(QuantDot.Best, Q4_0Interleaved.MinTokens))
         {
@@ -200,7 +202,7 @@ public sealed unsafe class QuantGemmTests
         var rng = new Random(123);
         foreach (var (rows, cols, tokens) in new[] { (1, 32, 16), (15, 64, 17), (16, 96, 23), (17, 160, 24), (33, 288, 25), (67, 128, 31), (64, 1024, 16), (5, 4096, 18) })
         {
-            var q = QuantizedMatrix.Quantize(DType.Q4_0, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
+            var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
             var x = TestModels.Uniform(rng, tokens * cols, 2f);
             var y = new float[tokens * rows];
             q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: false);
@@ -210,12 +212,19 @@ public sealed unsafe class QuantGemmTests
             fixed (byte* w = q.Blocks)
             fixed (float* pe = expected)
             {
-                Q4_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                if (type == DType.Q4_0)
+                {
+                    Q4_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                }
+                else
+                {
+                    Q8_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                }
             }
             for (int i = 0; i < y.Length; i++)
             {
                 Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
-                    $"({rows}, {cols}) x {tokens}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+                    $"{type} ({rows}, {cols}) x {tokens}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
             }
         }
     }

@@ -25,7 +25,7 @@ internal static unsafe class Q4_0Interleaved
     public const int MinTokens = 16;
 
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
-    private const int GroupRows = 16;
+    internal const int GroupRows = 16;
 
     /// <summary>Tokens per tile (accumulators in registers).</summary>
     private const int TileTokens = 8;
@@ -39,7 +39,7 @@ internal static unsafe class Q4_0Interleaved
     public static bool Covers(QuantIsa isa, int tokens) => isa == QuantIsa.Avx512 && tokens >= MinTokens;
 
     /// <summary>Once per product on the calling thread: the activation data the kernel reads.</summary>
-    public static void Prepare(Q8Activations act) => act.PrepareScaledSums8();
+    public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(8);
 
     /// <summary>y[t, r] for r in [r0, r1), t in [0, tokens). w: (N, rowBytes) Q4_0 blocks; y: (T, N).</summary>
     public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
@@ -65,7 +65,7 @@ internal static unsafe class Q4_0Interleaved
                 {
                     int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
                     tok[j] = act.Row(t);
-                    ds8[j] = (nint)act.ScaledSums8(t);
+                    ds8[j] = (nint)act.OffsetSums(t);
                 }
                 Tile(g, gs, nb, tok, (float**)ds8, y + (long)t0 * n + g0, n, rows, tt, partial);
             }
@@ -77,22 +77,31 @@ internal static unsafe class Q4_0Interleaved
     /// into the group layout: each row's block unpacked to 32 nibbles in value order, then 8 x 16 int32 transposed so
     /// that vector j holds int32 j of every row (two 8 x 8 transposes at once, rows 0..7 and 8..15 in the two halves).
     /// </summary>
-    private static void Repack(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs)
+    private static void Repack(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs) =>
+        Repack<Q4_0Plane>(w, rowBytes, nb, rows, g, gs, BlockBytes, 0);
+
+    /// <summary>
+    /// Repacks plane <paramref name="plane"/> (see <see cref="IPlane"/>) of <paramref name="rows"/> rows of nb blocks of
+    /// <paramref name="blockBytes"/> bytes into the group layout at <paramref name="g"/> (stride 512 bytes per block)
+    /// and, for plane 0, their f16 scales into <paramref name="gs"/>.
+    /// </summary>
+    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs, int blockBytes, int plane)
+        where TPlane : struct, IPlane
     {
         var lo64 = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13);
         var hi64 = Vector512.Create(2L, 3, 10, 11, 6, 7, 14, 15);
         for (int b = 0; b < nb; b++)
         {
-            long o = (long)b * BlockBytes;
-            // z[i] = (row i, row i + 8), each 8 int32 of unpacked nibbles.
-            var z0 = Pair(w, rowBytes, rows, 0, o);
-            var z1 = Pair(w, rowBytes, rows, 1, o);
-            var z2 = Pair(w, rowBytes, rows, 2, o);
-            var z3 = Pair(w, rowBytes, rows, 3, o);
-            var z4 = Pair(w, rowBytes, rows, 4, o);
-            var z5 = Pair(w, rowBytes, rows, 5, o);
-            var z6 = Pair(w, rowBytes, rows, 6, o);
-            var z7 = Pair(w, rowBytes, rows, 7, o);
+            long o = (long)b * blockBytes;
+            // z[i] = (row i, row i + 8), each 8 int32 of unpacked values.
+            var z0 = Pair<TPlane>(w, rowBytes, rows, 0, o, plane);
+            var z1 = Pair<TPlane>(w, rowBytes, rows, 1, o, plane);
+            var z2 = Pair<TPlane>(w, rowBytes, rows, 2, o, plane);
+            var z3 = Pair<TPlane>(w, rowBytes, rows, 3, o, plane);
+            var z4 = Pair<TPlane>(w, rowBytes, rows, 4, o, plane);
+            var z5 = Pair<TPlane>(w, rowBytes, rows, 5, o, plane);
+            var z6 = Pair<TPlane>(w, rowBytes, rows, 6, o, plane);
+            var z7 = Pair<TPlane>(w, rowBytes, rows, 7, o, plane);
             var t0 = Avx512F.UnpackLow(z0, z1);
             var t1 = Avx512F.UnpackHigh(z0, z1);
             var t2 = Avx512F.UnpackLow(z2, z3);
@@ -118,21 +127,22 @@ internal static unsafe class Q4_0Interleaved
             Avx512F.PermuteVar8x64x2(u1, hi64, u5).Store(dst + 40);
             Avx512F.PermuteVar8x64x2(u2, hi64, u6).Store(dst + 48);
             Avx512F.PermuteVar8x64x2(u3, hi64, u7).Store(dst + 56);
-            for (int r = 0; r < GroupRows; r++)
+            if (plane == 0)
             {
-                gs[(long)b * GroupRows + r] = QuantDot.Half(w + Math.Min(r, rows - 1) * rowBytes + o);
+                for (int r = 0; r < GroupRows; r++)
+                {
+                    gs[(long)b * GroupRows + r] = QuantDot.Half(w + Math.Min(r, rows - 1) * rowBytes + o);
+                }
             }
         }
     }
 
     /// <summary>Rows i and i + 8 (clamped to the last present row) of block offset o, unpacked, as one vector of 16 int32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> Pair(byte* w, long rowBytes, int rows, int i, long o)
-    {
-        Q4_0Gemm.Unpack(w + Math.Min(i, rows - 1) * rowBytes + o, out var a, out _);
-        Q4_0Gemm.Unpack(w + Math.Min(i + 8, rows - 1) * rowBytes + o, out var b, out _);
-        return QuantDot.Combine(a.AsInt32(), b.AsInt32());
-    }
+    private static Vector512<int> Pair<TPlane>(byte* w, long rowBytes, int rows, int i, long o, int plane)
+        where TPlane : struct, IPlane =>
+        QuantDot.Combine(TPlane.Unpack(w + Math.Min(i, rows - 1) * rowBytes + o, plane).AsInt32(),
+            TPlane.Unpack(w + Math.Min(i + 8, rows - 1) * rowBytes + o, plane).AsInt32());
 
     /// <summary>16 rows x 8 tokens over all blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -212,7 +222,7 @@ internal static unsafe class Q4_0Interleaved
 
     /// <summary>The 16 rows' results to y[0..rows) (all 16 at once when the group is whole).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Store(Vector512<float> c, float* y, int rows, float* partial)
+    internal static void Store(Vector512<float> c, float* y, int rows, float* partial)
     {
         if (rows == GroupRows)
         {
@@ -232,11 +242,11 @@ internal static unsafe class Q4_0Interleaved
     /// </summary>
     public static void RunScalar(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
-        act.PrepareScaledSums8();
+        act.PrepareOffsetSums(8);
         for (int t = 0; t < tokens; t++)
         {
             var a = act.Row(t);
-            float* ds8 = act.ScaledSums8(t);
+            float* ds8 = act.OffsetSums(t);
             for (int r = r0; r < r1; r++)
             {
                 byte* row = w + r * rowBytes;
@@ -255,5 +265,33 @@ internal static unsafe class Q4_0Interleaved
                 y[(long)t * n + r] = acc;
             }
         }
+    }
+}
+
+/// <summary>How a block's 32 values become the unsigned bytes of one repacked plane (value order).</summary>
+internal unsafe interface IPlane
+{
+    static abstract Vector256<byte> Unpack(byte* blk, int plane);
+}
+
+/// <summary>Q4_0: the nibbles q (one plane).</summary>
+internal readonly unsafe struct Q4_0Plane : IPlane
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> Unpack(byte* blk, int plane)
+    {
+        Q4_0Gemm.Unpack(blk, out var u, out _);
+        return u;
+    }
+}
+
+/// <summary>Q8_0: u = w + 128 (0..255) split into plane 0 = u mod 16 and plane 1 = u / 16.</summary>
+internal readonly unsafe struct Q8_0Plane : IPlane
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> Unpack(byte* blk, int plane)
+    {
+        var u = Vector256.Load(blk + 2) ^ Vector256.Create((byte)0x80);
+        return plane == 0 ? u & Vector256.Create((byte)0x0F) : Vector256.ShiftRightLogical(u.AsUInt32(), 4).AsByte() & Vector256.Create((byte)0x0F);
     }
 }

@@ -67,17 +67,20 @@ public sealed unsafe class Q8Activations
     /// <summary>Floats of <see cref="Pairs"/> per token: (K / 64) * 32.</summary>
     internal long PairFloats => Cols / 64 * 32L;
 
-    /// <summary>(K / B) values 8 d_x sum(x) of token <paramref name="t"/> (the Q4_0 offset term), after <see cref="PrepareScaledSums8"/>.</summary>
-    internal float* ScaledSums8(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / BlockSize);
+    /// <summary>
+    /// (K / B) values o d_x sum(x) of token <paramref name="t"/>, the term of a weight offset o (8 for Q4_0's nibbles,
+    /// 128 for Q8_0 stored as w + 128), after <see cref="PrepareOffsetSums"/>.
+    /// </summary>
+    internal float* OffsetSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / BlockSize);
 
-    /// <summary>Fills <see cref="ScaledSums8"/>: 8 times <see cref="ScaledSums"/> (exact: a power of two).</summary>
-    internal void PrepareScaledSums8()
+    /// <summary>Fills <see cref="OffsetSums"/>: <paramref name="offset"/> (a power of two, so exact) times <see cref="ScaledSums"/>.</summary>
+    internal void PrepareOffsetSums(int offset)
     {
         int count = Tokens * (Cols / BlockSize);
         Ensure(ref _ds8, count);
         for (int i = 0; i < count; i++)
         {
-            _ds8[i] = 8 * _ds[i];
+            _ds8[i] = offset * _ds[i];
         }
     }
 

@@ -49,6 +49,10 @@ internal static unsafe class QuantGemm
         {
             Q4_0Interleaved.Prepare(act);
         }
+        else if (type == DType.Q8_0 && Q8_0Interleaved.Covers(isa, act.Tokens))
+        {
+            Q8_0Interleaved.Prepare(act);
+        }
         else if (isa == QuantIsa.Avx512 && Covers(type, isa))
         {
             act.PreparePairs(negated: type == DType.Q8_0);
@@ -65,6 +69,10 @@ internal static unsafe class QuantGemm
         if (type == DType.Q4_0 && Q4_0Interleaved.Covers(isa, tokens))
         {
             Q4_0Interleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
+        }
+        else if (type == DType.Q8_0 && Q8_0Interleaved.Covers(isa, tokens))
+        {
+            Q8_0Interleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
         else if (type == DType.Q8_0)
         {
