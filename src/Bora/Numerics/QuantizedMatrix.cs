@@ -248,7 +248,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             {
                 return;
             }
-            if (!_rowByRow && QuantGemm.Covers(m.Type, _isa))
+            if (!_rowByRow && QuantGemm.Covers(m.Type, _isa, _tokens))
             {
                 QuantGemm.Run(m.Type, _isa, m.BlockBase, m.RowBytes, m.BlocksPerRow, n, Activations, _tokens, _y, r0, r1);
                 return;

@@ -78,14 +78,14 @@ internal static unsafe class Q4_0Interleaved
     /// that vector j holds int32 j of every row (two 8 x 8 transposes at once, rows 0..7 and 8..15 in the two halves).
     /// </summary>
     private static void Repack(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs) =>
-        Repack<Q4_0Plane>(w, rowBytes, nb, rows, g, gs, BlockBytes, 0);
+        Repack<Q4_0Plane>(w, rowBytes, nb, rows, g, 512, gs, BlockBytes, 0);
 
     /// <summary>
     /// Repacks plane <paramref name="plane"/> (see <see cref="IPlane"/>) of <paramref name="rows"/> rows of nb blocks of
-    /// <paramref name="blockBytes"/> bytes into the group layout at <paramref name="g"/> (stride 512 bytes per block)
-    /// and, for plane 0, their f16 scales into <paramref name="gs"/>.
+    /// <paramref name="blockBytes"/> bytes into the group layout at <paramref name="g"/> (512 bytes per block, blocks
+    /// <paramref name="stride"/> bytes apart) and, for plane 0, their f16 scales (at block offset 0) into <paramref name="gs"/>.
     /// </summary>
-    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs, int blockBytes, int plane)
+    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, long stride, float* gs, int blockBytes, int plane)
         where TPlane : struct, IPlane
     {
         var lo64 = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13);
@@ -118,7 +118,7 @@ internal static unsafe class Q4_0Interleaved
             var u5 = Avx512F.UnpackHigh(t4.AsInt64(), t6.AsInt64());
             var u6 = Avx512F.UnpackLow(t5.AsInt64(), t7.AsInt64());
             var u7 = Avx512F.UnpackHigh(t5.AsInt64(), t7.AsInt64());
-            long* dst = (long*)(g + (long)b * 512);
+            long* dst = (long*)(g + b * stride);
             Avx512F.PermuteVar8x64x2(u0, lo64, u4).Store(dst);
             Avx512F.PermuteVar8x64x2(u1, lo64, u5).Store(dst + 8);
             Avx512F.PermuteVar8x64x2(u2, lo64, u6).Store(dst + 16);

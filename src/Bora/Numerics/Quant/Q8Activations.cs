@@ -84,6 +84,27 @@ public sealed unsafe class Q8Activations
         }
     }
 
+    /// <summary>
+    /// Fills <see cref="OffsetSums"/> with (T, K / 32) values d_x (sum of the 32 quants of each sub-block) for activation
+    /// blocks of 256 (the Q4_K min term): entry j of token t is d_x[t, j / 8] (Sums16[2j] + Sums16[2j + 1]).
+    /// </summary>
+    internal void PrepareSubBlockSums()
+    {
+        if (BlockSize != 256)
+        {
+            throw new InvalidOperationException("sub-block sums need activation blocks of 256");
+        }
+        int count = Tokens * (Cols / 32);
+        Ensure(ref _ds8, count);
+        for (int i = 0; i < count; i++)
+        {
+            _ds8[i] = _d[i / 8] * (_s16[2 * i] + _s16[2 * i + 1]);
+        }
+    }
+
+    /// <summary>Token <paramref name="t"/>'s (K / 32) values of <see cref="PrepareSubBlockSums"/>.</summary>
+    internal float* SubBlockSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / 32);
+
     /// <summary>Fills <see cref="Pairs"/> from the last <see cref="Quantize"/> (which must have used blocks of 32).</summary>
     internal void PreparePairs(bool negated)
     {

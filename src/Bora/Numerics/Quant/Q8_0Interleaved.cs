@@ -47,8 +47,8 @@ internal static unsafe class Q8_0Interleaved
         for (int g0 = r0; g0 < r1; g0 += Q4_0Interleaved.GroupRows)
         {
             int rows = Math.Min(Q4_0Interleaved.GroupRows, r1 - g0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, gs, BlockBytes, 0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, hi, gs, BlockBytes, 1);
+            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, 0);
+            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, hi, 512, gs, BlockBytes, 1);
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
                 int tt = Math.Min(TileTokens, tokens - t0);
@@ -124,7 +124,7 @@ internal static unsafe class Q8_0Interleaved
     }
 
     /// <summary>The 8 repacked vectors of one plane of one block.</summary>
-    private readonly struct Block
+    internal readonly struct Block
     {
         private readonly Vector512<byte> _w0, _w1, _w2, _w3, _w4, _w5, _w6, _w7;
 

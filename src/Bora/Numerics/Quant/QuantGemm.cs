@@ -39,8 +39,13 @@ internal static unsafe class QuantGemm
     [ThreadStatic]
     private static float[]? t_scales;
 
-    /// <summary>Whether these kernels cover <paramref name="type"/> at <paramref name="isa"/>; otherwise the row-by-row <see cref="QuantDot"/> path runs.</summary>
-    public static bool Covers(DType type, QuantIsa isa) => type is DType.Q8_0 or DType.Q4_0 && isa >= QuantIsa.Avx2;
+    /// <summary>
+    /// Whether these kernels cover a product of <paramref name="tokens"/> tokens of <paramref name="type"/> at
+    /// <paramref name="isa"/>; otherwise the row-by-row <see cref="QuantDot"/> path runs. Q8_0 / Q4_0 from AVX2 on; Q4_K
+    /// only for the interleaved prefill (<see cref="Q4KInterleaved"/>).
+    /// </summary>
+    public static bool Covers(DType type, QuantIsa isa, int tokens) =>
+        (type is DType.Q8_0 or DType.Q4_0 && isa >= QuantIsa.Avx2) || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens));
 
     /// <summary>Once per product, on the calling thread, after quantizing: the per-token data the 512-bit kernels read.</summary>
     public static void Prepare(DType type, QuantIsa isa, Q8Activations act)
@@ -53,7 +58,11 @@ internal static unsafe class QuantGemm
         {
             Q8_0Interleaved.Prepare(act);
         }
-        else if (isa == QuantIsa.Avx512 && Covers(type, isa))
+        else if (type == DType.Q4_K && Q4KInterleaved.Covers(isa, act.Tokens))
+        {
+            Q4KInterleaved.Prepare(act);
+        }
+        else if (isa == QuantIsa.Avx512 && type is DType.Q8_0 or DType.Q4_0)
         {
             act.PreparePairs(negated: type == DType.Q8_0);
         }
@@ -73,6 +82,10 @@ internal static unsafe class QuantGemm
         else if (type == DType.Q8_0 && Q8_0Interleaved.Covers(isa, tokens))
         {
             Q8_0Interleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
+        }
+        else if (type == DType.Q4_K)
+        {
+            Q4KInterleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
         else if (type == DType.Q8_0)
         {
