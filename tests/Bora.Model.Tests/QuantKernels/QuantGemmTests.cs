@@ -93,22 +93,25 @@ public sealed unsafe class QuantGemmTests
     /// Unit scales and small integers keep every partial sum an exact integer below 2^24, so every ISA must give the
     /// exact integer product (computed in long from the dequantized weights) bit for bit.
     /// </summary>
+    public static TheoryData<DType> AllTypes => [DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K];
+
     [Theory]
-    [MemberData(nameof(Types))]
+    [MemberData(nameof(AllTypes))]
     public void EveryIsaGivesTheExactIntegerProductWithUnitScales(DType type)
     {
         var rng = new Random(77 + (int)type);
         const int rows = 19;
-        foreach (var (nb, tokens) in new[] { (1, 11), (2, 11), (7, 20), (16, 11), (16, 20) }) // 20 tokens: the interleaved Q4_0 path too
+        bool k256 = type is DType.Q4_K or DType.Q6_K; // super-blocks of 256: up to 4 keep every partial sum below 2^24
+        foreach (var (nb, tokens) in k256 ? new[] { (1, 3), (2, 11), (4, 20), (3, 1) } : new[] { (1, 11), (2, 11), (7, 20), (16, 11), (16, 20) }) // 20 tokens: the interleaved path too
         {
-            int k = 32 * nb;
-            var blocks = QuantDotTests.RandomBlocks(type, rows * nb, rng, unitScales: true);
+            int k = (k256 ? 256 : 32) * nb;
+            var blocks = QuantDotTests.RandomBlocks(type, rows * nb, rng, unitScales: true); // nb blocks of the type per row
             var q = new QuantizedMatrix(type, blocks, rows, k);
             var dense = q.Dequantize();
             var x = new float[tokens * k];
             for (int i = 0; i < x.Length; i++)
             {
-                x[i] = i % 32 == 0 ? (rng.Next(2) == 0 ? 127 : -127) : rng.Next(-127, 128); // every block's max |x| is 127: d = 1
+                x[i] = i % 32 == 0 ? (rng.Next(2) == 0 ? 127 : -127) : rng.Next(-127, 128); // every block's (32 or 256) max |x| is 127: d = 1
             }
             foreach (var isa in Isas)
             {

@@ -42,10 +42,11 @@ internal static unsafe class QuantGemm
     /// <summary>
     /// Whether these kernels cover a product of <paramref name="tokens"/> tokens of <paramref name="type"/> at
     /// <paramref name="isa"/>; otherwise the row-by-row <see cref="QuantDot"/> path runs. Q8_0 / Q4_0 from AVX2 on; Q4_K
-    /// only for the interleaved prefill (<see cref="Q4KInterleaved"/>).
+    /// for the interleaved prefill (<see cref="Q4KInterleaved"/>) and, like Q6_K, the AVX-512 row kernels (<see cref="KQuantRows"/>).
     /// </summary>
     public static bool Covers(DType type, QuantIsa isa, int tokens) =>
-        (type is DType.Q8_0 or DType.Q4_0 && isa >= QuantIsa.Avx2) || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens));
+        (type is DType.Q8_0 or DType.Q4_0 && isa >= QuantIsa.Avx2) || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens))
+        || KQuantRows.Covers(type, isa, tokens);
 
     /// <summary>Once per product, on the calling thread, after quantizing: the per-token data the 512-bit kernels read.</summary>
     public static void Prepare(DType type, QuantIsa isa, Q8Activations act)
@@ -83,9 +84,13 @@ internal static unsafe class QuantGemm
         {
             Q8_0Interleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
-        else if (type == DType.Q4_K)
+        else if (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens))
         {
             Q4KInterleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
+        }
+        else if (type is DType.Q4_K or DType.Q6_K)
+        {
+            KQuantRows.Run(type, w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
         else if (type == DType.Q8_0)
         {
