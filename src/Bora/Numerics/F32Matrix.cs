@@ -117,8 +117,8 @@ public sealed class F32Matrix : WeightMatrix
     }
 
     /// <summary>
-    /// Rows per parallel block: the whole matrix when small, else one block per thread (the pool splits items
-    /// statically anyway), a multiple of 16 rows so no two threads write one 64-byte line of a token's output.
+    /// Rows per parallel block: the whole matrix when small, else about 4 blocks per thread (the pool's threads claim
+    /// them in turn), a multiple of 16 rows so no two threads write one 64-byte line of a token's output.
     /// </summary>
     private static int ChooseBlockRows(int n, long work)
     {
@@ -127,7 +127,7 @@ public sealed class F32Matrix : WeightMatrix
         {
             return n;
         }
-        int target = (n + threads - 1) / threads;
+        int target = (n + 4 * threads - 1) / (4 * threads);
         return Math.Max(16, (target + 15) / 16 * 16);
     }
 

@@ -31,9 +31,10 @@ public static class NumericsThreads
 
     /// <summary>
     /// Runs body(i) for i in [0, count) on the shared worker pool with at most <see cref="MaxThreads"/> threads
-    /// (the caller included; items statically split into contiguous ranges, one per thread) and returns when
-    /// all are done. Give each item a whole range of output rows (a multiple of 16 floats) so no two threads
-    /// write one cache line. Nested or concurrent calls run on the calling thread. Rethrows the first exception.
+    /// (the caller included; each thread claims the next unclaimed item until none is left) and returns when all
+    /// are done. Give each item a whole range of output rows (a multiple of 16 floats) so no two threads write one
+    /// cache line, and a few items per thread so a delayed thread's share is taken over. Nested or concurrent calls
+    /// run on the calling thread. Rethrows the first exception.
     /// Allocates nothing (cache the delegate to keep the caller allocation-free too).
     /// </summary>
     public static void For(int count, Action<int> body) => s_pool.Value.For(count, MaxThreads, body);

@@ -7,9 +7,20 @@ namespace Bora.Numerics;
 /// <summary>
 /// A weight matrix kept in a GGUF block format (Q8_0, Q4_0, Q4_K, Q6_K) and multiplied without
 /// dequantizing: activations are quantized on the fly to 8 bits (<see cref="Q8Activations"/>, blocks of
-/// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block
-/// (<see cref="QuantDot"/>). Results differ from float32 over the dequantized weights only by the
-/// activation rounding (relative error about 1/254 of each block's largest activation).
+/// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
+/// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
+/// <list type="bullet">
+/// <item>AVX-512, 16 tokens and more, Q4_0 / Q8_0 / Q4_K: rows in vector lanes, each 16-row group repacked once per
+/// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
+/// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
+/// Q4_K / Q6_K at AVX-512: row kernels (<see cref="KQuantRows"/>).</item>
+/// <item>Everything else (Vector128, scalar, Q6_K prefill below AVX-512...): one <see cref="QuantDot"/> dot product per
+/// (row, token), also reachable as the benchmark baseline (<see cref="RowByRowBaseline"/>).</item>
+/// </list>
+/// Rows are split into one contiguous range per thread (multiples of 16 rows) on <see cref="NumericsThreads.For"/>;
+/// a (row, token) result never depends on the thread count, and below 16 tokens not on the token count either.
+/// Results differ from float32 over the dequantized weights only by the activation rounding (relative error about
+/// 1/254 of each block's largest activation) and float summation order.
 /// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of one pinned byte[]: (N, K / BE * BB) with
 /// BE, BB the block elements and bytes. The blocks are copied once at load (the tensor store is closed after
 /// loading, so a memory-mapped view would not outlive it), in the stored layout: no repacking.
@@ -17,7 +28,7 @@ namespace Bora.Numerics;
 /// </summary>
 public sealed unsafe class QuantizedMatrix : WeightMatrix
 {
-    /// <summary>Tokens per tile: the row block is swept once per tile; each weight row stays in L1 across the tile's tokens.</summary>
+    /// <summary>Row-by-row path: tokens per tile (the row range is swept once per tile; each weight row stays in L1 across the tile's tokens).</summary>
     private const int TokenTile = 8;
 
     /// <summary>Multiply-adds below which a product runs on the calling thread.</summary>
@@ -25,6 +36,9 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
 
     /// <summary>Thread row ranges are multiples of this many rows: 16 floats = one 64-byte cache line of each token's output.</summary>
     private const int RowAlign = 16;
+
+    /// <summary>Work items per thread: enough for the pool to even out a thread that another process delays.</summary>
+    private const int ItemsPerThread = 4;
 
     [ThreadStatic]
     private static Job? t_job;
@@ -182,8 +196,9 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             long work = (long)Rows * Cols * tokens;
             int threads = work < ParallelThreshold ? 1 : Math.Max(1, MaxThreads);
-            // One item per thread, each a whole number of RowAlign-row ranges (no shared output cache lines).
-            int items = Math.Min(threads, (Rows + RowAlign - 1) / RowAlign);
+            // ItemsPerThread items per thread (claimed dynamically by the pool), each a whole number of RowAlign-row
+            // ranges (no shared output cache lines).
+            int items = threads == 1 ? 1 : Math.Min(threads * ItemsPerThread, (Rows + RowAlign - 1) / RowAlign);
             job.Set(this, py, tokens, isa, rowByRow, items);
             try
             {

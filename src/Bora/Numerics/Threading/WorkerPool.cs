@@ -5,9 +5,12 @@ namespace Bora.Numerics.Threading;
 
 /// <summary>
 /// A persistent pool for the numeric kernels: N - 1 background threads plus the calling thread run
-/// <see cref="For"/>'s work items, statically partitioned (participant p of P runs items
-/// [p * count / P, (p + 1) * count / P), the caller being participant 0). Between calls the workers spin
-/// briefly on their own cache line, then block on a semaphore. A call allocates nothing.
+/// <see cref="For"/>'s work items. Each participant claims items in order from a shared counter (one atomic
+/// increment per item): on a machine shared with other processes a descheduled thread leaves its items to the
+/// others instead of holding up the whole call (a static split made every product as slow as its slowest
+/// thread there). Between calls the workers spin briefly on their own cache line, then block on a semaphore;
+/// the caller, once the items are gone, spins briefly and then blocks until every woken worker has checked in
+/// (so the job's fields are never rewritten under a late worker). A call allocates nothing.
 /// A call made while another is in flight (a nested call from a work item, or a second thread) runs its
 /// items on the calling thread, in order, so the pool never deadlocks and results never depend on who ran
 /// an item. The first exception thrown by any item is rethrown on the caller after every participant finished.
@@ -20,8 +23,10 @@ public sealed class WorkerPool : IDisposable
     private readonly object _grow = new();
     private Worker[] _workers = [];
 
+    private readonly object _gate = new(); // the caller waits on it; the last worker to check in pulses it
     private int _busy; // 1 while a call is in flight
     private int _pending; // participants other than the caller that have not finished
+    private Padded _next; // the next unclaimed item
     private Action<int>? _body;
     private int _count;
     private int _participants;
@@ -52,6 +57,7 @@ public sealed class WorkerPool : IDisposable
             _count = count;
             _participants = participants;
             _error = null;
+            Volatile.Write(ref _next.Value, 0);
             Volatile.Write(ref _pending, participants - 1);
             for (int w = 0; w < participants - 1; w++)
             {
@@ -68,10 +74,21 @@ public sealed class WorkerPool : IDisposable
             {
                 mine = e;
             }
-            var spin = new SpinWait();
+            long start = Stopwatch.GetTimestamp();
             while (Volatile.Read(ref _pending) != 0)
             {
-                spin.SpinOnce(sleep1Threshold: -1);
+                if (Stopwatch.GetTimestamp() - start > SpinTicks)
+                {
+                    lock (_gate)
+                    {
+                        while (Volatile.Read(ref _pending) != 0)
+                        {
+                            Monitor.Wait(_gate); // no lost wake-up: the last worker pulses under the same lock
+                        }
+                    }
+                    break;
+                }
+                Thread.SpinWait(8);
             }
             _body = null;
             var error = mine ?? _error;
@@ -99,13 +116,13 @@ public sealed class WorkerPool : IDisposable
         }
     }
 
-    /// <summary>Participant p's items: [p * count / P, (p + 1) * count / P).</summary>
+    /// <summary>Claims and runs items until none is left (participant p's index is only for debugging).</summary>
     private void RunPart(int p)
     {
-        long count = _count, participants = _participants;
-        int i0 = (int)(p * count / participants), i1 = (int)((p + 1) * count / participants);
+        _ = p;
+        int count = _count;
         var body = _body!;
-        for (int i = i0; i < i1; i++)
+        for (int i = Interlocked.Increment(ref _next.Value) - 1; i < count; i = Interlocked.Increment(ref _next.Value) - 1)
         {
             body(i);
         }
@@ -183,7 +200,13 @@ public sealed class WorkerPool : IDisposable
                 {
                     Interlocked.CompareExchange(ref _pool._error, e, null);
                 }
-                Interlocked.Decrement(ref _pool._pending);
+                if (Interlocked.Decrement(ref _pool._pending) == 0)
+                {
+                    lock (_pool._gate)
+                    {
+                        Monitor.PulseAll(_pool._gate);
+                    }
+                }
             }
         }
 
