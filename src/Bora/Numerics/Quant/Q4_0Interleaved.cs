@@ -129,9 +129,15 @@ internal static unsafe class Q4_0Interleaved
             Avx512F.PermuteVar8x64x2(u3, hi64, u7).Store(dst + 56);
             if (plane == 0)
             {
-                for (int r = 0; r < GroupRows; r++)
+                // The 16 rows' f16 scales (rows past the group's end repeat the last), converted 8 at a time.
+                for (int r0 = 0; r0 < GroupRows; r0 += 8)
                 {
-                    gs[(long)b * GroupRows + r] = QuantDot.Half(w + Math.Min(r, rows - 1) * rowBytes + o);
+                    var h = Vector256.Create(
+                        *(ushort*)(w + Math.Min(r0, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 1, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 2, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 3, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 4, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 5, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 6, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 7, rows - 1) * rowBytes + o));
+                    QuantGemm.Halves(h.AsInt32()).Store(gs + (long)b * GroupRows + r0);
                 }
             }
         }

@@ -474,7 +474,7 @@ internal static unsafe class QuantGemm
     /// mantissa shifted into place and rescaled by 2^112, then the sign).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Halves(Vector256<int> h)
+    internal static Vector256<float> Halves(Vector256<int> h)
     {
         var magnitude = Vector256.ShiftLeft(h & Vector256.Create(0x7FFF), 13).AsSingle() * Vector256.Create(5.192296858534828E+33f);
         return (magnitude.AsInt32() | Vector256.ShiftLeft(h & Vector256.Create(0x8000), 16)).AsSingle();
