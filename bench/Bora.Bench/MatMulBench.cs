@@ -10,6 +10,8 @@ namespace Bora.Bench;
 /// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T] [--types q4_0,q8_0,f32] [--seconds S]
 /// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour).
 /// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
+/// Quantized types run twice, alternating call by call in the same loop: "new" (the tiled kernels of QuantGemm) and
+/// "old" (the row-by-row QuantDot baseline, <see cref="QuantizedMatrix.RowByRowBaseline"/>), and the ratio old / new.
 /// </summary>
 public static class MatMulBench
 {
@@ -31,7 +33,7 @@ public static class MatMulBench
         }
         NumericsThreads.MaxThreads = threads;
         Console.WriteLine($"threads {threads} (processor count {Environment.ProcessorCount}), tokens {tokens}, ISA {QuantDot.Best}, {Environment.Version}");
-        Console.WriteLine($"{"type",-6} {"shape",-14} {"ms/call",9} {"GB/s",8} {"GFLOP/s",9} {"cpu-ms",10} {"cpu-GB/s",8}");
+        Console.WriteLine($"{"type",-10} {"shape",-14} {"ms/call",9} {"GB/s",8} {"GFLOP/s",9} {"cpu-ms",10} {"cpu-GB/s",8}");
         var rng = new Random(1);
         foreach (var (n, k) in new[] { (4096, 4096), (14336, 4096) })
         {
@@ -48,47 +50,65 @@ public static class MatMulBench
             var y = new float[tokens * n];
             foreach (var t in types)
             {
-                WeightMatrix m;
-                long bytes;
                 if (t == "f32")
                 {
-                    m = new F32Matrix(w, n, k);
-                    bytes = 4L * n * k;
+                    var m = new F32Matrix(w, n, k);
+                    long bytes = 4L * n * k;
+                    var (ms, cpuMs) = Measure([() => m.MatMul(x, y, tokens)], seconds)[0];
+                    Console.WriteLine($"{t,-6} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
                 }
                 else
                 {
                     var type = Enum.Parse<DType>(t, ignoreCase: true);
                     var q = QuantizedMatrix.Quantize(type, w, n, k);
-                    m = q;
-                    bytes = q.Blocks.Length;
+                    long bytes = q.Blocks.Length;
+                    var r = Measure([() => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: false), () => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: true)], seconds);
+                    for (int v = 0; v < 2; v++)
+                    {
+                        var (ms, cpuMs) = r[v];
+                        string label = $"{t}{(v == 0 ? " new" : " old")}";
+                        Console.WriteLine($"{label,-10} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
+                    }
+                    Console.WriteLine($"{t,-10} {$"({n}, {k})",-14} new is {r[1].WallMs / r[0].WallMs:F2}x old (median wall time)");
                 }
-                var (ms, cpuMs) = Measure(m, x, y, tokens, seconds);
-                Console.WriteLine($"{t,-6} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
             }
         }
     }
 
     /// <summary>
-    /// Median wall ms per call over repeated calls for about <paramref name="seconds"/>, after warm-up; and the
-    /// process CPU time per call divided by the thread count (less sensitive to other processes taking the cores).
+    /// Median wall ms per call of each variant, called in turn (A, B, A, B, ...) for about <paramref name="seconds"/>
+    /// per variant after warm-up, so machine load hits them alike; and the process CPU time per call divided by the
+    /// thread count (less sensitive to other processes taking the cores).
     /// </summary>
-    private static (double WallMs, double CpuMs) Measure(WeightMatrix m, float[] x, float[] y, int tokens, double seconds)
+    private static (double WallMs, double CpuMs)[] Measure(Action[] variants, double seconds)
     {
-        for (int i = 0; i < 5; i++)
+        foreach (var v in variants)
         {
-            m.MatMul(x, y, tokens);
+            for (int i = 0; i < 3; i++)
+            {
+                v();
+            }
         }
-        var times = new List<double>();
-        var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+        var times = variants.Select(_ => new List<double>()).ToArray();
+        var cpu = new double[variants.Length];
         var total = Stopwatch.StartNew();
-        while (total.Elapsed.TotalSeconds < seconds || times.Count < 5)
+        while (total.Elapsed.TotalSeconds < seconds * variants.Length || times[0].Count < 5)
         {
-            long t0 = Stopwatch.GetTimestamp();
-            m.MatMul(x, y, tokens);
-            times.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            for (int v = 0; v < variants.Length; v++)
+            {
+                var c0 = Process.GetCurrentProcess().TotalProcessorTime;
+                long t0 = Stopwatch.GetTimestamp();
+                variants[v]();
+                times[v].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                cpu[v] += (Process.GetCurrentProcess().TotalProcessorTime - c0).TotalMilliseconds;
+            }
         }
-        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalMilliseconds / times.Count / Math.Min(QuantizedMatrix.MaxThreads, Environment.ProcessorCount);
-        times.Sort();
-        return (times[times.Count / 2], cpu);
+        var result = new (double, double)[variants.Length];
+        for (int v = 0; v < variants.Length; v++)
+        {
+            times[v].Sort();
+            result[v] = (times[v][times[v].Count / 2], cpu[v] / times[v].Count / Math.Min(QuantizedMatrix.MaxThreads, Environment.ProcessorCount));
+        }
+        return result;
     }
 }

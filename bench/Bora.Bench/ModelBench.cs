@@ -12,13 +12,15 @@ namespace Bora.Bench;
 
 /// <summary>
 /// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json] [--compare-llama-cpp]
-/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m --out FILE] [--copy-weights]</c>
+/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m|f16 --out FILE] [--copy-weights] [--row-by-row-baseline]</c>
 /// <para>
 /// Prefill and decode tokens per second of Bora (<see cref="ThroughputBenchmark"/>), the median of the repeats; with
 /// --compare-llama-cpp llama.cpp runs the same prompt ids on the same file in the same process, the two engines
 /// alternating run by run, and the ratios Bora / llama.cpp are printed. With --synthesize the file is first written by
 /// <see cref="SyntheticModels"/> (to --out, which is then the model unless --model is given). --threads sets Bora's
-/// <see cref="NumericsThreads.MaxThreads"/> and llama.cpp's n_threads / n_threads_batch.
+/// <see cref="NumericsThreads.MaxThreads"/> and llama.cpp's n_threads / n_threads_batch. --row-by-row-baseline also runs
+/// Bora with the previous row-by-row quantized kernels (<see cref="QuantizedMatrix.RowByRowBaseline"/>) in the same loop
+/// ("bora-old").
 /// </para>
 /// <para>
 /// Memory: Bora's load time and the process's peak resident set (VmHWM of /proc/self/status) after loading and at the
@@ -34,7 +36,8 @@ public static class ModelBench
     public static int Run(string[] args)
     {
         var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed"],
-            ["json", "compare-llama-cpp", "copy-weights"]);
+            ["json", "compare-llama-cpp", "copy-weights", "row-by-row-baseline"]);
+        bool baseline = a.Flag("row-by-row-baseline");
         int threads = a.GetInt("threads", Environment.ProcessorCount);
         int promptTokens = a.GetInt("prompt-tokens", 512), gen = a.GetInt("gen-tokens", 128), repeats = a.GetInt("repeats", 3);
         string? model = a.Get("model");
@@ -69,11 +72,25 @@ public static class ModelBench
 
         var mine = new List<ThroughputSample>();
         var theirs = new List<ThroughputSample>();
+        var old = new List<ThroughputSample>();
         var inv = CultureInfo.InvariantCulture;
         for (int r = 0; r < repeats; r++)
         {
             mine.Add(ThroughputBenchmark.Run(bora.Model, prompt, gen));
             Console.Error.WriteLine(string.Create(inv, $"run {r + 1}/{repeats} bora:      prefill {mine[^1].PrefillTokensPerSecond,8:F2} tok/s  decode {mine[^1].DecodeTokensPerSecond,8:F2} tok/s"));
+            if (baseline)
+            {
+                QuantizedMatrix.RowByRowBaseline = true;
+                try
+                {
+                    old.Add(ThroughputBenchmark.Run(bora.Model, prompt, gen));
+                }
+                finally
+                {
+                    QuantizedMatrix.RowByRowBaseline = false;
+                }
+                Console.Error.WriteLine(string.Create(inv, $"run {r + 1}/{repeats} bora-old:  prefill {old[^1].PrefillTokensPerSecond,8:F2} tok/s  decode {old[^1].DecodeTokensPerSecond,8:F2} tok/s"));
+            }
             if (llama is not null)
             {
                 theirs.Add(llama.Run(promptIds, gen));
@@ -112,6 +129,11 @@ public static class ModelBench
             $"peak RSS after load {loadPeak / 1e6:F1} MB, at the end {endPeak / 1e6:F1} MB ({(double)endPeak / (fileBytes + kvBytes):P0} of file + KV cache)"));
         Console.WriteLine($"{"engine",-10} {"prefill tok/s",14} {"decode tok/s",13}");
         Console.WriteLine(string.Create(inv, $"{"bora",-10} {bp,14:F2} {bd,13:F2}"));
+        if (baseline)
+        {
+            var (op, od) = Medians(old);
+            Console.WriteLine(string.Create(inv, $"{"bora-old",-10} {op,14:F2} {od,13:F2}   (new / old: prefill {bp / op:F2}x, decode {bd / od:F2}x)"));
+        }
         if (llama is not null)
         {
             var (lp, ld) = Medians(theirs);

@@ -73,16 +73,53 @@ public sealed class F32Matrix : WeightMatrix
                 RowBlock(pw, px, py, n, k, tokens, 0, n);
                 return;
             }
-            nint ax = (nint)px, ay = (nint)py, aw = (nint)pw;
-            Parallel.For(0, blocks, NumericsThreads.Options, b =>
+            var job = t_job ??= new Job();
+            job.Set(pw, px, py, n, k, tokens, blockRows);
+            try
             {
-                int r0 = b * blockRows;
-                RowBlock((float*)aw, (float*)ax, (float*)ay, n, k, tokens, r0, Math.Min(n, r0 + blockRows));
-            });
+                NumericsThreads.For(blocks, job.RunItem);
+            }
+            finally
+            {
+                job.Set(null, null, null, 0, 0, 0, 0);
+            }
         }
     }
 
-    /// <summary>Rows per parallel block: whole matrix when small, else about 4 blocks per core (a multiple of <see cref="MicroRows"/>).</summary>
+    [ThreadStatic]
+    private static Job? t_job;
+
+    /// <summary>One product's arguments for the worker pool (the caller keeps the buffers fixed); reused per calling thread, so no allocation per call.</summary>
+    private sealed unsafe class Job
+    {
+        private float* _w, _x, _y;
+        private int _n, _k, _tokens, _blockRows;
+
+        public Job() => RunItem = Run;
+
+        /// <summary><see cref="Run"/> as a cached delegate.</summary>
+        public Action<int> RunItem { get; }
+
+        public void Set(float* w, float* x, float* y, int n, int k, int tokens, int blockRows)
+        {
+            _w = w;
+            _x = x;
+            _y = y;
+            (_n, _k, _tokens, _blockRows) = (n, k, tokens, blockRows);
+        }
+
+        /// <summary>Row block b: rows [b * blockRows, min(N, (b + 1) * blockRows)).</summary>
+        private void Run(int b)
+        {
+            int r0 = b * _blockRows;
+            RowBlock(_w, _x, _y, _n, _k, _tokens, r0, Math.Min(_n, r0 + _blockRows));
+        }
+    }
+
+    /// <summary>
+    /// Rows per parallel block: the whole matrix when small, else about 4 blocks per thread (the pool's threads claim
+    /// them in turn), a multiple of 16 rows so no two threads write one 64-byte line of a token's output.
+    /// </summary>
     private static int ChooseBlockRows(int n, long work)
     {
         int threads = NumericsThreads.MaxThreads;
@@ -90,9 +127,8 @@ public sealed class F32Matrix : WeightMatrix
         {
             return n;
         }
-        int target = Math.Max(1, n / (threads * 4));
-        target = (target + MicroRows - 1) / MicroRows * MicroRows;
-        return Math.Max(MicroRows * 4, target);
+        int target = (n + 4 * threads - 1) / (4 * threads);
+        return Math.Max(16, (target + 15) / 16 * 16);
     }
 
     /// <summary>

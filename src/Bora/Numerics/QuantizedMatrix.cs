@@ -5,9 +5,20 @@ namespace Bora.Numerics;
 /// <summary>
 /// A weight matrix kept in a GGUF block format (Q8_0, Q4_0, Q4_K, Q6_K) and multiplied without
 /// dequantizing: activations are quantized on the fly to 8 bits (<see cref="Q8Activations"/>, blocks of
-/// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block
-/// (<see cref="QuantDot"/>). Results differ from float32 over the dequantized weights only by the
-/// activation rounding (relative error about 1/254 of each block's largest activation).
+/// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
+/// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
+/// <list type="bullet">
+/// <item>AVX-512, 16 tokens and more, Q4_0 / Q8_0 / Q4_K: rows in vector lanes, each 16-row group repacked once per
+/// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
+/// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
+/// Q4_K / Q6_K at AVX-512: row kernels (<see cref="KQuantRows"/>).</item>
+/// <item>Everything else (Vector128, scalar, Q6_K prefill below AVX-512...): one <see cref="QuantDot"/> dot product per
+/// (row, token), also reachable as the benchmark baseline (<see cref="RowByRowBaseline"/>).</item>
+/// </list>
+/// Rows are split into one contiguous range per thread (multiples of 16 rows) on <see cref="NumericsThreads.For"/>;
+/// a (row, token) result never depends on the thread count, and below 16 tokens not on the token count either.
+/// Results differ from float32 over the dequantized weights only by the activation rounding (relative error about
+/// 1/254 of each block's largest activation) and float summation order.
 /// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of a <see cref="WeightStorage"/> region starting at
 /// <see cref="StorageOffset"/>: (N, K / BE * BB) with BE, BB the block elements and bytes, in GGUF's stored layout
 /// (no repacking). The region is either a pinned array or the memory-mapped model file itself (GGUF blocks are
@@ -16,17 +27,20 @@ namespace Bora.Numerics;
 /// </summary>
 public sealed unsafe class QuantizedMatrix : WeightMatrix
 {
-    /// <summary>Rows per parallel work item at most: a row block of Q4_0 4096-wide rows is 147 KB, which stays in L2 across token tiles.</summary>
-    private const int MaxBlockRows = 64;
-
-    /// <summary>Tokens per tile: the row block is swept once per tile; each weight row stays in L1 across the tile's tokens.</summary>
+    /// <summary>Row-by-row path: tokens per tile (the row range is swept once per tile; each weight row stays in L1 across the tile's tokens).</summary>
     private const int TokenTile = 8;
 
     /// <summary>Multiply-adds below which a product runs on the calling thread.</summary>
     private const long ParallelThreshold = 1L << 18;
 
+    /// <summary>Thread row ranges are multiples of this many rows: 16 floats = one 64-byte cache line of each token's output.</summary>
+    private const int RowAlign = 16;
+
+    /// <summary>Work items per thread: enough for the pool to even out a thread that another process delays.</summary>
+    private const int ItemsPerThread = 4;
+
     [ThreadStatic]
-    private static Q8Activations? t_activations;
+    private static Job? t_job;
 
     private readonly WeightStorage _storage; // holds the blocks, (N, RowBytes) from _offset
     private readonly long _offset;
@@ -182,7 +196,21 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     }
 
     /// <summary><see cref="MatMul(ReadOnlySpan{float}, Span{float}, int)"/> with a chosen instruction set (tests, benchmarks).</summary>
-    public void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens, QuantIsa isa)
+    public void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens, QuantIsa isa) =>
+        MatMul(x, y, tokens, isa, RowByRowBaseline);
+
+    /// <summary>
+    /// Benchmarks only: when true, every product runs the previous row-by-row kernels (one <see cref="QuantDot"/>
+    /// dot product per (row, token)) instead of the tiled ones of <see cref="QuantGemm"/>, on the same worker pool.
+    /// </summary>
+    public static bool RowByRowBaseline { get; set; }
+
+    /// <summary>
+    /// <see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa)"/>, choosing the kernels: the tiled
+    /// register-blocked ones (where <see cref="QuantGemm"/> covers the format and ISA) or, with
+    /// <paramref name="rowByRow"/>, one <see cref="QuantDot"/> dot product per (row, token) (the baseline).
+    /// </summary>
+    public void MatMul(ReadOnlySpan<float> x, Span<float> y, int tokens, QuantIsa isa, bool rowByRow)
     {
         CheckMatMul(x, y, tokens);
         if (!QuantDot.IsSupported(isa))
@@ -193,7 +221,8 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             return;
         }
-        var act = t_activations ??= new Q8Activations();
+        var job = t_job ??= new Job();
+        var act = job.Activations;
         if (isa == QuantIsa.Scalar)
         {
             act.QuantizeScalar(x, tokens, Cols, ActivationBlock(Type));
@@ -202,74 +231,125 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             act.Quantize(x, tokens, Cols, ActivationBlock(Type));
         }
+        if (!rowByRow)
+        {
+            QuantGemm.Prepare(Type, isa, act);
+        }
         fixed (float* py = y)
         {
-            var job = new Job(this, act, py, tokens, isa);
             long work = (long)Rows * Cols * tokens;
-            int threads = Math.Max(1, MaxThreads);
-            int blockRows = work < ParallelThreshold || threads == 1
-                ? Rows
-                : Math.Clamp(Rows / (threads * 4), 4, MaxBlockRows);
-            int items = (Rows + blockRows - 1) / blockRows;
-            if (items == 1)
+            int threads = work < ParallelThreshold ? 1 : Math.Max(1, MaxThreads);
+            // ItemsPerThread items per thread (claimed dynamically by the pool), each a whole number of RowAlign-row
+            // ranges (no shared output cache lines).
+            int items = threads == 1 ? 1 : Math.Min(threads * ItemsPerThread, (Rows + RowAlign - 1) / RowAlign);
+            job.Set(this, py, tokens, isa, rowByRow, items);
+            try
             {
-                job.Run(0, Rows);
-                GC.KeepAlive(_storage);
-                return;
+                if (items == 1)
+                {
+                    job.Run(0);
+                }
+                else
+                {
+                    NumericsThreads.For(items, job.RunItem);
+                }
             }
-            Parallel.For(0, items, NumericsThreads.Options, i =>
+            finally
             {
-                int r0 = i * blockRows;
-                job.Run(r0, Math.Min(Rows, r0 + blockRows));
-            });
+                job.Clear();
+            }
         }
         GC.KeepAlive(_storage);
     }
 
-    /// <summary>One product's arguments, shared by the worker threads (y is pinned by the caller for the whole call).</summary>
-    private sealed class Job(QuantizedMatrix m, Q8Activations act, float* y, int tokens, QuantIsa isa)
+    /// <summary>
+    /// One product's arguments, shared by the worker threads (y is pinned by the caller for the whole call).
+    /// One instance per calling thread, reused (with its activation buffers and its delegate): no allocation per call.
+    /// </summary>
+    private sealed class Job
     {
-        /// <summary>y[t, r] for r in [r0, r1) and all tokens.</summary>
-        public void Run(int r0, int r1)
+        private QuantizedMatrix? _m;
+        private float* _y;
+        private int _tokens, _items;
+        private QuantIsa _isa;
+        private bool _rowByRow;
+
+        public Job() => RunItem = Run;
+
+        /// <summary>(T, K) quantized activations of the current product.</summary>
+        public Q8Activations Activations { get; } = new();
+
+        /// <summary><see cref="Run"/> as a cached delegate.</summary>
+        public Action<int> RunItem { get; }
+
+        public void Set(QuantizedMatrix m, float* y, int tokens, QuantIsa isa, bool rowByRow, int items)
         {
+            _y = y;
+            (_m, _tokens, _isa, _rowByRow, _items) = (m, tokens, isa, rowByRow, items);
+        }
+
+        public void Clear()
+        {
+            _m = null;
+            _y = null;
+        }
+
+        /// <summary>Item i of <c>items</c>: rows [i N / items, (i + 1) N / items), rounded to multiples of <see cref="RowAlign"/>.</summary>
+        public void Run(int item)
+        {
+            var m = _m!;
+            int n = m.Rows;
+            int r0 = Boundary(item, n), r1 = Boundary(item + 1, n);
+            if (r0 >= r1)
+            {
+                return;
+            }
+            if (!_rowByRow && QuantGemm.Covers(m.Type, _isa, _tokens))
+            {
+                QuantGemm.Run(m.Type, _isa, m.BlockPointer, m.RowBytes, m.BlocksPerRow, n, Activations, _tokens, _y, r0, r1);
+                return;
+            }
             switch (m.Type)
             {
                 case DType.Q8_0:
-                    Rows<Q8_0Dot>(r0, r1);
+                    Rows<Q8_0Dot>(m, r0, r1);
                     break;
                 case DType.Q4_0:
-                    Rows<Q4_0Dot>(r0, r1);
+                    Rows<Q4_0Dot>(m, r0, r1);
                     break;
                 case DType.Q4_K:
-                    Rows<Q4KDot>(r0, r1);
+                    Rows<Q4KDot>(m, r0, r1);
                     break;
                 default:
-                    Rows<Q6KDot>(r0, r1);
+                    Rows<Q6KDot>(m, r0, r1);
                     break;
             }
         }
 
+        private int Boundary(int item, int n) =>
+            item >= _items ? n : Math.Min(n, (int)((long)item * n / _items) / RowAlign * RowAlign);
+
         /// <summary>Tiles of <see cref="TokenTile"/> tokens sweep rows [r0, r1); inside a tile each row is dotted with every token.</summary>
-        private void Rows<TOp>(int r0, int r1)
+        private void Rows<TOp>(QuantizedMatrix m, int r0, int r1)
             where TOp : struct, IQuantDotOperator
         {
             int n = m.Rows, nb = m.BlocksPerRow;
             long rowBytes = m.RowBytes;
             byte* w = m.BlockPointer;
             Span<Q8Row> rows = stackalloc Q8Row[TokenTile];
-            for (int t0 = 0; t0 < tokens; t0 += TokenTile)
+            for (int t0 = 0; t0 < _tokens; t0 += TokenTile)
             {
-                int tt = Math.Min(TokenTile, tokens - t0);
+                int tt = Math.Min(TokenTile, _tokens - t0);
                 for (int t = 0; t < tt; t++)
                 {
-                    rows[t] = act.Row(t0 + t);
+                    rows[t] = Activations.Row(t0 + t);
                 }
                 for (int r = r0; r < r1; r++)
                 {
                     byte* wr = w + r * rowBytes;
                     for (int t = 0; t < tt; t++)
                     {
-                        y[(long)(t0 + t) * n + r] = QuantDot.Dot<TOp>(isa, wr, rows[t], nb);
+                        _y[(long)(t0 + t) * n + r] = QuantDot.Dot<TOp>(_isa, wr, rows[t], nb);
                     }
                 }
             }

@@ -18,7 +18,7 @@ public sealed class QuantizedMatrixTests
     /// <summary>
     /// The only approximation of the quantized product is the activation rounding: x_j becomes q_j d with
     /// |q_j d - x_j| &lt;= d / 2 (d = max |x| of j's block / 127), so |y_q - y_f| &lt;= sum_j |w_j| d_j / 2.
-    /// Checked per output, for every ISA, for tokens sweeping the token tile.
+    /// Checked per output, for every ISA, for token counts through the tiles, decode and the interleaved prefill.
     /// </summary>
     [Theory]
     [MemberData(nameof(Types))]
@@ -30,7 +30,7 @@ public sealed class QuantizedMatrixTests
         var wf = q.Dequantize();
         var f = new F32Matrix(wf, n, k);
         int block = QuantizedMatrix.ActivationBlock(type);
-        foreach (int tokens in new[] { 1, 2, 9 })
+        foreach (int tokens in new[] { 1, 2, 9, 20 }) // 20: the interleaved prefill (Q8_0, Q4_0, Q4_K at AVX-512)
         {
             var x = TestModels.Uniform(rng, tokens * k, 3f);
             var yf = new float[tokens * n];

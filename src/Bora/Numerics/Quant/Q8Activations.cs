@@ -16,6 +16,8 @@ namespace Bora.Numerics.Quant;
 /// <item><see cref="Scales"/>: (T, K / B) float, the d of each block.</item>
 /// <item><see cref="Sums16"/>: (T, K / 16) int16, the sum of q over each run of 16 values (|sum| &lt;= 2032).
 /// Weight formats with an offset or a min (Q4_0's -8, Q4_K's min, Q6_K's -32) use them.</item>
+/// <item><see cref="ScaledSums"/>: (T, K / B) float, d times the sum of the block's q (one rounding of an exact
+/// integer sum): the tiled Q4_0 kernels (<see cref="QuantGemm"/>) subtract 8 of it per block.</item>
 /// </list>
 /// Example: K = 64, B = 32, token t: block j covers Quants[64t + 32j .. +32), has scale Scales[2t + j] and
 /// sums Sums16[4t + 2j] and Sums16[4t + 2j + 1].
@@ -25,6 +27,9 @@ public sealed unsafe class Q8Activations
     private sbyte[] _q = [];
     private float[] _d = [];
     private short[] _s16 = [];
+    private float[] _ds = [];
+    private float[] _pairs = [];
+    private float[] _ds8 = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -44,11 +49,105 @@ public sealed unsafe class Q8Activations
     /// <summary>(T, K / 16) sums of each 16 quantized values.</summary>
     public ReadOnlySpan<short> Sums16 => _s16.AsSpan(0, Tokens * Cols / 16);
 
+    /// <summary>(T, K / B) block scale times block sum.</summary>
+    public ReadOnlySpan<float> ScaledSums => _ds.AsSpan(0, Tokens * (Cols / Math.Max(1, BlockSize)));
+
+    /// <summary>
+    /// Per-token block-pair data for the 512-bit kernels of <see cref="QuantGemm"/>, (T, K / 64, 32) floats, filled by
+    /// <see cref="PreparePairs"/> (blocks of 32 only): for pair p (blocks 2p, 2p + 1), floats [0, 16) are d_x of block 2p
+    /// in lanes 0..7 and of block 2p + 1 in lanes 8..15; floats [16, 32) are either d_x sum(x) in the same pattern
+    /// (<c>negated</c> false) or the 64 bytes -q of the pair (<c>negated</c> true).
+    /// Example: K = 128, token 1, pair 1 starts at float (1 * 2 + 1) * 32 = 96.
+    /// </summary>
+    internal float* Pairs(int t) => PairsReady ? (float*)Unsafe.AsPointer(ref _pairs[0]) + (long)t * PairFloats : null;
+
+    /// <summary>Whether <see cref="PreparePairs"/> ran since the last <see cref="Quantize"/>.</summary>
+    internal bool PairsReady { get; private set; }
+
+    /// <summary>Floats of <see cref="Pairs"/> per token: (K / 64) * 32.</summary>
+    internal long PairFloats => Cols / 64 * 32L;
+
+    /// <summary>
+    /// (K / B) values o d_x sum(x) of token <paramref name="t"/>, the term of a weight offset o (8 for Q4_0's nibbles,
+    /// 128 for Q8_0 stored as w + 128), after <see cref="PrepareOffsetSums"/>.
+    /// </summary>
+    internal float* OffsetSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / BlockSize);
+
+    /// <summary>Fills <see cref="OffsetSums"/>: <paramref name="offset"/> (a power of two, so exact) times <see cref="ScaledSums"/>.</summary>
+    internal void PrepareOffsetSums(int offset)
+    {
+        int count = Tokens * (Cols / BlockSize);
+        Ensure(ref _ds8, count);
+        for (int i = 0; i < count; i++)
+        {
+            _ds8[i] = offset * _ds[i];
+        }
+    }
+
+    /// <summary>
+    /// Fills <see cref="OffsetSums"/> with (T, K / 32) values d_x (sum of the 32 quants of each sub-block) for activation
+    /// blocks of 256 (the Q4_K min term): entry j of token t is d_x[t, j / 8] (Sums16[2j] + Sums16[2j + 1]).
+    /// </summary>
+    internal void PrepareSubBlockSums()
+    {
+        if (BlockSize != 256)
+        {
+            throw new InvalidOperationException("sub-block sums need activation blocks of 256");
+        }
+        int count = Tokens * (Cols / 32);
+        Ensure(ref _ds8, count);
+        for (int i = 0; i < count; i++)
+        {
+            _ds8[i] = _d[i / 8] * (_s16[2 * i] + _s16[2 * i + 1]);
+        }
+    }
+
+    /// <summary>Token <paramref name="t"/>'s (K / 32) values of <see cref="PrepareSubBlockSums"/>.</summary>
+    internal float* SubBlockSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / 32);
+
+    /// <summary>Fills <see cref="Pairs"/> from the last <see cref="Quantize"/> (which must have used blocks of 32).</summary>
+    internal void PreparePairs(bool negated)
+    {
+        if (BlockSize != 32)
+        {
+            throw new InvalidOperationException("block pairs need activation blocks of 32");
+        }
+        long total = Tokens * PairFloats;
+        Ensure(ref _pairs, (int)total);
+        PairsReady = true;
+        int pairs = Cols / 64;
+        for (int t = 0; t < Tokens; t++)
+        {
+            var row = Row(t);
+            float* dst = Pairs(t);
+            for (int p = 0; p < pairs; p++, dst += 32)
+            {
+                var lanes = Vector256.Create(row.D[2 * p]);
+                lanes.Store(dst);
+                Vector256.Create(row.D[2 * p + 1]).Store(dst + 8);
+                if (negated)
+                {
+                    var q = row.Q + 64L * p;
+                    for (int j = 0; j < 64; j += 16)
+                    {
+                        (Vector128<sbyte>.Zero - Vector128.Load(q + j)).Store((sbyte*)(dst + 16) + j);
+                    }
+                }
+                else
+                {
+                    Vector256.Create(row.DS[2 * p]).Store(dst + 16);
+                    Vector256.Create(row.DS[2 * p + 1]).Store(dst + 24);
+                }
+            }
+        }
+    }
+
     /// <summary>Pointers to token <paramref name="t"/>'s rows of the three buffers.</summary>
     internal Q8Row Row(int t) => new(
         (sbyte*)Unsafe.AsPointer(ref _q[0]) + (long)t * Cols,
         (float*)Unsafe.AsPointer(ref _d[0]) + (long)t * (Cols / BlockSize),
-        (short*)Unsafe.AsPointer(ref _s16[0]) + (long)t * (Cols / 16));
+        (short*)Unsafe.AsPointer(ref _s16[0]) + (long)t * (Cols / 16),
+        (float*)Unsafe.AsPointer(ref _ds[0]) + (long)t * (Cols / BlockSize));
 
     /// <summary>Quantizes x: (T, K) row-major, in blocks of <paramref name="blockSize"/> (32 or 256).</summary>
     public void Quantize(ReadOnlySpan<float> x, int tokens, int cols, int blockSize) =>
@@ -82,14 +181,23 @@ public sealed unsafe class Q8Activations
         Ensure(ref _q, (int)n);
         Ensure(ref _d, (int)(n / blockSize));
         Ensure(ref _s16, (int)(n / 16));
+        Ensure(ref _ds, (int)(n / blockSize));
         (Tokens, Cols, BlockSize) = (tokens, cols, blockSize);
+        PairsReady = false;
         int blocks = (int)(n / blockSize);
         for (int b = 0; b < blocks; b++)
         {
             var xb = x.Slice(b * blockSize, blockSize);
             var qb = _q.AsSpan(b * blockSize, blockSize);
             var sb = _s16.AsSpan(b * (blockSize / 16), blockSize / 16);
-            _d[b] = vectorized && Vector128.IsHardwareAccelerated ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
+            float d = vectorized && Vector128.IsHardwareAccelerated ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
+            int sum = 0;
+            foreach (short s in sb)
+            {
+                sum += s;
+            }
+            _d[b] = d;
+            _ds[b] = d * sum;
         }
     }
 
@@ -156,7 +264,7 @@ public sealed unsafe class Q8Activations
 }
 
 /// <summary>Raw pointers to one token's quantized activations (see <see cref="Q8Activations"/>).</summary>
-internal readonly unsafe struct Q8Row(sbyte* q, float* d, short* s16)
+internal readonly unsafe struct Q8Row(sbyte* q, float* d, short* s16, float* ds)
 {
     /// <summary>(K) int8 values.</summary>
     public readonly sbyte* Q = q;
@@ -166,4 +274,7 @@ internal readonly unsafe struct Q8Row(sbyte* q, float* d, short* s16)
 
     /// <summary>(K / 16) sums of 16 values.</summary>
     public readonly short* S16 = s16;
+
+    /// <summary>(K / B) block scale times the block's sum of q.</summary>
+    public readonly float* DS = ds;
 }

@@ -1,0 +1,222 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// AVX-512 prefill for Q4_K with rows in vector lanes, as <see cref="Q4_0Interleaved"/>. A super-block (256 values)
+/// is 8 sub-blocks of 32 with 6-bit scales sc and mins m: x = d sc[s] q - dmin m[s]. Per sub-block and token, 8
+/// vpmaddubsw of the repacked nibbles with the token's broadcast 4-byte groups add up in int16 (at most 16 * 15 * 127),
+/// one vpmaddwd by the 16 rows' sc[s] adds sc[s] (sum q x) to an int32 sum over the super-block (exact: at most
+/// 8 * 63 * 60960 &lt; 2^31); then, per super-block, acc = fma(d, isum d_x, acc) and for each sub-block s
+/// acc = fma(-(dmin m[s]), d_x sum(x of s), acc), all 16 rows at once.
+/// <para>Repacked layout of a group, per super-block (5184 bytes): nibble planes (8 sub-blocks, 8, 16) int32 (see
+/// <see cref="Q4_0Interleaved"/>), then sc (8, 16) int32 (sc in both int16 halves), dmin m (8, 16) floats, d (16) floats.</para>
+/// Letters: N = rows, K = cols, T = tokens, nb = K / 256 super-blocks.
+/// </summary>
+internal static unsafe class Q4KInterleaved
+{
+    private const int TileTokens = 6;
+    private const int BlockBytes = 144;
+    private const int GroupRows = Q4_0Interleaved.GroupRows;
+    private const long SuperBytes = 8 * 512 + 512 + 512 + 64;
+
+    [ThreadStatic]
+    private static byte[]? t_group;
+
+    /// <summary>Whether this path runs for a product of <paramref name="tokens"/> tokens at <paramref name="isa"/>.</summary>
+    public static bool Covers(QuantIsa isa, int tokens) => Q4_0Interleaved.Covers(isa, tokens);
+
+    /// <summary>Once per product on the calling thread: the activation data the kernel reads.</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareSubBlockSums();
+
+    /// <summary>y[t, r] for r in [r0, r1), t in [0, tokens). w: (N, rowBytes) Q4_K blocks; y: (T, N).</summary>
+    public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        long groupBytes = nb * SuperBytes;
+        if (t_group is null || t_group.LongLength < groupBytes)
+        {
+            t_group = GC.AllocateUninitializedArray<byte>((int)Math.Max(1, groupBytes), pinned: true);
+        }
+        byte* g = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        float* partial = stackalloc float[GroupRows];
+        var tok = stackalloc Q8Row[TileTokens];
+        var sums = stackalloc nint[TileTokens];
+        float* scratch = stackalloc float[GroupRows];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* wg = w + g0 * rowBytes;
+            for (int s = 0; s < 8; s++)
+            {
+                Q4_0Interleaved.Repack<Q4KPlane>(wg, rowBytes, nb, rows, g + s * 512L, SuperBytes, scratch, BlockBytes, s + 1);
+            }
+            RepackScales(wg, rowBytes, nb, rows, g);
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+            {
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
+                {
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
+                    tok[j] = act.Row(t);
+                    sums[j] = (nint)act.SubBlockSums(t);
+                }
+                Tile(g, nb, tok, (float**)sums, y + (long)t0 * n + g0, n, rows, tt, partial);
+            }
+        }
+    }
+
+    /// <summary>Per super-block of the group: sc (both int16 halves), dmin m[s] and d of each row (missing rows repeat the last).</summary>
+    private static void RepackScales(byte* w, long rowBytes, int nb, int rows, byte* g)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + b * SuperBytes + 8 * 512;
+            int* sc = (int*)sb;
+            float* mins = (float*)(sb + 512);
+            float* d = (float*)(sb + 1024);
+            for (int r = 0; r < GroupRows; r++)
+            {
+                byte* blk = w + Math.Min(r, rows - 1) * rowBytes + (long)b * BlockBytes;
+                float dmin = QuantDot.Half(blk + 2);
+                var packed = new ReadOnlySpan<byte>(blk + 4, 12);
+                for (int s = 0; s < 8; s++)
+                {
+                    var (scale, m) = BlockDequantizer.ScaleMinK4(s, packed);
+                    sc[s * GroupRows + r] = scale | (scale << 16);
+                    mins[s * GroupRows + r] = dmin * m;
+                }
+                d[r] = QuantDot.Half(blk);
+            }
+        }
+    }
+
+    /// <summary>16 rows x 6 tokens over all super-blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile(byte* g, int nb, Q8Row* tok, float** sums, float* y, int n, int rows, int tokens, float* partial)
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* gb = g + b * SuperBytes;
+            Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default;
+            for (int s = 0; s < 8; s++)
+            {
+                var blk = new Q8_0Interleaved.Block(gb + s * 512);
+                var sc = Vector512.Load((short*)(gb + 8 * 512 + s * 64));
+                long xo = 256L * b + 32 * s;
+                i0 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x0 + xo), sc);
+                i1 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x1 + xo), sc);
+                i2 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x2 + xo), sc);
+                i3 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x3 + xo), sc);
+                i4 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x4 + xo), sc);
+                i5 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x5 + xo), sc);
+            }
+            float* mins = (float*)(gb + 8 * 512 + 512);
+            var d = Vector512.Load(mins + 8 * GroupRows);
+            c0 = Finish(c0, i0, d, mins, tok[0].D[b], sums[0] + 8L * b);
+            c1 = Finish(c1, i1, d, mins, tok[1].D[b], sums[1] + 8L * b);
+            c2 = Finish(c2, i2, d, mins, tok[2].D[b], sums[2] + 8L * b);
+            c3 = Finish(c3, i3, d, mins, tok[3].D[b], sums[3] + 8L * b);
+            c4 = Finish(c4, i4, d, mins, tok[4].D[b], sums[4] + 8L * b);
+            c5 = Finish(c5, i5, d, mins, tok[5].D[b], sums[5] + 8L * b);
+        }
+        Q4_0Interleaved.Store(c0, y, rows, partial);
+        if (tokens > 1)
+        {
+            Q4_0Interleaved.Store(c1, y + n, rows, partial);
+        }
+        if (tokens > 2)
+        {
+            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
+        }
+        if (tokens > 3)
+        {
+            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
+        }
+        if (tokens > 4)
+        {
+            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
+        }
+        if (tokens > 5)
+        {
+            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
+        }
+    }
+
+    /// <summary>The int16 sums of one sub-block's plane with the token's 32 activations at <paramref name="x"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> Sum(Q8_0Interleaved.Block blk, sbyte* x) =>
+        blk.Sum(Vector512.Create(*(int*)x).AsSByte(), Vector512.Create(*(int*)(x + 4)).AsSByte(),
+            Vector512.Create(*(int*)(x + 8)).AsSByte(), Vector512.Create(*(int*)(x + 12)).AsSByte(),
+            Vector512.Create(*(int*)(x + 16)).AsSByte(), Vector512.Create(*(int*)(x + 20)).AsSByte(),
+            Vector512.Create(*(int*)(x + 24)).AsSByte(), Vector512.Create(*(int*)(x + 28)).AsSByte());
+
+    /// <summary>acc = fma(d, isum d_x, acc), then for each sub-block s: acc = fma(-(dmin m[s]), d_x sum(x of s), acc).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Finish(Vector512<float> acc, Vector512<int> isum, Vector512<float> d, float* mins, float dx, float* subSums)
+    {
+        acc = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(isum) * Vector512.Create(dx), acc);
+        for (int s = 0; s < 8; s++)
+        {
+            acc = Avx512F.FusedMultiplyAddNegated(Vector512.Load(mins + s * GroupRows), Vector512.Create(subSums[s]), acc);
+        }
+        return acc;
+    }
+
+    /// <summary>
+    /// The scalar twin: the same per-(row, token) sequence in plain arithmetic (exact integer super-block sums, then the
+    /// fused multiply-adds of <see cref="Finish"/>), so tests can demand bit-for-bit equality.
+    /// </summary>
+    public static void RunScalar(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        act.PrepareSubBlockSums();
+        for (int t = 0; t < tokens; t++)
+        {
+            var a = act.Row(t);
+            float* subSums = act.SubBlockSums(t);
+            for (int r = r0; r < r1; r++)
+            {
+                float acc = 0;
+                for (int b = 0; b < nb; b++)
+                {
+                    byte* blk = w + r * rowBytes + (long)b * BlockBytes;
+                    var packed = new ReadOnlySpan<byte>(blk + 4, 12);
+                    float dmin = QuantDot.HalfScalar(blk + 2);
+                    int isum = 0;
+                    for (int s = 0; s < 8; s++)
+                    {
+                        var (scale, _) = BlockDequantizer.ScaleMinK4(s, packed);
+                        int dot = 0;
+                        for (int l = 0; l < 32; l++)
+                        {
+                            dot += ((blk[16 + 32 * (s / 2) + l] >> (4 * (s % 2))) & 0x0F) * a.Q[256L * b + 32 * s + l];
+                        }
+                        isum += scale * dot;
+                    }
+                    acc = MathF.FusedMultiplyAdd(QuantDot.HalfScalar(blk), isum * a.D[b], acc);
+                    for (int s = 0; s < 8; s++)
+                    {
+                        float m = dmin * BlockDequantizer.ScaleMinK4(s, packed).Min;
+                        acc = MathF.FusedMultiplyAdd(-m, subSums[8L * b + s], acc);
+                    }
+                }
+                y[(long)t * n + r] = acc;
+            }
+        }
+    }
+}
+
+/// <summary>Q4_K: plane p (1..8) is sub-block s = p - 1: the low (s even) or high (s odd) nibbles of qs[32 (s / 2) ..], in value order.</summary>
+internal readonly unsafe struct Q4KPlane : IPlane
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> Unpack(byte* blk, int plane)
+    {
+        int s = plane - 1;
+        var q = Vector256.Load(blk + 16 + 32 * (s / 2));
+        return (s % 2 == 0 ? q : Vector256.ShiftRightLogical(q.AsUInt32(), 4).AsByte()) & Vector256.Create((byte)0x0F);
+    }
+}

@@ -1,0 +1,303 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// AVX-512 prefill for Q4_0 with rows in vector lanes: each group of 16 rows is repacked once per product (into a
+/// per-thread buffer; the stored weights are untouched) so that one 512-bit vector holds 4 consecutive nibbles of each
+/// of the 16 rows, and tiles of 8 tokens sweep the group. Per block of 32 and token, 8 vpmaddubsw of the repacked
+/// weights with the token's 4-byte groups broadcast to every lane add up in int16 (16 products of at most 15 * 127:
+/// below 32767), one vpmaddwd gives each row's exact block sum p, and acc += d_w (p d_x - 8 d_x sum(x)) runs for the
+/// 16 rows at once: no horizontal sums, and about half the instructions of <see cref="QuantGemm"/>'s 4 x 4 tiles.
+/// <para>Repacked layout of a group, (nb, 8, 16) int32: element (b, j, r) holds values 4j..4j+3 (unsigned nibbles q)
+/// of block b of row r; scales (nb, 16) floats d_w. Example: values 8..11 of block 3 of the group's row 5 are int32
+/// (3 * 8 + 2) * 16 + 5 = 421.</para>
+/// <para>Each (row, token) is the sequence acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc) over the blocks in order,
+/// whatever the threads; it differs from the 4 x 4 tiles and the decode kernels only in float rounding, so products of
+/// fewer than <see cref="MinTokens"/> tokens (decode, small batches) never come here.</para>
+/// Letters: N = rows, K = cols, T = tokens, nb = K / 32.
+/// </summary>
+internal static unsafe class Q4_0Interleaved
+{
+    /// <summary>Tokens from which the repacking pays (about 1/8 of a 16-token product's work).</summary>
+    public const int MinTokens = 16;
+
+    /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
+    internal const int GroupRows = 16;
+
+    /// <summary>Tokens per tile (accumulators in registers).</summary>
+    private const int TileTokens = 8;
+
+    private const int BlockBytes = 18;
+
+    [ThreadStatic]
+    private static byte[]? t_group;
+
+    /// <summary>Whether this path runs for a product of <paramref name="tokens"/> tokens at <paramref name="isa"/>.</summary>
+    public static bool Covers(QuantIsa isa, int tokens) => isa == QuantIsa.Avx512 && tokens >= MinTokens;
+
+    /// <summary>Once per product on the calling thread: the activation data the kernel reads.</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(8);
+
+    /// <summary>y[t, r] for r in [r0, r1), t in [0, tokens). w: (N, rowBytes) Q4_0 blocks; y: (T, N).</summary>
+    public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        long groupBytes = (long)nb * (8 * 64 + 64); // weights (nb, 8, 16) int32, then scales (nb, 16) floats
+        if (t_group is null || t_group.LongLength < groupBytes)
+        {
+            t_group = GC.AllocateUninitializedArray<byte>((int)groupBytes, pinned: true);
+        }
+        byte* g = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        float* gs = (float*)(g + (long)nb * 512);
+        float* partial = stackalloc float[GroupRows];
+        var tok = stackalloc Q8Row[TileTokens];
+        var ds8 = stackalloc nint[TileTokens];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            Repack(w + g0 * rowBytes, rowBytes, nb, rows, g, gs);
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+            {
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
+                {
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
+                    tok[j] = act.Row(t);
+                    ds8[j] = (nint)act.OffsetSums(t);
+                }
+                Tile(g, gs, nb, tok, (float**)ds8, y + (long)t0 * n + g0, n, rows, tt, partial);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Repacks <paramref name="rows"/> (at most 16; missing rows repeat the last) rows of nb blocks at <paramref name="w"/>
+    /// into the group layout: each row's block unpacked to 32 nibbles in value order, then 8 x 16 int32 transposed so
+    /// that vector j holds int32 j of every row (two 8 x 8 transposes at once, rows 0..7 and 8..15 in the two halves).
+    /// </summary>
+    private static void Repack(byte* w, long rowBytes, int nb, int rows, byte* g, float* gs) =>
+        Repack<Q4_0Plane>(w, rowBytes, nb, rows, g, 512, gs, BlockBytes, 0);
+
+    /// <summary>
+    /// Repacks plane <paramref name="plane"/> (see <see cref="IPlane"/>) of <paramref name="rows"/> rows of nb blocks of
+    /// <paramref name="blockBytes"/> bytes into the group layout at <paramref name="g"/> (512 bytes per block, blocks
+    /// <paramref name="stride"/> bytes apart) and, for plane 0, their f16 scales (at block offset 0) into <paramref name="gs"/>.
+    /// </summary>
+    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, long stride, float* gs, int blockBytes, int plane)
+        where TPlane : struct, IPlane
+    {
+        var lo64 = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13);
+        var hi64 = Vector512.Create(2L, 3, 10, 11, 6, 7, 14, 15);
+        for (int b = 0; b < nb; b++)
+        {
+            long o = (long)b * blockBytes;
+            // z[i] = (row i, row i + 8), each 8 int32 of unpacked values.
+            var z0 = Pair<TPlane>(w, rowBytes, rows, 0, o, plane);
+            var z1 = Pair<TPlane>(w, rowBytes, rows, 1, o, plane);
+            var z2 = Pair<TPlane>(w, rowBytes, rows, 2, o, plane);
+            var z3 = Pair<TPlane>(w, rowBytes, rows, 3, o, plane);
+            var z4 = Pair<TPlane>(w, rowBytes, rows, 4, o, plane);
+            var z5 = Pair<TPlane>(w, rowBytes, rows, 5, o, plane);
+            var z6 = Pair<TPlane>(w, rowBytes, rows, 6, o, plane);
+            var z7 = Pair<TPlane>(w, rowBytes, rows, 7, o, plane);
+            var t0 = Avx512F.UnpackLow(z0, z1);
+            var t1 = Avx512F.UnpackHigh(z0, z1);
+            var t2 = Avx512F.UnpackLow(z2, z3);
+            var t3 = Avx512F.UnpackHigh(z2, z3);
+            var t4 = Avx512F.UnpackLow(z4, z5);
+            var t5 = Avx512F.UnpackHigh(z4, z5);
+            var t6 = Avx512F.UnpackLow(z6, z7);
+            var t7 = Avx512F.UnpackHigh(z6, z7);
+            var u0 = Avx512F.UnpackLow(t0.AsInt64(), t2.AsInt64());
+            var u1 = Avx512F.UnpackHigh(t0.AsInt64(), t2.AsInt64());
+            var u2 = Avx512F.UnpackLow(t1.AsInt64(), t3.AsInt64());
+            var u3 = Avx512F.UnpackHigh(t1.AsInt64(), t3.AsInt64());
+            var u4 = Avx512F.UnpackLow(t4.AsInt64(), t6.AsInt64());
+            var u5 = Avx512F.UnpackHigh(t4.AsInt64(), t6.AsInt64());
+            var u6 = Avx512F.UnpackLow(t5.AsInt64(), t7.AsInt64());
+            var u7 = Avx512F.UnpackHigh(t5.AsInt64(), t7.AsInt64());
+            long* dst = (long*)(g + b * stride);
+            Avx512F.PermuteVar8x64x2(u0, lo64, u4).Store(dst);
+            Avx512F.PermuteVar8x64x2(u1, lo64, u5).Store(dst + 8);
+            Avx512F.PermuteVar8x64x2(u2, lo64, u6).Store(dst + 16);
+            Avx512F.PermuteVar8x64x2(u3, lo64, u7).Store(dst + 24);
+            Avx512F.PermuteVar8x64x2(u0, hi64, u4).Store(dst + 32);
+            Avx512F.PermuteVar8x64x2(u1, hi64, u5).Store(dst + 40);
+            Avx512F.PermuteVar8x64x2(u2, hi64, u6).Store(dst + 48);
+            Avx512F.PermuteVar8x64x2(u3, hi64, u7).Store(dst + 56);
+            if (plane == 0)
+            {
+                // The 16 rows' f16 scales (rows past the group's end repeat the last), converted 8 at a time.
+                for (int r0 = 0; r0 < GroupRows; r0 += 8)
+                {
+                    var h = Vector256.Create(
+                        *(ushort*)(w + Math.Min(r0, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 1, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 2, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 3, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 4, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 5, rows - 1) * rowBytes + o),
+                        *(ushort*)(w + Math.Min(r0 + 6, rows - 1) * rowBytes + o), *(ushort*)(w + Math.Min(r0 + 7, rows - 1) * rowBytes + o));
+                    QuantGemm.Halves(h.AsInt32()).Store(gs + (long)b * GroupRows + r0);
+                }
+            }
+        }
+    }
+
+    /// <summary>Rows i and i + 8 (clamped to the last present row) of block offset o, unpacked, as one vector of 16 int32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Pair<TPlane>(byte* w, long rowBytes, int rows, int i, long o, int plane)
+        where TPlane : struct, IPlane =>
+        QuantDot.Combine(TPlane.Unpack(w + Math.Min(i, rows - 1) * rowBytes + o, plane).AsInt32(),
+            TPlane.Unpack(w + Math.Min(i + 8, rows - 1) * rowBytes + o, plane).AsInt32());
+
+    /// <summary>16 rows x 8 tokens over all blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile(byte* g, float* gs, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows, int tokens, float* partial)
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* wb = g + (long)b * 512;
+            var w0 = Vector512.Load(wb).AsByte();
+            var w1 = Vector512.Load(wb + 64).AsByte();
+            var w2 = Vector512.Load(wb + 128).AsByte();
+            var w3 = Vector512.Load(wb + 192).AsByte();
+            var w4 = Vector512.Load(wb + 256).AsByte();
+            var w5 = Vector512.Load(wb + 320).AsByte();
+            var w6 = Vector512.Load(wb + 384).AsByte();
+            var w7 = Vector512.Load(wb + 448).AsByte();
+            var dw = Vector512.Load(gs + (long)b * GroupRows);
+            long xo = 32L * b;
+            c0 = Token(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, x0 + xo, tok[0].D[b], ds8[0][b]);
+            c1 = Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D[b], ds8[1][b]);
+            c2 = Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D[b], ds8[2][b]);
+            c3 = Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D[b], ds8[3][b]);
+            c4 = Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D[b], ds8[4][b]);
+            c5 = Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D[b], ds8[5][b]);
+            c6 = Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D[b], ds8[6][b]);
+            c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
+        }
+        Store(c0, y, rows, partial);
+        if (tokens > 1)
+        {
+            Store(c1, y + n, rows, partial);
+        }
+        if (tokens > 2)
+        {
+            Store(c2, y + 2L * n, rows, partial);
+        }
+        if (tokens > 3)
+        {
+            Store(c3, y + 3L * n, rows, partial);
+        }
+        if (tokens > 4)
+        {
+            Store(c4, y + 4L * n, rows, partial);
+        }
+        if (tokens > 5)
+        {
+            Store(c5, y + 5L * n, rows, partial);
+        }
+        if (tokens > 6)
+        {
+            Store(c6, y + 6L * n, rows, partial);
+        }
+        if (tokens > 7)
+        {
+            Store(c7, y + 7L * n, rows, partial);
+        }
+    }
+
+    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
+    {
+        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
+        var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
+        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
+    }
+
+    /// <summary>The 16 rows' results to y[0..rows) (all 16 at once when the group is whole).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Store(Vector512<float> c, float* y, int rows, float* partial)
+    {
+        if (rows == GroupRows)
+        {
+            c.Store(y);
+            return;
+        }
+        c.Store(partial);
+        for (int r = 0; r < rows; r++)
+        {
+            y[r] = partial[r];
+        }
+    }
+
+    /// <summary>
+    /// The scalar twin: the same per-(row, token) sequence in plain arithmetic (exact integer block sums, then
+    /// acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc)), so tests can demand bit-for-bit equality.
+    /// </summary>
+    public static void RunScalar(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        act.PrepareOffsetSums(8);
+        for (int t = 0; t < tokens; t++)
+        {
+            var a = act.Row(t);
+            float* ds8 = act.OffsetSums(t);
+            for (int r = r0; r < r1; r++)
+            {
+                byte* row = w + r * rowBytes;
+                float acc = 0;
+                for (int b = 0; b < nb; b++)
+                {
+                    byte* blk = row + (long)b * BlockBytes;
+                    sbyte* x = a.Q + 32L * b;
+                    int p = 0;
+                    for (int j = 0; j < 16; j++)
+                    {
+                        p += (blk[2 + j] & 0x0F) * x[j] + (blk[2 + j] >> 4) * x[j + 16];
+                    }
+                    acc = MathF.FusedMultiplyAdd(QuantDot.HalfScalar(blk), MathF.FusedMultiplyAdd(p, a.D[b], -ds8[b]), acc);
+                }
+                y[(long)t * n + r] = acc;
+            }
+        }
+    }
+}
+
+/// <summary>How a block's 32 values become the unsigned bytes of one repacked plane (value order).</summary>
+internal unsafe interface IPlane
+{
+    static abstract Vector256<byte> Unpack(byte* blk, int plane);
+}
+
+/// <summary>Q4_0: the nibbles q (one plane).</summary>
+internal readonly unsafe struct Q4_0Plane : IPlane
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> Unpack(byte* blk, int plane)
+    {
+        Q4_0Gemm.Unpack(blk, out var u, out _);
+        return u;
+    }
+}
+
+/// <summary>Q8_0: u = w + 128 (0..255) split into plane 0 = u mod 16 and plane 1 = u / 16.</summary>
+internal readonly unsafe struct Q8_0Plane : IPlane
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> Unpack(byte* blk, int plane)
+    {
+        var u = Vector256.Load(blk + 2) ^ Vector256.Create((byte)0x80);
+        return plane == 0 ? u & Vector256.Create((byte)0x0F) : Vector256.ShiftRightLogical(u.AsUInt32(), 4).AsByte() & Vector256.Create((byte)0x0F);
+    }
+}
