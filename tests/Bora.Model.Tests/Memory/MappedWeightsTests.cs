@@ -8,6 +8,7 @@ using Xunit.Abstractions;
 namespace Bora.Model.Tests.Memory;
 
 /// <summary>Loaded models read GGUF blocks and F16 / BF16 values in place from a memory mapping: no copy, same results.</summary>
+[Collection(AllocationMeasuringCollection.Name)]
 public sealed class MappedWeightsTests(ITestOutputHelper output)
 {
     /// <summary>
@@ -195,4 +196,14 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
         {
         }
     }
+}
+
+/// <summary>
+/// Tests that count allocated bytes with the process-wide <see cref="GC.GetTotalAllocatedBytes(bool)"/> (loading may
+/// allocate on worker threads) run alone: another test class running in parallel would add its own allocations.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class AllocationMeasuringCollection
+{
+    public const string Name = "Allocation measuring";
 }
