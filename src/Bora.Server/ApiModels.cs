@@ -18,6 +18,9 @@ public sealed class CompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public int? Logprobs { get; set; }
 }
 
 public sealed class ChatMessage
@@ -39,6 +42,13 @@ public sealed class ChatCompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
+    [JsonPropertyName("top_logprobs")] public int? TopLogprobs { get; set; }
+    [JsonPropertyName("response_format")] public JsonElement ResponseFormat { get; set; }
+    [JsonPropertyName("tools")] public JsonElement Tools { get; set; }
+    [JsonPropertyName("tool_choice")] public JsonElement ToolChoice { get; set; }
 }
 
 public sealed record Usage(
@@ -49,7 +59,7 @@ public sealed record Usage(
 public sealed record CompletionChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("text")] string Text,
-    [property: JsonPropertyName("logprobs")] object? Logprobs,
+    [property: JsonPropertyName("logprobs")] CompletionLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string? FinishReason);
 
 public sealed record CompletionResponse(
@@ -67,7 +77,10 @@ public sealed record ChatMessageOut(
 public sealed record ChatChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("message")] ChatMessageOut Message,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    [JsonPropertyName("logprobs")] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatResponse(
     [property: JsonPropertyName("id")] string Id,
@@ -80,7 +93,10 @@ public sealed record ChatResponse(
 public sealed record ChatChunkChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    [JsonPropertyName("logprobs")] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatChunk(
     [property: JsonPropertyName("id")] string Id,

@@ -39,7 +39,7 @@ public sealed class ApiException(int status, string type, string message, string
 /// <see cref="InferenceEngine"/>. The model loads in the background: /health answers 503 until it is
 /// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health.
 /// </summary>
-public sealed class BoraServer : IAsyncDisposable
+public sealed partial class BoraServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ServerOptions _options;
@@ -244,17 +244,27 @@ public sealed class BoraServer : IAsyncDisposable
         var engine = RequireEngine();
         var req = await ReadBody(ctx, ApiJsonContext.Default.CompletionRequest).ConfigureAwait(false);
         CheckModel(req.Model);
-        CheckN(req.N);
+        int n = GenerationFields.Choices(req.N, _options.MaxChoices);
+        int? top = GenerationFields.CompletionTopLogprobs(req.Logprobs);
         string prompt = RequestValidation.PromptText(req.Prompt);
         var tokens = engine.Tokenizer.Encode(prompt, addBos: true);
-        var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16);
+        var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16)
+            with { PresencePenalty = GenerationFields.Penalty(req.PresencePenalty, "presence_penalty"), FrequencyPenalty = GenerationFields.Penalty(req.FrequencyPenalty, "frequency_penalty") };
         string id = "cmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         // A text completion's whole response and its stream chunks have the same shape.
-        Func<string, string?, Usage?, byte[]> body = (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-            new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
-            ApiJsonContext.Default.CompletionResponse);
-        await Run(ctx, engine, tokens, sampling, req.Stream == true, whole: body, chunk: body, first: null).ConfigureAwait(false);
+        byte[] Body(IReadOnlyList<CompletionChoice> choices, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(
+            new CompletionResponse(id, "text_completion", created, _modelId, choices, usage), ApiJsonContext.Default.CompletionResponse);
+        var offsets = new int[n]; // text offset reached by each streamed choice
+        await RunChoices(ctx, engine, tokens, Specs(sampling, n, top, null), req.Stream == true,
+            whole: (outputs, usage) => Body([.. outputs.Select(o => new CompletionChoice(o.Index, o.Text.ToString(), top is null ? null : LegacyLogprobs(o.Logprobs, 0), o.FinishReason))], usage),
+            chunk: (piece, usage) =>
+            {
+                var lps = LegacyLogprobs(piece.Logprobs, offsets[piece.Index]);
+                offsets[piece.Index] += piece.Text.Length;
+                return Body([new CompletionChoice(piece.Index, piece.Text, lps, piece.FinishReason)], usage);
+            },
+            first: null).ConfigureAwait(false);
     }
 
     private async Task ChatCompletions(HttpContext ctx)
@@ -262,7 +272,9 @@ public sealed class BoraServer : IAsyncDisposable
         var engine = RequireEngine();
         var req = await ReadBody(ctx, ApiJsonContext.Default.ChatCompletionRequest).ConfigureAwait(false);
         CheckModel(req.Model);
-        CheckN(req.N);
+        int n = GenerationFields.Choices(req.N, _options.MaxChoices);
+        int? top = GenerationFields.ChatTopLogprobs(req.Logprobs, req.TopLogprobs);
+        var constraint = GenerationFields.Constraint(req.ResponseFormat, req.Tools, req.ToolChoice, engine.Tokenizer);
         var turns = RequestValidation.Turns(req.Messages);
         TokenId[] tokens;
         try
@@ -273,17 +285,24 @@ public sealed class BoraServer : IAsyncDisposable
         {
             throw ApiException.BadRequest(e.Message, "messages");
         }
-        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens);
+        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens)
+            with { PresencePenalty = GenerationFields.Penalty(req.PresencePenalty, "presence_penalty"), FrequencyPenalty = GenerationFields.Penalty(req.FrequencyPenalty, "frequency_penalty") };
         string id = "chatcmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        byte[] Chunk(ChatMessageOut delta, string? finish, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(
-            new ChatChunk(id, "chat.completion.chunk", created, _modelId, [new ChatChunkChoice(0, delta, finish)], usage), ApiJsonContext.Default.ChatChunk);
-        await Run(ctx, engine, tokens, sampling, req.Stream == true,
-            (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-                new ChatResponse(id, "chat.completion", created, _modelId, [new ChatChoice(0, new ChatMessageOut("assistant", text), finish)], usage!),
+        byte[] Chunk(ChatChunkChoice choice, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(
+            new ChatChunk(id, "chat.completion.chunk", created, _modelId, [choice], usage), ApiJsonContext.Default.ChatChunk);
+        await RunChoices(ctx, engine, tokens, Specs(sampling, n, top, constraint), req.Stream == true,
+            (outputs, usage) => JsonSerializer.SerializeToUtf8Bytes(
+                new ChatResponse(id, "chat.completion", created, _modelId, [.. outputs.Select(o => new ChatChoice(o.Index, new ChatMessageOut("assistant", o.Text.ToString()), o.FinishReason)
+                {
+                    Logprobs = top is null ? null : new ChatLogprobs(o.Logprobs),
+                })], usage),
                 ApiJsonContext.Default.ChatResponse),
-            (text, finish, usage) => Chunk(new ChatMessageOut(null, finish is null ? text : text.Length > 0 ? text : null), finish, usage),
-            first: Chunk(new ChatMessageOut("assistant", ""), null, null)).ConfigureAwait(false);
+            (piece, usage) => Chunk(new ChatChunkChoice(piece.Index, new ChatMessageOut(null, piece.FinishReason is null ? piece.Text : piece.Text.Length > 0 ? piece.Text : null), piece.FinishReason)
+            {
+                Logprobs = piece.Logprobs is null ? null : new ChatLogprobs(piece.Logprobs),
+            }, usage),
+            first: index => Chunk(new ChatChunkChoice(index, new ChatMessageOut("assistant", ""), null), null)).ConfigureAwait(false);
     }
 
     private string NextId() => string.Create(CultureInfo.InvariantCulture, $"{StartTime:x}{Interlocked.Increment(ref _requestIds):x}");
@@ -296,13 +315,10 @@ public sealed class BoraServer : IAsyncDisposable
         }
     }
 
-    private static void CheckN(int? n)
-    {
-        if (n is { } v && v != 1)
-        {
-            throw ApiException.BadRequest($"n is {v}; only n = 1 is supported", "n");
-        }
-    }
+    /// <summary>n choices: seeds derived per choice (<see cref="GenerationFields.ChoiceSeed"/>), a fresh constraint each.</summary>
+    private static ChoiceSpec[] Specs(SamplingOptions sampling, int n, int? topLogprobs, Func<Bora.Generation.Constraints.ITokenConstraint>? constraint) =>
+        [.. Enumerable.Range(0, n).Select(i => new ChoiceSpec(sampling with { Seed = GenerationFields.ChoiceSeed(sampling.Seed, i) },
+            topLogprobs is null && constraint is null ? null : new SubmitOptions { TopLogprobs = topLogprobs, Constraint = constraint?.Invoke() }))];
 
     private SamplingOptions Sampling(InferenceEngine engine, int promptTokens, int? maxTokens, double? temperature, double? topP, long? seed, JsonElement stop, int defaultMax)
     {
@@ -352,93 +368,6 @@ public sealed class BoraServer : IAsyncDisposable
         catch (JsonException e)
         {
             throw ApiException.BadRequest($"invalid JSON body: {e.Message}", e.Path?.TrimStart('$', '.'));
-        }
-    }
-
-    /// <summary>Submits, then answers one JSON body or an SSE stream of chunks ending with a finish chunk carrying usage, then [DONE].</summary>
-    private async Task Run(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, SamplingOptions sampling, bool stream,
-        Func<string, string?, Usage?, byte[]> whole, Func<string, string?, Usage?, byte[]> chunk, byte[]? first)
-    {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
-        timeout.CancelAfter(_options.RequestTimeout);
-        GenerationHandle handle;
-        try
-        {
-            handle = engine.Submit(prompt, sampling, timeout.Token);
-        }
-        catch (ArgumentException e)
-        {
-            throw ApiException.BadRequest(e.Message);
-        }
-        try
-        {
-            await handle.Admitted.ConfigureAwait(false);
-        }
-        catch (EngineRefusedException e)
-        {
-            throw e.Reason switch
-            {
-                RefusalReason.ContextLength or RefusalReason.KvCache => ApiException.BadRequest(e.Message, "max_tokens", "context_length_exceeded"),
-                RefusalReason.QueueFull => new ApiException(429, "rate_limit_error", e.Message, code: "queue_full"),
-                _ => new ApiException(503, "server_error", e.Message, code: "unavailable"),
-            };
-        }
-        catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-        {
-            throw new ApiException(408, "timeout_error", "the request timed out in the queue", code: "timeout");
-        }
-
-        if (!stream)
-        {
-            var text = new StringBuilder();
-            try
-            {
-                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                {
-                    text.Append(d.Text);
-                }
-                var summary = await handle.Completion.ConfigureAwait(false);
-                var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
-                ctx.Response.StatusCode = 200;
-                ctx.Response.ContentType = "application/json";
-                await ctx.Response.Body.WriteAsync(whole(text.ToString(), Finish(summary.FinishReason), usage), ctx.RequestAborted).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-            {
-                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
-            }
-            return;
-        }
-
-        ctx.Response.StatusCode = 200;
-        ctx.Response.ContentType = "text/event-stream";
-        ctx.Response.Headers.CacheControl = "no-cache";
-        var body = ctx.Response.Body;
-        var ct = ctx.RequestAborted;
-        try
-        {
-            if (first is not null)
-            {
-                await Event(body, first, ct).ConfigureAwait(false);
-            }
-            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            {
-                if (d.Text.Length > 0)
-                {
-                    await Event(body, chunk(d.Text, null, null), ct).ConfigureAwait(false);
-                }
-            }
-            var summary = await handle.Completion.ConfigureAwait(false);
-            var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
-            await Event(body, chunk("", Finish(summary.FinishReason), usage), ct).ConfigureAwait(false);
-            await body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
-            await body.FlushAsync(ct).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            // timed out mid-stream: end the stream with an error event
-            var err = JsonSerializer.SerializeToUtf8Bytes(new ErrorResponse(new ErrorBody($"the request ran longer than {_options.RequestTimeout}", "timeout_error", null, "timeout")), ApiJsonContext.Default.ErrorResponse);
-            await Event(body, err, CancellationToken.None).ConfigureAwait(false);
         }
     }
 

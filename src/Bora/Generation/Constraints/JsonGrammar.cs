@@ -444,3 +444,16 @@ public sealed class JsonGrammar : IByteGrammar<JsonState>
         _ => -1,
     };
 }
+
+/// <summary>Ready-made JSON constraints with mask caches shared per tokenizer.</summary>
+public static class JsonConstraints
+{
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<TokenTrie, GrammarMaskCache<JsonState>> ObjectCaches = new();
+
+    /// <summary>OpenAI's response_format json_object: one JSON object, then the sequence ends.</summary>
+    public static ITokenConstraint Object(Bora.Tokenizers.ITokenizer tokenizer)
+    {
+        var trie = TokenTrie.Of(tokenizer);
+        return new GrammarConstraint<JsonState>(trie, JsonGrammar.Object, ObjectCaches.GetValue(trie, _ => new GrammarMaskCache<JsonState>()));
+    }
+}
