@@ -248,8 +248,7 @@ public sealed partial class BoraServer : IAsyncDisposable
         int? top = GenerationFields.CompletionTopLogprobs(req.Logprobs);
         string prompt = RequestValidation.PromptText(req.Prompt);
         var tokens = engine.Tokenizer.Encode(prompt, addBos: true);
-        var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16)
-            with { PresencePenalty = GenerationFields.Penalty(req.PresencePenalty, "presence_penalty"), FrequencyPenalty = GenerationFields.Penalty(req.FrequencyPenalty, "frequency_penalty") };
+        var sampling = GenerationFields.WithPenalties(Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16), req.PresencePenalty, req.FrequencyPenalty);
         string id = "cmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         // A text completion's whole response and its stream chunks have the same shape.
@@ -285,8 +284,7 @@ public sealed partial class BoraServer : IAsyncDisposable
         {
             throw ApiException.BadRequest(e.Message, "messages");
         }
-        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens)
-            with { PresencePenalty = GenerationFields.Penalty(req.PresencePenalty, "presence_penalty"), FrequencyPenalty = GenerationFields.Penalty(req.FrequencyPenalty, "frequency_penalty") };
+        var sampling = GenerationFields.WithPenalties(Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens), req.PresencePenalty, req.FrequencyPenalty);
         string id = "chatcmpl-" + NextId();
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
         byte[] Chunk(ChatChunkChoice choice, Usage? usage) => JsonSerializer.SerializeToUtf8Bytes(

@@ -29,6 +29,10 @@ internal static class GenerationFields
         return (float)v;
     }
 
+    /// <summary>The sampling options with the request's presence_penalty and frequency_penalty (validated).</summary>
+    public static SamplingOptions WithPenalties(SamplingOptions sampling, double? presence, double? frequency) =>
+        sampling with { PresencePenalty = Penalty(presence, "presence_penalty"), FrequencyPenalty = Penalty(frequency, "frequency_penalty") };
+
     /// <summary>n: absent = 1, else 1 .. max.</summary>
     public static int Choices(int? n, int max)
     {
