@@ -221,6 +221,23 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
         }
         Assert.Equal(body.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString(), text.ToString());
 
+        // Streaming: each chunk carries the logprobs of its tokens; together they are the same entries.
+        using (var req = new HttpRequestMessage(HttpMethod.Post, "/v1/chat/completions") { Content = Json(Chat(",\"temperature\":0,\"logprobs\":true,\"top_logprobs\":3,\"stream\":true")) })
+        using (var r = await live.Client.SendAsync(req, HttpCompletionOption.ResponseHeadersRead))
+        {
+            var streamed = new List<string>();
+            using var reader = new StreamReader(await r.Content.ReadAsStreamAsync());
+            while (await reader.ReadLineAsync() is { } line)
+            {
+                if (line.StartsWith("data: {", StringComparison.Ordinal)
+                    && JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices")[0].GetProperty("logprobs") is { ValueKind: JsonValueKind.Object } lps)
+                {
+                    streamed.AddRange(lps.GetProperty("content").EnumerateArray().Select(e => e.GetRawText()));
+                }
+            }
+            Assert.Equal(content.EnumerateArray().Select(e => e.GetRawText()).ToArray(), streamed.ToArray());
+        }
+
         // Legacy completions at temperature 1 with penalties: logprobs stay the raw model distribution; check the first against a direct forward pass.
         var (s2, legacy) = await Post(live.Client, "/v1/completions", $$"""{"prompt":"{{Prompt}}","max_tokens":3,"temperature":1.3,"seed":5,"presence_penalty":1,"logprobs":2}""");
         Assert.Equal(HttpStatusCode.OK, s2);
