@@ -79,7 +79,8 @@ public sealed record ChatChoice(
     [property: JsonPropertyName("message")] ChatMessageOut Message,
     [property: JsonPropertyName("finish_reason")] string? FinishReason)
 {
-    [JsonPropertyName("logprobs")] public ChatLogprobs? Logprobs { get; init; }
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
 }
 
 public sealed record ChatResponse(
@@ -95,7 +96,8 @@ public sealed record ChatChunkChoice(
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
     [property: JsonPropertyName("finish_reason")] string? FinishReason)
 {
-    [JsonPropertyName("logprobs")] public ChatLogprobs? Logprobs { get; init; }
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
 }
 
 public sealed record ChatChunk(

@@ -202,6 +202,8 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
         var (status, body) = await Post(live.Client, "/v1/chat/completions", Chat(",\"temperature\":0,\"logprobs\":true,\"top_logprobs\":3"));
         Assert.Equal(HttpStatusCode.OK, status);
         var content = body.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("content");
+        var (_, without) = await Post(live.Client, "/v1/chat/completions", Chat(""));
+        Assert.False(without.GetProperty("choices")[0].TryGetProperty("logprobs", out _), "logprobs must be left out when not requested");
         int completion = body.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
         Assert.InRange(content.GetArrayLength(), completion - 1, completion); // EOS has no entry
         var text = new StringBuilder();
@@ -230,7 +232,7 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
             while (await reader.ReadLineAsync() is { } line)
             {
                 if (line.StartsWith("data: {", StringComparison.Ordinal)
-                    && JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices")[0].GetProperty("logprobs") is { ValueKind: JsonValueKind.Object } lps)
+                    && JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices")[0].TryGetProperty("logprobs", out var lps))
                 {
                     streamed.AddRange(lps.GetProperty("content").EnumerateArray().Select(e => e.GetRawText()));
                 }
