@@ -211,6 +211,9 @@ public class ConstrainedSamplingTests
         Assert.True(g.IsComplete(end));
         string two = "[{\"name\":\"get_current_weather\",\"arguments\":{}}, {\"name\": \"get_n_day_weather_forecast\", \"arguments\": {\"a\": [1]}}]";
         Assert.True(GrammarConstraint<ToolCallState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(two), out end) && g.IsComplete(end));
+        // v3+ models write a call id after the arguments (mistral-common's golden v3 sample).
+        const string goldenV3 = " [{\"name\": \"get_n_day_weather_forecast\", \"arguments\": {\"location\": \"Paris, France\", \"format\": \"celsius\", \"num_days\": 5}, \"id\": \"123456789\"}]";
+        Assert.True(GrammarConstraint<ToolCallState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(goldenV3), out end) && g.IsComplete(end));
         var single = new ToolCallGrammar(["get_current_weather"], several: false);
         Assert.False(GrammarConstraint<ToolCallState>.Accepts(single, single.Start, Encoding.UTF8.GetBytes(two), out _)); // second call refused
         foreach (string bad in new[]
@@ -221,12 +224,49 @@ public class ConstrainedSamplingTests
             "[{\"arguments\": {}, \"name\": \"get_current_weather\"}]",      // fixed key order
             "[{\"name\": \"get_current_weather\", \"arguments\": []}]",      // arguments must be an object
             "[]",
+            "[{\"name\": \"get_current_weather\", \"arguments\": {}, \"id\": \"\"}]",             // empty id
+            "[{\"name\": \"get_current_weather\", \"arguments\": {}, \"id\": \"a-b\"}]",          // id of letters and digits only
+            "[{\"name\": \"get_current_weather\", \"arguments\": {}, \"id\": \"a\", \"id\": \"b\"}]", // one id
         })
         {
             Assert.False(GrammarConstraint<ToolCallState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(bad), out var s) && g.IsComplete(s), bad);
         }
         Assert.Throws<ArgumentException>(() => new ToolCallGrammar(["has space"], several: true));
         Assert.Throws<ArgumentException>(() => new ToolCallGrammar([], several: true));
+    }
+
+    /// <summary>Every assistant tool-call segment of mistral-common's golden samples (v2 and v3 text) is a complete sentence of the grammar over that sample's tools.</summary>
+    [Fact]
+    public void Tool_call_grammar_accepts_every_golden_sample_call_list()
+    {
+        string root = TestPaths.Shared("tokenizers", "mistral", "mistral-common-samples");
+        if (!Directory.Exists(root))
+        {
+            return; // shared samples absent
+        }
+        int segments = 0;
+        foreach (string dir in Directory.GetDirectories(root))
+        {
+            using var sample = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, "sample.json")));
+            if (!sample.RootElement.TryGetProperty("tools", out var tools) || tools.GetArrayLength() == 0)
+            {
+                continue;
+            }
+            string[] names = [.. tools.EnumerateArray().Select(t => t.GetProperty("function").GetProperty("name").GetString()!)];
+            var g = new ToolCallGrammar(names, several: true);
+            foreach (string file in Directory.GetFiles(dir, "text_v*.txt"))
+            {
+                string text = File.ReadAllText(file);
+                for (int at = text.IndexOf("[TOOL_CALLS]", StringComparison.Ordinal); at >= 0; at = text.IndexOf("[TOOL_CALLS]", at + 1, StringComparison.Ordinal))
+                {
+                    int start = at + "[TOOL_CALLS]".Length;
+                    string call = text[start..text.IndexOf("</s>", start, StringComparison.Ordinal)].Replace('\u2581', ' ').Replace("<0x0A>", "\n", StringComparison.Ordinal);
+                    Assert.True(GrammarConstraint<ToolCallState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(call), out var end) && g.IsComplete(end), $"{file}: {call}");
+                    segments++;
+                }
+            }
+        }
+        Assert.True(segments >= 6, $"found only {segments} tool-call segments in the golden samples");
     }
 
     [Fact]

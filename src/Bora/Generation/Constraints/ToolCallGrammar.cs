@@ -16,8 +16,11 @@ public record struct ToolCallState
     /// <summary>Whitespace bytes in the current run.</summary>
     public byte Ws;
 
-    /// <summary>Name segment: inside the quotes.</summary>
+    /// <summary>Name or id segment: inside the quotes.</summary>
     public bool InName;
+
+    /// <summary>The current call already has its "id".</summary>
+    public bool HasId;
 
     /// <summary>Name segment: candidates are names[Lo .. Hi) (sorted, all sharing the Pos characters matched).</summary>
     public byte Lo, Hi;
@@ -30,13 +33,15 @@ public record struct ToolCallState
 /// The text Mistral models write after the <c>[TOOL_CALLS]</c> control token (v2 .. v7, as
 /// <c>ToolCallParser</c> reads it): a JSON list of calls
 /// <c>[{"name": "NAME", "arguments": {...}}, ...]</c>, each NAME one of the declared function names, the
-/// arguments any JSON object (<see cref="JsonGrammar"/> limits). Up to <see cref="MaxWhitespace"/> whitespace
+/// arguments any JSON object (<see cref="JsonGrammar"/> limits), optionally followed by the call id v3+ models
+/// write (<c>, "id": "a1B2c3D4e"</c>: 1 to 64 ASCII letters and digits). Up to <see cref="MaxWhitespace"/> whitespace
 /// bytes may separate the pieces and precede the list. With <c>several = false</c> exactly one call is allowed.
 /// Complete when the list closes.
 /// </summary>
 /// <remarks>
 /// Segments, in order: 0 "[", 1 "{", 2 "\"name\"", 3 ":", 4 NAME (quote, one of the names, quote), 5 ",",
-/// 6 "\"arguments\"", 7 ":", 8 the arguments object, 9 "}", 10 "," (back to 1) or "]", 11 done.
+/// 6 "\"arguments\"", 7 ":", 8 the arguments object, 9 "}" (or, once per call, "," then 12 "\"id\"",
+/// 13 ":", 14 the id string, back to 9), 10 "," (back to 1) or "]", 11 done.
 /// Names are kept sorted, so the names sharing a matched prefix form a range [Lo, Hi).
 /// </remarks>
 public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
@@ -45,7 +50,7 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
     private static readonly byte[][] Literal =
     [
         "["u8.ToArray(), "{"u8.ToArray(), "\"name\""u8.ToArray(), ":"u8.ToArray(), [], ","u8.ToArray(),
-        "\"arguments\""u8.ToArray(), ":"u8.ToArray(), [], "}"u8.ToArray(),
+        "\"arguments\""u8.ToArray(), ":"u8.ToArray(), [], "}"u8.ToArray(), [], [], "\"id\""u8.ToArray(), ":"u8.ToArray(),
     ];
 
     private readonly byte[][] _names;   // sorted by ordinal bytes
@@ -121,11 +126,21 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
         {
             return Name(ref next, b);
         }
+        if (seg == 14)
+        {
+            return Id(ref next, b);
+        }
+        if (seg == 9 && b == ',' && !state.HasId)
+        {
+            next.Segment = 12;
+            return true;
+        }
         if (seg == 10)
         {
             if (b == ',' && _several)
             {
                 next.Segment = 1;
+                next.HasId = false;
                 return true;
             }
             if (b == ']')
@@ -144,8 +159,37 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
         if (next.Pos == lit.Length)
         {
             next.Pos = 0;
-            next.Segment++;
+            next.Segment = (byte)(seg == 9 ? 10 : seg + 1);
         }
+        return true;
+    }
+
+    /// <summary>The id string: quote, 1 to 64 ASCII letters or digits, quote; then back to segment 9 ("}").</summary>
+    private static bool Id(ref ToolCallState s, byte b)
+    {
+        if (!s.InName)
+        {
+            if (b != '"')
+            {
+                return false;
+            }
+            s.InName = true;
+            s.Pos = 0;
+            return true;
+        }
+        if (b == '"' && s.Pos > 0)
+        {
+            s.InName = false;
+            s.Pos = 0;
+            s.HasId = true;
+            s.Segment = 9;
+            return true;
+        }
+        if (s.Pos >= 64 || !char.IsAsciiLetterOrDigit((char)b))
+        {
+            return false;
+        }
+        s.Pos++;
         return true;
     }
 
