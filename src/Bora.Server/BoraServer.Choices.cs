@@ -83,6 +83,10 @@ public sealed partial class BoraServer
             {
                 throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
             }
+            finally
+            {
+                await timeout.CancelAsync().ConfigureAwait(false); // frees the other choices when one failed
+            }
             return;
         }
 

@@ -403,8 +403,10 @@ public sealed class InferenceEngine : IDisposable
                         sampled[k] = h.Sampler.Sample(row, c.Sequence.TokenSpan, c.Sequence.PromptLength, h.Constraint);
                         h.Constraint?.Advance(sampled[k]);
                     }
-                    catch (ConstraintDeadEndException)
+                    catch (InvalidOperationException) when (h.Constraint is not null)
                     {
+                        // The constraint allowed nothing (ConstraintDeadEndException) or refused its own pick:
+                        // this sequence ends, the rest of the batch goes on.
                         h.DeadEnd = true;
                         sampled[k] = _tokenizer.Eos; // ends the sequence; reported as Length (no complete output)
                     }
