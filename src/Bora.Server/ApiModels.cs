@@ -18,6 +18,9 @@ public sealed partial class CompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public int? Logprobs { get; set; }
 }
 
 public sealed partial class ChatMessage
@@ -39,6 +42,12 @@ public sealed partial class ChatCompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
+    [JsonPropertyName("top_logprobs")] public int? TopLogprobs { get; set; }
+    [JsonPropertyName("response_format")] public JsonElement ResponseFormat { get; set; }
+    [JsonPropertyName("tool_choice")] public JsonElement ToolChoice { get; set; }
 }
 
 public sealed record Usage(
@@ -49,7 +58,7 @@ public sealed record Usage(
 public sealed record CompletionChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("text")] string Text,
-    [property: JsonPropertyName("logprobs")] object? Logprobs,
+    [property: JsonPropertyName("logprobs")] CompletionLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string? FinishReason);
 
 public sealed record CompletionResponse(
@@ -58,7 +67,7 @@ public sealed record CompletionResponse(
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("model")] string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<CompletionChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage? Usage);
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
 
 public sealed record ChatMessageOut(
     [property: JsonPropertyName("role")] string? Role,
@@ -68,7 +77,11 @@ public sealed record ChatMessageOut(
 public sealed record ChatChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("message")] ChatMessageOut Message,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatResponse(
     [property: JsonPropertyName("id")] string Id,
@@ -81,7 +94,11 @@ public sealed record ChatResponse(
 public sealed record ChatChunkChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatChunk(
     [property: JsonPropertyName("id")] string Id,
@@ -89,7 +106,7 @@ public sealed record ChatChunk(
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("model")] string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage? Usage);
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
 
 public sealed record ModelCard(
     [property: JsonPropertyName("id")] string Id,

@@ -239,7 +239,7 @@ public class ServerTests(LiveServer live) : IClassFixture<LiveServer>
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","top_p":0}"""), param: "top_p");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","stop":[""]}"""), param: "stop");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","stop":5}"""), param: "stop");
-        AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","n":3}"""), param: "n");
+        AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","n":9}"""), param: "n");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":17}"""), param: "prompt");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"max_tokens":3}"""), param: "prompt");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", "null"));
