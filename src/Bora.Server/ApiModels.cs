@@ -108,12 +108,42 @@ public sealed record ChatChunk(
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
     [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
 
+/// <summary>
+/// A model card: OpenAI's model object (id, object, created, owned_by) with the fields of Mistral's base model card
+/// (capabilities, name, description, max_context_length, aliases, deprecation, default_model_temperature, type
+/// "base"), which the Mistral SDK requires.
+/// </summary>
 public sealed record ModelCard(
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("object")] string Object,
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("owned_by")] string OwnedBy,
-    [property: JsonPropertyName("max_context_length")] int MaxContextLength);
+    [property: JsonPropertyName("max_context_length")] int MaxContextLength,
+    [property: JsonPropertyName("capabilities")] ModelCapabilities Capabilities)
+{
+    [JsonPropertyName("name")] public string? Name { get; init; }
+
+    [JsonPropertyName("description")] public string? Description { get; init; }
+
+    [JsonPropertyName("aliases")] public IReadOnlyList<string> Aliases { get; init; } = [];
+
+    /// <summary>ISO date the model is deprecated on; never for a local model.</summary>
+    [JsonPropertyName("deprecation")] public string? Deprecation { get; init; }
+
+    [JsonPropertyName("default_model_temperature")] public double? DefaultModelTemperature { get; init; }
+
+    /// <summary>Mistral: "base" (a base model card) or "fine-tuned".</summary>
+    [JsonPropertyName("type")] public string Type { get; init; } = "base";
+}
+
+/// <summary>What a served model can do (Mistral's model capabilities; the ones Bora never offers are false).</summary>
+public sealed record ModelCapabilities(
+    [property: JsonPropertyName("completion_chat")] bool CompletionChat,
+    [property: JsonPropertyName("completion_fim")] bool CompletionFim,
+    [property: JsonPropertyName("function_calling")] bool FunctionCalling,
+    [property: JsonPropertyName("fine_tuning")] bool FineTuning,
+    [property: JsonPropertyName("vision")] bool Vision,
+    [property: JsonPropertyName("classification")] bool Classification);
 
 public sealed record ModelList(
     [property: JsonPropertyName("object")] string Object,
@@ -136,6 +166,7 @@ public sealed record HealthResponse([property: JsonPropertyName("status")] strin
 [JsonSerializable(typeof(ChatResponse))]
 [JsonSerializable(typeof(ChatChunk))]
 [JsonSerializable(typeof(ModelList))]
+[JsonSerializable(typeof(ModelCard))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(HealthResponse))]
 public sealed partial class ApiJsonContext : JsonSerializerContext;

@@ -24,7 +24,11 @@ public sealed partial class BoraServer
     public ServerMetrics Metrics => _metrics;
 
     /// <summary>The route label of a request: its path for a known route, "other" for anything else (bounded label values).</summary>
-    private static string MetricRoute(PathString path) => path.Value is { } p && KnownRoutes.Contains(p) ? p : "other";
+    private static string MetricRoute(PathString path) =>
+        path.Value is not { } p ? "other"
+        : KnownRoutes.Contains(p) ? p
+        : p.StartsWith("/v1/models/", StringComparison.Ordinal) ? "/v1/models/{id}"
+        : "other";
 
     private void MapMoreRoutes(WebApplication app)
     {

@@ -5,6 +5,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
+using Bora.Chat;
 using Bora.Generation;
 using Bora.Loading;
 using Bora.Serving;
@@ -216,9 +217,18 @@ public sealed partial class BoraServer : IAsyncDisposable
         });
         app.MapGet("/v1/models", async ctx =>
         {
-            var engine = RequireEngine();
-            var card = new ModelCard(_modelId, "model", StartTime, "bora", engine.ContextLength);
+            var card = Card(RequireEngine());
             await WriteJson(ctx, 200, new ModelList("list", [card]), ApiJsonContext.Default.ModelList).ConfigureAwait(false);
+        });
+        app.MapGet("/v1/models/{id}", async ctx =>
+        {
+            var engine = RequireEngine();
+            string id = ctx.Request.RouteValues["id"] as string ?? "";
+            if (id != _modelId)
+            {
+                throw new ApiException(404, "invalid_request_error", $"the model '{id}' does not exist; this server serves '{_modelId}'", "model", "model_not_found");
+            }
+            await WriteJson(ctx, 200, Card(engine), ApiJsonContext.Default.ModelCard).ConfigureAwait(false);
         });
         app.MapPost("/v1/completions", Completions);
         app.MapPost("/v1/chat/completions", ChatCompletions);
@@ -226,6 +236,24 @@ public sealed partial class BoraServer : IAsyncDisposable
     }
 
     private static readonly long StartTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    /// <summary>
+    /// The served model's card. Chat always works (the renderer formats any model's chats); function calling needs
+    /// the <c>[TOOL_CALLS]</c> token; fill-in-the-middle needs <c>[PREFIX]</c> and <c>[SUFFIX]</c> and the Mistral
+    /// prompt format.
+    /// </summary>
+    private ModelCard Card(InferenceEngine engine)
+    {
+        var control = ControlTokens.Of(engine.Tokenizer);
+        bool fim = _renderer is MistralChatRenderer && control.TryGet("[PREFIX]", out _) && control.TryGet("[SUFFIX]", out _);
+        var capabilities = new ModelCapabilities(CompletionChat: true, CompletionFim: fim, FunctionCalling: control.TryGet("[TOOL_CALLS]", out _),
+            FineTuning: false, Vision: false, Classification: false);
+        return new ModelCard(_modelId, "model", StartTime, "bora", engine.ContextLength, capabilities)
+        {
+            Name = _modelId,
+            Description = $"{_modelId} served by bora",
+        };
+    }
 
     private void Authorize(HttpContext ctx)
     {

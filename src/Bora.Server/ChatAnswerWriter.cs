@@ -14,8 +14,8 @@ namespace Bora.Server;
 /// logprob entry), then <see cref="End(int, GenerationSummary, Usage?)"/>: held-back text of malformed tool calls
 /// as content, per tool call one chunk with <c>{index, id, type, function: {name, arguments: ""}}</c> and one with
 /// <c>{index, function: {arguments}}</c> (OpenAI's delta shape), the finish chunk (finish_reason, and the usage
-/// on the last choice to finish); after every choice, with <see cref="IncludeUsage"/>, <see cref="Tail"/>: a last
-/// chunk with empty choices and the usage. Chunks without usage leave the field out (the Mistral SDK rejects
+/// on the last choice to finish, unless <see cref="IncludeUsage"/>); after every choice, with <see cref="IncludeUsage"/>,
+/// <see cref="Tail"/>: a last chunk with empty choices and the usage (OpenAI's shape: the only chunk with usage). Chunks without usage leave the field out (the Mistral SDK rejects
 /// <c>"usage": null</c>).
 /// </remarks>
 public sealed class ChatAnswerWriter : IAnswerWriter
@@ -79,8 +79,18 @@ public sealed class ChatAnswerWriter : IAnswerWriter
         return Chunk(index, new ChatMessageOut(null, text), null, null, logprob is null ? null : new ChatLogprobs([logprob]));
     }
 
-    /// <summary>The stream's closing chunks of choice <paramref name="index"/> (see the remarks), once its every delta was fed.</summary>
-    public IReadOnlyList<byte[]> End(int index, GenerationSummary summary, Usage? usage)
+    /// <summary>
+    /// The stream's closing chunks of choice <paramref name="index"/> (see the remarks), once its every delta was fed.
+    /// The finish chunk carries <paramref name="usage"/> unless <see cref="IncludeUsage"/> (then only <see cref="Tail"/>
+    /// does, as OpenAI sends it: clients such as Microsoft.Extensions.AI add up every usage they see).
+    /// </summary>
+    public IReadOnlyList<byte[]> End(int index, GenerationSummary summary, Usage? usage) => Closing(index, summary, IncludeUsage ? null : usage);
+
+    /// <summary>One choice's closing chunks and, with <paramref name="includeUsage"/>, the usage chunk (then the only one with usage).</summary>
+    public IReadOnlyList<byte[]> End(GenerationSummary summary, Usage usage, bool includeUsage) =>
+        includeUsage ? [.. Closing(0, summary, null), UsageChunk(usage)] : Closing(0, summary, usage);
+
+    private List<byte[]> Closing(int index, GenerationSummary summary, Usage? usage)
     {
         ArgumentNullException.ThrowIfNull(summary);
         var answer = Answer(index);
@@ -98,10 +108,6 @@ public sealed class ChatAnswerWriter : IAnswerWriter
         events.Add(Chunk(index, new ChatMessageOut(null, null), answer.FinishReasonFor(summary.FinishReason), usage));
         return events;
     }
-
-    /// <summary>One choice's closing chunks and, with <paramref name="includeUsage"/>, the usage chunk.</summary>
-    public IReadOnlyList<byte[]> End(GenerationSummary summary, Usage usage, bool includeUsage) =>
-        [.. End(0, summary, usage), .. includeUsage ? [UsageChunk(usage)] : Array.Empty<byte[]>()];
 
     /// <summary>After every choice's end: the usage chunk when <see cref="IncludeUsage"/>, else null.</summary>
     public byte[]? Tail(Usage usage) => IncludeUsage ? UsageChunk(usage) : null;

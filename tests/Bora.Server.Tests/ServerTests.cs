@@ -149,6 +149,11 @@ public class ServerTests(LiveServer live) : IClassFixture<LiveServer>
         var models = JsonDocument.Parse(await live.Client.GetStringAsync("/v1/models")).RootElement;
         Assert.Equal("list", models.GetProperty("object").GetString());
         Assert.Equal("stories260K", models.GetProperty("data")[0].GetProperty("id").GetString());
+        // No [TOOL_CALLS], [PREFIX] or [SUFFIX] in this vocabulary: chat only.
+        var caps = models.GetProperty("data")[0].GetProperty("capabilities");
+        Assert.True(caps.GetProperty("completion_chat").GetBoolean());
+        Assert.False(caps.GetProperty("function_calling").GetBoolean());
+        Assert.False(caps.GetProperty("completion_fim").GetBoolean());
         Assert.Contains("GET /health 200", live.Log.ToString(), StringComparison.Ordinal);
     }
 
