@@ -196,13 +196,24 @@ public sealed partial class BoraServer
         }
     }
 
-    /// <summary>Submits every choice and waits for their admission; refusals become API errors (and cancel the choices already queued).</summary>
+    /// <summary>
+    /// Submits every choice and waits for their admission; refusals become API errors (and cancel the choices already
+    /// queued). With n &gt; 1 and a prompt of at least one full KV block, choices 1 .. n-1 share choice 0's prompt blocks.
+    /// </summary>
     private async Task<GenerationHandle[]> Submit(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, IReadOnlyList<ChoiceSpec> specs, CancellationTokenSource timeout)
     {
         var handles = new GenerationHandle[specs.Count];
         try
         {
-            for (int i = 0; i < specs.Count; i++)
+            handles[0] = engine.Submit(prompt, specs[0].Sampling, specs[0].Extras, timeout.Token);
+            if (specs.Count > 1 && (prompt.Length - 1) / engine.KvPool.BlockSize > 0)
+            {
+                // The other choices are queued once choice 0's prompt is prefilled (its first delta is ready): the
+                // prefix cache then gives them its full prompt blocks, shared, instead of computing them n times.
+                await handles[0].Admitted.ConfigureAwait(false);
+                await handles[0].Deltas.WaitToReadAsync(timeout.Token).ConfigureAwait(false);
+            }
+            for (int i = 1; i < specs.Count; i++)
             {
                 handles[i] = engine.Submit(prompt, specs[i].Sampling, specs[i].Extras, timeout.Token);
             }

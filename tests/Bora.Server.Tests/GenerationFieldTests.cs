@@ -194,6 +194,30 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
     }
 
     [Fact]
+    public async Task N_choices_share_the_prompt_kv_blocks_of_choice_0()
+    {
+        if (!LiveServer.Available)
+        {
+            return;
+        }
+        var engine = live.Server!.Engine!;
+        int blockSize = engine.KvPool.BlockSize;
+        // A prompt no other test sends (so no earlier request cached it), several blocks long.
+        string text = "Once upon a time " + string.Join(' ', Enumerable.Range(0, 12).Select(i => $"{Guid.NewGuid():N}"[..6] + i));
+        int promptTokens = live.Model!.Tokenizer.Encode(text, addBos: true).Length;
+        int sharedBlocks = (promptTokens - 1) / blockSize; // full blocks that leave a token to compute
+        Assert.True(sharedBlocks >= 2, $"the test prompt has {promptTokens} tokens; it needs at least 3 blocks of {blockSize}");
+        long before = engine.PrefixCachedTokens;
+        var (status, body) = await Post(live.Client, "/v1/chat/completions",
+            $$"""{"messages":[{"role":"user","content":"{{text}}"}],"max_tokens":4,"n":3,"temperature":1,"seed":5}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(3, body.GetProperty("choices").GetArrayLength());
+        // Choices 1 and 2 took choice 0's full prompt blocks from the prefix cache (the chat template adds tokens, so at least).
+        long cached = engine.PrefixCachedTokens - before;
+        Assert.True(cached >= 2L * sharedBlocks * blockSize, $"{cached} prompt tokens came from the cache; expected at least {2 * sharedBlocks * blockSize}");
+    }
+
+    [Fact]
     public async Task Logprobs_are_the_raw_log_softmax_of_the_model_with_sorted_alternatives()
     {
         if (!LiveServer.Available)

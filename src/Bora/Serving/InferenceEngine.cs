@@ -186,6 +186,7 @@ public sealed class InferenceEngine : IDisposable
     private long _nextId;
     private int _waitingSnapshot, _runningSnapshot, _peakBatch;
     private int _kvUsedSnapshot;
+    private long _cachedPromptSnapshot;
 
     public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions? options = null)
     {
@@ -238,6 +239,9 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>KV blocks held by sequences (as of the last engine step; blocks kept only for the prefix cache count as free).</summary>
     public int KvBlocksUsed => Volatile.Read(ref _kvUsedSnapshot);
+
+    /// <summary>Prompt tokens whose KV blocks came from the prefix cache instead of being computed (as of the last engine step).</summary>
+    public long PrefixCachedTokens => Volatile.Read(ref _cachedPromptSnapshot);
 
     /// <summary>
     /// Queues a generation of <paramref name="prompt"/> (empty = BOS alone). Sampling options are
@@ -328,6 +332,7 @@ public sealed class InferenceEngine : IDisposable
                 Volatile.Write(ref _waitingSnapshot, _scheduler.Waiting.Count);
                 Volatile.Write(ref _runningSnapshot, _scheduler.Running.Count);
                 Volatile.Write(ref _kvUsedSnapshot, _store.BlockCount - _scheduler.Blocks.Pool.FreeCount);
+                Volatile.Write(ref _cachedPromptSnapshot, _scheduler.CachedPromptTokens);
                 if (batch.IsEmpty)
                 {
                     _signal.WaitOne(TimeSpan.FromMilliseconds(200));
