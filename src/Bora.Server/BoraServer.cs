@@ -37,7 +37,7 @@ public sealed class ApiException(int status, string type, string message, string
 /// <summary>
 /// <c>bora serve</c>: an OpenAI-compatible HTTP API (ASP.NET Core minimal APIs on Kestrel) over an
 /// <see cref="InferenceEngine"/>. The model loads in the background: /health answers 503 until it is
-/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health,
 /// and (BoraServer.Routes.cs) POST /v1/fim/completions, /v1/tokenize, /v1/detokenize, GET /metrics.
 /// </summary>
 public sealed partial class BoraServer : IAsyncDisposable

@@ -136,8 +136,6 @@ public sealed class ChatAnswerWriter : IAnswerWriter
     /// <summary>The whole body of one choice.</summary>
     public byte[] Whole(GenerationSummary summary, Usage usage) => Whole([summary], usage);
 
-    byte[]? IAnswerWriter.First(int index) => First(index);
-
     private ShapedAnswer Answer(int index) => _answers[index] ??= _shapers[index].Finish();
 
     private byte[] UsageChunk(Usage usage) =>
