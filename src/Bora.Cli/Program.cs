@@ -18,7 +18,7 @@ public static class Program
           inspect PATH [--json]
           chat [--model PATH] [--system TEXT] [generation options]
           serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N] [--kv-cache-mib N]
-                [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N]
+                [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N] [--max-n N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
           {FinetuneCommand.Usage}

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using Bora.Chat;
 using Bora.Generation;
+using Bora.Generation.Constraints;
 using Bora.Loading;
 using Bora.Serving;
 using Bora.Tokenizers;
@@ -29,7 +30,9 @@ namespace Bora.Extensions.AI;
 /// Options: <see cref="ChatOptions.Temperature"/> (default 1, OpenAI's), <see cref="ChatOptions.TopP"/>,
 /// <see cref="ChatOptions.TopK"/>, <see cref="ChatOptions.MaxOutputTokens"/> (default 256, capped by the context
 /// left), <see cref="ChatOptions.StopSequences"/>, <see cref="ChatOptions.Seed"/>, <see cref="ChatOptions.Tools"/>
-/// with <see cref="ChatOptions.ToolMode"/> (<see cref="ChatToolMode.None"/> leaves the tools out of the prompt),
+/// with <see cref="ChatOptions.ToolMode"/> (<see cref="ChatToolMode.None"/> leaves the tools out of the prompt,
+/// <see cref="ChatToolMode.RequireAny"/> / a required function force calls by constrained decoding),
+/// <see cref="ChatOptions.ResponseFormat"/> <see cref="ChatResponseFormat.Json"/> (one JSON object, by constrained decoding),
 /// <see cref="ChatOptions.Instructions"/> (a system message first). Usage is reported on every response.
 /// Cancelling the token frees the sequence and its KV blocks within one engine step.
 /// </para>
@@ -104,14 +107,10 @@ public sealed class BoraChatClient : IChatClient
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        if (options?.ResponseFormat is ChatResponseFormatJson)
-        {
-            // Guaranteed JSON needs constrained decoding in the engine; refusing beats a hopeful answer.
-            throw new NotSupportedException("ChatResponseFormat.Json needs the engine's JSON-constrained decoding, which this build of Bora lacks");
-        }
         var prompt = RenderPromptChecked(messages, options);
         var sampling = Sampling(options, prompt.Length);
-        var run = _backend.Start(prompt, sampling, cancellationToken);
+        var constraint = Constraint(options);
+        var run = _backend.Start(prompt, sampling, constraint is null ? null : new SubmitOptions { Constraint = constraint }, cancellationToken);
         await run.Admitted.ConfigureAwait(false);
 
         string responseId = "bora-" + Interlocked.Increment(ref _ids).ToString(CultureInfo.InvariantCulture);
@@ -196,6 +195,51 @@ public sealed class BoraChatClient : IChatClient
     }
 
     public void Dispose() => _owned?.Dispose();
+
+    /// <summary>
+    /// The constraint the options ask for, or null: <see cref="ChatResponseFormat.Json"/> (no schema) makes the
+    /// answer one JSON object (<see cref="JsonConstraints.Object"/>); <see cref="ChatToolMode.RequireAny"/> forces
+    /// calls of the given functions, <see cref="ChatToolMode.RequireSpecific"/> one call of the named function
+    /// (<see cref="ToolCallGrammar.ForcedCalls"/>, after the model's <c>[TOOL_CALLS]</c> token).
+    /// </summary>
+    /// <exception cref="NotSupportedException">A JSON schema (only "any JSON object" is enforced), or forced calls on a model without <c>[TOOL_CALLS]</c>.</exception>
+    /// <exception cref="ArgumentException">JSON together with forced calls; forced calls without tools; a required function that is not among the tools.</exception>
+    internal ITokenConstraint? Constraint(ChatOptions? options)
+    {
+        bool json = false;
+        if (options?.ResponseFormat is ChatResponseFormatJson format)
+        {
+            if (format.Schema is not null)
+            {
+                throw new NotSupportedException($"a JSON schema response format ('{format.SchemaName ?? "unnamed"}') is not supported: Bora only guarantees some JSON object; use ChatResponseFormat.Json");
+            }
+            json = true;
+        }
+        if (options?.ToolMode is not RequiredChatToolMode required)
+        {
+            return json ? JsonConstraints.Object(_backend.Tokenizer) : null;
+        }
+        if (json)
+        {
+            throw new ArgumentException("ChatResponseFormat.Json cannot be combined with a ToolMode that requires tool calls", nameof(options));
+        }
+        var names = options.Tools?.OfType<AIFunctionDeclaration>().Select(t => t.Name).ToList() ?? [];
+        if (names.Count == 0)
+        {
+            throw new ArgumentException("ToolMode requires a tool call but ChatOptions.Tools has no functions", nameof(options));
+        }
+        if (required.RequiredFunctionName is { } name && !names.Contains(name, StringComparer.Ordinal))
+        {
+            throw new ArgumentException($"ToolMode requires the function '{name}', which is not among ChatOptions.Tools ({string.Join(", ", names)})", nameof(options));
+        }
+        if (!ControlTokens.Of(_backend.Tokenizer).TryGet("[TOOL_CALLS]", out var toolCalls))
+        {
+            throw new NotSupportedException("this model's vocabulary has no [TOOL_CALLS] token, so it cannot be made to call tools; use ToolMode Auto or None");
+        }
+        return required.RequiredFunctionName is { } one
+            ? ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, [one], several: false)
+            : ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, names, several: true);
+    }
 
     private bool IsToolCallsToken(TokenId token) =>
         _backend.Tokenizer.IsControl(token) && ControlTokens.Of(_backend.Tokenizer).TryGet("[TOOL_CALLS]", out var id) && id == token;

@@ -22,8 +22,8 @@ internal interface IGenerationBackend
     /// <summary>Most positions of one sequence (prompt + completion).</summary>
     int ContextLength { get; }
 
-    /// <summary>Starts generating; cancelling <paramref name="cancellationToken"/> frees the sequence.</summary>
-    BackendRun Start(TokenId[] prompt, SamplingOptions sampling, CancellationToken cancellationToken);
+    /// <summary>Starts generating (with a constraint when <paramref name="extras"/> gives one); cancelling <paramref name="cancellationToken"/> frees the sequence.</summary>
+    BackendRun Start(TokenId[] prompt, SamplingOptions sampling, SubmitOptions? extras, CancellationToken cancellationToken);
 }
 
 /// <summary>An <see cref="InferenceEngine"/> as a backend.</summary>
@@ -35,9 +35,9 @@ internal sealed class EngineBackend(InferenceEngine engine) : IGenerationBackend
 
     public int ContextLength => Engine.ContextLength;
 
-    public BackendRun Start(TokenId[] prompt, SamplingOptions sampling, CancellationToken cancellationToken)
+    public BackendRun Start(TokenId[] prompt, SamplingOptions sampling, SubmitOptions? extras, CancellationToken cancellationToken)
     {
-        var handle = Engine.Submit(prompt, sampling, cancellationToken);
+        var handle = Engine.Submit(prompt, sampling, extras, cancellationToken);
         return new BackendRun(handle.Admitted, handle.Deltas, handle.Completion);
     }
 }

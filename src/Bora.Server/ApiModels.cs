@@ -18,6 +18,9 @@ public sealed partial class CompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public int? Logprobs { get; set; }
 }
 
 public sealed partial class ChatMessage
@@ -39,6 +42,12 @@ public sealed partial class ChatCompletionRequest
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
+    [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
+    [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
+    [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
+    [JsonPropertyName("top_logprobs")] public int? TopLogprobs { get; set; }
+    [JsonPropertyName("response_format")] public JsonElement ResponseFormat { get; set; }
+    [JsonPropertyName("tool_choice")] public JsonElement ToolChoice { get; set; }
 }
 
 public sealed record Usage(
@@ -49,7 +58,7 @@ public sealed record Usage(
 public sealed record CompletionChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("text")] string Text,
-    [property: JsonPropertyName("logprobs")] object? Logprobs,
+    [property: JsonPropertyName("logprobs")] CompletionLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string? FinishReason);
 
 public sealed record CompletionResponse(
@@ -58,7 +67,7 @@ public sealed record CompletionResponse(
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("model")] string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<CompletionChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage? Usage);
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
 
 public sealed record ChatMessageOut(
     [property: JsonPropertyName("role")] string? Role,
@@ -68,7 +77,11 @@ public sealed record ChatMessageOut(
 public sealed record ChatChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("message")] ChatMessageOut Message,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatResponse(
     [property: JsonPropertyName("id")] string Id,
@@ -81,7 +94,11 @@ public sealed record ChatResponse(
 public sealed record ChatChunkChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason);
+    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+{
+    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
+}
 
 public sealed record ChatChunk(
     [property: JsonPropertyName("id")] string Id,
@@ -89,14 +106,44 @@ public sealed record ChatChunk(
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("model")] string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage? Usage);
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
 
+/// <summary>
+/// A model card: OpenAI's model object (id, object, created, owned_by) with the fields of Mistral's base model card
+/// (capabilities, name, description, max_context_length, aliases, deprecation, default_model_temperature, type
+/// "base"), which the Mistral SDK requires.
+/// </summary>
 public sealed record ModelCard(
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("object")] string Object,
     [property: JsonPropertyName("created")] long Created,
     [property: JsonPropertyName("owned_by")] string OwnedBy,
-    [property: JsonPropertyName("max_context_length")] int MaxContextLength);
+    [property: JsonPropertyName("max_context_length")] int MaxContextLength,
+    [property: JsonPropertyName("capabilities")] ModelCapabilities Capabilities)
+{
+    [JsonPropertyName("name")] public string? Name { get; init; }
+
+    [JsonPropertyName("description")] public string? Description { get; init; }
+
+    [JsonPropertyName("aliases")] public IReadOnlyList<string> Aliases { get; init; } = [];
+
+    /// <summary>ISO date the model is deprecated on; never for a local model.</summary>
+    [JsonPropertyName("deprecation")] public string? Deprecation { get; init; }
+
+    [JsonPropertyName("default_model_temperature")] public double? DefaultModelTemperature { get; init; }
+
+    /// <summary>Mistral: "base" (a base model card) or "fine-tuned".</summary>
+    [JsonPropertyName("type")] public string Type { get; init; } = "base";
+}
+
+/// <summary>What a served model can do (Mistral's model capabilities; the ones Bora never offers are false).</summary>
+public sealed record ModelCapabilities(
+    [property: JsonPropertyName("completion_chat")] bool CompletionChat,
+    [property: JsonPropertyName("completion_fim")] bool CompletionFim,
+    [property: JsonPropertyName("function_calling")] bool FunctionCalling,
+    [property: JsonPropertyName("fine_tuning")] bool FineTuning,
+    [property: JsonPropertyName("vision")] bool Vision,
+    [property: JsonPropertyName("classification")] bool Classification);
 
 public sealed record ModelList(
     [property: JsonPropertyName("object")] string Object,
@@ -119,6 +166,7 @@ public sealed record HealthResponse([property: JsonPropertyName("status")] strin
 [JsonSerializable(typeof(ChatResponse))]
 [JsonSerializable(typeof(ChatChunk))]
 [JsonSerializable(typeof(ModelList))]
+[JsonSerializable(typeof(ModelCard))]
 [JsonSerializable(typeof(ErrorResponse))]
 [JsonSerializable(typeof(HealthResponse))]
 public sealed partial class ApiJsonContext : JsonSerializerContext;

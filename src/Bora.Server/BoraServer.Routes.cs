@@ -24,7 +24,11 @@ public sealed partial class BoraServer
     public ServerMetrics Metrics => _metrics;
 
     /// <summary>The route label of a request: its path for a known route, "other" for anything else (bounded label values).</summary>
-    private static string MetricRoute(PathString path) => path.Value is { } p && KnownRoutes.Contains(p) ? p : "other";
+    private static string MetricRoute(PathString path) =>
+        path.Value is not { } p ? "other"
+        : KnownRoutes.Contains(p) ? p
+        : p.StartsWith("/v1/models/", StringComparison.Ordinal) ? "/v1/models/{id}"
+        : "other";
 
     private void MapMoreRoutes(WebApplication app)
     {
@@ -47,18 +51,27 @@ public sealed partial class BoraServer
         var engine = RequireEngine();
         var req = await ReadBody(ctx, ApiJsonContext.Default.ChatCompletionRequest).ConfigureAwait(false);
         CheckModel(req.Model);
-        CheckN(req.N);
+        int n = GenerationFields.Choices(req.N, _options.MaxChoices);
+        int? top = GenerationFields.ChatTopLogprobs(req.Logprobs, req.TopLogprobs);
         bool stream = req.Stream == true;
         if (req.StreamOptions is not null && !stream)
         {
             throw ApiException.BadRequest("stream_options is only allowed when stream is true", "stream_options");
         }
         var chat = ChatRequestMapping.ToChatRequest(req.Messages, req.Tools, req.SafePrompt == true);
+        var constraint = GenerationFields.Constraint(req.ResponseFormat, [.. chat.Tools.Select(t => t.Name)], req.ToolChoice, engine.Tokenizer);
         var tokens = RenderChat(engine, chat);
-        var sampling = Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens);
+        var sampling = GenerationFields.WithPenalties(
+            Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens),
+            req.PresencePenalty, req.FrequencyPenalty);
+        // One shaper per choice: forced (tool_choice) or free tool calls of each choice become its message.tool_calls.
         var writer = new ChatAnswerWriter("chatcmpl-" + NextId(), DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _modelId,
-            new ChatOutputShaper(engine.Tokenizer, parseTools: chat.Tools.Count > 0));
-        await RunChat(ctx, engine, tokens, sampling, stream, req.StreamOptions?.IncludeUsage == true, writer).ConfigureAwait(false);
+            [.. Enumerable.Range(0, n).Select(_ => new ChatOutputShaper(engine.Tokenizer, parseTools: chat.Tools.Count > 0))])
+        {
+            Logprobs = top is not null,
+            IncludeUsage = req.StreamOptions?.IncludeUsage == true,
+        };
+        await RunChoices(ctx, engine, tokens, Specs(sampling, n, top, constraint), stream, writer).ConfigureAwait(false);
     }
 
     private async Task FimCompletions(HttpContext ctx)
@@ -70,7 +83,7 @@ public sealed partial class BoraServer
         var tokens = FimTokens(engine, prompt, req.Suffix, "prompt");
         var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.RandomSeed ?? req.Seed, req.Stop, _options.DefaultMaxTokens);
         var writer = new ChatAnswerWriter("fim-" + NextId(), DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _modelId, new ChatOutputShaper(engine.Tokenizer, parseTools: false));
-        await RunChat(ctx, engine, tokens, sampling, req.Stream == true, includeUsage: false, writer).ConfigureAwait(false);
+        await RunChoices(ctx, engine, tokens, Specs(sampling, 1, null, null), req.Stream == true, writer).ConfigureAwait(false);
     }
 
     private async Task Tokenize(HttpContext ctx)
@@ -149,64 +162,7 @@ public sealed partial class BoraServer
         }
     }
 
-    /// <summary>Runs a chat-shaped answer (chat completion or FIM): one JSON body, or an SSE stream ending with [DONE].</summary>
-    private async Task RunChat(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, Generation.SamplingOptions sampling, bool stream, bool includeUsage, ChatAnswerWriter writer)
-    {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
-        timeout.CancelAfter(_options.RequestTimeout);
-        var clock = new TokenClock(_metrics);
-        var handle = await Submit(ctx, engine, prompt, sampling, timeout.Token).ConfigureAwait(false);
-        if (!stream)
-        {
-            try
-            {
-                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                {
-                    clock.Observe(d);
-                    writer.Delta(d);
-                }
-                var summary = await handle.Completion.ConfigureAwait(false);
-                var body = writer.Whole(summary, Finished(ctx, summary));
-                ctx.Response.StatusCode = 200;
-                ctx.Response.ContentType = "application/json";
-                await ctx.Response.Body.WriteAsync(body, ctx.RequestAborted).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-            {
-                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
-            }
-            return;
-        }
-
-        StartStream(ctx);
-        var output = ctx.Response.Body;
-        var ct = ctx.RequestAborted;
-        try
-        {
-            await Event(output, writer.First(), ct).ConfigureAwait(false);
-            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            {
-                clock.Observe(d);
-                if (writer.Delta(d) is { } chunk)
-                {
-                    await Event(output, chunk, ct).ConfigureAwait(false);
-                }
-            }
-            var summary = await handle.Completion.ConfigureAwait(false);
-            foreach (var e in writer.End(summary, Finished(ctx, summary), includeUsage))
-            {
-                await Event(output, e, ct).ConfigureAwait(false);
-            }
-            await output.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
-            await output.FlushAsync(ct).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            await StreamTimedOut(output).ConfigureAwait(false);
-        }
-    }
-
-    /// <summary>Times one request's tokens into the time-to-first-token and inter-token histograms.</summary>
+    /// <summary>Times one choice's tokens into the time-to-first-token and inter-token histograms.</summary>
     private sealed class TokenClock(ServerMetrics metrics)
     {
         private readonly Stopwatch _clock = Stopwatch.StartNew();

@@ -5,10 +5,10 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization.Metadata;
+using Bora.Chat;
 using Bora.Generation;
 using Bora.Loading;
 using Bora.Serving;
-using Bora.Tokenizers;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -37,7 +37,7 @@ public sealed class ApiException(int status, string type, string message, string
 /// <summary>
 /// <c>bora serve</c>: an OpenAI-compatible HTTP API (ASP.NET Core minimal APIs on Kestrel) over an
 /// <see cref="InferenceEngine"/>. The model loads in the background: /health answers 503 until it is
-/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health,
+/// ready, then 200. Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health,
 /// and (BoraServer.Routes.cs) POST /v1/fim/completions, /v1/tokenize, /v1/detokenize, GET /metrics.
 /// </summary>
 public sealed partial class BoraServer : IAsyncDisposable
@@ -217,9 +217,18 @@ public sealed partial class BoraServer : IAsyncDisposable
         });
         app.MapGet("/v1/models", async ctx =>
         {
-            var engine = RequireEngine();
-            var card = new ModelCard(_modelId, "model", StartTime, "bora", engine.ContextLength);
+            var card = Card(RequireEngine());
             await WriteJson(ctx, 200, new ModelList("list", [card]), ApiJsonContext.Default.ModelList).ConfigureAwait(false);
+        });
+        app.MapGet("/v1/models/{id}", async ctx =>
+        {
+            var engine = RequireEngine();
+            string id = ctx.Request.RouteValues["id"] as string ?? "";
+            if (id != _modelId)
+            {
+                throw new ApiException(404, "invalid_request_error", $"the model '{id}' does not exist; this server serves '{_modelId}'", "model", "model_not_found");
+            }
+            await WriteJson(ctx, 200, Card(engine), ApiJsonContext.Default.ModelCard).ConfigureAwait(false);
         });
         app.MapPost("/v1/completions", Completions);
         app.MapPost("/v1/chat/completions", ChatCompletions);
@@ -227,6 +236,24 @@ public sealed partial class BoraServer : IAsyncDisposable
     }
 
     private static readonly long StartTime = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+
+    /// <summary>
+    /// The served model's card. Chat always works (the renderer formats any model's chats); function calling needs
+    /// the <c>[TOOL_CALLS]</c> token; fill-in-the-middle needs <c>[PREFIX]</c> and <c>[SUFFIX]</c> and the Mistral
+    /// prompt format.
+    /// </summary>
+    private ModelCard Card(InferenceEngine engine)
+    {
+        var control = ControlTokens.Of(engine.Tokenizer);
+        bool fim = _renderer is MistralChatRenderer && control.TryGet("[PREFIX]", out _) && control.TryGet("[SUFFIX]", out _);
+        var capabilities = new ModelCapabilities(CompletionChat: true, CompletionFim: fim, FunctionCalling: control.TryGet("[TOOL_CALLS]", out _),
+            FineTuning: false, Vision: false, Classification: false);
+        return new ModelCard(_modelId, "model", StartTime, "bora", engine.ContextLength, capabilities)
+        {
+            Name = _modelId,
+            Description = $"{_modelId} served by bora",
+        };
+    }
 
     private void Authorize(HttpContext ctx)
     {
@@ -254,17 +281,14 @@ public sealed partial class BoraServer : IAsyncDisposable
         var engine = RequireEngine();
         var req = await ReadBody(ctx, ApiJsonContext.Default.CompletionRequest).ConfigureAwait(false);
         CheckModel(req.Model);
-        CheckN(req.N);
+        int n = GenerationFields.Choices(req.N, _options.MaxChoices);
+        int? top = GenerationFields.CompletionTopLogprobs(req.Logprobs);
         string prompt = RequestValidation.PromptText(req.Prompt);
         var tokens = req.Suffix is null ? engine.Tokenizer.Encode(prompt, addBos: true) : FimTokens(engine, prompt, req.Suffix, "suffix");
-        var sampling = Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16);
-        string id = "cmpl-" + NextId();
-        long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        // A text completion's whole response and its stream chunks have the same shape.
-        Func<string, string?, Usage?, byte[]> body = (text, finish, usage) => JsonSerializer.SerializeToUtf8Bytes(
-            new CompletionResponse(id, "text_completion", created, _modelId, [new CompletionChoice(0, text, null, finish)], usage),
-            ApiJsonContext.Default.CompletionResponse);
-        await Run(ctx, engine, tokens, sampling, req.Stream == true, whole: body, chunk: body, first: null).ConfigureAwait(false);
+        var sampling = GenerationFields.WithPenalties(
+            Sampling(engine, tokens.Length, req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, defaultMax: 16), req.PresencePenalty, req.FrequencyPenalty);
+        var writer = new CompletionAnswerWriter("cmpl-" + NextId(), DateTimeOffset.UtcNow.ToUnixTimeSeconds(), _modelId, n, logprobs: top is not null);
+        await RunChoices(ctx, engine, tokens, Specs(sampling, n, top, null), req.Stream == true, writer).ConfigureAwait(false);
     }
 
     private string NextId() => string.Create(CultureInfo.InvariantCulture, $"{StartTime:x}{Interlocked.Increment(ref _requestIds):x}");
@@ -274,14 +298,6 @@ public sealed partial class BoraServer : IAsyncDisposable
         if (!string.IsNullOrEmpty(model) && model != _modelId)
         {
             throw new ApiException(404, "invalid_request_error", $"the model '{model}' does not exist; this server serves '{_modelId}'", "model", "model_not_found");
-        }
-    }
-
-    private static void CheckN(int? n)
-    {
-        if (n is { } v && v != 1)
-        {
-            throw ApiException.BadRequest($"n is {v}; only n = 1 is supported", "n");
         }
     }
 
@@ -336,122 +352,6 @@ public sealed partial class BoraServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Submits, then answers one JSON body or an SSE stream of chunks ending with a finish chunk carrying usage, then [DONE].</summary>
-    private async Task Run(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, SamplingOptions sampling, bool stream,
-        Func<string, string?, Usage?, byte[]> whole, Func<string, string?, Usage?, byte[]> chunk, byte[]? first)
-    {
-        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted);
-        timeout.CancelAfter(_options.RequestTimeout);
-        var clock = new TokenClock(_metrics);
-        var handle = await Submit(ctx, engine, prompt, sampling, timeout.Token).ConfigureAwait(false);
-
-        if (!stream)
-        {
-            var text = new StringBuilder();
-            try
-            {
-                await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-                {
-                    clock.Observe(d);
-                    text.Append(d.Text);
-                }
-                var summary = await handle.Completion.ConfigureAwait(false);
-                var usage = Finished(ctx, summary);
-                ctx.Response.StatusCode = 200;
-                ctx.Response.ContentType = "application/json";
-                await ctx.Response.Body.WriteAsync(whole(text.ToString(), Finish(summary.FinishReason), usage), ctx.RequestAborted).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-            {
-                throw new ApiException(408, "timeout_error", $"the request ran longer than {_options.RequestTimeout}", code: "timeout");
-            }
-            return;
-        }
-
-        StartStream(ctx);
-        var body = ctx.Response.Body;
-        var ct = ctx.RequestAborted;
-        try
-        {
-            if (first is not null)
-            {
-                await Event(body, first, ct).ConfigureAwait(false);
-            }
-            await foreach (var d in handle.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
-            {
-                clock.Observe(d);
-                if (d.Text.Length > 0)
-                {
-                    await Event(body, chunk(d.Text, null, null), ct).ConfigureAwait(false);
-                }
-            }
-            var summary = await handle.Completion.ConfigureAwait(false);
-            var usage = Finished(ctx, summary);
-            await Event(body, chunk("", Finish(summary.FinishReason), usage), ct).ConfigureAwait(false);
-            await body.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
-            await body.FlushAsync(ct).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
-        {
-            await StreamTimedOut(body).ConfigureAwait(false);
-        }
-    }
-
-    /// <summary>Submits a generation and waits for its admission; refusals become API errors.</summary>
-    private async Task<GenerationHandle> Submit(HttpContext ctx, InferenceEngine engine, TokenId[] prompt, SamplingOptions sampling, CancellationToken timeout)
-    {
-        GenerationHandle handle;
-        try
-        {
-            handle = engine.Submit(prompt, sampling, timeout);
-        }
-        catch (ArgumentException e)
-        {
-            throw ApiException.BadRequest(e.Message);
-        }
-        try
-        {
-            await handle.Admitted.ConfigureAwait(false);
-        }
-        catch (EngineRefusedException e)
-        {
-            throw e.Reason switch
-            {
-                RefusalReason.ContextLength or RefusalReason.KvCache => ApiException.BadRequest(e.Message, "max_tokens", "context_length_exceeded"),
-                RefusalReason.QueueFull => new ApiException(429, "rate_limit_error", e.Message, code: "queue_full"),
-                _ => new ApiException(503, "server_error", e.Message, code: "unavailable"),
-            };
-        }
-        catch (OperationCanceledException) when (!ctx.RequestAborted.IsCancellationRequested)
-        {
-            throw new ApiException(408, "timeout_error", "the request timed out in the queue", code: "timeout");
-        }
-        return handle;
-    }
-
-    /// <summary>Counts a finished generation's tokens and keeps its usage for the request's log line.</summary>
-    private Usage Finished(HttpContext ctx, GenerationSummary summary)
-    {
-        _metrics.CountTokens(summary.PromptTokens, summary.CompletionTokens);
-        var usage = new Usage(summary.PromptTokens, summary.CompletionTokens, summary.PromptTokens + summary.CompletionTokens);
-        ctx.Items[UsageKey] = usage;
-        return usage;
-    }
-
-    private static void StartStream(HttpContext ctx)
-    {
-        ctx.Response.StatusCode = 200;
-        ctx.Response.ContentType = "text/event-stream";
-        ctx.Response.Headers.CacheControl = "no-cache";
-    }
-
-    /// <summary>Timed out mid-stream: ends the stream with an error event.</summary>
-    private async Task StreamTimedOut(Stream body)
-    {
-        var err = JsonSerializer.SerializeToUtf8Bytes(new ErrorResponse(new ErrorBody($"the request ran longer than {_options.RequestTimeout}", "timeout_error", null, "timeout")), ApiJsonContext.Default.ErrorResponse);
-        await Event(body, err, CancellationToken.None).ConfigureAwait(false);
-    }
-
     private static async Task Event(Stream body, byte[] json, CancellationToken ct)
     {
         await body.WriteAsync("data: "u8.ToArray(), ct).ConfigureAwait(false);
@@ -460,7 +360,7 @@ public sealed partial class BoraServer : IAsyncDisposable
         await body.FlushAsync(ct).ConfigureAwait(false);
     }
 
-    private static string Finish(FinishReason reason) => reason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
+    internal static string Finish(FinishReason reason) => reason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";
 
     private static async Task WriteError(HttpContext ctx, ApiException e)
     {

@@ -23,6 +23,9 @@ public sealed record ServerOptions
     /// <summary>max_tokens when a request gives none (capped by the context left).</summary>
     public int DefaultMaxTokens { get; init; } = 256;
 
+    /// <summary>Largest n (choices per request) a request may ask for.</summary>
+    public int MaxChoices { get; init; } = 8;
+
     /// <summary>Most stop strings per request, and longest one.</summary>
     public int MaxStopStrings { get; init; } = 8;
 

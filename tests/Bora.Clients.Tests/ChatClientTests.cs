@@ -109,8 +109,9 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
         var tooMany = await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(Chat, new ChatOptions { MaxOutputTokens = 1_000_000 }));
         Assert.Contains("context", tooMany.Message, StringComparison.Ordinal);
         await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(Chat, new ChatOptions { Temperature = -1 }));
-        var json = await Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync(Chat, new ChatOptions { ResponseFormat = ChatResponseFormat.Json }));
-        Assert.Contains("JSON", json.Message, StringComparison.Ordinal);
+        var schema = ChatResponseFormat.ForJsonSchema(JsonDocument.Parse("""{"type":"object"}""").RootElement, "thing");
+        var json = await Assert.ThrowsAsync<NotSupportedException>(() => client.GetResponseAsync(Chat, new ChatOptions { ResponseFormat = schema }));
+        Assert.Contains("JSON schema", json.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -244,19 +245,106 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
         Assert.Equal(ChatFinishReason.ToolCalls, updates[^1].FinishReason);
     }
 
-    [Fact(Skip = "needs the engine's JSON-constrained decoding from branch servegen (then map ChatResponseFormat.Json onto it in BoraChatClient)")]
+    [Fact]
     public async Task Json_response_format_gives_json()
     {
         var client = clients.Kjv;
+        int stopped = 0;
         for (int seed = 0; seed < 4; seed++)
         {
             var r = await client.GetResponseAsync(Chat, new ChatOptions { ResponseFormat = ChatResponseFormat.Json, Seed = seed, Temperature = 1, MaxOutputTokens = 64 });
             if (r.FinishReason == ChatFinishReason.Stop)
             {
+                stopped++;
                 using var doc = JsonDocument.Parse(r.Text);
                 Assert.Equal(JsonValueKind.Object, doc.RootElement.ValueKind);
             }
+            else
+            {
+                // Cut off: still the start of a JSON object.
+                Assert.StartsWith("{", r.Text.TrimStart(), StringComparison.Ordinal);
+            }
         }
+        Console.WriteLine($"JSON mode: {stopped} of 4 answers complete within 64 tokens");
+    }
+
+    [Fact]
+    public async Task Options_map_to_the_engine_constraints()
+    {
+        if (!TestModels.V3Available)
+        {
+            Console.WriteLine(TestModels.SkipMessage);
+            return;
+        }
+        var tok = TestModels.LoadTinyV3().Tokenizer;
+        var toolCalls = ControlTokens.Of(tok).Get("[TOOL_CALLS]", "test");
+        var weather = AIFunctionFactory.Create((string city) => "sunny", "get_weather", "Current weather of a city");
+        var time = AIFunctionFactory.Create(() => "noon", "get_time", "The time");
+        var backend = new ScriptedBackend(tok, [tok.Eos], [tok.Eos], [tok.Eos], [tok.Eos], [tok.Eos]);
+        using var client = new BoraChatClient(backend, "scripted", TokenizerVersion.V3, owned: null);
+        var messages = new[] { new AiChatMessage(AiChatRole.User, "Weather in Paris?") };
+
+        await client.GetResponseAsync(messages, new ChatOptions { MaxOutputTokens = 8 });
+        Assert.Null(backend.Extras[^1]); // nothing asked: no constraint
+
+        // Forced calls: the first token must be [TOOL_CALLS], then the call list follows the grammar.
+        foreach (var mode in new[] { ChatToolMode.RequireAny, ChatToolMode.RequireSpecific("get_time") })
+        {
+            await client.GetResponseAsync(messages, new ChatOptions { Tools = [weather, time], ToolMode = mode, MaxOutputTokens = 8 });
+            var forced = backend.Extras[^1]?.Constraint;
+            Assert.NotNull(forced);
+            Assert.Equal([toolCalls.Value], Allowed(forced, tok.VocabSize));
+            forced.Advance(toolCalls);
+            string list = mode is RequiredChatToolMode { RequiredFunctionName: not null }
+                ? """[{"name": "get_time", "arguments": {}}]"""
+                : """[{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]""";
+            foreach (var t in tok.Encode(list, addBos: false))
+            {
+                Assert.Contains(t.Value, Allowed(forced, tok.VocabSize));
+                forced.Advance(t);
+            }
+            Assert.True(forced.IsComplete);
+        }
+        // A function the grammar does not allow: its name's tokens are masked once the name starts to differ.
+        await client.GetResponseAsync(messages, new ChatOptions { Tools = [weather, time], ToolMode = ChatToolMode.RequireSpecific("get_time"), MaxOutputTokens = 8 });
+        var named = backend.Extras[^1]!.Constraint!;
+        named.Advance(toolCalls);
+        bool refused = false;
+        foreach (var t in tok.Encode("""[{"name": "get_weather", "arguments": {}}]""", addBos: false))
+        {
+            if (!Allowed(named, tok.VocabSize).Contains(t.Value))
+            {
+                refused = true;
+                break;
+            }
+            named.Advance(t);
+        }
+        Assert.True(refused, "a call of get_weather passed a constraint that requires get_time");
+
+        // JSON: the first token's text starts a JSON object.
+        await client.GetResponseAsync(messages, new ChatOptions { ResponseFormat = ChatResponseFormat.Json, MaxOutputTokens = 8 });
+        var json = backend.Extras[^1]!.Constraint!;
+        var first = Allowed(json, tok.VocabSize);
+        Assert.NotEmpty(first);
+        // JSON may start with whitespace; anything else must open the object.
+        string[] texts = [.. first.Select(id => tok.Decode([new TokenId(id)]).TrimStart())];
+        Assert.All(texts, t => Assert.True(t.Length == 0 || t[0] == '{', $"'{t}' cannot start a JSON object"));
+        Assert.Contains(texts, t => t.StartsWith('{'));
+
+        // Refusals: JSON + forced calls, forced calls without tools, a required function not among the tools.
+        await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(messages, new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireAny, ResponseFormat = ChatResponseFormat.Json }));
+        await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(messages, new ChatOptions { ToolMode = ChatToolMode.RequireAny }));
+        await Assert.ThrowsAsync<ArgumentException>(() => client.GetResponseAsync(messages, new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireSpecific("nope") }));
+        // bora-kjv has no [TOOL_CALLS] token.
+        await Assert.ThrowsAsync<NotSupportedException>(() => clients.Kjv.GetResponseAsync(Chat, new ChatOptions { Tools = [weather], ToolMode = ChatToolMode.RequireAny, MaxOutputTokens = 4 }));
+    }
+
+    /// <summary>The token ids a constraint allows now (the finite logits after masking zeros).</summary>
+    private static int[] Allowed(Bora.Generation.Constraints.ITokenConstraint constraint, int vocab)
+    {
+        var logits = new float[vocab];
+        constraint.Mask(logits);
+        return [.. Enumerable.Range(0, vocab).Where(i => float.IsFinite(logits[i]))];
     }
 
     /// <summary>A backend that answers the n-th request with the n-th token script (text decoded as the engine streams it).</summary>
@@ -264,14 +352,17 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
     {
         public List<TokenId[]> Prompts { get; } = [];
 
+        public List<SubmitOptions?> Extras { get; } = [];
+
         public ITokenizer Tokenizer => tokenizer;
 
         public int ContextLength => 4096;
 
-        public BackendRun Start(TokenId[] prompt, SamplingOptions sampling, CancellationToken cancellationToken)
+        public BackendRun Start(TokenId[] prompt, SamplingOptions sampling, SubmitOptions? extras, CancellationToken cancellationToken)
         {
             var script = scripts[Prompts.Count];
             Prompts.Add(prompt);
+            Extras.Add(extras);
             var channel = Channel.CreateUnbounded<GenerationDelta>();
             var decoder = new StreamingDecoder(tokenizer, prompt[^1]);
             foreach (var t in script)

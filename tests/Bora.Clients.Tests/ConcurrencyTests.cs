@@ -88,7 +88,7 @@ public partial class ConcurrencyTests(LiveServers servers)
         $$"""{"messages":[{"role":"user","content":"And God said"}],"max_tokens":{{maxTokens}},"temperature":1,"seed":{{seed}},"stream":{{(stream ? "true" : "false")}}}""",
         Encoding.UTF8, "application/json");
 
-    [Fact(Skip = "needs /metrics from branch serveapi")]
+    [Fact]
     public async Task A_disconnected_client_brings_kv_blocks_used_back_to_idle_in_metrics()
     {
         var live = servers.Kjv;

@@ -65,12 +65,16 @@ public sealed class LiveServers : IAsyncLifetime
     /// <summary>Null when the shared test data is absent.</summary>
     public Live? TinyV3 { get; private set; }
 
+    /// <summary>The <see cref="ScriptedModel"/> that calls get_weather, then answers; null when the shared test data is absent.</summary>
+    public Live? Scripted { get; private set; }
+
     public async Task InitializeAsync()
     {
         Kjv = await Live.StartAsync(TestModels.LoadKjv(), TestModels.KjvId);
         if (TestModels.V3Available)
         {
             TinyV3 = await Live.StartAsync(TestModels.LoadTinyV3(), TestModels.TinyV3Id);
+            Scripted = await Live.StartAsync(ScriptedModel.Load(), ScriptedModel.Id);
         }
     }
 
@@ -80,6 +84,10 @@ public sealed class LiveServers : IAsyncLifetime
         if (TinyV3 is not null)
         {
             await TinyV3.DisposeAsync();
+        }
+        if (Scripted is not null)
+        {
+            await Scripted.DisposeAsync();
         }
     }
 }

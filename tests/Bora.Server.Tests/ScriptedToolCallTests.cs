@@ -198,6 +198,42 @@ public class ScriptedToolCallTests(ScriptedServer live) : IClassFixture<Scripted
     }
 
     [Fact]
+    public async Task Each_of_n_choices_has_its_own_tool_calls_whole_and_streamed()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        string request = Request(tools: true, maxTokens: 100).Replace("\"max_tokens\"", "\"n\":3,\"max_tokens\"", StringComparison.Ordinal);
+        var body = await Post(request);
+        var ids = new HashSet<string>();
+        foreach (var choice in body.GetProperty("choices").EnumerateArray())
+        {
+            Assert.Equal("tool_calls", choice.GetProperty("finish_reason").GetString());
+            var call = Assert.Single(choice.GetProperty("message").GetProperty("tool_calls").EnumerateArray());
+            Assert.Equal("lookup", call.GetProperty("function").GetProperty("name").GetString());
+            Assert.Equal(7, JsonDocument.Parse(call.GetProperty("function").GetProperty("arguments").GetString()!).RootElement.GetProperty("q").GetInt32());
+            ids.Add(call.GetProperty("id").GetString()!);
+        }
+        Assert.Equal(3, ids.Count); // a call id per choice
+        Assert.InRange(body.GetProperty("usage").GetProperty("completion_tokens").GetInt32(), 3 * (live.Script.Length - 1), 3 * live.Script.Length); // summed over the choices
+
+        // Streamed: per choice index, one call (name chunk, arguments chunk) and a tool_calls finish; usage once, on the last finish.
+        var events = await Stream(request.Replace("\"stream\":false", "\"stream\":true", StringComparison.Ordinal));
+        for (int index = 0; index < 3; index++)
+        {
+            var mine = events.Select(e => e.GetProperty("choices")[0]).Where(c => c.GetProperty("index").GetInt32() == index).ToList();
+            var calls = mine.Where(c => c.GetProperty("delta").TryGetProperty("tool_calls", out _)).Select(c => c.GetProperty("delta").GetProperty("tool_calls")[0]).ToList();
+            Assert.Equal(2, calls.Count);
+            Assert.Equal("lookup", calls[0].GetProperty("function").GetProperty("name").GetString());
+            Assert.Equal(7, JsonDocument.Parse(calls[1].GetProperty("function").GetProperty("arguments").GetString()!).RootElement.GetProperty("q").GetInt32());
+            Assert.Equal("tool_calls", mine[^1].GetProperty("finish_reason").GetString());
+        }
+        Assert.Single(events, e => e.TryGetProperty("usage", out _));
+        Assert.True(events[^1].TryGetProperty("usage", out _));
+    }
+
+    [Fact]
     public async Task The_model_calls_a_tool_and_the_answer_has_tool_calls_then_the_result_goes_back()
     {
         if (live.Server is null)

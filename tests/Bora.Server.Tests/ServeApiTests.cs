@@ -226,6 +226,35 @@ public class ServeApiTests(V3Server live) : IClassFixture<V3Server>
     }
 
     [Fact]
+    public async Task Model_cards_carry_mistral_fields_and_capabilities_and_retrieve_by_id()
+    {
+        if (!V3Server.Available)
+        {
+            return;
+        }
+        var list = JsonDocument.Parse(await live.Client.GetStringAsync("/v1/models")).RootElement;
+        var card = Assert.Single(list.GetProperty("data").EnumerateArray());
+        string id = card.GetProperty("id").GetString()!;
+        Assert.Equal("model", card.GetProperty("object").GetString());
+        Assert.Equal("base", card.GetProperty("type").GetString());
+        Assert.Equal(live.Server!.Engine!.ContextLength, card.GetProperty("max_context_length").GetInt32());
+        Assert.Equal(JsonValueKind.Array, card.GetProperty("aliases").ValueKind);
+        var caps = card.GetProperty("capabilities");
+        Assert.True(caps.GetProperty("completion_chat").GetBoolean());
+        Assert.True(caps.GetProperty("function_calling").GetBoolean()); // the v3 vocabulary has [TOOL_CALLS]
+        Assert.True(caps.GetProperty("completion_fim").GetBoolean());   // and [PREFIX]/[SUFFIX]
+        Assert.False(caps.GetProperty("vision").GetBoolean());
+        // GET /v1/models/{id}: the same card; any other id is a 404 model_not_found.
+        var one = JsonDocument.Parse(await live.Client.GetStringAsync("/v1/models/" + id)).RootElement;
+        Assert.Equal(card.GetRawText(), one.GetRawText());
+        using var missing = await live.Client.GetAsync("/v1/models/gpt-4o");
+        Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        var error = JsonDocument.Parse(await missing.Content.ReadAsStringAsync()).RootElement.GetProperty("error");
+        Assert.Equal("model_not_found", error.GetProperty("code").GetString());
+        Assert.Contains("gpt-4o", error.GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Stream_options_include_usage_sends_a_last_chunk_with_empty_choices_and_usage()
     {
         if (!V3Server.Available)
@@ -240,6 +269,8 @@ public class ServeApiTests(V3Server live) : IClassFixture<V3Server>
         Assert.Equal(usage.GetProperty("prompt_tokens").GetInt32() + usage.GetProperty("completion_tokens").GetInt32(), usage.GetProperty("total_tokens").GetInt32());
         Assert.InRange(usage.GetProperty("completion_tokens").GetInt32(), 1, 5);
         Assert.Equal(JsonValueKind.String, events[^2].GetProperty("choices")[0].GetProperty("finish_reason").ValueKind);
+        // OpenAI's shape: only that last chunk has usage (clients add up every usage they see); no chunk says "usage": null.
+        Assert.All(events[..^1], e => Assert.False(e.TryGetProperty("usage", out _), e.ToString()));
         // Without it, no chunk has empty choices.
         var plain = await StreamEvents("/v1/chat/completions", """{"messages":[{"role":"user","content":"Hi"}],"max_tokens":5,"stream":true}""");
         Assert.All(plain, e => Assert.Equal(1, e.GetProperty("choices").GetArrayLength()));

@@ -149,6 +149,11 @@ public class ServerTests(LiveServer live) : IClassFixture<LiveServer>
         var models = JsonDocument.Parse(await live.Client.GetStringAsync("/v1/models")).RootElement;
         Assert.Equal("list", models.GetProperty("object").GetString());
         Assert.Equal("stories260K", models.GetProperty("data")[0].GetProperty("id").GetString());
+        // No [TOOL_CALLS], [PREFIX] or [SUFFIX] in this vocabulary: chat only.
+        var caps = models.GetProperty("data")[0].GetProperty("capabilities");
+        Assert.True(caps.GetProperty("completion_chat").GetBoolean());
+        Assert.False(caps.GetProperty("function_calling").GetBoolean());
+        Assert.False(caps.GetProperty("completion_fim").GetBoolean());
         Assert.Contains("GET /health 200", live.Log.ToString(), StringComparison.Ordinal);
     }
 
@@ -239,7 +244,7 @@ public class ServerTests(LiveServer live) : IClassFixture<LiveServer>
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","top_p":0}"""), param: "top_p");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","stop":[""]}"""), param: "stop");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","stop":5}"""), param: "stop");
-        AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","n":3}"""), param: "n");
+        AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":"x","n":9}"""), param: "n");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"prompt":17}"""), param: "prompt");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", """{"max_tokens":3}"""), param: "prompt");
         AssertError(HttpStatusCode.BadRequest, await Post("/v1/completions", "null"));

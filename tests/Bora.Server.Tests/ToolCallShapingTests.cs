@@ -161,7 +161,7 @@ public partial class ToolCallShapingTests
 
         // Streaming: the held-back text is sent as content at the end, before the finish chunk.
         var stream = Writer(tools: true);
-        var texts = deltas.Select(stream.Delta).Where(c => c is not null).Select(c => Parse(c!)).ToList();
+        var texts = deltas.Select(d => stream.Delta(d)).Where(c => c is not null).Select(c => Parse(c!)).ToList();
         Assert.Empty(texts);
         var end = stream.End(summary, SomeUsage, includeUsage: false).Select(Parse).ToList();
         Assert.Equal(2, end.Count);
@@ -178,7 +178,7 @@ public partial class ToolCallShapingTests
         }
         var writer = Writer(tools: false);
         var deltas = Deltas("", """[{"name": "f", "arguments": {}}]""");
-        string streamed = string.Concat(deltas.Select(writer.Delta).Where(c => c is not null)
+        string streamed = string.Concat(deltas.Select(d => writer.Delta(d)).Where(c => c is not null)
             .Select(c => Parse(c!).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString()));
         Assert.Equal(string.Concat(deltas.Select(d => d.Text)), streamed);
         var choice = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0];

@@ -183,7 +183,7 @@ public sealed class Generator
             while (true)
             {
                 ct.ThrowIfCancellationRequested();
-                TokenId next = sampler.Sample(_logits, CollectionsMarshal.AsSpan(history));
+                TokenId next = sampler.Sample(_logits, CollectionsMarshal.AsSpan(history), prompt.Length);
                 history.Add(next);
                 generated++;
                 s.AddToken(next);

@@ -1,3 +1,4 @@
+using Bora.Generation.Constraints;
 using Bora.Tokenizers;
 
 namespace Bora.Generation;
@@ -10,6 +11,10 @@ public readonly record struct TokenProbability(TokenId Id, float Logit, float Pr
 /// <list type="number">
 /// <item>repetition penalty over the last N tokens of the history (each distinct token once: positive
 /// logit / penalty, negative logit * penalty);</item>
+/// <item>OpenAI's presence and frequency penalties over the generated tokens only (history from
+/// <c>promptLength</c> on): logit[t] -= presence * (count[t] &gt; 0) + frequency * count[t];</item>
+/// <item>the <see cref="ITokenConstraint"/>'s mask, if any: disallowed tokens get -infinity, so no filter
+/// below can pick them (greedy decoding included);</item>
 /// <item>top-k: keep the K largest logits;</item>
 /// <item>top-p: softmax (temperature 1) over the survivors, keep the smallest prefix, by descending
 /// probability, whose cumulative probability reaches P;</item>
@@ -31,6 +36,8 @@ public sealed class Sampler
     private readonly float[] _work;                    // (V) logits after the repetition penalty
     private readonly ulong[] _keys;                    // (V) sort keys: descending logit, then ascending id
     private readonly int[] _stamp;                     // (V) last penalty pass that saw each token id
+    private readonly int[] _counts;                    // (V) occurrences of each id among the generated tokens (zero between steps)
+    private readonly int[] _touched;                   // (V) distinct ids with a nonzero count this step, first _touchedCount valid
     private readonly TokenProbability[] _candidates;   // (V) survivors of the last step
     private readonly Xoshiro256StarStar _rng;
     private int _pass;
@@ -45,6 +52,8 @@ public sealed class Sampler
         _work = new float[vocabSize];
         _keys = new ulong[vocabSize];
         _stamp = new int[vocabSize];
+        _counts = options.PresencePenalty != 0 || options.FrequencyPenalty != 0 ? new int[vocabSize] : [];
+        _touched = _counts.Length > 0 ? new int[vocabSize] : [];
         _candidates = new TokenProbability[vocabSize];
         Seed = options.Seed ?? BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
         _rng = new Xoshiro256StarStar(Seed);
@@ -60,11 +69,14 @@ public sealed class Sampler
 
     /// <summary>
     /// Chooses the next token from <paramref name="logits"/> (V) given the token <paramref name="history"/>
-    /// so far (prompt included), which feeds the repetition penalty.
+    /// so far (prompt included), which feeds the repetition penalty. The presence and frequency penalties
+    /// count <c>history[promptLength..]</c> (the generated tokens). A <paramref name="constraint"/> masks the
+    /// disallowed tokens first (<see cref="ConstraintDeadEndException"/> when it allows none); the caller
+    /// advances it with the returned token. <paramref name="logits"/> is not modified.
     /// </summary>
-    public TokenId Sample(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history)
+    public TokenId Sample(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history, int promptLength = 0, ITokenConstraint? constraint = null)
     {
-        ReadOnlySpan<TokenProbability> candidates = Candidates(logits, history);
+        ReadOnlySpan<TokenProbability> candidates = Candidates(logits, history, promptLength, constraint);
         if (Options.Temperature == 0 || candidates.Length == 1)
         {
             if (Options.Temperature != 0)
@@ -103,10 +115,15 @@ public sealed class Sampler
     /// <summary>
     /// Runs every filter and returns the survivors with their final logits (after temperature) and
     /// probabilities, ordered by descending logit (by id when no filter needed sorting). Greedy mode
-    /// returns the single argmax token with probability 1. Valid until the next call.
+    /// returns the single argmax token with probability 1. Valid until the next call. Parameters as in
+    /// <see cref="Sample"/>; masked tokens survive only with probability 0.
     /// </summary>
-    public ReadOnlySpan<TokenProbability> Candidates(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history)
+    public ReadOnlySpan<TokenProbability> Candidates(ReadOnlySpan<float> logits, ReadOnlySpan<TokenId> history, int promptLength = 0, ITokenConstraint? constraint = null)
     {
+        if ((uint)promptLength > (uint)history.Length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(promptLength), promptLength, $"expected 0 .. history length {history.Length}");
+        }
         if (logits.Length != _vocab)
         {
             throw new ArgumentException($"logits row has {logits.Length} elements; expected V = {_vocab}", nameof(logits));
@@ -121,6 +138,11 @@ public sealed class Sampler
             _work[i] = l + 0f; // + 0 turns -0 into +0 so equal logits tie on id alone
         }
         ApplyRepetitionPenalty(history);
+        ApplyPresenceAndFrequency(history[promptLength..]);
+        if (constraint is not null && !constraint.Mask(_work))
+        {
+            throw new ConstraintDeadEndException("the output constraint allows no token in its current state");
+        }
 
         SamplingOptions o = Options;
         if (o.Temperature == 0)
@@ -222,6 +244,39 @@ public sealed class Sampler
             _stamp[id] = _pass;
             float l = _work[id];
             _work[id] = l > 0 ? l / penalty : l * penalty;
+        }
+    }
+
+    /// <summary>
+    /// OpenAI's penalties: logit[t] -= presence * (count[t] &gt; 0) + frequency * count[t], count over
+    /// <paramref name="generated"/>. Example: presence 0.5, frequency 0.25, generated [7, 7, 3]: token 7
+    /// loses 0.5 + 0.5 = 1, token 3 loses 0.75, the rest keep their logits.
+    /// </summary>
+    private void ApplyPresenceAndFrequency(ReadOnlySpan<TokenId> generated)
+    {
+        float presence = Options.PresencePenalty, frequency = Options.FrequencyPenalty;
+        if ((presence == 0 && frequency == 0) || generated.IsEmpty)
+        {
+            return;
+        }
+        int touched = 0;
+        foreach (TokenId t in generated)
+        {
+            int id = t.Value;
+            if ((uint)id >= (uint)_vocab)
+            {
+                throw new ArgumentException($"history token {id} is outside the vocabulary [0, {_vocab})", "history");
+            }
+            if (_counts[id]++ == 0)
+            {
+                _touched[touched++] = id;
+            }
+        }
+        for (int i = 0; i < touched; i++)
+        {
+            int id = _touched[i];
+            _work[id] -= presence + frequency * _counts[id];
+            _counts[id] = 0;
         }
     }
 

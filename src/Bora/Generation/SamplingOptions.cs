@@ -4,7 +4,7 @@ namespace Bora.Generation;
 
 /// <summary>
 /// How the next token is chosen, and when generation stops. The filters run in llama.cpp's default
-/// order: repetition penalty, top-k, top-p, min-p, temperature, then a seeded draw (see
+/// order: repetition penalty (then OpenAI's presence and frequency penalties, then a constraint's mask), top-k, top-p, min-p, temperature, then a seeded draw (see
 /// <see cref="Sampler"/>). The defaults are llama.cpp's sampling defaults with the repetition penalty
 /// off; <see cref="Greedy"/> is deterministic argmax decoding.
 /// </summary>
@@ -34,6 +34,18 @@ public sealed record SamplingOptions
 
     /// <summary>How many of the most recent tokens the repetition penalty looks at; 0 disables it.</summary>
     public int RepeatLastN { get; init; } = 64;
+
+    /// <summary>
+    /// OpenAI's presence penalty: subtracted once from the logit of every token that occurs among the
+    /// generated tokens so far (the prompt does not count). 0 turns it off; in [-2, 2].
+    /// </summary>
+    public float PresencePenalty { get; init; }
+
+    /// <summary>
+    /// OpenAI's frequency penalty: subtracted from a token's logit once per occurrence among the generated
+    /// tokens so far (the prompt does not count). 0 turns it off; in [-2, 2].
+    /// </summary>
+    public float FrequencyPenalty { get; init; }
 
     /// <summary>Seed of the sampler's PRNG; null draws a fresh random seed (reported in the result).</summary>
     public ulong? Seed { get; init; }
@@ -73,6 +85,14 @@ public sealed record SamplingOptions
         if (RepeatLastN < 0)
         {
             throw Bad(nameof(RepeatLastN), RepeatLastN, "an integer >= 0 (0 = off)");
+        }
+        if (!(PresencePenalty >= -2 && PresencePenalty <= 2))
+        {
+            throw Bad(nameof(PresencePenalty), PresencePenalty, "a value in [-2, 2] (0 = off)");
+        }
+        if (!(FrequencyPenalty >= -2 && FrequencyPenalty <= 2))
+        {
+            throw Bad(nameof(FrequencyPenalty), FrequencyPenalty, "a value in [-2, 2] (0 = off)");
         }
         if (MaxTokens < 0)
         {

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Bora.Generation;
+using Bora.Generation.Constraints;
 using Bora.Model;
 using Bora.Tokenizers;
 
@@ -56,8 +57,30 @@ public sealed class EngineRefusedException(RefusalReason reason, string message)
     public RefusalReason Reason { get; } = reason;
 }
 
-/// <summary>One streamed piece: the token (null for text flushed at the end) and the text that became safe to show.</summary>
-public readonly record struct GenerationDelta(TokenId? Token, string Text);
+/// <summary>
+/// One streamed piece: the token (null for text flushed at the end) and the text that became safe to show;
+/// <see cref="Logprob"/> carries the token's log-probabilities when the request asked for them.
+/// </summary>
+public readonly record struct GenerationDelta(TokenId? Token, string Text)
+{
+    /// <summary>The token's raw log-probability and top alternatives (see <see cref="Logprobs"/>); null unless requested.</summary>
+    public TokenLogprob? Logprob { get; init; }
+}
+
+/// <summary>Per-request extras of <see cref="InferenceEngine.Submit(IReadOnlyList{TokenId}, SamplingOptions, SubmitOptions?, CancellationToken)"/>.</summary>
+public sealed record SubmitOptions
+{
+    /// <summary>
+    /// Constrained decoding for this sequence (a fresh instance per submission: it is stateful). The sequence
+    /// ends (finish reason Stop) as soon as the constraint is complete; stop strings are not applied while a
+    /// constraint is set (they could cut the constrained output short). A constraint that allows no token
+    /// ends the sequence with finish reason Length.
+    /// </summary>
+    public ITokenConstraint? Constraint { get; init; }
+
+    /// <summary>Null: no log-probabilities; 0 .. <see cref="Logprobs.MaxTop"/>: each delta carries the token's log-probability and this many alternatives.</summary>
+    public int? TopLogprobs { get; init; }
+}
 
 /// <summary>How a generation ended.</summary>
 public sealed record GenerationSummary(FinishReason FinishReason, int PromptTokens, int CompletionTokens, ulong Seed);
@@ -73,12 +96,14 @@ public sealed class GenerationHandle
     private readonly TaskCompletionSource _admitted = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource<GenerationSummary> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    internal GenerationHandle(Sequence sequence, Sampler sampler, ITokenizer tokenizer, IReadOnlyList<string> stops)
+    internal GenerationHandle(Sequence sequence, Sampler sampler, ITokenizer tokenizer, IReadOnlyList<string> stops, SubmitOptions? extras = null)
     {
         Sequence = sequence;
         Sampler = sampler;
         Decoder = new StreamingDecoder(tokenizer, sequence.Tokens[^1]);
-        Stop = new StopStringFilter(stops);
+        Constraint = extras?.Constraint;
+        TopLogprobs = extras?.TopLogprobs;
+        Stop = new StopStringFilter(Constraint is null ? stops : []);
     }
 
     public int PromptTokens => Sequence.PromptLength;
@@ -99,13 +124,19 @@ public sealed class GenerationHandle
 
     internal StopStringFilter Stop { get; }
 
+    internal ITokenConstraint? Constraint { get; }
+
+    internal int? TopLogprobs { get; }
+
+    internal bool DeadEnd;
+
     internal volatile bool CancelRequested;
 
     internal CancellationTokenRegistration Registration;
 
     internal void Admit() => _admitted.TrySetResult();
 
-    internal void Emit(TokenId? token, string text) => _deltas.Writer.TryWrite(new GenerationDelta(token, text));
+    internal void Emit(TokenId? token, string text, TokenLogprob? logprob = null) => _deltas.Writer.TryWrite(new GenerationDelta(token, text) { Logprob = logprob });
 
     internal void Refuse(Exception e)
     {
@@ -137,7 +168,7 @@ public sealed class GenerationHandle
 /// Continuous-batching inference: one engine thread runs the <see cref="Scheduler"/> loop —
 /// admit submitted requests, apply cancellations, schedule a step, run all its chunks through
 /// <see cref="Transformer.ForwardBatch"/> over a <see cref="PagedKvStore"/>, sample, postprocess,
-/// stream text. <see cref="Submit"/> is thread-safe.
+/// stream text. <c>Submit</c> is thread-safe.
 /// </summary>
 public sealed class InferenceEngine : IDisposable
 {
@@ -155,6 +186,7 @@ public sealed class InferenceEngine : IDisposable
     private long _nextId;
     private int _waitingSnapshot, _runningSnapshot, _peakBatch;
     private int _kvUsedSnapshot;
+    private long _cachedPromptSnapshot;
 
     public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions? options = null)
     {
@@ -208,13 +240,24 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>KV blocks held by sequences (as of the last engine step; blocks kept only for the prefix cache count as free).</summary>
     public int KvBlocksUsed => Volatile.Read(ref _kvUsedSnapshot);
 
+    /// <summary>Prompt tokens whose KV blocks came from the prefix cache instead of being computed (as of the last engine step).</summary>
+    public long PrefixCachedTokens => Volatile.Read(ref _cachedPromptSnapshot);
+
     /// <summary>
     /// Queues a generation of <paramref name="prompt"/> (empty = BOS alone). Sampling options are
     /// validated now (<see cref="ArgumentException"/>); refusals arrive through
     /// <see cref="GenerationHandle.Admitted"/>. Cancelling <paramref name="cancellationToken"/> frees the
     /// sequence within one step.
     /// </summary>
-    public GenerationHandle Submit(IReadOnlyList<TokenId> prompt, SamplingOptions sampling, CancellationToken cancellationToken = default)
+    public GenerationHandle Submit(IReadOnlyList<TokenId> prompt, SamplingOptions sampling, CancellationToken cancellationToken = default) =>
+        Submit(prompt, sampling, null, cancellationToken);
+
+    /// <summary>
+    /// <see cref="Submit(IReadOnlyList{TokenId}, SamplingOptions, CancellationToken)"/> with a constraint
+    /// and log-probabilities (<see cref="SubmitOptions"/>). For n choices of one prompt submit n times (each
+    /// its own sequence; the prefix cache shares the prompt's full blocks once computed).
+    /// </summary>
+    public GenerationHandle Submit(IReadOnlyList<TokenId> prompt, SamplingOptions sampling, SubmitOptions? extras, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(prompt);
         ArgumentNullException.ThrowIfNull(sampling);
@@ -232,7 +275,11 @@ public sealed class InferenceEngine : IDisposable
             }
         }
         var seq = new Sequence(Interlocked.Increment(ref _nextId), tokens, sampling.MaxTokens, _tokenizer.Eos);
-        var handle = new GenerationHandle(seq, new Sampler(_vocab, sampling), _tokenizer, sampling.StopStrings);
+        if (extras?.TopLogprobs is { } top && (top < 0 || top > Logprobs.MaxTop))
+        {
+            throw new ArgumentException($"top logprobs is {top}; expected 0 .. {Logprobs.MaxTop}", nameof(extras));
+        }
+        var handle = new GenerationHandle(seq, new Sampler(_vocab, sampling), _tokenizer, sampling.StopStrings, extras);
         seq.Tag = handle;
         if (_stopping)
         {
@@ -285,6 +332,7 @@ public sealed class InferenceEngine : IDisposable
                 Volatile.Write(ref _waitingSnapshot, _scheduler.Waiting.Count);
                 Volatile.Write(ref _runningSnapshot, _scheduler.Running.Count);
                 Volatile.Write(ref _kvUsedSnapshot, _store.BlockCount - _scheduler.Blocks.Pool.FreeCount);
+                Volatile.Write(ref _cachedPromptSnapshot, _scheduler.CachedPromptTokens);
                 if (batch.IsEmpty)
                 {
                     _signal.WaitOne(TimeSpan.FromMilliseconds(200));
@@ -349,6 +397,7 @@ public sealed class InferenceEngine : IDisposable
             entries[i] = new BatchEntry(tokens, cache, c.Samples ? _logits.AsMemory(k++ * _vocab, _vocab) : Memory<float>.Empty);
         }
         var sampled = new TokenId[sampling];
+        var logprobs = new TokenLogprob?[sampling];
         try
         {
             _model.ForwardBatch(entries);
@@ -358,7 +407,23 @@ public sealed class InferenceEngine : IDisposable
                 if (c.Samples)
                 {
                     var h = (GenerationHandle)c.Sequence.Tag!;
-                    sampled[k] = h.Sampler.Sample(_logits.AsSpan(k * _vocab, _vocab), c.Sequence.TokenSpan);
+                    var row = _logits.AsSpan(k * _vocab, _vocab);
+                    try
+                    {
+                        sampled[k] = h.Sampler.Sample(row, c.Sequence.TokenSpan, c.Sequence.PromptLength, h.Constraint);
+                        h.Constraint?.Advance(sampled[k]);
+                    }
+                    catch (InvalidOperationException) when (h.Constraint is not null)
+                    {
+                        // The constraint allowed nothing (ConstraintDeadEndException) or refused its own pick:
+                        // this sequence ends, the rest of the batch goes on.
+                        h.DeadEnd = true;
+                        sampled[k] = _tokenizer.Eos; // ends the sequence; reported as Length (no complete output)
+                    }
+                    if (h.TopLogprobs is { } top && !h.DeadEnd)
+                    {
+                        logprobs[k] = Logprobs.Compute(row, sampled[k], top);
+                    }
                     k++;
                 }
             }
@@ -382,14 +447,15 @@ public sealed class InferenceEngine : IDisposable
                 continue;
             }
             var h = (GenerationHandle)c.Sequence.Tag!;
+            var logprob = logprobs[k];
             var token = sampled[k++];
             if (token == _tokenizer.Eos || h.CancelRequested)
             {
                 continue; // text tail is flushed when it completes
             }
             string text = h.Stop.Append(h.Decoder.Push(token));
-            h.Emit(token, text);
-            if (h.Stop.Stopped && c.Sequence.Status != SequenceStatus.Finished)
+            h.Emit(token, text, logprob);
+            if ((h.Stop.Stopped || h.Constraint?.IsComplete == true) && c.Sequence.Status != SequenceStatus.Finished)
             {
                 _scheduler.Stop(c.Sequence);
             }
@@ -413,9 +479,13 @@ public sealed class InferenceEngine : IDisposable
                 _ => seq.Tokens.Count >= ContextLength && seq.GeneratedCount < seq.MaxTokens ? FinishReason.ContextFull : FinishReason.Length,
             };
             string tail = h.Stop.Stopped ? "" : h.Stop.Append(h.Decoder.Flush());
-            if (h.Stop.Stopped)
+            if (h.Stop.Stopped || h.Constraint?.IsComplete == true)
             {
                 reason = FinishReason.Stop;
+            }
+            else if (h.DeadEnd)
+            {
+                reason = FinishReason.Length;
             }
             else
             {

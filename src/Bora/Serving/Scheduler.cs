@@ -153,6 +153,9 @@ public sealed class Scheduler
     /// <summary>Preemptions so far.</summary>
     public long PreemptionCount { get; private set; }
 
+    /// <summary>Prompt tokens taken from the prefix cache at admissions so far (not computed again).</summary>
+    public long CachedPromptTokens { get; private set; }
+
     /// <summary>Queues a new sequence, or says why it cannot be queued (then nothing changes).</summary>
     public Admission Add(Sequence seq)
     {
@@ -230,6 +233,7 @@ public sealed class Scheduler
                     break;
                 }
                 _waiting.RemoveAt(0);
+                CachedPromptTokens += cached;
                 seq.Status = SequenceStatus.Running;
                 InsertByArrival(_running, seq);
                 chunks.Add(new ScheduledChunk(seq, cached, n, cached + n == seq.Tokens.Count));
