@@ -24,6 +24,8 @@ public static class Program
                     return ModelBench.Run(args[1..]);
                 case "serve":
                     return ServeBench.Run(args[1..]);
+                case "engine":
+                    return EngineBench.Run(args[1..]);
                 case "synthesize":
                     return SyntheticModels.Run(args[1..]);
                 case "attention":
@@ -36,7 +38,7 @@ public static class Program
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, synthesize, attention or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, engine, synthesize, attention or matmul");
                     return 2;
             }
         }

@@ -180,7 +180,8 @@ public sealed partial class BoraServer
         {
             await foreach (var json in events.Reader.ReadAllAsync(ct).ConfigureAwait(false))
             {
-                await Event(output, json, ct).ConfigureAwait(false);
+                // Chunks already queued (n choices, or a token and its finish chunk of one engine step) share one flush.
+                await Event(output, json, ct, flush: !events.Reader.TryPeek(out _)).ConfigureAwait(false);
             }
             await output.WriteAsync("data: [DONE]\n\n"u8.ToArray(), ct).ConfigureAwait(false);
             await output.FlushAsync(ct).ConfigureAwait(false);

@@ -352,12 +352,19 @@ public sealed partial class BoraServer : IAsyncDisposable
         }
     }
 
-    private static async Task Event(Stream body, byte[] json, CancellationToken ct)
+    private static readonly byte[] s_dataPrefix = "data: "u8.ToArray();
+    private static readonly byte[] s_eventEnd = "\n\n"u8.ToArray();
+
+    /// <summary>Writes one SSE event; <paramref name="flush"/> false leaves it buffered for the next event's flush (more are already queued).</summary>
+    private static async Task Event(Stream body, byte[] json, CancellationToken ct, bool flush = true)
     {
-        await body.WriteAsync("data: "u8.ToArray(), ct).ConfigureAwait(false);
+        await body.WriteAsync(s_dataPrefix, ct).ConfigureAwait(false);
         await body.WriteAsync(json, ct).ConfigureAwait(false);
-        await body.WriteAsync("\n\n"u8.ToArray(), ct).ConfigureAwait(false);
-        await body.FlushAsync(ct).ConfigureAwait(false);
+        await body.WriteAsync(s_eventEnd, ct).ConfigureAwait(false);
+        if (flush)
+        {
+            await body.FlushAsync(ct).ConfigureAwait(false);
+        }
     }
 
     internal static string Finish(FinishReason reason) => reason is FinishReason.Length or FinishReason.ContextFull ? "length" : "stop";

@@ -231,8 +231,12 @@ public sealed partial class Transformer : ICausalLM
     /// the whole batch; attention runs per entry against its own cache. Entry i's tokens sit at
     /// positions cache_i.Length .. cache_i.Length + T_i - 1; afterwards each cache has advanced by
     /// T_i. Logits of an entry are (V) for its last token, or nothing when its Logits is empty (a
-    /// prefill chunk that samples nothing). Exactly the arithmetic of <see cref="Forward"/> per row,
-    /// so a sequence gets the same logits batched as alone (the kernels are row-independent).
+    /// prefill chunk that samples nothing). Exactly the arithmetic of <see cref="Forward"/> per row for
+    /// F32 weights, so a sequence gets the same logits batched as alone. For quantized weights the
+    /// product kernel depends on how many rows one product has (per-token / tiled kernels below 16
+    /// rows, rows-in-lanes kernels from 16 up), and those sum the block dot products in different
+    /// orders: batched and solo logits of a quantized model agree only to float rounding (a sampled
+    /// token can differ where two logits are within rounding of each other).
     /// <para>
     /// Example: entries A (3 prompt tokens, empty cache) and B (1 token, cache.Length 17) make stacked
     /// rows 0..2 = A at positions 0..2 and row 3 = B at position 17; row 3's queries attend B's
@@ -394,7 +398,7 @@ public sealed partial class Transformer : ICausalLM
         }
         else
         {
-            Parallel.For(0, items,
+            Parallel.For(0, items, NumericsThreads.Options,
                 () => ArrayPool<float>.Shared.Rent((int)maxKeys),
                 (i, _, scores) =>
                 {

@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Bora.Generation;
 using Bora.Generation.Constraints;
 using Bora.Model;
+using Bora.Numerics;
 using Bora.Tokenizers;
 
 namespace Bora.Serving;
@@ -401,31 +402,38 @@ public sealed class InferenceEngine : IDisposable
         try
         {
             _model.ForwardBatch(entries);
+            // Row k of _logits belongs to the k-th sampling chunk; each sequence has its own sampler (own seeded
+            // RNG), so the rows are sampled in parallel on the worker pool with the very results of a serial loop.
+            // Constrained sequences run here first, serially (a constraint may share state, e.g. a tokenizer trie).
+            var handles = new GenerationHandle[sampling];
+            var histories = new Sequence[sampling];
             k = 0;
             foreach (var c in batch.Chunks)
             {
                 if (c.Samples)
                 {
-                    var h = (GenerationHandle)c.Sequence.Tag!;
-                    var row = _logits.AsSpan(k * _vocab, _vocab);
-                    try
+                    handles[k] = (GenerationHandle)c.Sequence.Tag!;
+                    histories[k] = c.Sequence;
+                    if (handles[k].Constraint is not null)
                     {
-                        sampled[k] = h.Sampler.Sample(row, c.Sequence.TokenSpan, c.Sequence.PromptLength, h.Constraint);
-                        h.Constraint?.Advance(sampled[k]);
-                    }
-                    catch (InvalidOperationException) when (h.Constraint is not null)
-                    {
-                        // The constraint allowed nothing (ConstraintDeadEndException) or refused its own pick:
-                        // this sequence ends, the rest of the batch goes on.
-                        h.DeadEnd = true;
-                        sampled[k] = _tokenizer.Eos; // ends the sequence; reported as Length (no complete output)
-                    }
-                    if (h.TopLogprobs is { } top && !h.DeadEnd)
-                    {
-                        logprobs[k] = Logprobs.Compute(row, sampled[k], top);
+                        SampleRow(k, handles[k], c.Sequence, sampled, logprobs);
                     }
                     k++;
                 }
+            }
+            if (sampling > 1)
+            {
+                NumericsThreads.For(sampling, i =>
+                {
+                    if (handles[i].Constraint is null)
+                    {
+                        SampleRow(i, handles[i], histories[i], sampled, logprobs);
+                    }
+                });
+            }
+            else if (sampling == 1 && handles[0].Constraint is null)
+            {
+                SampleRow(0, handles[0], histories[0], sampled, logprobs);
             }
         }
         catch
@@ -459,6 +467,28 @@ public sealed class InferenceEngine : IDisposable
             {
                 _scheduler.Stop(c.Sequence);
             }
+        }
+    }
+
+    /// <summary>Samples row <paramref name="k"/> of the step's logits for one sequence (and its log-probabilities when asked).</summary>
+    private void SampleRow(int k, GenerationHandle h, Sequence sequence, TokenId[] sampled, TokenLogprob?[] logprobs)
+    {
+        var row = _logits.AsSpan(k * _vocab, _vocab);
+        try
+        {
+            sampled[k] = h.Sampler.Sample(row, sequence.TokenSpan, sequence.PromptLength, h.Constraint);
+            h.Constraint?.Advance(sampled[k]);
+        }
+        catch (InvalidOperationException) when (h.Constraint is not null)
+        {
+            // The constraint allowed nothing (ConstraintDeadEndException) or refused its own pick:
+            // this sequence ends, the rest of the batch goes on.
+            h.DeadEnd = true;
+            sampled[k] = _tokenizer.Eos; // ends the sequence; reported as Length (no complete output)
+        }
+        if (h.TopLogprobs is { } top && !h.DeadEnd)
+        {
+            logprobs[k] = Logprobs.Compute(row, sampled[k], top);
         }
     }
 

@@ -250,4 +250,65 @@ public sealed class SamplerTests
             Assert.InRange(x, 0.0, 0.9999999999999999);
         }
     }
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(255)]
+    [InlineData(1000)]
+    [InlineData(32000)]
+    public void SortKeys_MatchesTheComparisonSort(int n)
+    {
+        // Keys as the sampler builds them (high half from a logit, low half the ascending id), with many equal
+        // logits, both zeros, infinities and values that differ only in their lowest byte, so every radix pass and
+        // the skipped-pass path run; the reference is the framework's comparison sort.
+        var rng = new Random(n + 1);
+        float[] specials = [0f, -0f, float.NegativeInfinity, 1f, 1.0000001f, -3.5f, float.MaxValue, float.Epsilon];
+        var keys = new ulong[n];
+        for (int i = 0; i < n; i++)
+        {
+            float logit = rng.Next(4) switch
+            {
+                0 => specials[rng.Next(specials.Length)],
+                1 => rng.Next(-5, 5),
+                _ => (float)(rng.NextDouble() * 40 - 20),
+            };
+            uint bits = BitConverter.SingleToUInt32Bits(logit);
+            keys[i] = ((ulong)bits << 32) | (uint)i;
+        }
+        var expected = keys.ToArray();
+        Array.Sort(expected);
+        Sampler.SortKeys(keys, new ulong[n]);
+        Assert.Equal(expected, keys);
+
+        var same = Enumerable.Range(0, n).Select(i => (0x1234_5678UL << 32) | (uint)i).ToArray(); // every pass skipped
+        Sampler.SortKeys(same, new ulong[n]);
+        Assert.Equal(Enumerable.Range(0, n).Select(i => (0x1234_5678UL << 32) | (uint)i), same);
+    }
+
+    [Fact]
+    public void SortedFilters_GiveTheSameDrawsAsTheComparisonSort()
+    {
+        // Top-k / top-p / min-p candidates of a 32000-token row: ids and probabilities in the order the
+        // comparison sort of (descending logit, ascending id) gives, computed independently here.
+        const int V = 32000;
+        var rng = new Random(5);
+        var logits = new float[V];
+        for (int i = 0; i < V; i++)
+        {
+            logits[i] = i % 97 == 0 ? 2.5f : (float)(rng.NextDouble() * 6 - 3); // ties at 2.5 order by id
+        }
+        var sampler = new Sampler(V, new SamplingOptions { Temperature = 1f, TopK = 0, TopP = 0.5f, MinP = 0f, Seed = 3 });
+        var got = Ids(sampler.Candidates(logits, []));
+        var order = Enumerable.Range(0, V).OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
+        Assert.Equal(order.Take(got.Length), got);
+        float max = logits[order[0]];
+        double total = order.Sum(i => Math.Exp(logits[i] - max)), cumulative = 0;
+        int keep = 0;
+        while (cumulative < 0.5 * total)
+        {
+            cumulative += Math.Exp(logits[order[keep++]] - max);
+        }
+        Assert.Equal(keep, got.Length);
+    }
 }
