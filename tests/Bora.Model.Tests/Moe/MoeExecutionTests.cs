@@ -1,3 +1,4 @@
+using Bora.Formats.Gguf;
 using Bora.Numerics;
 
 namespace Bora.Model.Tests.Moe;
@@ -90,6 +91,63 @@ public sealed class MoeExecutionTests
             model.Forward(ids.AsSpan(i, 1), cache, step.AsSpan(i * w.Config.VocabSize, w.Config.VocabSize));
         }
         TestModels.AssertClose(prefill, step, BatchingTolerance, "quantized MoE prefill vs decode");
+    }
+
+    /// <summary>
+    /// GGUF stacks the experts as ffn_*_exps (E, rows, cols); each expert matrix must be a view of its slice of the
+    /// mapped file (expert e at the tensor's offset + e * rows * RowBytes), not a copy.
+    /// </summary>
+    [Fact]
+    public void MergedGgufExpertsAreViewsIntoTheMappedFile()
+    {
+        var vocab = TestPaths.Shared("models", "stories260K", "stories260K.gguf");
+        if (!File.Exists(vocab))
+        {
+            Console.WriteLine("skipped: shared test data is absent");
+            return;
+        }
+        var config = new ModelConfig
+        {
+            Dim = 64,
+            NLayers = 2,
+            NHeads = 4,
+            NKvHeads = 2,
+            HeadDim = 16,
+            HiddenDim = 96,
+            VocabSize = 512,
+            NormEps = 1e-5f,
+            RopeTheta = 10000f,
+            MaxSeqLen = 64,
+            NExperts = 4,
+            NExpertsPerToken = 2,
+        };
+        string dir = TestPaths.NewTempDir("moe-mapped");
+        string path = Path.Combine(dir, "moe-q4_0.gguf");
+        try
+        {
+            using (var src = GgufFile.Open(vocab))
+            {
+                SyntheticGguf.Write(path, config, 3, DType.Q4_0, src);
+            }
+            using var store = GgufFile.Open(path);
+            using var mapper = new WeightMapper();
+            var w = WeightLoader.Load(store, config, mapper.Create);
+            Assert.Equal(0, mapper.CopiedBytes);
+            foreach (var (name, pick) in new (string, Func<FeedForwardWeights, WeightMatrix>)[] { ("ffn_gate_exps", x => x.W1), ("ffn_down_exps", x => x.W2), ("ffn_up_exps", x => x.W3) })
+            {
+                Assert.True(store.TryGetTensor($"blk.1.{name}.weight", out var info));
+                for (int e = 0; e < config.NExperts; e++)
+                {
+                    var q = Assert.IsType<QuantizedMatrix>(pick(w.Layers[1].Moe!.Experts[e]));
+                    Assert.Equal(Path.GetFullPath(path), Path.GetFullPath(q.Storage.Path!));
+                    Assert.Equal(info.Offset + (long)e * q.Rows * q.RowBytes, q.StorageOffset);
+                }
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 
     /// <summary>
