@@ -526,8 +526,8 @@ public sealed partial class Transformer : ICausalLM
     /// prefill pass about 2 x A jobs, each weight read once per pass. Quantized results are bit-identical to running
     /// each expert alone; other matrix types run product by product.</para>
     /// Worked example, T = 3, A = 2, E = 4, tokens routed to (0: e2, e0), (1: e2, e3), (2: e0, e2): by expert, rows
-    /// (token 0, token 2 | token 0, token 1, token 2 | token 1), starts (0, 2, 2, 5, 6); C = 3: chunks {e0} (2 rows),
-    /// {e2} (3 rows), {e3} (1 row) since e0 + e2 would need 5 rows.
+    /// (token 0, token 2 | token 0, token 1, token 2 | token 1), starts (0, 2, 2, 5, 6); C = 3: chunks {e0, e1} (2 rows,
+    /// e1 has none and is skipped), {e2} (3 rows), {e3} (1 row), since e0 + e2 would need 5 rows.
     /// </summary>
     private void MixtureOfExperts(MoeWeights moe, int t, Scratch s)
     {
