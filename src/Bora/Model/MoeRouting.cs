@@ -41,4 +41,46 @@ public static class MoeRouting
         }
         Numerics.Kernels.Softmax(weights);
     }
+
+    /// <summary>
+    /// Sorts the routed (token, slot) pairs by expert, stably (within an expert, by token): selected (T * A) holds each
+    /// token's A experts (<see cref="Route"/>), selectedWeights (T * A) their weights. Writes starts (E + 1), with
+    /// expert e's rows at [starts[e], starts[e + 1]), and for each row its token and weight.
+    /// <para>Example, A = 2, E = 3, selected (2, 0 | 2, 1): starts (0, 1, 2, 4); tokens (0, 1, 0, 1); weights
+    /// (w[0, slot 1], w[1, slot 1], w[0, slot 0], w[1, slot 0]).</para>
+    /// </summary>
+    /// <exception cref="ArgumentException">Lengths that do not match, or an expert outside 0 .. E - 1.</exception>
+    public static void GroupByExpert(ReadOnlySpan<int> selected, int a, Span<int> starts, Span<int> tokens, Span<float> weights, ReadOnlySpan<float> selectedWeights)
+    {
+        int e = starts.Length - 1, rows = selected.Length;
+        if (a <= 0 || e < 1 || rows % a != 0 || tokens.Length < rows || weights.Length < rows || selectedWeights.Length != rows)
+        {
+            throw new ArgumentException($"grouping {rows} routed rows of A = {a} into {e} experts needs T * A rows in tokens ({tokens.Length}), weights ({weights.Length}) and selectedWeights ({selectedWeights.Length})");
+        }
+        starts.Clear();
+        foreach (int x in selected)
+        {
+            if ((uint)x >= (uint)e)
+            {
+                throw new ArgumentException($"routed expert {x} is outside 0 .. {e - 1}", nameof(selected));
+            }
+            starts[x + 1]++;
+        }
+        for (int x = 0; x < e; x++)
+        {
+            starts[x + 1] += starts[x];
+        }
+        // Fill with a running cursor per expert, kept in starts[x] and restored after.
+        for (int i = 0; i < rows; i++)
+        {
+            int r = starts[selected[i]]++;
+            tokens[r] = i / a;
+            weights[r] = selectedWeights[i];
+        }
+        for (int x = e; x > 0; x--)
+        {
+            starts[x] = starts[x - 1];
+        }
+        starts[0] = 0;
+    }
 }

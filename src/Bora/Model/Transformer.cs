@@ -519,42 +519,84 @@ public sealed partial class Transformer : ICausalLM
 
     /// <summary>
     /// Sparse MoE of s.Xn (T, D) into s.Out (T, D), as mistral-inference moe.py: router logits (T, E),
-    /// top-A experts per token with softmax weights (<see cref="MoeRouting"/>); then for e = 0 .. E-1 in
-    /// order, the tokens routed to e are gathered into (n_e, D), run through expert e in one batch,
-    /// and out[token] += weight * result.
+    /// top-A experts per token with softmax weights (<see cref="MoeRouting"/>); then every expert e runs once on the
+    /// rows of the tokens routed to it, gathered into (n_e, D), and out[token] += weight * result, adding in expert
+    /// order e = 0 .. E-1 (so a token's sum does not depend on how the experts are batched).
+    /// <para>Execution: the (token, slot) pairs are sorted by expert (<see cref="MoeRouting.GroupByExpert"/>); experts
+    /// with no rows are skipped; consecutive experts are taken in chunks of at most C = max(T, A) gathered rows (the
+    /// scratch holds (C, F)); per chunk, W1 and W3 of all its experts run as one parallel job with one activation
+    /// quantization per expert (<see cref="QuantizedProductBatch"/>), SwiGLU runs one expert per work item, then the
+    /// W2 products run as one job. A decode step (T = 1, A = 2) is thus two jobs for its two experts, a 256-token
+    /// prefill pass about 2 x A jobs, each weight read once per pass. Quantized results are bit-identical to running
+    /// each expert alone; other matrix types run product by product.</para>
+    /// Worked example, T = 3, A = 2, E = 4, tokens routed to (0: e2, e0), (1: e2, e3), (2: e0, e2): by expert, rows
+    /// (token 0, token 2 | token 0, token 1, token 2 | token 1), starts (0, 2, 2, 5, 6); C = 3: chunks {e0, e1} (2 rows,
+    /// e1 has none and is skipped), {e2} (3 rows), {e3} (1 row), since e0 + e2 would need 5 rows.
     /// </summary>
     private void MixtureOfExperts(MoeWeights moe, int t, Scratch s)
     {
-        int e = Config.NExperts, a = Config.NExpertsPerToken;
-        moe.Router.MatMul(s.Xn.AsSpan(0, t * _dim), s.RouterLogits.AsSpan(0, t * e), t);
+        int e = Config.NExperts, a = Config.NExpertsPerToken, d = _dim, f = _hidden;
+        moe.Router.MatMul(s.Xn.AsSpan(0, t * d), s.RouterLogits.AsSpan(0, t * e), t);
         for (int i = 0; i < t; i++)
         {
             MoeRouting.Route(s.RouterLogits.AsSpan(i * e, e), s.Selected.AsSpan(i * a, a), s.SelectedWeights.AsSpan(i * a, a));
         }
-        s.Out.AsSpan(0, t * _dim).Clear();
-        for (int expert = 0; expert < e; expert++)
+        MoeRouting.GroupByExpert(s.Selected.AsSpan(0, t * a), a, s.ExpertStart, s.RoutedToken, s.RoutedWeight, s.SelectedWeights.AsSpan(0, t * a));
+        s.Out.AsSpan(0, t * d).Clear();
+        int capacity = s.MoeRows;
+        for (int e0 = 0; e0 < e;)
         {
-            int n = 0;
-            for (int i = 0; i < t * a; i++)
+            int e1 = e0, r0 = s.ExpertStart[e0];
+            while (e1 < e && s.ExpertStart[e1 + 1] - r0 <= capacity)
             {
-                if (s.Selected[i] == expert)
+                e1++;
+            }
+            int rows = s.ExpertStart[e1] - r0;
+            // Gather: chunk row j (0 <= j < rows) = Xn[RoutedToken[r0 + j]].
+            for (int j = 0; j < rows; j++)
+            {
+                s.Xn.AsSpan(s.RoutedToken[r0 + j] * d, d).CopyTo(s.Gathered.AsSpan(j * d, d));
+            }
+            var batch = s.MoeBatch;
+            for (int x = e0; x < e1; x++)
+            {
+                int off = s.ExpertStart[x] - r0, n = s.ExpertStart[x + 1] - s.ExpertStart[x];
+                if (n > 0)
                 {
-                    int token = i / a;
-                    s.RoutedToken[n] = token;
-                    s.RoutedWeight[n] = s.SelectedWeights[i];
-                    s.Xn.AsSpan(token * _dim, _dim).CopyTo(s.Gathered.AsSpan(n * _dim, _dim));
-                    n++;
+                    Product(batch, moe.Experts[x].W1, s.Gathered, off * d, n, s.H1, off * f);
+                    Product(batch, moe.Experts[x].W3, s.Gathered, off * d, n, s.H3, off * f);
                 }
             }
-            if (n == 0)
+            batch.Run();
+            s.SwiGlu(s.ExpertStart.AsSpan(e0, e1 - e0 + 1), r0, f);
+            for (int x = e0; x < e1; x++)
             {
-                continue;
+                int off = s.ExpertStart[x] - r0, n = s.ExpertStart[x + 1] - s.ExpertStart[x];
+                if (n > 0)
+                {
+                    Product(batch, moe.Experts[x].W2, s.H1, off * f, n, s.ExpertOut, off * d);
+                }
             }
-            FeedForward(moe.Experts[expert], s.Gathered, s.ExpertOut, n, s);
-            for (int i = 0; i < n; i++)
+            batch.Run();
+            // Scatter in expert order: out[token] += weight * result.
+            for (int j = 0; j < rows; j++)
             {
-                Kernels.Axpy(s.RoutedWeight[i], s.ExpertOut.AsSpan(i * _dim, _dim), s.Out.AsSpan(s.RoutedToken[i] * _dim, _dim));
+                Kernels.Axpy(s.RoutedWeight[r0 + j], s.ExpertOut.AsSpan(j * d, d), s.Out.AsSpan(s.RoutedToken[r0 + j] * d, d));
             }
+            e0 = e1;
+        }
+    }
+
+    /// <summary>y (n, N) from yOffset = W x, x (n, K) from xOffset: queued on the batch when W is quantized, else run now.</summary>
+    private static void Product(QuantizedProductBatch batch, WeightMatrix w, float[] x, int xOffset, int n, float[] y, int yOffset)
+    {
+        if (w is QuantizedMatrix q)
+        {
+            batch.Add(q, x, xOffset, n, y, yOffset);
+        }
+        else
+        {
+            w.MatMul(x.AsSpan(xOffset, n * w.Cols), y.AsSpan(yOffset, n * w.Rows), n);
         }
     }
 
@@ -596,8 +638,8 @@ public sealed partial class Transformer : ICausalLM
             Tokens = t;
             if (t == 0)
             {
-                X = Xn = Out = Q = Att = K = V = Cos = Sin = H1 = H3 = RouterLogits = SelectedWeights = Gathered = ExpertOut = RoutedWeight = [];
-                Selected = RoutedToken = [];
+                X = Xn = Out = Q = Att = K = V = Cos = Sin = H1 = H3 = RouterLogits = SelectedWeights = [];
+                Selected = [];
                 return;
             }
             var c = m.Config;
@@ -610,15 +652,19 @@ public sealed partial class Transformer : ICausalLM
             V = new float[t * m._kvDim];
             Cos = new float[t * m._headDim];
             Sin = new float[t * m._headDim];
-            H1 = new float[t * m._hidden];
-            H3 = new float[t * m._hidden];
+            // MoE: chunks of at most C = max(T, A) gathered rows, so a decode step runs both its experts in one job.
+            MoeRows = c.IsMoE ? Math.Max(t, c.NExpertsPerToken) : 0;
+            H1 = new float[Math.Max(t, MoeRows) * m._hidden];
+            H3 = new float[Math.Max(t, MoeRows) * m._hidden];
             RouterLogits = new float[t * c.NExperts];
             Selected = new int[t * c.NExpertsPerToken];
             SelectedWeights = new float[t * c.NExpertsPerToken];
-            Gathered = c.IsMoE ? new float[t * m._dim] : [];
-            ExpertOut = c.IsMoE ? new float[t * m._dim] : [];
-            RoutedToken = new int[c.IsMoE ? t : 0];
-            RoutedWeight = new float[c.IsMoE ? t : 0];
+            Gathered = new float[MoeRows * m._dim];
+            ExpertOut = new float[MoeRows * m._dim];
+            RoutedToken = new int[c.IsMoE ? t * c.NExpertsPerToken : 0];
+            RoutedWeight = new float[c.IsMoE ? t * c.NExpertsPerToken : 0];
+            ExpertStart = new int[c.IsMoE ? c.NExperts + 1 : 0];
+            _swiGluItem = SwiGluItem;
         }
 
         public int Tokens { get; }
@@ -632,15 +678,48 @@ public sealed partial class Transformer : ICausalLM
         public float[] V { get; }            // (T, Hkv * Dh)
         public float[] Cos { get; }          // (T, Dh)
         public float[] Sin { get; }          // (T, Dh)
-        public float[] H1 { get; }           // (T, F)
-        public float[] H3 { get; }           // (T, F)
+        public float[] H1 { get; }           // (max(T, C), F)
+        public float[] H3 { get; }           // (max(T, C), F)
         public float[] RouterLogits { get; } // (T, E)
         public int[] Selected { get; }       // (T, A)
         public float[] SelectedWeights { get; } // (T, A)
-        public float[] Gathered { get; }     // (T, D) rows routed to one expert
-        public float[] ExpertOut { get; }    // (T, D)
-        public int[] RoutedToken { get; }    // (T)
-        public float[] RoutedWeight { get; } // (T)
+        public int MoeRows { get; }          // C = max(T, A): gathered rows per MoE chunk (0 without MoE)
+        public float[] Gathered { get; } = []; // (C, D) rows of one chunk of experts
+        public float[] ExpertOut { get; } = [];  // (C, D)
+        public int[] RoutedToken { get; } = [];  // (T * A) token of each routed row, sorted by expert
+        public float[] RoutedWeight { get; } = []; // (T * A) its routing weight
+        public int[] ExpertStart { get; } = [];  // (E + 1) expert e's rows are [ExpertStart[e], ExpertStart[e + 1])
+        public QuantizedProductBatch MoeBatch { get; } = new();
+
+        private readonly Action<int> _swiGluItem = null!;
+        private int _swiGluBase, _swiGluHidden;
+        private int[] _swiGluStarts = [];
+        private int _swiGluCount;
+
+        /// <summary>
+        /// H1 = silu(H1) * H3 over each expert's rows of a chunk, one expert per work item (each call covers exactly the
+        /// rows one expert alone would). starts: (experts + 1) routed-row starts; chunk row = routed row - r0.
+        /// </summary>
+        public void SwiGlu(ReadOnlySpan<int> starts, int r0, int hidden)
+        {
+            if (_swiGluStarts.Length < starts.Length)
+            {
+                _swiGluStarts = new int[starts.Length];
+            }
+            starts.CopyTo(_swiGluStarts);
+            (_swiGluBase, _swiGluHidden, _swiGluCount) = (r0, hidden, starts.Length - 1);
+            NumericsThreads.For(_swiGluCount, _swiGluItem);
+        }
+
+        private void SwiGluItem(int x)
+        {
+            int off = (_swiGluStarts[x] - _swiGluBase) * _swiGluHidden;
+            int len = (_swiGluStarts[x + 1] - _swiGluStarts[x]) * _swiGluHidden;
+            if (len > 0)
+            {
+                Kernels.SiluMul(H1.AsSpan(off, len), H3.AsSpan(off, len));
+            }
+        }
 
         /// <summary>A score buffer of at least <paramref name="n"/> values (grown by doubling).</summary>
         public float[] ScoresFor(int n)
