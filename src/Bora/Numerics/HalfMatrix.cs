@@ -155,6 +155,13 @@ public sealed unsafe class HalfMatrix : WeightMatrix
 
     private void Product(ReadOnlySpan<float> x, Span<float> y, int tokens)
     {
+        long start = NumericsProfile.Start();
+        ProductCore(x, y, tokens);
+        NumericsProfile.Stop(ProfileSection.MatMulFloat, start);
+    }
+
+    private void ProductCore(ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
         if (tokens == 0 || Rows == 0)
         {
             return;

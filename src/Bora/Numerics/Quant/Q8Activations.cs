@@ -30,6 +30,7 @@ public sealed unsafe class Q8Activations
     private float[] _ds = [];
     private float[] _pairs = [];
     private float[] _ds8 = [];
+    private int[] _off16 = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -101,6 +102,37 @@ public sealed unsafe class Q8Activations
             _ds8[i] = _d[i / 8] * (_s16[2 * i] + _s16[2 * i + 1]);
         }
     }
+
+    /// <summary>
+    /// Once per product (after <see cref="Quantize"/>), for <see cref="Q6KInterleaved"/>: per token and group of 16
+    /// quants x[0..16), one int32 holding two int16 halves, low = offset (x0 + x1 + x4 + x5 + x8 + x9 + x12 + x13),
+    /// high = offset (x2 + x3 + x6 + x7 + x10 + x11 + x14 + x15): the part of each vpmaddwd pair that a weight offset of
+    /// <paramref name="offset"/> contributes (|offset| * 8 * 127 must fit int16: offset at most 32). (T, K / 16).
+    /// Example: x = 1, 2, ..., 16 and offset 32: low = 32 (1 + 2 + 5 + 6 + 9 + 10 + 13 + 14) = 1920, high = 32 (3 + 4 + 7 + 8 + 11 + 12 + 15 + 16) = 2432.
+    /// </summary>
+    internal void PrepareOffsets16(int offset)
+    {
+        if ((uint)offset > 32)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), offset, "the offset sums must fit int16: 0 .. 32");
+        }
+        long count = (long)Tokens * Cols / 16;
+        Ensure(ref _off16, (int)count);
+        for (long g = 0; g < count; g++)
+        {
+            sbyte* x = (sbyte*)Unsafe.AsPointer(ref _q[0]) + 16 * g;
+            int lo = 0, hi = 0;
+            for (int k = 0; k < 16; k += 4)
+            {
+                lo += x[k] + x[k + 1];
+                hi += x[k + 2] + x[k + 3];
+            }
+            _off16[g] = (ushort)(short)(offset * lo) | (offset * hi << 16);
+        }
+    }
+
+    /// <summary>Token t's <see cref="PrepareOffsets16"/> values: (K / 16) int32.</summary>
+    internal int* Offsets16(int t) => (int*)Unsafe.AsPointer(ref _off16[0]) + (long)t * (Cols / 16);
 
     /// <summary>Token <paramref name="t"/>'s (K / 32) values of <see cref="PrepareSubBlockSums"/>.</summary>
     internal float* SubBlockSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / 32);
