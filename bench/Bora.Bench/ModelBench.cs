@@ -77,11 +77,13 @@ public static class ModelBench
             NumericsProfile.Enabled = true;
             var cache = bora.Model.CreateCache(promptTokens + 1);
             var logits = new float[bora.Config.VocabSize];
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             long t0 = Stopwatch.GetTimestamp();
             bora.Model.Forward(prompt, cache, logits);
             double total = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
             NumericsProfile.Enabled = false;
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"profile: prefill of {promptTokens} tokens, {threads} threads: {total:F3} s ({promptTokens / total:F2} tok/s)"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"profile: prefill of {promptTokens} tokens, {threads} threads: {total:F3} s ({promptTokens / total:F2} tok/s), process CPU time {cpu:F3} s ({cpu / total:F2} CPUs busy on average)"));
             Console.Write(NumericsProfile.Report(total));
         }
 
