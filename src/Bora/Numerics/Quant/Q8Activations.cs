@@ -217,12 +217,54 @@ public sealed unsafe class Q8Activations
         (Tokens, Cols, BlockSize) = (tokens, cols, blockSize);
         PairsReady = false;
         int blocks = (int)(n / blockSize);
-        for (int b = 0; b < blocks; b++)
+        bool simd = vectorized && Vector128.IsHardwareAccelerated;
+        int threads = NumericsThreads.MaxThreads;
+        if (!simd || threads == 1 || n < ParallelValues)
+        {
+            QuantizeBlocks(x, 0, blocks, simd);
+            return;
+        }
+        // Large batches (prefill): ranges of blocks on the shared worker pool. Every block is quantized on its own,
+        // so the result does not depend on the split.
+        fixed (float* px = x)
+        {
+            _pendingX = px;
+            (_pendingBlocks, _pendingItems) = (blocks, threads * 2);
+            try
+            {
+                NumericsThreads.For(_pendingItems, _quantizeItem ??= QuantizeItem);
+            }
+            finally
+            {
+                _pendingX = null;
+            }
+        }
+    }
+
+    /// <summary>Values per call from which <see cref="Quantize"/> splits the blocks over the worker threads.</summary>
+    private const long ParallelValues = 1L << 16;
+
+    private float* _pendingX; // (T, K) input of the parallel Quantize in progress
+    private int _pendingBlocks, _pendingItems;
+    private Action<int>? _quantizeItem;
+
+    /// <summary>Item i of a parallel <see cref="Quantize"/>: blocks [i B / items, (i + 1) B / items).</summary>
+    private void QuantizeItem(int i)
+    {
+        int b0 = (int)((long)i * _pendingBlocks / _pendingItems), b1 = (int)((long)(i + 1) * _pendingBlocks / _pendingItems);
+        QuantizeBlocks(new ReadOnlySpan<float>(_pendingX, (int)((long)_pendingBlocks * BlockSize)), b0, b1, simd: true);
+    }
+
+    /// <summary>Quantizes blocks [b0, b1) of x (blocks of <see cref="BlockSize"/>) into the buffers.</summary>
+    private void QuantizeBlocks(ReadOnlySpan<float> x, int b0, int b1, bool simd)
+    {
+        int blockSize = BlockSize;
+        for (int b = b0; b < b1; b++)
         {
             var xb = x.Slice(b * blockSize, blockSize);
             var qb = _q.AsSpan(b * blockSize, blockSize);
             var sb = _s16.AsSpan(b * (blockSize / 16), blockSize / 16);
-            float d = vectorized && Vector128.IsHardwareAccelerated ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
+            float d = simd ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
             int sum = 0;
             foreach (short s in sb)
             {
