@@ -12,7 +12,7 @@ namespace Bora.Bench;
 
 /// <summary>
 /// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json] [--compare-llama-cpp]
-/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m|f16 --out FILE] [--copy-weights] [--row-by-row-baseline]</c>
+/// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m|f16 --out FILE] [--copy-weights] [--row-by-row-baseline] [--profile]</c>
 /// <para>
 /// Prefill and decode tokens per second of Bora (<see cref="ThroughputBenchmark"/>), the median of the repeats; with
 /// --compare-llama-cpp llama.cpp runs the same prompt ids on the same file in the same process, the two engines
@@ -36,7 +36,7 @@ public static class ModelBench
     public static int Run(string[] args)
     {
         var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed"],
-            ["json", "compare-llama-cpp", "copy-weights", "row-by-row-baseline"]);
+            ["json", "compare-llama-cpp", "copy-weights", "row-by-row-baseline", "profile"]);
         bool baseline = a.Flag("row-by-row-baseline");
         int threads = a.GetInt("threads", Environment.ProcessorCount);
         int promptTokens = a.GetInt("prompt-tokens", 512), gen = a.GetInt("gen-tokens", 128), repeats = a.GetInt("repeats", 3);
@@ -69,6 +69,23 @@ public static class ModelBench
         // Warm-up: JIT on Bora's side, first-touch of the mapped weights on llama.cpp's.
         ThroughputBenchmark.Run(bora.Model, prompt.AsSpan(0, Math.Min(32, promptTokens)), 2);
         llama?.Run(promptIds[..Math.Min(32, promptTokens)], 2);
+
+        if (a.Flag("profile"))
+        {
+            // One prefill of the whole prompt with the Stopwatch breakdown on (before the timed runs, which it does not touch).
+            NumericsProfile.Reset();
+            NumericsProfile.Enabled = true;
+            var cache = bora.Model.CreateCache(promptTokens + 1);
+            var logits = new float[bora.Config.VocabSize];
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            long t0 = Stopwatch.GetTimestamp();
+            bora.Model.Forward(prompt, cache, logits);
+            double total = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            NumericsProfile.Enabled = false;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"profile: prefill of {promptTokens} tokens, {threads} threads: {total:F3} s ({promptTokens / total:F2} tok/s), process CPU time {cpu:F3} s ({cpu / total:F2} CPUs busy on average)"));
+            Console.Write(NumericsProfile.Report(total));
+        }
 
         var mine = new List<ThroughputSample>();
         var theirs = new List<ThroughputSample>();

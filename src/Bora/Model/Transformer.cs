@@ -162,10 +162,12 @@ public sealed partial class Transformer : ICausalLM
     /// <summary>y[t] = RMSNorm(x[t]) * weight for each of T rows of D.</summary>
     private void RmsNormRows(float[] x, float[] weight, float[] y, int t)
     {
+        long start = NumericsProfile.Start();
         for (int i = 0; i < t; i++)
         {
             Kernels.RmsNorm(x.AsSpan(i * _dim, _dim), weight, Config.NormEps, y.AsSpan(i * _dim, _dim));
         }
+        NumericsProfile.Stop(ProfileSection.RmsNorm, start);
     }
 
     /// <summary>
@@ -183,6 +185,7 @@ public sealed partial class Transformer : ICausalLM
         ApplyRope(s.Q, _qDim, t, s);
         ApplyRope(s.K, _kvDim, t, s);
 
+        long attentionStart = NumericsProfile.Start();
         long keys = Math.Min(_window ?? int.MaxValue, p + t);
         long work = keys * t * _nHeads * _headDim;
         int items = t * _nHeads;
@@ -216,12 +219,15 @@ public sealed partial class Transformer : ICausalLM
                 },
                 scores => ArrayPool<float>.Shared.Return(scores));
         }
+        NumericsProfile.Stop(ProfileSection.Attention, attentionStart);
 
+        long writeStart = NumericsProfile.Start();
         for (int pos = Math.Max(p, p + t - cache.Capacity); pos < p + t; pos++)
         {
             int row = (pos - p) * _kvDim;
             cache.Write(l, pos, s.K.AsSpan(row, _kvDim), s.V.AsSpan(row, _kvDim));
         }
+        NumericsProfile.Stop(ProfileSection.Other, writeStart);
         layer.Wo.MatMul(s.Att.AsSpan(0, t * _qDim), s.Out.AsSpan(0, t * _dim), t);
     }
 
@@ -451,6 +457,7 @@ public sealed partial class Transformer : ICausalLM
     /// <summary>RoPE on every head of every row of x (T, width), width = heads * Dh.</summary>
     private void ApplyRope(float[] x, int width, int t, Scratch s)
     {
+        long start = NumericsProfile.Start();
         for (int i = 0; i < t; i++)
         {
             var cos = s.Cos.AsSpan(i * _headDim, _headDim);
@@ -460,6 +467,7 @@ public sealed partial class Transformer : ICausalLM
                 Kernels.Rope(x.AsSpan(i * width + h, _headDim), cos, sin);
             }
         }
+        NumericsProfile.Stop(ProfileSection.Rope, start);
     }
 
     /// <summary>Attention output s.Att[ti, h] (Dh) of query head h of pass row ti (position P + ti).</summary>
@@ -513,7 +521,9 @@ public sealed partial class Transformer : ICausalLM
         var h3 = s.H3.AsSpan(0, n * _hidden);
         ffn.W1.MatMul(xs, h1, n);
         ffn.W3.MatMul(xs, h3, n);
+        long start = NumericsProfile.Start();
         Kernels.SiluMul(h1, h3);
+        NumericsProfile.Stop(ProfileSection.SwiGlu, start);
         ffn.W2.MatMul(h1, y.AsSpan(0, n * _dim), n);
     }
 
@@ -616,8 +626,12 @@ public sealed partial class Transformer : ICausalLM
         }
     }
 
-    private static void AddInPlace(float[] x, float[] y, int n) =>
+    private static void AddInPlace(float[] x, float[] y, int n)
+    {
+        long start = NumericsProfile.Start();
         System.Numerics.Tensors.TensorPrimitives.Add(x.AsSpan(0, n), y.AsSpan(0, n), x.AsSpan(0, n));
+        NumericsProfile.Stop(ProfileSection.Other, start);
+    }
 
     private Scratch ScratchFor(int t)
     {

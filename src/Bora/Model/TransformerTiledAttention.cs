@@ -195,7 +195,31 @@ public sealed partial class Transformer
             }
             return;
         }
-        Parallel.For(0, count, NumericsThreads.Options, i => AttendTile(l, sources[items[i].Seq], items[i], s));
+        // The shared worker pool (no per-call Task or closure allocation): the items are claimed one by one, so the
+        // longer causal rows at the end of the pass even out between threads.
+        (_runLayer, _runSources, _runItems, _runScratch) = (l, sources, items, s);
+        try
+        {
+            NumericsThreads.For(count, _runTile ??= RunTile);
+        }
+        finally
+        {
+            (_runSources, _runItems, _runScratch) = (null, null, null);
+        }
+    }
+
+    /// <summary><see cref="RunTiles"/>' current arguments, read by <see cref="RunTile"/> on the worker threads (calls are serialised by the model's lock).</summary>
+    private int _runLayer;
+    private KvSource[]? _runSources;
+    private TileItem[]? _runItems;
+    private Scratch? _runScratch;
+    private Action<int>? _runTile;
+
+    /// <summary>Work item i of the current <see cref="RunTiles"/> call.</summary>
+    private void RunTile(int i)
+    {
+        var item = _runItems![i];
+        AttendTile(_runLayer, _runSources![item.Seq], item, _runScratch!);
     }
 
     /// <summary>Adds the work items of one sequence of <paramref name="rows"/> pass rows: query tiles x KV heads.</summary>

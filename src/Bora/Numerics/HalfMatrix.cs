@@ -155,6 +155,13 @@ public sealed unsafe class HalfMatrix : WeightMatrix
 
     private void Product(ReadOnlySpan<float> x, Span<float> y, int tokens)
     {
+        long start = NumericsProfile.Start();
+        ProductCore(x, y, tokens);
+        NumericsProfile.Stop(ProfileSection.MatMulFloat, start);
+    }
+
+    private void ProductCore(ReadOnlySpan<float> x, Span<float> y, int tokens)
+    {
         if (tokens == 0 || Rows == 0)
         {
             return;
@@ -222,8 +229,41 @@ public sealed unsafe class HalfMatrix : WeightMatrix
         return s;
     }
 
-    /// <summary>IEEE half row (k) · float32 x (k), each vector of halves widened in registers by <see cref="WidenHalf"/>.</summary>
+    /// <summary>
+    /// IEEE half row (k) · float32 x (k), each vector of halves widened in registers by <see cref="WidenHalfFinite"/>
+    /// (4 operations per vector), while the largest magnitude bits of the row are tracked (1 more per 2 vectors). A row
+    /// holding an infinity or NaN (magnitude bits 0x7C00 and up, which the finite widening gets wrong) is redone with
+    /// <see cref="WidenHalf"/>. Either way every value widens to the same float32 and the multiply-adds run in the same
+    /// order, so the result equals <see cref="DotF16Exact"/> bit for bit.
+    /// </summary>
     private static float DotF16(ushort* w, float* x, int k)
+    {
+        int vl = Vector<float>.Count, i = 0;
+        Vector<float> a0 = default, a1 = default;
+        var largest = Vector<ushort>.Zero;
+        var magnitudeMask = new Vector<ushort>(0x7FFF);
+        for (; i + 2 * vl <= k; i += 2 * vl)
+        {
+            var raw = Vector.Load(w + i);
+            largest = Vector.Max(largest, raw & magnitudeMask);
+            Vector.Widen(raw, out Vector<uint> lo, out Vector<uint> hi);
+            a0 = Vector.FusedMultiplyAdd(WidenHalfFinite(lo), Vector.Load(x + i), a0);
+            a1 = Vector.FusedMultiplyAdd(WidenHalfFinite(hi), Vector.Load(x + i + vl), a1);
+        }
+        if (Vector.GreaterThanOrEqualAny(largest, new Vector<ushort>(0x7C00)))
+        {
+            return DotF16Exact(w, x, k);
+        }
+        float s = Vector.Sum(a0 + a1);
+        for (; i < k; i++)
+        {
+            s += (float)BitConverter.UInt16BitsToHalf(w[i]) * x[i];
+        }
+        return s;
+    }
+
+    /// <summary>IEEE half row (k) · float32 x (k), each vector of halves widened in registers by <see cref="WidenHalf"/> (infinities and NaN included).</summary>
+    private static float DotF16Exact(ushort* w, float* x, int k)
     {
         int vl = Vector<float>.Count, i = 0;
         Vector<float> a0 = default, a1 = default;
@@ -239,6 +279,24 @@ public sealed unsafe class HalfMatrix : WeightMatrix
             s += (float)BitConverter.UInt16BitsToHalf(w[i]) * x[i];
         }
         return s;
+    }
+
+    /// <summary>
+    /// IEEE half bits (one per 32-bit lane, zero-extended) to float32, exactly for every finite half (normal or
+    /// subnormal); an infinity or NaN comes out as a finite value of magnitude 2^16 or more instead (callers check).
+    /// Shifting the half to the top of the lane and back down arithmetically by 3 puts its exponent and fraction in
+    /// bits 23..27 and 13..22 and copies of the sign in bits 28..31; the mask 0x8FFFE000 keeps the sign (bit 31) and
+    /// clears the copies, leaving the value times 2^-112 as a float32 (a subnormal for a subnormal half); times 2^112
+    /// restores it exactly. Four operations (shift, shift, and, multiply) against <see cref="WidenHalf"/>'s nine.
+    /// Example: -2.0 = 0xC000 -> 0xC0000000 (shifted up) -> 0xF8000000 (arithmetic shift by 3) -> 0x88000000 (masked)
+    /// = -2^-111, times 2^112 = -2.0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector<float> WidenHalfFinite(Vector<uint> bits)
+    {
+        var top = Vector.AsVectorInt32(bits << 16);
+        var scaled = Vector.AsVectorUInt32(Vector.ShiftRightArithmetic(top, 3)) & new Vector<uint>(0x8FFFE000);
+        return Vector.AsVectorSingle(scaled) * new Vector<float>(BitConverter.UInt32BitsToSingle(0x77800000));
     }
 
     /// <summary>

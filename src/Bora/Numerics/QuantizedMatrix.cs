@@ -221,6 +221,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             return;
         }
+        long profileStart = NumericsProfile.Start();
         var job = t_job ??= new Job();
         var act = job.Activations;
         if (isa == QuantIsa.Scalar)
@@ -231,10 +232,13 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             act.Quantize(x, tokens, Cols, ActivationBlock(Type));
         }
+        NumericsProfile.Stop(ProfileSection.QuantizeActivations, profileStart);
+        long prepareStart = NumericsProfile.Start();
         if (!rowByRow)
         {
             QuantGemm.Prepare(Type, isa, act);
         }
+        NumericsProfile.Stop(ProfileSection.PrepareActivations, prepareStart);
         fixed (float* py = y)
         {
             long work = (long)Rows * Cols * tokens;
@@ -243,6 +247,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             // ranges (no shared output cache lines).
             int items = threads == 1 ? 1 : Math.Min(threads * ItemsPerThread, (Rows + RowAlign - 1) / RowAlign);
             job.Set(this, py, tokens, isa, rowByRow, items);
+            long parallelStart = NumericsProfile.Start();
             try
             {
                 if (items == 1)
@@ -258,8 +263,20 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             {
                 job.Clear();
             }
+            if (parallelStart != 0)
+            {
+                int used = items == 1 ? 1 : Math.Min(items, Math.Max(1, MaxThreads));
+                NumericsProfile.Add(ProfileSection.KernelCapacity, used * (System.Diagnostics.Stopwatch.GetTimestamp() - parallelStart));
+            }
         }
         GC.KeepAlive(_storage);
+        NumericsProfile.Stop(Type switch
+        {
+            DType.Q8_0 => ProfileSection.MatMulQ8_0,
+            DType.Q4_0 => ProfileSection.MatMulQ4_0,
+            DType.Q4_K => ProfileSection.MatMulQ4_K,
+            _ => ProfileSection.MatMulQ6_K,
+        }, profileStart);
     }
 
     /// <summary>
@@ -296,6 +313,13 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
 
         /// <summary>Item i of <c>items</c>: rows [i N / items, (i + 1) N / items), rounded to multiples of <see cref="RowAlign"/>.</summary>
         public void Run(int item)
+        {
+            long start = NumericsProfile.Start();
+            RunCore(item);
+            NumericsProfile.Stop(ProfileSection.KernelBusy, start);
+        }
+
+        private void RunCore(int item)
         {
             var m = _m!;
             int n = m.Rows;

@@ -72,6 +72,84 @@ public sealed class HalfMatrixTests
         }
     }
 
+    /// <summary>
+    /// The 4-operation widening of the decode rows is exact for every finite half (all 63488 of them, subnormals and
+    /// both zeros included) and maps every infinity / NaN pattern to a finite magnitude of at least 2^16, which is what
+    /// the row's fallback check relies on.
+    /// </summary>
+    [Fact]
+    public void TheFiniteHalfWideningIsExactForEveryFiniteBitPatternAndFlagsTheRest()
+    {
+        int vl = System.Numerics.Vector<uint>.Count;
+        var lanes = new uint[vl];
+        var widened = new float[vl];
+        for (int b = 0; b < 65536; b += vl)
+        {
+            for (int i = 0; i < vl; i++)
+            {
+                lanes[i] = (uint)(b + i);
+            }
+            HalfMatrix.WidenHalfFinite(new System.Numerics.Vector<uint>(lanes)).CopyTo(widened);
+            for (int i = 0; i < vl; i++)
+            {
+                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(b + i));
+                if (float.IsFinite(expected))
+                {
+                    Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened[i]),
+                        $"half 0x{b + i:X4}: expected {expected}, got {widened[i]}");
+                }
+                else
+                {
+                    Assert.True(float.IsFinite(widened[i]) && MathF.Abs(widened[i]) >= 65536f, $"half 0x{b + i:X4}: got {widened[i]}");
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// A decode row holding an infinity or NaN (anywhere: the vector part or the tail) gives what the scalar twin gives
+    /// (infinity of the right sign, or NaN); the rows around it stay exact.
+    /// </summary>
+    [Fact]
+    public void DecodeRowsWithInfinityOrNaNMatchTheScalarTwin()
+    {
+        var rng = new Random(11);
+        foreach (int cols in new[] { 16, 37, 64, 100 })
+        {
+            foreach (ushort special in new ushort[] { 0x7C00, 0xFC00, 0x7E00, 0x7C01 })
+            {
+                const int rows = 4;
+                var data = TestModels.Uniform(rng, rows * cols, 1f);
+                var m = HalfMatrix.FromFloat32(DType.F16, data, rows, cols);
+                var bits = m.Bits.ToArray();
+                bits[1 * cols + rng.Next(cols)] = special; // row 1 holds the special value
+                var x = new float[cols];
+                for (int i = 0; i < cols; i++)
+                {
+                    x[i] = 0.25f + (float)rng.NextDouble(); // positive: an infinity stays an infinity
+                }
+                var bytes = GC.AllocateUninitializedArray<byte>(bits.Length * 2, pinned: true);
+                System.Runtime.InteropServices.MemoryMarshal.AsBytes(bits.AsSpan()).CopyTo(bytes);
+                var withSpecial = new HalfMatrix(DType.F16, WeightStorage.Pinned(bytes), 0, rows, cols);
+                var y = new float[rows];
+                withSpecial.MatVec(x, y);
+                var expected = new float[rows];
+                HalfMatrix.MatMulScalar(DType.F16, bits, rows, cols, x, expected, 1);
+                for (int r = 0; r < rows; r++)
+                {
+                    if (float.IsNaN(expected[r]) || float.IsInfinity(expected[r]))
+                    {
+                        Assert.True(expected[r].Equals(y[r]), $"cols {cols}, special 0x{special:X4}, row {r}: {y[r]} vs scalar {expected[r]}");
+                    }
+                    else
+                    {
+                        Assert.True(float.IsFinite(y[r]) && MathF.Abs(y[r] - expected[r]) <= 1e-3f, $"cols {cols}, row {r}: {y[r]} vs scalar {expected[r]}");
+                    }
+                }
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public void ProductsMatchTheScalarTwinForEveryWidth(DType type)
@@ -79,7 +157,7 @@ public sealed class HalfMatrixTests
         var rng = new Random(2);
         for (int cols = 0; cols <= 256; cols++)
         {
-            foreach (var (rows, tokens) in new[] { (7, 1), (9, 3) })
+            foreach (var (rows, tokens) in new[] { (7, 1), (9, 3), (9, 6) }) // 6 tokens: a 4-token AVX-512 tile, then 2
             {
                 Check(type, rng, rows, cols, tokens);
             }

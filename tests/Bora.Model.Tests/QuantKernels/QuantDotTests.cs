@@ -200,6 +200,40 @@ public sealed unsafe class QuantDotTests
         return w;
     }
 
+    /// <summary>
+    /// Prefill-sized batches (at least 2^16 values) are quantized in block ranges on the worker pool: the result equals
+    /// the scalar reference exactly for 1, 2 and 3 threads (ranges that do not divide the block count evenly).
+    /// </summary>
+    [Theory]
+    [InlineData(32)]
+    [InlineData(256)]
+    public void LargeBatchesQuantizedInParallelEqualTheScalarReference(int block)
+    {
+        var rng = new Random(40 + block);
+        const int tokens = 37, k = 2048; // 75776 values
+        var x = TestModels.Uniform(rng, tokens * k, 3f);
+        var slow = new Q8Activations();
+        slow.QuantizeScalar(x, tokens, k, block);
+        int saved = NumericsThreads.MaxThreads;
+        try
+        {
+            foreach (int threads in new[] { 1, 2, 3 })
+            {
+                NumericsThreads.MaxThreads = threads;
+                var fast = new Q8Activations();
+                fast.Quantize(x, tokens, k, block);
+                Assert.True(fast.Quants.SequenceEqual(slow.Quants), $"{threads} threads: quants differ");
+                Assert.True(fast.Scales.SequenceEqual(slow.Scales), $"{threads} threads: scales differ");
+                Assert.True(fast.Sums16.SequenceEqual(slow.Sums16), $"{threads} threads: sums differ");
+                Assert.True(fast.ScaledSums.SequenceEqual(slow.ScaledSums), $"{threads} threads: scaled sums differ");
+            }
+        }
+        finally
+        {
+            NumericsThreads.MaxThreads = saved;
+        }
+    }
+
     internal static float Dot(DType type, QuantIsa isa, byte[] w, Q8Activations a, int blocks)
     {
         fixed (byte* pw = w)

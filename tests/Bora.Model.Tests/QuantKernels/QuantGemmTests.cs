@@ -193,7 +193,7 @@ public sealed unsafe class QuantGemmTests
     /// Q4_0; of (w + 128) x, o = 128, for Q8_0). Rows sweep the group
     /// tails (0..67), tokens the 8-token tile tails above the threshold, blocks per row odd and even.
     /// </summary>
-    public static TheoryData<DType> InterleavedTypes => [DType.Q8_0, DType.Q4_0, DType.Q4_K];
+    public static TheoryData<DType> InterleavedTypes => [DType.Q8_0, DType.Q4_0, DType.Q4_K, DType.Q6_K];
 
     [Theory]
     [MemberData(nameof(InterleavedTypes))]
@@ -207,7 +207,7 @@ public sealed unsafe class QuantGemmTests
         var rng = new Random(123);
         foreach (var (rows, cols0, tokens) in new[] { (1, 32, 16), (15, 64, 17), (16, 96, 23), (17, 160, 24), (33, 288, 25), (67, 128, 31), (64, 1024, 16), (5, 4096, 18) })
         {
-            int cols = type == DType.Q4_K ? 256 * Math.Max(1, cols0 / 128) : cols0; // Q4_K: 1..32 super-blocks
+            int cols = type is DType.Q4_K or DType.Q6_K ? 256 * Math.Max(1, cols0 / 128) : cols0; // K formats: 1..32 super-blocks
             var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
             var x = TestModels.Uniform(rng, tokens * cols, 2f);
             var y = new float[tokens * rows];
@@ -226,9 +226,13 @@ public sealed unsafe class QuantGemmTests
                 {
                     Q8_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
                 }
-                else
+                else if (type == DType.Q4_K)
                 {
                     Q4KInterleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                }
+                else
+                {
+                    Q6KInterleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
                 }
             }
             for (int i = 0; i < y.Length; i++)

@@ -17,7 +17,7 @@ namespace Bora.Numerics.Quant;
 /// </summary>
 internal static unsafe class Q4KInterleaved
 {
-    private const int TileTokens = 6;
+    private const int TileTokens = 8;
     private const int BlockBytes = 144;
     private const int GroupRows = Q4_0Interleaved.GroupRows;
     private const long SuperBytes = 8 * 512 + 512 + 512 + 64;
@@ -92,16 +92,16 @@ internal static unsafe class Q4KInterleaved
         }
     }
 
-    /// <summary>16 rows x 6 tokens over all super-blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
+    /// <summary>16 rows x 8 tokens over all super-blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile(byte* g, int nb, Q8Row* tok, float** sums, float* y, int n, int rows, int tokens, float* partial)
     {
-        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
-        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q;
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
         for (int b = 0; b < nb; b++)
         {
             byte* gb = g + b * SuperBytes;
-            Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default;
+            Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
             for (int s = 0; s < 8; s++)
             {
                 var blk = new Q8_0Interleaved.Block(gb + s * 512);
@@ -113,6 +113,8 @@ internal static unsafe class Q4KInterleaved
                 i3 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x3 + xo), sc);
                 i4 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x4 + xo), sc);
                 i5 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x5 + xo), sc);
+                i6 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x6 + xo), sc);
+                i7 += Avx512BW.MultiplyAddAdjacent(Sum(blk, x7 + xo), sc);
             }
             float* mins = (float*)(gb + 8 * 512 + 512);
             var d = Vector512.Load(mins + 8 * GroupRows);
@@ -122,6 +124,8 @@ internal static unsafe class Q4KInterleaved
             c3 = Finish(c3, i3, d, mins, tok[3].D[b], sums[3] + 8L * b);
             c4 = Finish(c4, i4, d, mins, tok[4].D[b], sums[4] + 8L * b);
             c5 = Finish(c5, i5, d, mins, tok[5].D[b], sums[5] + 8L * b);
+            c6 = Finish(c6, i6, d, mins, tok[6].D[b], sums[6] + 8L * b);
+            c7 = Finish(c7, i7, d, mins, tok[7].D[b], sums[7] + 8L * b);
         }
         Q4_0Interleaved.Store(c0, y, rows, partial);
         if (tokens > 1)
@@ -143,6 +147,14 @@ internal static unsafe class Q4KInterleaved
         if (tokens > 5)
         {
             Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
+        }
+        if (tokens > 6)
+        {
+            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
+        }
+        if (tokens > 7)
+        {
+            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
         }
     }
 

@@ -30,6 +30,7 @@ public sealed unsafe class Q8Activations
     private float[] _ds = [];
     private float[] _pairs = [];
     private float[] _ds8 = [];
+    private int[] _off16 = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -101,6 +102,37 @@ public sealed unsafe class Q8Activations
             _ds8[i] = _d[i / 8] * (_s16[2 * i] + _s16[2 * i + 1]);
         }
     }
+
+    /// <summary>
+    /// Once per product (after <see cref="Quantize"/>), for <see cref="Q6KInterleaved"/>: per token and group of 16
+    /// quants x[0..16), one int32 holding two int16 halves, low = offset (x0 + x1 + x4 + x5 + x8 + x9 + x12 + x13),
+    /// high = offset (x2 + x3 + x6 + x7 + x10 + x11 + x14 + x15): the part of each vpmaddwd pair that a weight offset of
+    /// <paramref name="offset"/> contributes (|offset| * 8 * 127 must fit int16: offset at most 32). (T, K / 16).
+    /// Example: x = 1, 2, ..., 16 and offset 32: low = 32 (1 + 2 + 5 + 6 + 9 + 10 + 13 + 14) = 1920, high = 32 (3 + 4 + 7 + 8 + 11 + 12 + 15 + 16) = 2432.
+    /// </summary>
+    internal void PrepareOffsets16(int offset)
+    {
+        if ((uint)offset > 32)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), offset, "the offset sums must fit int16: 0 .. 32");
+        }
+        long count = (long)Tokens * Cols / 16;
+        Ensure(ref _off16, (int)count);
+        for (long g = 0; g < count; g++)
+        {
+            sbyte* x = (sbyte*)Unsafe.AsPointer(ref _q[0]) + 16 * g;
+            int lo = 0, hi = 0;
+            for (int k = 0; k < 16; k += 4)
+            {
+                lo += x[k] + x[k + 1];
+                hi += x[k + 2] + x[k + 3];
+            }
+            _off16[g] = (ushort)(short)(offset * lo) | (offset * hi << 16);
+        }
+    }
+
+    /// <summary>Token t's <see cref="PrepareOffsets16"/> values: (K / 16) int32.</summary>
+    internal int* Offsets16(int t) => (int*)Unsafe.AsPointer(ref _off16[0]) + (long)t * (Cols / 16);
 
     /// <summary>Token <paramref name="t"/>'s (K / 32) values of <see cref="PrepareSubBlockSums"/>.</summary>
     internal float* SubBlockSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / 32);
@@ -185,12 +217,54 @@ public sealed unsafe class Q8Activations
         (Tokens, Cols, BlockSize) = (tokens, cols, blockSize);
         PairsReady = false;
         int blocks = (int)(n / blockSize);
-        for (int b = 0; b < blocks; b++)
+        bool simd = vectorized && Vector128.IsHardwareAccelerated;
+        int threads = NumericsThreads.MaxThreads;
+        if (!simd || threads == 1 || n < ParallelValues)
+        {
+            QuantizeBlocks(x, 0, blocks, simd);
+            return;
+        }
+        // Large batches (prefill): ranges of blocks on the shared worker pool. Every block is quantized on its own,
+        // so the result does not depend on the split.
+        fixed (float* px = x)
+        {
+            _pendingX = px;
+            (_pendingBlocks, _pendingItems) = (blocks, threads * 2);
+            try
+            {
+                NumericsThreads.For(_pendingItems, _quantizeItem ??= QuantizeItem);
+            }
+            finally
+            {
+                _pendingX = null;
+            }
+        }
+    }
+
+    /// <summary>Values per call from which <see cref="Quantize"/> splits the blocks over the worker threads.</summary>
+    private const long ParallelValues = 1L << 16;
+
+    private float* _pendingX; // (T, K) input of the parallel Quantize in progress
+    private int _pendingBlocks, _pendingItems;
+    private Action<int>? _quantizeItem;
+
+    /// <summary>Item i of a parallel <see cref="Quantize"/>: blocks [i B / items, (i + 1) B / items).</summary>
+    private void QuantizeItem(int i)
+    {
+        int b0 = (int)((long)i * _pendingBlocks / _pendingItems), b1 = (int)((long)(i + 1) * _pendingBlocks / _pendingItems);
+        QuantizeBlocks(new ReadOnlySpan<float>(_pendingX, (int)((long)_pendingBlocks * BlockSize)), b0, b1, simd: true);
+    }
+
+    /// <summary>Quantizes blocks [b0, b1) of x (blocks of <see cref="BlockSize"/>) into the buffers.</summary>
+    private void QuantizeBlocks(ReadOnlySpan<float> x, int b0, int b1, bool simd)
+    {
+        int blockSize = BlockSize;
+        for (int b = b0; b < b1; b++)
         {
             var xb = x.Slice(b * blockSize, blockSize);
             var qb = _q.AsSpan(b * blockSize, blockSize);
             var sb = _s16.AsSpan(b * (blockSize / 16), blockSize / 16);
-            float d = vectorized && Vector128.IsHardwareAccelerated ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
+            float d = simd ? Block128(xb, qb, sb) : BlockScalar(xb, qb, sb);
             int sum = 0;
             foreach (short s in sb)
             {

@@ -42,11 +42,11 @@ internal static unsafe class QuantGemm
     /// <summary>
     /// Whether these kernels cover a product of <paramref name="tokens"/> tokens of <paramref name="type"/> at
     /// <paramref name="isa"/>; otherwise the row-by-row <see cref="QuantDot"/> path runs. Q8_0 / Q4_0 from AVX2 on; Q4_K
-    /// for the interleaved prefill (<see cref="Q4KInterleaved"/>) and, like Q6_K, the AVX-512 row kernels (<see cref="KQuantRows"/>).
+    /// and Q6_K for the interleaved prefill (<see cref="Q4KInterleaved"/>, <see cref="Q6KInterleaved"/>) and the AVX-512 row kernels (<see cref="KQuantRows"/>).
     /// </summary>
     public static bool Covers(DType type, QuantIsa isa, int tokens) =>
         (type is DType.Q8_0 or DType.Q4_0 && isa >= QuantIsa.Avx2) || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens))
-        || KQuantRows.Covers(type, isa, tokens);
+        || (type == DType.Q6_K && Q6KInterleaved.Covers(isa, tokens)) || KQuantRows.Covers(type, isa, tokens);
 
     /// <summary>Once per product, on the calling thread, after quantizing: the per-token data the 512-bit kernels read.</summary>
     public static void Prepare(DType type, QuantIsa isa, Q8Activations act)
@@ -62,6 +62,10 @@ internal static unsafe class QuantGemm
         else if (type == DType.Q4_K && Q4KInterleaved.Covers(isa, act.Tokens))
         {
             Q4KInterleaved.Prepare(act);
+        }
+        else if (type == DType.Q6_K && Q6KInterleaved.Covers(isa, act.Tokens))
+        {
+            Q6KInterleaved.Prepare(act);
         }
         else if (isa == QuantIsa.Avx512 && type is DType.Q8_0 or DType.Q4_0)
         {
@@ -87,6 +91,10 @@ internal static unsafe class QuantGemm
         else if (type == DType.Q4_K && Q4KInterleaved.Covers(isa, tokens))
         {
             Q4KInterleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
+        }
+        else if (type == DType.Q6_K && Q6KInterleaved.Covers(isa, tokens))
+        {
+            Q6KInterleaved.Run(w, rowBytes, nb, n, act, tokens, y, r0, r1);
         }
         else if (type is DType.Q4_K or DType.Q6_K)
         {
