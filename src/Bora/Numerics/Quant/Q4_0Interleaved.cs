@@ -15,19 +15,24 @@ namespace Bora.Numerics.Quant;
 /// of block b of row r; scales (nb, 16) floats d_w. Example: values 8..11 of block 3 of the group's row 5 are int32
 /// (3 * 8 + 2) * 16 + 5 = 421.</para>
 /// <para>Each (row, token) is the sequence acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc) over the blocks in order,
-/// whatever the threads; it differs from the 4 x 4 tiles and the decode kernels only in float rounding, so products of
-/// fewer than <see cref="MinTokens"/> tokens (decode, small batches) never come here.</para>
+/// whatever the threads and tile; it differs from the 4 x 4 tiles and the decode kernels only in float rounding, so products
+/// of fewer than <see cref="MinTokens"/> tokens (decode, and with it a token's solo result) never come here. The repacking
+/// costs about one token's work per group, so from 3 tokens on this beats the tiles, whose per-row unpacking and
+/// horizontal sums cost about as much as the products themselves.</para>
 /// Letters: N = rows, K = cols, T = tokens, nb = K / 32.
 /// </summary>
 internal static unsafe class Q4_0Interleaved
 {
-    /// <summary>Tokens from which the repacking pays (about 1/8 of a 16-token product's work).</summary>
-    public const int MinTokens = 16;
+    /// <summary>
+    /// Tokens from which this path runs (<see cref="QuantDispatch.Q4_0InterleavedMinTokens"/>; set from side-by-side
+    /// measurements against <see cref="QuantGemm"/>'s tiles and decode steps).
+    /// </summary>
+    public static int MinTokens => QuantDispatch.Q4_0InterleavedMinTokens;
 
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
     internal const int GroupRows = 16;
 
-    /// <summary>Tokens per tile (accumulators in registers).</summary>
+    /// <summary>Tokens per tile (accumulators in registers); the last tile of a product has 1..8 (<see cref="ITokenCount"/>).</summary>
     private const int TileTokens = 8;
 
     private const int BlockBytes = 18;
@@ -67,7 +72,18 @@ internal static unsafe class Q4_0Interleaved
                     tok[j] = act.Row(t);
                     ds8[j] = (nint)act.OffsetSums(t);
                 }
-                Tile(g, gs, nb, tok, (float**)ds8, y + (long)t0 * n + g0, n, rows, tt, partial);
+                float* yt = y + (long)t0 * n + g0;
+                switch (tt)
+                {
+                    case 1: Tile<Tokens1>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 2: Tile<Tokens2>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 3: Tile<Tokens3>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 4: Tile<Tokens4>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 5: Tile<Tokens5>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 6: Tile<Tokens6>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 7: Tile<Tokens7>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    default: Tile<Tokens8>(g, gs, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                }
             }
         }
     }
@@ -150,10 +166,16 @@ internal static unsafe class Q4_0Interleaved
         QuantDot.Combine(TPlane.Unpack(w + Math.Min(i, rows - 1) * rowBytes + o, plane).AsInt32(),
             TPlane.Unpack(w + Math.Min(i + 8, rows - 1) * rowBytes + o, plane).AsInt32());
 
-    /// <summary>16 rows x 8 tokens over all blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
+    /// <summary>
+    /// 16 rows x TN.Value (1..8) tokens over all blocks; stores the first <paramref name="rows"/> rows. The token count is a
+    /// type argument so that each instantiation computes and keeps only its own accumulators (a product of 2 tokens does
+    /// 2 tokens' work per block, not a full tile's).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile(byte* g, float* gs, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows, int tokens, float* partial)
+    private static void Tile<TN>(byte* g, float* gs, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows, float* partial)
+        where TN : struct, ITokenCount
     {
+        int tokens = TN.Value;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
         for (int b = 0; b < nb; b++)
@@ -170,13 +192,34 @@ internal static unsafe class Q4_0Interleaved
             var dw = Vector512.Load(gs + (long)b * GroupRows);
             long xo = 32L * b;
             c0 = Token(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, x0 + xo, tok[0].D[b], ds8[0][b]);
-            c1 = Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D[b], ds8[1][b]);
-            c2 = Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D[b], ds8[2][b]);
-            c3 = Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D[b], ds8[3][b]);
-            c4 = Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D[b], ds8[4][b]);
-            c5 = Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D[b], ds8[5][b]);
-            c6 = Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D[b], ds8[6][b]);
-            c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
+            if (TN.Value > 1)
+            {
+                c1 = Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D[b], ds8[1][b]);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D[b], ds8[2][b]);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D[b], ds8[3][b]);
+            }
+            if (TN.Value > 4)
+            {
+                c4 = Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D[b], ds8[4][b]);
+            }
+            if (TN.Value > 5)
+            {
+                c5 = Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D[b], ds8[5][b]);
+            }
+            if (TN.Value > 6)
+            {
+                c6 = Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D[b], ds8[6][b]);
+            }
+            if (TN.Value > 7)
+            {
+                c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
+            }
         }
         Store(c0, y, rows, partial);
         if (tokens > 1)
@@ -272,6 +315,52 @@ internal static unsafe class Q4_0Interleaved
             }
         }
     }
+}
+
+/// <summary>A token count known at JIT time (1..8): tiles instantiated per count keep only that many accumulators.</summary>
+internal interface ITokenCount
+{
+    static abstract int Value { get; }
+}
+
+internal readonly struct Tokens1 : ITokenCount
+{
+    public static int Value => 1;
+}
+
+internal readonly struct Tokens2 : ITokenCount
+{
+    public static int Value => 2;
+}
+
+internal readonly struct Tokens3 : ITokenCount
+{
+    public static int Value => 3;
+}
+
+internal readonly struct Tokens4 : ITokenCount
+{
+    public static int Value => 4;
+}
+
+internal readonly struct Tokens5 : ITokenCount
+{
+    public static int Value => 5;
+}
+
+internal readonly struct Tokens6 : ITokenCount
+{
+    public static int Value => 6;
+}
+
+internal readonly struct Tokens7 : ITokenCount
+{
+    public static int Value => 7;
+}
+
+internal readonly struct Tokens8 : ITokenCount
+{
+    public static int Value => 8;
 }
 
 /// <summary>How a block's 32 values become the unsigned bytes of one repacked plane (value order).</summary>

@@ -1,0 +1,39 @@
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// The token counts from which <see cref="QuantizedMatrix"/> products switch kernels (AVX-512 only): from these on, Q4_0 /
+/// Q8_0 run rows-in-lanes (each 16-row group repacked once per product, tiles of up to 8 / 6 tokens with exact-count
+/// tails); below them, QuantGemm's 4 x 4 tiles and 4-row decode steps. The defaults come from side-by-side
+/// measurements (<c>bench/Bora.Bench matmul --compare-min M</c>, see its README). Settable for benchmarks and tests only:
+/// a (row, token) result depends on the path, so change them only while no product runs.
+/// </summary>
+public static class QuantDispatch
+{
+    /// <summary>
+    /// Default of <see cref="Q4_0InterleavedMinTokens"/>. Measured (14336 x 4096, 2 threads, 2-core AVX-512 box, time of the
+    /// tiles / time of rows-in-lanes): T = 1: 0.74, 2: 0.96, 3: 1.31, 4: 1.31, 6: 1.67, 8: 1.82, 12: 1.50, 15: 2.15.
+    /// </summary>
+    public const int DefaultQ4_0InterleavedMinTokens = 3;
+
+    /// <summary>
+    /// Default of <see cref="Q8_0InterleavedMinTokens"/>. Measured as for Q4_0: T = 1: 0.48, 2: 0.70, 3: 0.96, 4: 0.92,
+    /// 6: 1.13, 8: 1.43, 12: 1.45, 15: 1.44 (two nibble planes per block double the rows-in-lanes work per token).
+    /// </summary>
+    public const int DefaultQ8_0InterleavedMinTokens = 6;
+
+    private static int s_q4_0 = DefaultQ4_0InterleavedMinTokens, s_q8_0 = DefaultQ8_0InterleavedMinTokens;
+
+    /// <summary>Tokens from which Q4_0 products run rows-in-lanes (at least 1).</summary>
+    public static int Q4_0InterleavedMinTokens
+    {
+        get => s_q4_0;
+        set => s_q4_0 = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "at least 1 token");
+    }
+
+    /// <summary>Tokens from which Q8_0 products run rows-in-lanes (at least 1).</summary>
+    public static int Q8_0InterleavedMinTokens
+    {
+        get => s_q8_0;
+        set => s_q8_0 = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "at least 1 token");
+    }
+}
