@@ -8,11 +8,12 @@ namespace Bora.Bench;
 /// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K) and <see cref="F32Matrix"/>
 /// on Mistral-7B layer shapes: (4096, 4096) = Wq / Wo and (14336, 4096) = W1 / W3.
 /// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T[,T...]] [--types q4_0,q8_0,f32]
-/// [--seconds S] [--shapes all|w1] [--compare-min M]
+/// [--seconds S] [--shapes all|w1] [--compare-min M] [--compare-quad 1]
 /// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour; several token counts run one
 /// after the other in the same process; --shapes w1 runs only (14336, 4096)).
 /// With --compare-min M the two quantized variants are instead "dflt" (the default <see cref="QuantDispatch"/>
-/// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements.
+/// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements; with
+/// --compare-quad 1 they are "dflt" and "pair" (<see cref="QuantDispatch.Q4_0QuadDecode"/> off: the previous Q4_0 decode kernel).
 /// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
 /// Quantized types run twice, alternating call by call in the same loop: "new" (the tiled kernels of QuantGemm) and
 /// "old" (the row-by-row QuantDot baseline, <see cref="QuantizedMatrix.RowByRowBaseline"/>), and the ratio old / new.
@@ -22,6 +23,7 @@ public static class MatMulBench
     public static void Run(string[] args)
     {
         int threads = Environment.ProcessorCount, compareMin = 0;
+        bool compareQuad = false;
         int[] tokenCounts = [1];
         bool onlyW1 = false;
         double seconds = 1.0;
@@ -32,6 +34,7 @@ public static class MatMulBench
             {
                 case "--threads": threads = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--tokens": tokenCounts = [.. args[i + 1].Split(',').Select(v => int.Parse(v, System.Globalization.CultureInfo.InvariantCulture))]; break;
+                case "--compare-quad": compareQuad = args[i + 1] == "1"; compareMin = compareQuad ? -1 : compareMin; break;
                 case "--compare-min": compareMin = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--shapes": onlyW1 = args[i + 1] == "w1"; break;
                 case "--seconds": seconds = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
@@ -78,20 +81,38 @@ public static class MatMulBench
                     var type = Enum.Parse<DType>(t, ignoreCase: true);
                     var q = QuantizedMatrix.Quantize(type, w, n, k);
                     long bytes = q.Blocks.Length;
-                    var r = compareMin > 0
+                    var r = compareMin < 0
+                        ? Measure([() => q.MatMul(x, y, tokens), () => WithoutQuad(() => q.MatMul(x, y, tokens))], seconds)
+                        : compareMin > 0
                         ? Measure([() => WithMin(0, () => q.MatMul(x, y, tokens)), () => WithMin(compareMin, () => q.MatMul(x, y, tokens))], seconds)
                         : Measure([() => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: false), () => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: true)], seconds);
                     for (int v = 0; v < 2; v++)
                     {
                         var (ms, cpuMs) = r[v];
-                        string label = compareMin > 0 ? $"{t}{(v == 0 ? " dflt" : $" min{compareMin}")}" : $"{t}{(v == 0 ? " new" : " old")}";
+                        string label = compareMin < 0 ? $"{t}{(v == 0 ? " dflt" : " pair")}" : compareMin > 0 ? $"{t}{(v == 0 ? " dflt" : $" min{compareMin}")}" : $"{t}{(v == 0 ? " new" : " old")}";
                         Console.WriteLine($"{label,-10} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
                     }
-                    Console.WriteLine(compareMin > 0
+                    Console.WriteLine(compareMin < 0
+                        ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: dflt is {r[1].WallMs / r[0].WallMs:F2}x pair (median wall time)"
+                        : compareMin > 0
                         ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: min{compareMin} is {r[0].WallMs / r[1].WallMs:F2}x dflt (median wall time)"
                         : $"{t,-10} {$"({n}, {k})",-14} new is {r[1].WallMs / r[0].WallMs:F2}x old (median wall time)");
                 }
             }
+        }
+    }
+
+    /// <summary>Runs <paramref name="product"/> with the previous Q4_0 decode kernel.</summary>
+    private static void WithoutQuad(Action product)
+    {
+        QuantDispatch.Q4_0QuadDecode = false;
+        try
+        {
+            product();
+        }
+        finally
+        {
+            QuantDispatch.Q4_0QuadDecode = true;
         }
     }
 

@@ -36,4 +36,10 @@ public static class QuantDispatch
         get => s_q8_0;
         set => s_q8_0 = value >= 1 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "at least 1 token");
     }
+
+    /// <summary>
+    /// Whether Q4_0 decode steps at AVX-512 with VBMI read 4 blocks per step (QuantGemm.GemvQ4Quad, the default) rather
+    /// than a block pair (QuantGemm.Gemv512, the previous kernel; benchmarks compare the two).
+    /// </summary>
+    public static bool Q4_0QuadDecode { get; set; } = true;
 }
