@@ -17,7 +17,7 @@ namespace Bora.Numerics.Quant;
 /// <para>Each (row, token) is the sequence acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc) over the blocks in order,
 /// whatever the threads and tile; it differs from the 4 x 4 tiles and the decode kernels only in float rounding, so products
 /// of fewer than <see cref="MinTokens"/> tokens (decode, and with it a token's solo result) never come here. The repacking
-/// costs about one token's work per group, so from 3 tokens on this beats the tiles, whose per-row unpacking and
+/// costs about one token's work per group, so from 2 tokens on this beats the tiles and decode steps, whose per-row unpacking and
 /// horizontal sums cost about as much as the products themselves.</para>
 /// Letters: N = rows, K = cols, T = tokens, nb = K / 32.
 /// </summary>

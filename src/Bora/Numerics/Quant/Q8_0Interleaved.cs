@@ -49,8 +49,11 @@ internal static unsafe class Q8_0Interleaved
             int rows = Math.Min(Q4_0Interleaved.GroupRows, r1 - g0);
             Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, 0);
             Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, hi, 512, gs, BlockBytes, 1);
+            var ahead = new Prefetcher(g0 + Q4_0Interleaved.GroupRows < r1 ? w + (g0 + Q4_0Interleaved.GroupRows) * rowBytes : null, rowBytes,
+                Math.Min(Q4_0Interleaved.GroupRows, r1 - g0 - Q4_0Interleaved.GroupRows), nb); // the next group, during the first tile
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
+                var pf = t0 == 0 ? ahead : default;
                 int tt = Math.Min(TileTokens, tokens - t0);
                 for (int j = 0; j < TileTokens; j++)
                 {
@@ -61,12 +64,12 @@ internal static unsafe class Q8_0Interleaved
                 float* yt = y + (long)t0 * n + g0;
                 switch (tt)
                 {
-                    case 1: Tile<Tokens1>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
-                    case 2: Tile<Tokens2>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
-                    case 3: Tile<Tokens3>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
-                    case 4: Tile<Tokens4>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
-                    case 5: Tile<Tokens5>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
-                    default: Tile<Tokens6>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial); break;
+                    case 1: Tile<Tokens1>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 2: Tile<Tokens2>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 3: Tile<Tokens3>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 4: Tile<Tokens4>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 5: Tile<Tokens5>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    default: Tile<Tokens6>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
                 }
             }
         }
@@ -74,10 +77,11 @@ internal static unsafe class Q8_0Interleaved
 
     /// <summary>16 rows x TN.Value (1..6) tokens over all blocks (see <see cref="ITokenCount"/>); stores the first <paramref name="rows"/> rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TN>(byte* lo, byte* hi, float* gs, int nb, Q8Row* tok, float** ds, float* y, int n, int rows, float* partial)
+    private static void Tile<TN>(byte* lo, byte* hi, float* gs, int nb, Q8Row* tok, float** ds, float* y, int n, int rows, float* partial, Prefetcher ahead)
         where TN : struct, ITokenCount
     {
         int tokens = TN.Value;
+        int line = 0;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q;
         for (int b = 0; b < nb; b++)
@@ -86,6 +90,7 @@ internal static unsafe class Q8_0Interleaved
             var h = new Block(hi + (long)b * 512);
             var dw = Vector512.Load(gs + (long)b * Q4_0Interleaved.GroupRows);
             long xo = 32L * b;
+            line = ahead.Step(line);
             c0 = Token(c0, l, h, dw, x0 + xo, tok[0].D[b], ds[0][b]);
             if (TN.Value > 1)
             {

@@ -10,16 +10,19 @@ namespace Bora.Numerics.Quant;
 public static class QuantDispatch
 {
     /// <summary>
-    /// Default of <see cref="Q4_0InterleavedMinTokens"/>. Measured (14336 x 4096, 2 threads, 2-core AVX-512 box, time of the
-    /// tiles / time of rows-in-lanes): T = 1: 0.74, 2: 0.96, 3: 1.31, 4: 1.31, 6: 1.67, 8: 1.82, 12: 1.50, 15: 2.15.
+    /// Default of <see cref="Q4_0InterleavedMinTokens"/>. Measured (14336 x 4096, 2-core AVX-512 box shared with other jobs,
+    /// time of the tiles and decode steps / time of rows-in-lanes, same run): with the first rows-in-lanes small tiles,
+    /// T = 1: 0.74, 2: 0.96, 3: 1.31, 4: 1.31, 6: 1.67, 8: 1.82, 15: 2.15 (2 threads); after the faster repack and the
+    /// prefetch, against the 4-block decode kernel: T = 1: 0.82 / 0.79 (2 / 1 threads), 2: 1.18 / 1.16, 3..5: 1.00.
     /// </summary>
-    public const int DefaultQ4_0InterleavedMinTokens = 3;
+    public const int DefaultQ4_0InterleavedMinTokens = 2;
 
     /// <summary>
-    /// Default of <see cref="Q8_0InterleavedMinTokens"/>. Measured as for Q4_0: T = 1: 0.48, 2: 0.70, 3: 0.96, 4: 0.92,
-    /// 6: 1.13, 8: 1.43, 12: 1.45, 15: 1.44 (two nibble planes per block double the rows-in-lanes work per token).
+    /// Default of <see cref="Q8_0InterleavedMinTokens"/>. Measured as for Q4_0 (two nibble planes per block double the
+    /// rows-in-lanes work per token): T = 1: 0.53 / 0.54 (2 / 1 threads), 2: 0.78 / 0.86, 3: 1.01 / 1.11, 4: 1.02 / 0.97,
+    /// 5: 1.19 / 1.13, 6: 1.13, 8: 1.43, 15: 1.44.
     /// </summary>
-    public const int DefaultQ8_0InterleavedMinTokens = 6;
+    public const int DefaultQ8_0InterleavedMinTokens = 5;
 
     private static int s_q4_0 = DefaultQ4_0InterleavedMinTokens, s_q8_0 = DefaultQ8_0InterleavedMinTokens;
 
