@@ -8,7 +8,7 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
 /// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
 /// <list type="bullet">
-/// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 5, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
+/// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 3, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
 /// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
 /// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
 /// Q4_K / Q6_K at AVX-512: row kernels (<see cref="KQuantRows"/>).</item>

@@ -158,9 +158,13 @@ internal static unsafe class Q4_0Interleaved
     /// <summary>
     /// Repacks plane <paramref name="plane"/> (see <see cref="IPlane"/>) of <paramref name="rows"/> rows of nb blocks of
     /// <paramref name="blockBytes"/> bytes into the group layout at <paramref name="g"/> (512 bytes per block, blocks
-    /// <paramref name="stride"/> bytes apart) and, for plane 0, their f16 scales (at block offset 0) into <paramref name="gs"/>.
+    /// <paramref name="stride"/> bytes apart) and, for plane 0 (or -1), their f16 scales (at block offset 0) into <paramref name="gs"/>.
     /// </summary>
-    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, long stride, float* gs, int blockBytes, int plane)
+    /// <remarks>
+    /// With <paramref name="highPlane"/> the plane's bytes are split after the transpose: their low nibbles go to
+    /// <paramref name="g"/>, their high nibbles to <paramref name="highPlane"/> (same layout), one transpose for both.
+    /// </remarks>
+    internal static void Repack<TPlane>(byte* w, long rowBytes, int nb, int rows, byte* g, long stride, float* gs, int blockBytes, int plane, byte* highPlane = null)
         where TPlane : struct, IPlane
     {
         var lo64 = Vector512.Create(0L, 1, 8, 9, 4, 5, 12, 13);
@@ -194,15 +198,30 @@ internal static unsafe class Q4_0Interleaved
             var u6 = Avx512F.UnpackLow(t5.AsInt64(), t7.AsInt64());
             var u7 = Avx512F.UnpackHigh(t5.AsInt64(), t7.AsInt64());
             long* dst = (long*)(g + b * stride);
-            Avx512F.PermuteVar8x64x2(u0, lo64, u4).Store(dst);
-            Avx512F.PermuteVar8x64x2(u1, lo64, u5).Store(dst + 8);
-            Avx512F.PermuteVar8x64x2(u2, lo64, u6).Store(dst + 16);
-            Avx512F.PermuteVar8x64x2(u3, lo64, u7).Store(dst + 24);
-            Avx512F.PermuteVar8x64x2(u0, hi64, u4).Store(dst + 32);
-            Avx512F.PermuteVar8x64x2(u1, hi64, u5).Store(dst + 40);
-            Avx512F.PermuteVar8x64x2(u2, hi64, u6).Store(dst + 48);
-            Avx512F.PermuteVar8x64x2(u3, hi64, u7).Store(dst + 56);
-            if (plane == 0)
+            if (highPlane == null)
+            {
+                Avx512F.PermuteVar8x64x2(u0, lo64, u4).Store(dst);
+                Avx512F.PermuteVar8x64x2(u1, lo64, u5).Store(dst + 8);
+                Avx512F.PermuteVar8x64x2(u2, lo64, u6).Store(dst + 16);
+                Avx512F.PermuteVar8x64x2(u3, lo64, u7).Store(dst + 24);
+                Avx512F.PermuteVar8x64x2(u0, hi64, u4).Store(dst + 32);
+                Avx512F.PermuteVar8x64x2(u1, hi64, u5).Store(dst + 40);
+                Avx512F.PermuteVar8x64x2(u2, hi64, u6).Store(dst + 48);
+                Avx512F.PermuteVar8x64x2(u3, hi64, u7).Store(dst + 56);
+            }
+            else
+            {
+                long* dh = (long*)(highPlane + b * stride);
+                Split(Avx512F.PermuteVar8x64x2(u0, lo64, u4), dst, dh);
+                Split(Avx512F.PermuteVar8x64x2(u1, lo64, u5), dst + 8, dh + 8);
+                Split(Avx512F.PermuteVar8x64x2(u2, lo64, u6), dst + 16, dh + 16);
+                Split(Avx512F.PermuteVar8x64x2(u3, lo64, u7), dst + 24, dh + 24);
+                Split(Avx512F.PermuteVar8x64x2(u0, hi64, u4), dst + 32, dh + 32);
+                Split(Avx512F.PermuteVar8x64x2(u1, hi64, u5), dst + 40, dh + 40);
+                Split(Avx512F.PermuteVar8x64x2(u2, hi64, u6), dst + 48, dh + 48);
+                Split(Avx512F.PermuteVar8x64x2(u3, hi64, u7), dst + 56, dh + 56);
+            }
+            if (plane <= 0)
             {
                 // The 16 rows' f16 scales (rows past the group's end repeat the last), converted 8 at a time.
                 for (int r0 = 0; r0 < GroupRows; r0 += 8)
@@ -216,6 +235,15 @@ internal static unsafe class Q4_0Interleaved
                 }
             }
         }
+    }
+
+    /// <summary>The bytes of <paramref name="v"/>: low nibbles to <paramref name="lo"/>, high nibbles to <paramref name="hi"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Split(Vector512<long> v, long* lo, long* hi)
+    {
+        var nibble = Vector512.Create((byte)0x0F);
+        (v.AsByte() & nibble).AsInt64().Store(lo);
+        (Vector512.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble).AsInt64().Store(hi);
     }
 
     /// <summary>Rows i and i + 8 (clamped to the last present row) of block offset o, unpacked, as one vector of 16 int32.</summary>
@@ -484,13 +512,16 @@ internal readonly unsafe struct Q4_0Plane : IPlane
     }
 }
 
-/// <summary>Q8_0: u = w + 128 (0..255) split into plane 0 = u mod 16 and plane 1 = u / 16.</summary>
+/// <summary>
+/// Q8_0: u = w + 128 (0..255) split into plane 0 = u mod 16 and plane 1 = u / 16; plane -1 is u whole (for
+/// <see cref="Q4_0Interleaved.Repack{TPlane}"/> with a high plane, which splits after transposing).
+/// </summary>
 internal readonly unsafe struct Q8_0Plane : IPlane
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<byte> Unpack(byte* blk, int plane)
     {
         var u = Vector256.Load(blk + 2) ^ Vector256.Create((byte)0x80);
-        return plane == 0 ? u & Vector256.Create((byte)0x0F) : Vector256.ShiftRightLogical(u.AsUInt32(), 4).AsByte() & Vector256.Create((byte)0x0F);
+        return plane < 0 ? u : plane == 0 ? u & Vector256.Create((byte)0x0F) : Vector256.ShiftRightLogical(u.AsUInt32(), 4).AsByte() & Vector256.Create((byte)0x0F);
     }
 }

@@ -47,8 +47,8 @@ internal static unsafe class Q8_0Interleaved
         for (int g0 = r0; g0 < r1; g0 += Q4_0Interleaved.GroupRows)
         {
             int rows = Math.Min(Q4_0Interleaved.GroupRows, r1 - g0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, 0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, hi, 512, gs, BlockBytes, 1);
+            // One transpose of u = w + 128 for both nibble planes (plane -1, split on store).
+            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, -1, hi);
             var ahead = new Prefetcher(g0 + Q4_0Interleaved.GroupRows < r1 ? w + (g0 + Q4_0Interleaved.GroupRows) * rowBytes : null, rowBytes,
                 Math.Min(Q4_0Interleaved.GroupRows, r1 - g0 - Q4_0Interleaved.GroupRows), nb); // the next group, during the first tile
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)

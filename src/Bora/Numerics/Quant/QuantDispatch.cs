@@ -19,10 +19,11 @@ public static class QuantDispatch
 
     /// <summary>
     /// Default of <see cref="Q8_0InterleavedMinTokens"/>. Measured as for Q4_0 (two nibble planes per block double the
-    /// rows-in-lanes work per token): T = 1: 0.53 / 0.54 (2 / 1 threads), 2: 0.78 / 0.86, 3: 1.01 / 1.11, 4: 1.02 / 0.97,
-    /// 5: 1.19 / 1.13, 6: 1.13, 8: 1.43, 15: 1.44.
+    /// rows-in-lanes work per token); after repacking both planes with one transpose: T = 2: 0.82 / 1.21 (2 / 1 threads),
+    /// 3: 1.00 / 1.41, 4: 1.27 / 1.21, 5: 1.39, 8: 1.35, 12: 1.39 (2 threads). Before that (two transposes): T = 1: 0.53,
+    /// 3: 0.96-1.11, 5: 0.97-1.19, 8: 0.98-1.43.
     /// </summary>
-    public const int DefaultQ8_0InterleavedMinTokens = 5;
+    public const int DefaultQ8_0InterleavedMinTokens = 3;
 
     private static int s_q4_0 = DefaultQ4_0InterleavedMinTokens, s_q8_0 = DefaultQ8_0InterleavedMinTokens;
 
