@@ -5,6 +5,7 @@ using Bora.Generation;
 using Bora.Loading;
 using Bora.Model;
 using Bora.Numerics;
+using Bora.Numerics.Quant;
 using Bora.Serving;
 using Bora.Tokenizers;
 
@@ -27,12 +28,17 @@ public static class EngineBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["model", "clients", "prompt-tokens", "gen-tokens", "threads", "repeats"], []);
+        var a = new BenchArgs(args, ["model", "clients", "prompt-tokens", "gen-tokens", "threads", "repeats", "interleaved-min"], []);
         string path = a.Get("model") ?? throw new ArgumentException("--model PATH is required");
         var clients = (a.Get("clients") ?? "1,4,16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         int prompt = a.GetInt("prompt-tokens", 32), gen = a.GetInt("gen-tokens", 16), repeats = a.GetInt("repeats", 3);
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount);
+        if (a.Get("interleaved-min") is not null)
+        {
+            // Benchmarks of the dispatch: Q4_0 / Q8_0 rows-in-lanes from this many tokens (16 = the dispatch before small batches ran there).
+            QuantDispatch.Q4_0InterleavedMinTokens = QuantDispatch.Q8_0InterleavedMinTokens = a.GetInt("interleaved-min", 1);
+        }
         using var loaded = ModelLoader.Load(path);
         var model = loaded.Model;
         var c = model.Config;

@@ -7,8 +7,13 @@ namespace Bora.Bench;
 /// <summary>
 /// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K) and <see cref="F32Matrix"/>
 /// on Mistral-7B layer shapes: (4096, 4096) = Wq / Wo and (14336, 4096) = W1 / W3.
-/// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T] [--types q4_0,q8_0,f32] [--seconds S]
-/// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour).
+/// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T[,T...]] [--types q4_0,q8_0,f32]
+/// [--seconds S] [--shapes all|w1] [--compare-min M] [--compare-quad 1]
+/// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour; several token counts run one
+/// after the other in the same process; --shapes w1 runs only (14336, 4096)).
+/// With --compare-min M the two quantized variants are instead "dflt" (the default <see cref="QuantDispatch"/>
+/// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements; with
+/// --compare-quad 1 they are "dflt" and "pair" (<see cref="QuantDispatch.Q4_0QuadDecode"/> off: the previous Q4_0 decode kernel).
 /// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
 /// Quantized types run twice, alternating call by call in the same loop: "new" (the tiled kernels of QuantGemm) and
 /// "old" (the row-by-row QuantDot baseline, <see cref="QuantizedMatrix.RowByRowBaseline"/>), and the ratio old / new.
@@ -17,7 +22,10 @@ public static class MatMulBench
 {
     public static void Run(string[] args)
     {
-        int threads = Environment.ProcessorCount, tokens = 1;
+        int threads = Environment.ProcessorCount, compareMin = 0;
+        bool compareQuad = false;
+        int[] tokenCounts = [1];
+        bool onlyW1 = false;
         double seconds = 1.0;
         string[] types = ["q4_0", "q8_0", "f32"];
         for (int i = 0; i + 1 < args.Length; i += 2)
@@ -25,17 +33,28 @@ public static class MatMulBench
             switch (args[i])
             {
                 case "--threads": threads = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
-                case "--tokens": tokens = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--tokens": tokenCounts = [.. args[i + 1].Split(',').Select(v => int.Parse(v, System.Globalization.CultureInfo.InvariantCulture))]; break;
+                case "--compare-quad": compareQuad = args[i + 1] == "1"; compareMin = compareQuad ? -1 : compareMin; break;
+                case "--compare-min": compareMin = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
+                case "--shapes": onlyW1 = args[i + 1] == "w1"; break;
                 case "--seconds": seconds = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--types": types = args[i + 1].Split(','); break;
                 default: throw new ArgumentException($"unknown option {args[i]}");
             }
         }
         NumericsThreads.MaxThreads = threads;
+        foreach (int tokens in tokenCounts)
+        {
+            Run(threads, tokens, seconds, types, onlyW1, compareMin);
+        }
+    }
+
+    private static void Run(int threads, int tokens, double seconds, string[] types, bool onlyW1, int compareMin)
+    {
         Console.WriteLine($"threads {threads} (processor count {Environment.ProcessorCount}), tokens {tokens}, ISA {QuantDot.Best}, {Environment.Version}");
         Console.WriteLine($"{"type",-10} {"shape",-14} {"ms/call",9} {"GB/s",8} {"GFLOP/s",9} {"cpu-ms",10} {"cpu-GB/s",8}");
         var rng = new Random(1);
-        foreach (var (n, k) in new[] { (4096, 4096), (14336, 4096) })
+        foreach (var (n, k) in onlyW1 ? new[] { (14336, 4096) } : new[] { (4096, 4096), (14336, 4096) })
         {
             var w = new float[(long)n * k];
             for (long i = 0; i < w.LongLength; i++)
@@ -62,16 +81,57 @@ public static class MatMulBench
                     var type = Enum.Parse<DType>(t, ignoreCase: true);
                     var q = QuantizedMatrix.Quantize(type, w, n, k);
                     long bytes = q.Blocks.Length;
-                    var r = Measure([() => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: false), () => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: true)], seconds);
+                    var r = compareMin < 0
+                        ? Measure([() => q.MatMul(x, y, tokens), () => WithoutQuad(() => q.MatMul(x, y, tokens))], seconds)
+                        : compareMin > 0
+                        ? Measure([() => WithMin(0, () => q.MatMul(x, y, tokens)), () => WithMin(compareMin, () => q.MatMul(x, y, tokens))], seconds)
+                        : Measure([() => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: false), () => q.MatMul(x, y, tokens, QuantDot.Best, rowByRow: true)], seconds);
                     for (int v = 0; v < 2; v++)
                     {
                         var (ms, cpuMs) = r[v];
-                        string label = $"{t}{(v == 0 ? " new" : " old")}";
+                        string label = compareMin < 0 ? $"{t}{(v == 0 ? " dflt" : " pair")}" : compareMin > 0 ? $"{t}{(v == 0 ? " dflt" : $" min{compareMin}")}" : $"{t}{(v == 0 ? " new" : " old")}";
                         Console.WriteLine($"{label,-10} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
                     }
-                    Console.WriteLine($"{t,-10} {$"({n}, {k})",-14} new is {r[1].WallMs / r[0].WallMs:F2}x old (median wall time)");
+                    Console.WriteLine(compareMin < 0
+                        ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: dflt is {r[1].WallMs / r[0].WallMs:F2}x pair (median wall time)"
+                        : compareMin > 0
+                        ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: min{compareMin} is {r[0].WallMs / r[1].WallMs:F2}x dflt (median wall time)"
+                        : $"{t,-10} {$"({n}, {k})",-14} new is {r[1].WallMs / r[0].WallMs:F2}x old (median wall time)");
                 }
             }
+        }
+    }
+
+    /// <summary>Runs <paramref name="product"/> with the previous Q4_0 decode kernel.</summary>
+    private static void WithoutQuad(Action product)
+    {
+        QuantDispatch.Q4_0QuadDecode = false;
+        try
+        {
+            product();
+        }
+        finally
+        {
+            QuantDispatch.Q4_0QuadDecode = true;
+        }
+    }
+
+    /// <summary>Runs <paramref name="product"/> with both interleaved thresholds at <paramref name="min"/> (0: the defaults), then restores them.</summary>
+    private static void WithMin(int min, Action product)
+    {
+        if (min > 0)
+        {
+            QuantDispatch.Q4_0InterleavedMinTokens = min;
+            QuantDispatch.Q8_0InterleavedMinTokens = min;
+        }
+        try
+        {
+            product();
+        }
+        finally
+        {
+            QuantDispatch.Q4_0InterleavedMinTokens = QuantDispatch.DefaultQ4_0InterleavedMinTokens;
+            QuantDispatch.Q8_0InterleavedMinTokens = QuantDispatch.DefaultQ8_0InterleavedMinTokens;
         }
     }
 

@@ -8,7 +8,7 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
 /// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
 /// <list type="bullet">
-/// <item>AVX-512, 16 tokens and more, Q4_0 / Q8_0 / Q4_K: rows in vector lanes, each 16-row group repacked once per
+/// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 3, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
 /// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
 /// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
 /// Q4_K / Q6_K at AVX-512: row kernels (<see cref="KQuantRows"/>).</item>
@@ -16,7 +16,8 @@ namespace Bora.Numerics;
 /// (row, token), also reachable as the benchmark baseline (<see cref="RowByRowBaseline"/>).</item>
 /// </list>
 /// Rows are split into one contiguous range per thread (multiples of 16 rows) on <see cref="NumericsThreads.For"/>;
-/// a (row, token) result never depends on the thread count, and below 16 tokens not on the token count either.
+/// a (row, token) result never depends on the thread count, nor on the token count as long as both counts take the same
+/// kernel family (rows in lanes or not; the two differ only in float rounding).
 /// Results differ from float32 over the dequantized weights only by the activation rounding (relative error about
 /// 1/254 of each block's largest activation) and float summation order.
 /// Storage: row r is bytes [r * RowBytes, (r + 1) * RowBytes) of a <see cref="WeightStorage"/> region starting at

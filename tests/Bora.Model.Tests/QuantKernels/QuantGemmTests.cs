@@ -146,7 +146,7 @@ public sealed unsafe class QuantGemmTests
         int saved = NumericsThreads.MaxThreads;
         try
         {
-            foreach (var (k, tokens) in new[] { (512, 15), (544, 15), (544, 40) })
+            foreach (var (k, tokens) in new[] { (512, 15), (544, 15), (544, 40), (544, 2), (544, 5) })
             {
                 const int n = 301; // n * k * tokens well above the parallel threshold
                 var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, n * k, 1f), n, k);
@@ -162,21 +162,26 @@ public sealed unsafe class QuantGemmTests
                         first ??= y;
                         Assert.True(first.AsSpan().SequenceEqual(y), $"{type} {isa} K = {k}, {tokens} tokens: {threads} threads differ from 1");
                     }
-                    if (Q4_0Interleaved.Covers(isa, tokens))
-                    {
-                        continue; // the interleaved prefill: a different (tested) rounding order than smaller batches
-                    }
+                    // Rows-in-lanes (from QuantDispatch's threshold on) rounds differently from the tiles and decode
+                    // steps; within one family results must not depend on the batch.
+                    int from = QuantizedMatrixTests.InterleavedFrom(type, isa);
                     NumericsThreads.MaxThreads = 2;
                     for (int t0 = 0; t0 < tokens; t0 += 6)
                     {
-                        // Sub-batches of 6 (a tile of 4 and a decode tail of 2) and single tokens.
+                        // Sub-batches of 6 (a tile of 4 and a decode tail of 2, or rows-in-lanes tails) and single tokens.
                         int tt = Math.Min(6, tokens - t0);
-                        var part = new float[tt * n];
-                        q.MatMul(x.AsSpan(t0 * k, tt * k), part, tt, isa, rowByRow: false);
-                        Assert.True(part.AsSpan().SequenceEqual(first.AsSpan(t0 * n, tt * n)), $"{type} {isa} K = {k}: tokens {t0}..{t0 + tt} as a batch of {tt}");
-                        var one = new float[n];
-                        q.MatMul(x.AsSpan(t0 * k, k), one, 1, isa, rowByRow: false);
-                        Assert.True(one.AsSpan().SequenceEqual(first.AsSpan(t0 * n, n)), $"{type} {isa} K = {k}: token {t0} alone");
+                        if (tt >= from == tokens >= from)
+                        {
+                            var part = new float[tt * n];
+                            q.MatMul(x.AsSpan(t0 * k, tt * k), part, tt, isa, rowByRow: false);
+                            Assert.True(part.AsSpan().SequenceEqual(first.AsSpan(t0 * n, tt * n)), $"{type} {isa} K = {k}: tokens {t0}..{t0 + tt} as a batch of {tt}");
+                        }
+                        if (1 >= from == tokens >= from)
+                        {
+                            var one = new float[n];
+                            q.MatMul(x.AsSpan(t0 * k, k), one, 1, isa, rowByRow: false);
+                            Assert.True(one.AsSpan().SequenceEqual(first.AsSpan(t0 * n, n)), $"{type} {isa} K = {k}: token {t0} alone");
+                        }
                     }
                 }
             }
@@ -239,6 +244,57 @@ public sealed unsafe class QuantGemmTests
             {
                 Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
                     $"{type} ({rows}, {cols}) x {tokens}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// The rows-in-lanes tiles of every token count (1..8 for Q4_0, 1..6 for Q8_0, as reached by small batches and the
+    /// last tile of larger ones), called directly whatever <see cref="QuantDispatch"/> picks, equal the scalar twin bit
+    /// for bit over group tails (rows 1..67) and odd and even blocks per row.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.Q4_0)]
+    [InlineData(DType.Q8_0)]
+    public void InterleavedTilesOfEveryTokenCountEqualTheScalarTwin(DType type)
+    {
+        if (!Q4_0Interleaved.Covers(QuantDot.Best, 64))
+        {
+            Console.WriteLine($"interleaved path not available at {QuantDot.Best}: skipped");
+            return;
+        }
+        var rng = new Random(321 + (int)type);
+        foreach (var (rows, cols, tokens0) in new[] { (1, 32, 1), (15, 64, 1), (16, 96, 1), (17, 160, 1), (33, 288, 1), (67, 128, 1) })
+        {
+            var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
+            for (int tokens = tokens0; tokens <= 15; tokens++)
+            {
+                var x = TestModels.Uniform(rng, tokens * cols, 2f);
+                var act = new Q8Activations();
+                act.Quantize(x, tokens, cols, 32);
+                var y = new float[tokens * rows];
+                var expected = new float[tokens * rows];
+                fixed (byte* w = q.Blocks)
+                fixed (float* py = y, pe = expected)
+                {
+                    if (type == DType.Q4_0)
+                    {
+                        Q4_0Interleaved.Prepare(act);
+                        Q4_0Interleaved.Run(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, py, 0, rows);
+                        Q4_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                    }
+                    else
+                    {
+                        Q8_0Interleaved.Prepare(act);
+                        Q8_0Interleaved.Run(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, py, 0, rows);
+                        Q8_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows);
+                    }
+                }
+                for (int i = 0; i < y.Length; i++)
+                {
+                    Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
+                        $"{type} ({rows}, {cols}) x {tokens}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ internal static unsafe class Q8_0Interleaved
     private static byte[]? t_group;
 
     /// <summary>Whether this path runs for a product of <paramref name="tokens"/> tokens at <paramref name="isa"/>.</summary>
-    public static bool Covers(QuantIsa isa, int tokens) => Q4_0Interleaved.Covers(isa, tokens);
+    public static bool Covers(QuantIsa isa, int tokens) => isa == QuantIsa.Avx512 && tokens >= QuantDispatch.Q8_0InterleavedMinTokens;
 
     /// <summary>Once per product on the calling thread: the activation data the kernel reads.</summary>
     public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(128);
@@ -47,10 +47,13 @@ internal static unsafe class Q8_0Interleaved
         for (int g0 = r0; g0 < r1; g0 += Q4_0Interleaved.GroupRows)
         {
             int rows = Math.Min(Q4_0Interleaved.GroupRows, r1 - g0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, 0);
-            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, hi, 512, gs, BlockBytes, 1);
+            // One transpose of u = w + 128 for both nibble planes (plane -1, split on store).
+            Q4_0Interleaved.Repack<Q8_0Plane>(w + g0 * rowBytes, rowBytes, nb, rows, lo, 512, gs, BlockBytes, -1, hi);
+            var ahead = new Prefetcher(g0 + Q4_0Interleaved.GroupRows < r1 ? w + (g0 + Q4_0Interleaved.GroupRows) * rowBytes : null, rowBytes,
+                Math.Min(Q4_0Interleaved.GroupRows, r1 - g0 - Q4_0Interleaved.GroupRows), nb); // the next group, during the first tile
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
+                var pf = t0 == 0 ? ahead : default;
                 int tt = Math.Min(TileTokens, tokens - t0);
                 for (int j = 0; j < TileTokens; j++)
                 {
@@ -58,15 +61,27 @@ internal static unsafe class Q8_0Interleaved
                     tok[j] = act.Row(t);
                     ds[j] = (nint)act.OffsetSums(t);
                 }
-                Tile(lo, hi, gs, nb, tok, (float**)ds, y + (long)t0 * n + g0, n, rows, tt, partial);
+                float* yt = y + (long)t0 * n + g0;
+                switch (tt)
+                {
+                    case 1: Tile<Tokens1>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 2: Tile<Tokens2>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 3: Tile<Tokens3>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 4: Tile<Tokens4>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    case 5: Tile<Tokens5>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                    default: Tile<Tokens6>(lo, hi, gs, nb, tok, (float**)ds, yt, n, rows, partial, pf); break;
+                }
             }
         }
     }
 
-    /// <summary>16 rows x 6 tokens over all blocks; stores the first <paramref name="rows"/> rows of the first <paramref name="tokens"/> tokens.</summary>
+    /// <summary>16 rows x TN.Value (1..6) tokens over all blocks (see <see cref="ITokenCount"/>); stores the first <paramref name="rows"/> rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile(byte* lo, byte* hi, float* gs, int nb, Q8Row* tok, float** ds, float* y, int n, int rows, int tokens, float* partial)
+    private static void Tile<TN>(byte* lo, byte* hi, float* gs, int nb, Q8Row* tok, float** ds, float* y, int n, int rows, float* partial, Prefetcher ahead)
+        where TN : struct, ITokenCount
     {
+        int tokens = TN.Value;
+        int line = 0;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q;
         for (int b = 0; b < nb; b++)
@@ -75,12 +90,28 @@ internal static unsafe class Q8_0Interleaved
             var h = new Block(hi + (long)b * 512);
             var dw = Vector512.Load(gs + (long)b * Q4_0Interleaved.GroupRows);
             long xo = 32L * b;
+            line = ahead.Step(line);
             c0 = Token(c0, l, h, dw, x0 + xo, tok[0].D[b], ds[0][b]);
-            c1 = Token(c1, l, h, dw, x1 + xo, tok[1].D[b], ds[1][b]);
-            c2 = Token(c2, l, h, dw, x2 + xo, tok[2].D[b], ds[2][b]);
-            c3 = Token(c3, l, h, dw, x3 + xo, tok[3].D[b], ds[3][b]);
-            c4 = Token(c4, l, h, dw, x4 + xo, tok[4].D[b], ds[4][b]);
-            c5 = Token(c5, l, h, dw, x5 + xo, tok[5].D[b], ds[5][b]);
+            if (TN.Value > 1)
+            {
+                c1 = Token(c1, l, h, dw, x1 + xo, tok[1].D[b], ds[1][b]);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Token(c2, l, h, dw, x2 + xo, tok[2].D[b], ds[2][b]);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Token(c3, l, h, dw, x3 + xo, tok[3].D[b], ds[3][b]);
+            }
+            if (TN.Value > 4)
+            {
+                c4 = Token(c4, l, h, dw, x4 + xo, tok[4].D[b], ds[4][b]);
+            }
+            if (TN.Value > 5)
+            {
+                c5 = Token(c5, l, h, dw, x5 + xo, tok[5].D[b], ds[5][b]);
+            }
         }
         Q4_0Interleaved.Store(c0, y, rows, partial);
         if (tokens > 1)
