@@ -109,7 +109,7 @@ public sealed class QuantizedMatrixTests
         for (int t = 1; t <= 64; t++)
         {
             if ((type == DType.Q4_0 && Q4_0Interleaved.Covers(isa, t)) || (type == DType.Q8_0 && Q8_0Interleaved.Covers(isa, t))
-                || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, t)))
+                || (type == DType.Q4_K && Q4KInterleaved.Covers(isa, t)) || (type == DType.Q6_K && Q6KInterleaved.Covers(isa, t)))
             {
                 return t;
             }

@@ -26,7 +26,7 @@ internal static unsafe class Q4KInterleaved
     private static byte[]? t_group;
 
     /// <summary>Whether this path runs for a product of <paramref name="tokens"/> tokens at <paramref name="isa"/>.</summary>
-    public static bool Covers(QuantIsa isa, int tokens) => Q4_0Interleaved.Covers(isa, tokens);
+    public static bool Covers(QuantIsa isa, int tokens) => isa == QuantIsa.Avx512 && tokens >= QuantDispatch.KQuantInterleavedMinTokens;
 
     /// <summary>Once per product on the calling thread: the activation data the kernel reads.</summary>
     public static void Prepare(Q8Activations act) => act.PrepareSubBlockSums();

@@ -25,6 +25,13 @@ public static class QuantDispatch
     /// </summary>
     public const int DefaultQ8_0InterleavedMinTokens = 3;
 
+    /// <summary>
+    /// Tokens from which Q4_K and Q6_K products run rows-in-lanes (Q4KInterleaved, Q6KInterleaved); below, the
+    /// KQuantRows row kernels. 16 is where those kernels were measured and tuned (8-token tiles, prefill of 128-512
+    /// tokens); the small-batch crossover was measured for Q4_0 / Q8_0 only, so the K-quants keep the measured point.
+    /// </summary>
+    public const int KQuantInterleavedMinTokens = 16;
+
     private static int s_q4_0 = DefaultQ4_0InterleavedMinTokens, s_q8_0 = DefaultQ8_0InterleavedMinTokens;
 
     /// <summary>Tokens from which Q4_0 products run rows-in-lanes (at least 1).</summary>
