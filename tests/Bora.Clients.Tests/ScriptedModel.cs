@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using Bora.Chat;
 using Bora.Loading;
 using Bora.Model;
@@ -22,7 +21,7 @@ namespace Bora.Clients.Tests;
 /// logit is 0. Example: chain [/INST] → [TOOL_CALLS] → '[' puts e_0 in the row of [/INST], e_1 in the row of
 /// [TOOL_CALLS], Gain at column 0 of [TOOL_CALLS]'s output row and Gain at column 1 of '['s. Every token may
 /// appear once over all chains except EOS (a chain's end: it only has output entries), so repeated text is
-/// written with other pieces or byte tokens (<see cref="DistinctTokens"/>), which decode to the same text.
+/// written with other pieces or byte tokens (<see cref="ScriptedTokens.Distinct"/>), which decode to the same text.
 /// </remarks>
 internal static class ScriptedModel
 {
@@ -44,8 +43,8 @@ internal static class ScriptedModel
         var tok = SentencePieceTokenizer.Load(TestModels.V3TokenizerPath);
         var controls = ControlTokens.Of(tok);
         var used = new HashSet<TokenId>();
-        TokenId[] call = [controls.Get("[/INST]", "the scripted model"), controls.Get("[TOOL_CALLS]", "the scripted model"), .. DistinctTokens(tok, CallJson, used)];
-        TokenId[] answer = [controls.Get("[/TOOL_RESULTS]", "the scripted model"), .. DistinctTokens(tok, Answer, used)];
+        TokenId[] call = [controls.Get("[/INST]", "the scripted model"), controls.Get("[TOOL_CALLS]", "the scripted model"), .. ScriptedTokens.Distinct(tok, CallJson, used)];
+        TokenId[] answer = [controls.Get("[/TOOL_RESULTS]", "the scripted model"), .. ScriptedTokens.Distinct(tok, Answer, used)];
         var config = new ModelConfig
         {
             Dim = Dim,
@@ -102,63 +101,5 @@ internal static class ScriptedModel
             Output = new F32Matrix(output, v, Dim),
         });
         return new LoadedModel(new ModelSource(Id, CheckpointLayout.Mistral, "", "", TestModels.V3TokenizerPath), config, model, tok);
-    }
-
-    /// <summary>
-    /// Token ids that decode to <paramref name="text"/> (no spaces in it), none in <paramref name="used"/> (which
-    /// they join): greedy longest match over unused plain pieces, else the character's unused byte token &lt;0xNN&gt;.
-    /// </summary>
-    private static List<TokenId> DistinctTokens(ITokenizer tok, string text, HashSet<TokenId> used)
-    {
-        var pieces = new Dictionary<string, TokenId>(StringComparer.Ordinal);
-        var bytes = new Dictionary<int, TokenId>();
-        for (int id = 0; id < tok.VocabSize; id++)
-        {
-            var t = new TokenId(id);
-            if (tok.IsControl(t))
-            {
-                continue;
-            }
-            string piece = tok.PieceOf(t);
-            var m = Regex.Match(piece, "^<0x([0-9A-F]{2})>$");
-            if (m.Success)
-            {
-                bytes[Convert.ToInt32(m.Groups[1].Value, 16)] = t;
-            }
-            else if (!piece.Contains('\u2581', StringComparison.Ordinal))
-            {
-                pieces.TryAdd(piece, t);
-            }
-        }
-        var result = new List<TokenId>();
-        int pos = 0;
-        while (pos < text.Length)
-        {
-            bool found = false;
-            for (int len = Math.Min(12, text.Length - pos); len >= 1 && !found; len--)
-            {
-                if (pieces.TryGetValue(text.Substring(pos, len), out var id) && used.Add(id))
-                {
-                    result.Add(id);
-                    pos += len;
-                    found = true;
-                }
-            }
-            if (!found)
-            {
-                if (text[pos] >= 128 || !bytes.TryGetValue(text[pos], out var b) || !used.Add(b))
-                {
-                    throw new InvalidOperationException($"no unused token left for '{text[pos]}' in '{text}'");
-                }
-                result.Add(b);
-                pos++;
-            }
-        }
-        string decoded = tok.Decode([.. result]);
-        if (decoded != text)
-        {
-            throw new InvalidOperationException($"the scripted tokens decode to '{decoded}', not '{text}'");
-        }
-        return result;
     }
 }

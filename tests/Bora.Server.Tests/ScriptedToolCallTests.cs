@@ -3,7 +3,6 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using System.Text.RegularExpressions;
 using Bora.Chat;
 using Bora.Loading;
 using Bora.Model;
@@ -23,7 +22,7 @@ namespace Bora.Server.Tests;
 /// one-hot e_i (D = <see cref="Dim"/>); RMSNorm turns it into sqrt(D) e_i; output row of c(i+1) is
 /// <see cref="Gain"/> e_i, so the logit of the successor is Gain sqrt(D) and every other logit is 0. Each JSON
 /// token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
-/// (<see cref="DistinctTokens"/>), which decode to the same text.
+/// (<see cref="ScriptedTokens.Distinct"/>), which decode to the same text.
 /// </remarks>
 public sealed class ScriptedServer : IAsyncLifetime
 {
@@ -52,7 +51,7 @@ public sealed class ScriptedServer : IAsyncLifetime
         var controls = ControlTokens.Of(tok);
         var endInst = controls.Get("[/INST]", "the scripted model");
         var toolCalls = controls.Get("[TOOL_CALLS]", "the scripted model");
-        Script = [toolCalls, .. DistinctTokens(tok, CallJson), tok.Eos];
+        Script = [toolCalls, .. ScriptedTokens.Distinct(tok, CallJson, []), tok.Eos];
         TokenId[] chain = [endInst, .. Script];
         Assert.Equal(chain.Length, chain.Distinct().Count());
         Assert.True(chain.Length <= Dim);
@@ -107,60 +106,6 @@ public sealed class ScriptedServer : IAsyncLifetime
         await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
         Client.BaseAddress = Server.BaseAddress;
         Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k");
-    }
-
-    /// <summary>
-    /// Token ids that decode to <paramref name="text"/> (no spaces in it), none used twice: greedy longest
-    /// match over unused plain pieces, else the character's unused byte token &lt;0xNN&gt;.
-    /// </summary>
-    internal static List<TokenId> DistinctTokens(ITokenizer tok, string text)
-    {
-        var pieces = new Dictionary<string, TokenId>(StringComparer.Ordinal);
-        var bytes = new Dictionary<int, TokenId>();
-        for (int id = 0; id < tok.VocabSize; id++)
-        {
-            var t = new TokenId(id);
-            if (tok.IsControl(t))
-            {
-                continue;
-            }
-            string piece = tok.PieceOf(t);
-            var m = Regex.Match(piece, "^<0x([0-9A-F]{2})>$");
-            if (m.Success)
-            {
-                bytes[Convert.ToInt32(m.Groups[1].Value, 16)] = t;
-            }
-            else if (!piece.Contains('\u2581', StringComparison.Ordinal))
-            {
-                pieces.TryAdd(piece, t);
-            }
-        }
-        var used = new HashSet<TokenId>();
-        var result = new List<TokenId>();
-        int pos = 0;
-        while (pos < text.Length)
-        {
-            bool found = false;
-            for (int len = Math.Min(12, text.Length - pos); len >= 1 && !found; len--)
-            {
-                if (pieces.TryGetValue(text.Substring(pos, len), out var id) && used.Add(id))
-                {
-                    result.Add(id);
-                    pos += len;
-                    found = true;
-                }
-            }
-            if (!found)
-            {
-                Assert.True(text[pos] < 128 && bytes.ContainsKey(text[pos]), $"no byte token for '{text[pos]}'");
-                var b = bytes[text[pos]];
-                Assert.True(used.Add(b), $"no unused token left for '{text[pos]}'");
-                result.Add(b);
-                pos++;
-            }
-        }
-        Assert.Equal(text, tok.Decode([.. result]));
-        return result;
     }
 
     public async Task DisposeAsync()
