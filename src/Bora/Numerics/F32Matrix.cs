@@ -164,9 +164,9 @@ public sealed class F32Matrix : WeightMatrix
         }
     }
 
-    /// <summary>Four rows (stride k) dotted with two tokens (stride k); writes y[0..3] and y[n..n+3].</summary>
+    /// <summary>Four rows (stride k) dotted with two tokens (stride k); writes y[0..3] and y[n..n+3] (also HalfMatrix's converted panels).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Micro4x2(float* w, float* x, int k, float* y, int n)
+    internal static unsafe void Micro4x2(float* w, float* x, int k, float* y, int n)
     {
         int vl = Vector<float>.Count;
         Vector<float> a00 = default, a10 = default, a20 = default, a30 = default;
@@ -205,9 +205,9 @@ public sealed class F32Matrix : WeightMatrix
         y[n] = s01; y[n + 1] = s11; y[n + 2] = s21; y[n + 3] = s31;
     }
 
-    /// <summary>Four rows (stride k) dotted with one token; writes y[0..3].</summary>
+    /// <summary>Four rows (stride k) dotted with one token; writes y[0..3] (also HalfMatrix's converted panels).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Micro4x1(float* w, float* x, int k, float* y)
+    internal static unsafe void Micro4x1(float* w, float* x, int k, float* y)
     {
         int vl = Vector<float>.Count;
         Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;

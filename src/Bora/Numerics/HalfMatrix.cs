@@ -336,7 +336,7 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 int r = 0;
                 for (; r + 4 <= p; r += 4)
                 {
-                    Dot4x2(pw + (long)r * k, xt, k, yt + r, n);
+                    F32Matrix.Micro4x2(pw + (long)r * k, xt, k, yt + r, n);
                 }
                 for (; r < p; r++)
                 {
@@ -352,7 +352,7 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 int r = 0;
                 for (; r + 4 <= p; r += 4)
                 {
-                    Dot4(pw + (long)r * k, xt, k, yt + r);
+                    F32Matrix.Micro4x1(pw + (long)r * k, xt, k, yt + r);
                 }
                 for (; r < p; r++)
                 {
@@ -360,90 +360,6 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 }
             }
         }
-    }
-
-    /// <summary>
-    /// Four consecutive rows (stride k) of w dotted with two tokens (stride k) of x; writes y[0..3] and y[n..n+3].
-    /// Each loaded weight vector serves both tokens and each loaded x vector four rows.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot4x2(float* w, float* x, int k, float* y, int n)
-    {
-        int vl = Vector<float>.Count;
-        Vector<float> a00 = default, a10 = default, a20 = default, a30 = default;
-        Vector<float> a01 = default, a11 = default, a21 = default, a31 = default;
-        float* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k, x0 = x, x1 = x + k;
-        int i = 0;
-        for (; i + vl <= k; i += vl)
-        {
-            var v0 = Vector.Load(x0 + i);
-            var v1 = Vector.Load(x1 + i);
-            var wv = Vector.Load(w0 + i);
-            a00 = Vector.FusedMultiplyAdd(wv, v0, a00);
-            a01 = Vector.FusedMultiplyAdd(wv, v1, a01);
-            wv = Vector.Load(w1 + i);
-            a10 = Vector.FusedMultiplyAdd(wv, v0, a10);
-            a11 = Vector.FusedMultiplyAdd(wv, v1, a11);
-            wv = Vector.Load(w2 + i);
-            a20 = Vector.FusedMultiplyAdd(wv, v0, a20);
-            a21 = Vector.FusedMultiplyAdd(wv, v1, a21);
-            wv = Vector.Load(w3 + i);
-            a30 = Vector.FusedMultiplyAdd(wv, v0, a30);
-            a31 = Vector.FusedMultiplyAdd(wv, v1, a31);
-        }
-        float s00 = Vector.Sum(a00), s10 = Vector.Sum(a10), s20 = Vector.Sum(a20), s30 = Vector.Sum(a30);
-        float s01 = Vector.Sum(a01), s11 = Vector.Sum(a11), s21 = Vector.Sum(a21), s31 = Vector.Sum(a31);
-        for (; i < k; i++)
-        {
-            float xv0 = x0[i], xv1 = x1[i];
-            s00 += w0[i] * xv0;
-            s01 += w0[i] * xv1;
-            s10 += w1[i] * xv0;
-            s11 += w1[i] * xv1;
-            s20 += w2[i] * xv0;
-            s21 += w2[i] * xv1;
-            s30 += w3[i] * xv0;
-            s31 += w3[i] * xv1;
-        }
-        y[0] = s00;
-        y[1] = s10;
-        y[2] = s20;
-        y[3] = s30;
-        y[n] = s01;
-        y[n + 1] = s11;
-        y[n + 2] = s21;
-        y[n + 3] = s31;
-    }
-
-    /// <summary>Four consecutive rows (stride k) of w dotted with x; writes y[0..3].</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Dot4(float* w, float* x, int k, float* y)
-    {
-        int vl = Vector<float>.Count;
-        Vector<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        float* w0 = w, w1 = w + k, w2 = w + 2 * k, w3 = w + 3 * k;
-        int i = 0;
-        for (; i + vl <= k; i += vl)
-        {
-            var v = Vector.Load(x + i);
-            a0 = Vector.FusedMultiplyAdd(Vector.Load(w0 + i), v, a0);
-            a1 = Vector.FusedMultiplyAdd(Vector.Load(w1 + i), v, a1);
-            a2 = Vector.FusedMultiplyAdd(Vector.Load(w2 + i), v, a2);
-            a3 = Vector.FusedMultiplyAdd(Vector.Load(w3 + i), v, a3);
-        }
-        float s0 = Vector.Sum(a0), s1 = Vector.Sum(a1), s2 = Vector.Sum(a2), s3 = Vector.Sum(a3);
-        for (; i < k; i++)
-        {
-            float xv = x[i];
-            s0 += w0[i] * xv;
-            s1 += w1[i] * xv;
-            s2 += w2[i] * xv;
-            s3 += w3[i] * xv;
-        }
-        y[0] = s0;
-        y[1] = s1;
-        y[2] = s2;
-        y[3] = s3;
     }
 
     /// <summary>
