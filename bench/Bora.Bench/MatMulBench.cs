@@ -13,6 +13,7 @@ namespace Bora.Bench;
 /// after the other in the same process; --shapes w1 runs only (14336, 4096)).
 /// With --compare-min M the two quantized variants are instead "dflt" (the default <see cref="QuantDispatch"/>
 /// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements; with
+/// --compare-packed 1 they are "packed" (<see cref="QuantizedMatrix.Pack"/>, as loaded on AVX-512) and "rows" (GGUF's layout); with
 /// --compare-quad 1 they are "dflt" and "pair" (<see cref="QuantDispatch.Q4_0QuadDecode"/> off: the previous Q4_0 decode kernel).
 /// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
 /// Quantized types run twice, alternating call by call in the same loop: "new" (the tiled kernels of QuantGemm) and
@@ -23,7 +24,7 @@ public static class MatMulBench
     public static void Run(string[] args)
     {
         int threads = Environment.ProcessorCount, compareMin = 0;
-        bool compareQuad = false;
+        bool compareQuad = false, comparePacked = false;
         int[] tokenCounts = [1];
         bool onlyW1 = false;
         double seconds = 1.0;
@@ -35,6 +36,7 @@ public static class MatMulBench
                 case "--threads": threads = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--tokens": tokenCounts = [.. args[i + 1].Split(',').Select(v => int.Parse(v, System.Globalization.CultureInfo.InvariantCulture))]; break;
                 case "--compare-quad": compareQuad = args[i + 1] == "1"; compareMin = compareQuad ? -1 : compareMin; break;
+                case "--compare-packed": comparePacked = args[i + 1] == "1"; break;
                 case "--compare-min": compareMin = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--shapes": onlyW1 = args[i + 1] == "w1"; break;
                 case "--seconds": seconds = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
@@ -45,7 +47,7 @@ public static class MatMulBench
         NumericsThreads.MaxThreads = threads;
         foreach (int tokens in tokenCounts)
         {
-            Run(threads, tokens, seconds, types, onlyW1, compareMin);
+            Run(threads, tokens, seconds, types, onlyW1, comparePacked ? -2 : compareMin);
         }
     }
 
@@ -80,8 +82,11 @@ public static class MatMulBench
                 {
                     var type = Enum.Parse<DType>(t, ignoreCase: true);
                     var q = QuantizedMatrix.Quantize(type, w, n, k);
-                    long bytes = q.Blocks.Length;
-                    var r = compareMin < 0
+                    long bytes = q.StoredBytes;
+                    var packed = compareMin == -2 ? q.Pack() : null;
+                    var r = packed is not null
+                        ? Measure([() => packed.MatMul(x, y, tokens), () => q.MatMul(x, y, tokens)], seconds)
+                        : compareMin < 0
                         ? Measure([() => q.MatMul(x, y, tokens), () => WithoutQuad(() => q.MatMul(x, y, tokens))], seconds)
                         : compareMin > 0
                         ? Measure([() => WithMin(0, () => q.MatMul(x, y, tokens)), () => WithMin(compareMin, () => q.MatMul(x, y, tokens))], seconds)
@@ -89,10 +94,12 @@ public static class MatMulBench
                     for (int v = 0; v < 2; v++)
                     {
                         var (ms, cpuMs) = r[v];
-                        string label = compareMin < 0 ? $"{t}{(v == 0 ? " dflt" : " pair")}" : compareMin > 0 ? $"{t}{(v == 0 ? " dflt" : $" min{compareMin}")}" : $"{t}{(v == 0 ? " new" : " old")}";
+                        string label = packed is not null ? $"{t}{(v == 0 ? " packed" : " rows")}" : compareMin < 0 ? $"{t}{(v == 0 ? " dflt" : " pair")}" : compareMin > 0 ? $"{t}{(v == 0 ? " dflt" : $" min{compareMin}")}" : $"{t}{(v == 0 ? " new" : " old")}";
                         Console.WriteLine($"{label,-10} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
                     }
-                    Console.WriteLine(compareMin < 0
+                    Console.WriteLine(packed is not null
+                        ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: packed is {r[1].WallMs / r[0].WallMs:F2}x rows (median wall time)"
+                        : compareMin < 0
                         ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: dflt is {r[1].WallMs / r[0].WallMs:F2}x pair (median wall time)"
                         : compareMin > 0
                         ? $"{t,-10} {$"({n}, {k})",-14} T={tokens}: min{compareMin} is {r[0].WallMs / r[1].WallMs:F2}x dflt (median wall time)"

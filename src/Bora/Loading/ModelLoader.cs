@@ -55,7 +55,8 @@ public static class ModelLoader
     /// Loads config, weights and tokenizer of the model at <paramref name="path"/>. Weights are built by
     /// <paramref name="matrixFactory"/>; the default, a <see cref="WeightMapper"/> owned by the returned model, keeps
     /// GGUF Q8_0 / Q4_0 / Q4_K / Q6_K and F16 / BF16 tensors in their stored type, read in place from a memory mapping
-    /// of the file (no copy), and converts the rest to float32 (pass <see cref="WeightLoader.ReadF32Matrix"/> to
+    /// of the file (no copy) or, for formats with a packed layout on an AVX-512 CPU, read once and packed into 16-row
+    /// groups of the same size (<see cref="WeightMapper.PackAtLoad"/>), and converts the rest to float32 (pass <see cref="WeightLoader.ReadF32Matrix"/> to
     /// expand everything). The tensor store itself is closed before returning.
     /// </summary>
     public static LoadedModel Load(string path, WeightMatrixFactory? matrixFactory = null)
@@ -73,6 +74,7 @@ public static class ModelLoader
         try
         {
             var weights = WeightLoader.Load(store, config, matrixFactory ?? mapper!.Create);
+            mapper?.ReleaseStaging();
             // The loader may refine the config (e.g. tied embeddings when the output head is absent).
             return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer, mapper);
         }

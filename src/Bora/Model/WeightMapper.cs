@@ -1,5 +1,6 @@
 using Bora.Formats;
 using Bora.Numerics;
+using Bora.Numerics.Quant;
 
 namespace Bora.Model;
 
@@ -17,14 +18,53 @@ namespace Bora.Model;
 /// cannot be mapped, or whose store's bytes do not come from its <see cref="TensorInfo.SourcePath"/> (an in-memory
 /// store) is copied into a pinned buffer in its stored type, still unexpanded.
 /// </para>
+/// <para>
+/// Packing (<see cref="PackAtLoad"/>, on by default where the CPU runs the packed kernels, i.e. AVX-512): formats with
+/// a packed 16-row layout (<see cref="QuantizedMatrix.CanPack"/>) are not mapped but read once from the file with
+/// positional reads (<see cref="RandomAccess"/>: the bytes pass through the page cache, which is not the process's
+/// memory) into a reused 4 MiB staging buffer, chunk by chunk, and packed from there into their own buffer of the same
+/// size. Peak memory stays at the packed matrices plus the staging, about the file's size, as with the mapping; decode then
+/// streams each matrix front to back at memory speed instead of gathering rows per product.
+/// </para>
 /// </summary>
 public sealed class WeightMapper : IDisposable
 {
+    /// <summary>Bytes read and packed at a time (whole 16-row groups, at least one): the staging buffer's size.</summary>
+    private const long StagingBytes = 4 << 20;
+
     /// <summary>Bytes of each tensor's start compared between the store and the mapping, to be sure they are the same bytes.</summary>
     private const int CheckBytes = 64;
 
     private readonly Dictionary<string, WeightStorage?> _maps = new(StringComparer.Ordinal); // null: not mappable
+    private readonly Dictionary<string, Microsoft.Win32.SafeHandles.SafeFileHandle?> _files = new(StringComparer.Ordinal); // null: not readable
     private readonly Lock _gate = new();
+    private readonly Lock _stagingGate = new();
+    private byte[]? _staging; // pinned; one tensor's stored bytes on their way to being packed
+    private readonly List<WeightStorage> _packed = []; // the packed matrices' buffers, released by Dispose
+
+    /// <summary>A mapper that packs where the CPU runs the packed kernels (<see cref="DefaultPackAtLoad"/>).</summary>
+    public WeightMapper()
+        : this(DefaultPackAtLoad)
+    {
+    }
+
+    /// <summary>A mapper that packs formats with a packed layout when <paramref name="packAtLoad"/> is true, else maps everything.</summary>
+    public WeightMapper(bool packAtLoad) => PackAtLoad = packAtLoad;
+
+    /// <summary>
+    /// Whether formats with a packed layout are packed at load (see the class summary) rather than read in place.
+    /// </summary>
+    public bool PackAtLoad { get; }
+
+    /// <summary>
+    /// True when the best instruction set is AVX-512 (the packed kernels' ISA; below it they fall back to a scalar
+    /// twin, so packing would not pay) and the environment variable BORA_PACK is not "0" (benchmarks compare both).
+    /// </summary>
+    public static bool DefaultPackAtLoad =>
+        QuantDot.Best == QuantIsa.Avx512 && Environment.GetEnvironmentVariable("BORA_PACK") != "0";
+
+    /// <summary>Bytes of matrix data read from the files and packed (<see cref="PackAtLoad"/>).</summary>
+    public long PackedBytes { get; private set; }
 
     /// <summary>Bytes of matrix data read in place from mappings.</summary>
     public long MappedBytes { get; private set; }
@@ -67,6 +107,16 @@ public sealed class WeightMapper : IDisposable
             throw ModelFormatException.In(store.Path,
                 $"tensor '{info.Name}' has {info.ByteLength} bytes of {type}; expected at least {start + size} for a ({source.Rows}, {source.Cols}) matrix{(source.Slice >= 0 ? $" at slice {source.Slice}" : "")}");
         }
+        if (PackAtLoad && source.RowOrder is null && QuantizedMatrix.CanPack(type) && size <= Array.MaxLength)
+        {
+            var packed = ReadAndPack(store, source, start, size);
+            lock (_gate)
+            {
+                PackedBytes += size;
+                _packed.Add(packed.Storage);
+            }
+            return packed;
+        }
         if (source.RowOrder is null && Map(store, info) is { } map && (info.Offset + start) % 2 == 0)
         {
             lock (_gate)
@@ -99,6 +149,90 @@ public sealed class WeightMapper : IDisposable
             ? new HalfMatrix(type, storage, offset, rows, cols)
             : new QuantizedMatrix(type, storage, offset, rows, cols);
 
+    /// <summary>
+    /// Reads bytes [start, start + size) of the tensor (from its file with positional reads when the file holds the
+    /// store's bytes, else from the store) chunk by chunk (<see cref="StagingBytes"/>, whole 16-row groups) into the
+    /// staging buffer, and packs each chunk into a new packed matrix.
+    /// </summary>
+    private unsafe QuantizedMatrix ReadAndPack(ITensorStore store, MatrixSource source, long start, long size)
+    {
+        var info = source.Tensor;
+        var packed = QuantizedMatrix.AllocatePacked(info.Type, source.Rows, source.Cols);
+        long rowBytes = size / Math.Max(1, source.Rows);
+        int chunkRows = (int)Math.Max(16, StagingBytes / Math.Max(1, rowBytes) / 16 * 16);
+        var file = File(store, info);
+        lock (_stagingGate)
+        {
+            long need = Math.Min(size, chunkRows * rowBytes);
+            if (_staging is null || _staging.LongLength < need)
+            {
+                _staging = null; // the old buffer may go before the larger one is allocated
+                _staging = GC.AllocateUninitializedArray<byte>((int)need, pinned: true);
+            }
+            for (int r0 = 0; r0 < source.Rows; r0 += chunkRows)
+            {
+                int rows = Math.Min(chunkRows, source.Rows - r0);
+                var dst = _staging.AsSpan(0, (int)(rows * rowBytes));
+                long from = start + r0 * rowBytes;
+                if (file is not null)
+                {
+                    for (int done = 0; done < dst.Length;)
+                    {
+                        int n = RandomAccess.Read(file, dst[done..], info.Offset + from + done);
+                        if (n <= 0)
+                        {
+                            throw ModelFormatException.In(info.SourcePath, $"tensor '{info.Name}': the file ended {dst.Length - done} bytes before the tensor's end");
+                        }
+                        done += n;
+                    }
+                }
+                else
+                {
+                    store.GetBytes(info).Slice((int)from, dst.Length).CopyTo(dst);
+                }
+                fixed (byte* p = dst)
+                {
+                    packed.PackRows(r0, rows, p);
+                }
+            }
+        }
+        return packed;
+    }
+
+    /// <summary>A read handle on the tensor's file, or null when it cannot be opened or does not hold the store's bytes there.</summary>
+    private Microsoft.Win32.SafeHandles.SafeFileHandle? File(ITensorStore store, TensorInfo info)
+    {
+        Microsoft.Win32.SafeHandles.SafeFileHandle? file;
+        lock (_gate)
+        {
+            if (!_files.TryGetValue(info.SourcePath, out file))
+            {
+                try
+                {
+                    file = System.IO.File.Exists(info.SourcePath) ? System.IO.File.OpenHandle(info.SourcePath, FileMode.Open, FileAccess.Read, FileShare.Read) : null;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+                {
+                    file = null;
+                }
+                _files[info.SourcePath] = file;
+            }
+        }
+        if (file is null || info.Offset < 0 || info.ByteLength < 0)
+        {
+            return null;
+        }
+        int check = (int)Math.Min(CheckBytes, info.ByteLength);
+        Span<byte> head = stackalloc byte[CheckBytes];
+        head = head[..check];
+        int got = 0;
+        while (got < check && RandomAccess.Read(file, head[got..], info.Offset + got) is int n && n > 0)
+        {
+            got += n;
+        }
+        return got == check && head.SequenceEqual(store.GetBytes(info with { ByteLength = check })) ? file : null;
+    }
+
     /// <summary>The mapping of the tensor's file, or null when it cannot be mapped or does not hold the store's bytes.</summary>
     private unsafe WeightStorage? Map(ITensorStore store, TensorInfo info)
     {
@@ -109,7 +243,7 @@ public sealed class WeightMapper : IDisposable
             {
                 try
                 {
-                    map = File.Exists(info.SourcePath) ? WeightStorage.MapFile(info.SourcePath) : null;
+                    map = System.IO.File.Exists(info.SourcePath) ? WeightStorage.MapFile(info.SourcePath) : null;
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
                 {
@@ -127,7 +261,16 @@ public sealed class WeightMapper : IDisposable
         return stored.SequenceEqual(new ReadOnlySpan<byte>(map.Pointer(info.Offset, check), check)) ? map : null;
     }
 
-    /// <summary>Unmaps every file now; matrices built by this mapper must not be used afterwards.</summary>
+    /// <summary>Drops the staging buffer of <see cref="PackAtLoad"/> (call once the model is loaded).</summary>
+    public void ReleaseStaging()
+    {
+        lock (_stagingGate)
+        {
+            _staging = null;
+        }
+    }
+
+    /// <summary>Unmaps every file and releases the packed buffers now; matrices built by this mapper must not be used afterwards.</summary>
     public void Dispose()
     {
         lock (_gate)
@@ -137,6 +280,17 @@ public sealed class WeightMapper : IDisposable
                 m?.Dispose();
             }
             _maps.Clear();
+            foreach (var f in _files.Values)
+            {
+                f?.Dispose();
+            }
+            _files.Clear();
+            foreach (var p in _packed)
+            {
+                p.Dispose();
+            }
+            _packed.Clear();
+            _staging = null;
         }
     }
 }

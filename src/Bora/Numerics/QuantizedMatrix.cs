@@ -8,6 +8,8 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
 /// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
 /// <list type="bullet">
+/// <item>A packed matrix (<see cref="Pack"/>, done at load; Q4_0): every token count runs rows in vector lanes over
+/// the pre-packed 16-row groups (<see cref="Q4_0Packed"/>), the scalar twin below AVX-512.</item>
 /// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 3, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
 /// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
 /// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
@@ -95,6 +97,17 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         _offset = offset;
     }
 
+    /// <summary>A packed matrix (<see cref="QuantLayout.Groups16"/>) over <paramref name="storage"/> from <paramref name="offset"/>.</summary>
+    private QuantizedMatrix(DType type, WeightStorage storage, long offset, int rows, int cols, QuantLayout layout) : base(rows, cols)
+    {
+        Type = type;
+        RowBytes = (int)((long)cols / DTypeInfo.BlockElements(type) * DTypeInfo.BlockBytes(type));
+        BlocksPerRow = cols / DTypeInfo.BlockElements(type);
+        _storage = storage;
+        _offset = offset;
+        Layout = layout;
+    }
+
     /// <summary>Checks the type and column count; returns the bytes of a (rows, cols) matrix (at most Array.MaxLength).</summary>
     private static long CheckGeometry(DType type, int rows, int cols)
     {
@@ -131,8 +144,22 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     /// <summary>Blocks per row.</summary>
     public int BlocksPerRow { get; }
 
-    /// <summary>The raw blocks, (N, RowBytes). Not a copy (valid while the storage is not disposed).</summary>
-    public ReadOnlySpan<byte> Blocks => new(BlockPointer, RowBytes * Rows);
+    /// <summary>How the blocks are held: GGUF's rows, or packed 16-row groups (<see cref="Pack"/>).</summary>
+    public QuantLayout Layout { get; }
+
+    /// <summary>
+    /// The raw blocks in GGUF's layout, (N, RowBytes). Not a copy (valid while the storage is not disposed).
+    /// A packed matrix has no such span: use <see cref="ReadRow"/>, <see cref="Dequantize"/> or <see cref="CopyRowBlocks"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The matrix is packed.</exception>
+    public ReadOnlySpan<byte> Blocks => Layout == QuantLayout.Rows
+        ? new(BlockPointer, RowBytes * Rows)
+        : throw new InvalidOperationException("a packed QuantizedMatrix (Layout Groups16) holds no GGUF row span; read rows with CopyRowBlocks or ReadRow");
+
+    /// <summary>Bytes the matrix's blocks occupy in its storage (the packed layout pads the last group to 16 rows).</summary>
+    public long StoredBytes => Layout == QuantLayout.Rows ? (long)RowBytes * Rows : Groups * PackedLayouts.GroupBytes(Type, BlocksPerRow);
+
+    private long Groups => (Rows + PackedLayouts.GroupRows - 1) / PackedLayouts.GroupRows;
 
     /// <summary>The memory holding the blocks (a pinned array, or the mapped model file).</summary>
     public WeightStorage Storage => _storage;
@@ -140,8 +167,153 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     /// <summary>Byte offset of row 0 in <see cref="Storage"/>.</summary>
     public long StorageOffset => _offset;
 
-    /// <summary>Row 0's first byte: (N, RowBytes) from here. Throws once the storage is disposed.</summary>
-    private byte* BlockPointer => _storage.Pointer(_offset, (long)RowBytes * Rows);
+    /// <summary>Row 0's (or group 0's) first byte: <see cref="StoredBytes"/> from here. Throws once the storage is disposed.</summary>
+    private byte* BlockPointer => _storage.Pointer(_offset, StoredBytes);
+
+    /// <summary>Whether <see cref="Pack"/> has a packed layout for <paramref name="type"/> (Q4_0).</summary>
+    public static bool CanPack(DType type) => PackedLayouts.Supports(type);
+
+    /// <summary>
+    /// This matrix packed into 16-row groups (<see cref="QuantLayout.Groups16"/>) in a new 64-byte aligned pinned
+    /// buffer of the same size (up to the last group's padding): an offline transform, done once (at load), after which
+    /// every product, decode included, runs rows in vector lanes with no per-product repacking. Results equal the
+    /// unpacked matrix's rows-in-lanes products bit for bit. Returns this matrix when already packed.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The format has no packed layout (<see cref="CanPack"/>).</exception>
+    public QuantizedMatrix Pack()
+    {
+        if (Layout == QuantLayout.Groups16)
+        {
+            return this;
+        }
+        var packed = PackBlocks(Type, BlockPointer, Rows, Cols);
+        GC.KeepAlive(_storage);
+        return packed;
+    }
+
+    /// <summary>
+    /// Packs the (<paramref name="rows"/>, RowBytes) GGUF blocks at <paramref name="blocks"/> (not kept) into a new
+    /// packed matrix (<see cref="AllocatePacked"/>, then <see cref="PackRows"/> of all rows).
+    /// </summary>
+    internal static QuantizedMatrix PackBlocks(DType type, byte* blocks, int rows, int cols)
+    {
+        var m = AllocatePacked(type, rows, cols);
+        m.PackRows(0, rows, blocks);
+        return m;
+    }
+
+    /// <summary>
+    /// A packed (<see cref="QuantLayout.Groups16"/>) matrix whose groups are not yet filled: a new pinned buffer of
+    /// ceil(N / 16) groups, 64-byte aligned (whole-line vector loads). Fill it with <see cref="PackRows"/> before use.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The format has no packed layout (<see cref="CanPack"/>).</exception>
+    internal static QuantizedMatrix AllocatePacked(DType type, int rows, int cols)
+    {
+        if (!PackedLayouts.Supports(type))
+        {
+            throw new NotSupportedException($"{type} has no packed 16-row layout; pack only where QuantizedMatrix.CanPack is true");
+        }
+        CheckGeometry(type, rows, cols);
+        int nb = cols / DTypeInfo.BlockElements(type);
+        long groups = (rows + PackedLayouts.GroupRows - 1) / PackedLayouts.GroupRows;
+        var storage = WeightStorage.Allocate(groups * PackedLayouts.GroupBytes(type, nb) + 63);
+        long offset = (64 - (long)((nuint)storage.Pointer(0, storage.Length) % 64)) % 64;
+        return new QuantizedMatrix(type, storage, offset, rows, cols, QuantLayout.Groups16);
+    }
+
+    /// <summary>
+    /// Packs rows [<paramref name="row0"/>, row0 + <paramref name="count"/>) (row0 a multiple of 16; count a multiple of
+    /// 16 unless it ends the matrix) from the GGUF blocks at <paramref name="src"/> (count rows, RowBytes apart) into
+    /// this packed matrix's groups, in parallel on <see cref="NumericsThreads.For"/>. Lets a loader pack a large
+    /// matrix through a small staging buffer, chunk by chunk.
+    /// </summary>
+    internal void PackRows(int row0, int count, byte* src)
+    {
+        const int G = PackedLayouts.GroupRows;
+        if (Layout != QuantLayout.Groups16 || row0 < 0 || row0 % G != 0 || count < 0 || count > Rows - row0 || (count % G != 0 && row0 + count != Rows))
+        {
+            throw new ArgumentOutOfRangeException(nameof(row0), $"rows [{row0}, {row0 + count}) of a packed ({Rows}, {Cols}) matrix: whole 16-row groups expected");
+        }
+        int nb = BlocksPerRow;
+        long groupBytes = PackedLayouts.GroupBytes(Type, nb);
+        byte* dst = BlockPointer + row0 / G * groupBytes;
+        int groups = (count + G - 1) / G;
+        var type = Type;
+        long rowBytes = RowBytes;
+        int items = Math.Max(1, Math.Min(groups, NumericsThreads.MaxThreads * 4));
+        NumericsThreads.For(items, item =>
+        {
+            for (long g = (long)item * groups / items, end = (long)(item + 1) * groups / items; g < end; g++)
+            {
+                int r = (int)g * G;
+                PackedLayouts.PackGroup(type, src + r * rowBytes, rowBytes, nb, Math.Min(G, count - r), dst + g * groupBytes);
+            }
+        });
+        GC.KeepAlive(_storage);
+    }
+
+    /// <summary>
+    /// Whether a product of <paramref name="tokens"/> tokens at <paramref name="isa"/> runs the tiled / packed kernels
+    /// (<see cref="PrepareKernels"/>, <see cref="RunKernels"/>) rather than one <see cref="QuantDot"/> per (row, token).
+    /// Always true for a packed matrix.
+    /// </summary>
+    internal bool HasKernels(QuantIsa isa, int tokens) => Layout == QuantLayout.Groups16 || QuantGemm.Covers(Type, isa, tokens);
+
+    /// <summary>Once per product, on the calling thread, after quantizing <paramref name="act"/>: what the kernels read.</summary>
+    internal void PrepareKernels(QuantIsa isa, Q8Activations act)
+    {
+        if (Layout == QuantLayout.Groups16)
+        {
+            PackedLayouts.Prepare(Type, act);
+        }
+        else
+        {
+            QuantGemm.Prepare(Type, isa, act);
+        }
+    }
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16) and t in [0, tokens), after <see cref="PrepareKernels"/>; one
+    /// place that picks the kernel for the layout. y: (T, N).
+    /// </summary>
+    internal void RunKernels(QuantIsa isa, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        if (Layout == QuantLayout.Groups16)
+        {
+            PackedLayouts.Run(Type, isa, BlockPointer, BlocksPerRow, Rows, act, tokens, y, r0, r1);
+        }
+        else
+        {
+            QuantGemm.Run(Type, isa, BlockPointer, RowBytes, BlocksPerRow, Rows, act, tokens, y, r0, r1);
+        }
+        GC.KeepAlive(_storage);
+    }
+
+    /// <summary>Row <paramref name="row"/>'s blocks in GGUF's layout (RowBytes bytes) into <paramref name="dst"/>, whatever the layout.</summary>
+    public void CopyRowBlocks(int row, Span<byte> dst)
+    {
+        if ((uint)row >= (uint)Rows)
+        {
+            throw new ArgumentOutOfRangeException(nameof(row), row, $"the matrix has {Rows} rows");
+        }
+        if (dst.Length < RowBytes)
+        {
+            throw new ArgumentException($"a row needs {RowBytes} bytes; got {dst.Length}", nameof(dst));
+        }
+        byte* p = BlockPointer;
+        if (Layout == QuantLayout.Rows)
+        {
+            new ReadOnlySpan<byte>(p + (long)row * RowBytes, RowBytes).CopyTo(dst);
+        }
+        else
+        {
+            fixed (byte* d = dst)
+            {
+                PackedLayouts.UnpackRow(Type, p + row / PackedLayouts.GroupRows * PackedLayouts.GroupBytes(Type, BlocksPerRow), BlocksPerRow, row % PackedLayouts.GroupRows, d);
+            }
+        }
+        GC.KeepAlive(_storage);
+    }
 
     /// <summary>Whether <paramref name="type"/> can be held by a <see cref="QuantizedMatrix"/>.</summary>
     public static bool IsSupported(DType type) => type is DType.Q8_0 or DType.Q4_0 or DType.Q4_K or DType.Q6_K;
@@ -171,16 +343,31 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     public override void ReadRow(int row, Span<float> dst)
     {
         CheckReadRow(row, dst);
-        BlockDequantizer.ToFloat32(Type, Blocks.Slice(row * RowBytes, RowBytes), dst);
-        GC.KeepAlive(_storage);
+        if (Layout == QuantLayout.Rows)
+        {
+            BlockDequantizer.ToFloat32(Type, Blocks.Slice(row * RowBytes, RowBytes), dst);
+            GC.KeepAlive(_storage);
+            return;
+        }
+        var blocks = RowBytes <= 16384 ? stackalloc byte[RowBytes] : new byte[RowBytes];
+        CopyRowBlocks(row, blocks);
+        BlockDequantizer.ToFloat32(Type, blocks, dst);
     }
 
     /// <summary>All rows dequantized to float32, (N, K).</summary>
     public float[] Dequantize()
     {
         var all = new float[(long)Rows * Cols];
-        BlockDequantizer.ToFloat32(Type, Blocks, all);
-        GC.KeepAlive(_storage);
+        if (Layout == QuantLayout.Rows)
+        {
+            BlockDequantizer.ToFloat32(Type, Blocks, all);
+            GC.KeepAlive(_storage);
+            return all;
+        }
+        for (int r = 0; r < Rows; r++)
+        {
+            ReadRow(r, all.AsSpan((int)((long)r * Cols), Cols));
+        }
         return all;
     }
 
@@ -235,9 +422,9 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         }
         NumericsProfile.Stop(ProfileSection.QuantizeActivations, profileStart);
         long prepareStart = NumericsProfile.Start();
-        if (!rowByRow)
+        if (!rowByRow || Layout == QuantLayout.Groups16)
         {
-            QuantGemm.Prepare(Type, isa, act);
+            PrepareKernels(isa, act);
         }
         NumericsProfile.Stop(ProfileSection.PrepareActivations, prepareStart);
         fixed (float* py = y)
@@ -329,9 +516,9 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             {
                 return;
             }
-            if (!_rowByRow && QuantGemm.Covers(m.Type, _isa, _tokens))
+            if ((!_rowByRow || m.Layout == QuantLayout.Groups16) && m.HasKernels(_isa, _tokens))
             {
-                QuantGemm.Run(m.Type, _isa, m.BlockPointer, m.RowBytes, m.BlocksPerRow, n, Activations, _tokens, _y, r0, r1);
+                m.RunKernels(_isa, Activations, _tokens, _y, r0, r1);
                 return;
             }
             switch (m.Type)

@@ -59,13 +59,13 @@ public sealed unsafe class QuantizedProductBatch
         {
             return;
         }
-        if (QuantizedMatrix.RowByRowBaseline || !QuantDot.IsSupported(_isa) || !QuantGemm.Covers(w.Type, _isa, tokens))
+        if (QuantizedMatrix.RowByRowBaseline || !QuantDot.IsSupported(_isa) || !w.HasKernels(_isa, tokens))
         {
             // Not batched: run now, as MatMul alone would (the outputs of a batch are only valid after Run anyway).
             w.MatMul(x.AsSpan(xOffset, (int)inLength), y.AsSpan(yOffset, (int)outLength), tokens);
             return;
         }
-        var key = new InputKey(x, xOffset, tokens, w.Cols, w.Type);
+        var key = new InputKey(x, xOffset, tokens, w.Cols, w.Type, w.Layout);
         int input = _inputs.IndexOf(key);
         if (input < 0)
         {
@@ -76,7 +76,7 @@ public sealed unsafe class QuantizedProductBatch
             }
             var act = _acts[input];
             act.Quantize(x.AsSpan(xOffset, (int)inLength), tokens, w.Cols, QuantizedMatrix.ActivationBlock(w.Type));
-            QuantGemm.Prepare(w.Type, _isa, act);
+            w.PrepareKernels(_isa, act);
             _inputs.Add(key);
         }
         _products.Add(new Product(w, input, y, yOffset, tokens));
@@ -140,14 +140,12 @@ public sealed unsafe class QuantizedProductBatch
     {
         var item = _items[index];
         var p = _products[item.Product];
-        var w = p.W;
-        byte* blocks = w.Storage.Pointer(w.StorageOffset, (long)w.RowBytes * w.Rows);
         float* y = (float*)_pins[item.Product].AddrOfPinnedObject() + p.YOffset;
-        QuantGemm.Run(w.Type, _isa, blocks, w.RowBytes, w.BlocksPerRow, w.Rows, _acts[p.Input], p.Tokens, y, item.R0, item.R1);
+        p.W.RunKernels(_isa, _acts[p.Input], p.Tokens, y, item.R0, item.R1);
     }
 
     /// <summary>What makes two products' quantized inputs the same.</summary>
-    private readonly record struct InputKey(float[] X, int Offset, int Tokens, int Cols, DType Type);
+    private readonly record struct InputKey(float[] X, int Offset, int Tokens, int Cols, DType Type, QuantLayout Layout);
 
     /// <summary>One product: W, the index of its quantized input, and y (T, N) from YOffset.</summary>
     private readonly record struct Product(QuantizedMatrix W, int Input, float[] Y, int YOffset, int Tokens);

@@ -3,6 +3,7 @@ using Bora.Formats.Gguf;
 using Bora.Loading;
 using Bora.Model.Tests.QuantKernels;
 using Bora.Numerics;
+using Bora.Numerics.Quant;
 using Xunit.Abstractions;
 
 namespace Bora.Model.Tests.Memory;
@@ -35,7 +36,7 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
             var config = ModelConfigLoader.FromGguf(store.Metadata, path);
             long matrixBytes = store.Tensors.Where(t => t.Shape.Length == 2).Sum(t => t.ByteLength);
 
-            using var mapper = new WeightMapper();
+            using var mapper = new WeightMapper(packAtLoad: false);
             long before = GC.GetTotalAllocatedBytes(precise: true);
             var mapped = WeightLoader.Load(store, config, mapper.Create);
             long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
@@ -105,7 +106,7 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
             using var store = GgufFile.Open(path);
             var config = ModelConfigLoader.FromGguf(store.Metadata, path);
             var elsewhere = new RelocatedStore(store);
-            using var mapper = new WeightMapper();
+            using var mapper = new WeightMapper(packAtLoad: false);
             var copied = WeightLoader.Load(elsewhere, config, mapper.Create);
             Assert.Equal(0, mapper.MappedBytes);
             Assert.True(mapper.CopiedBytes > 0);
@@ -153,10 +154,15 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
             long before = GC.GetTotalAllocatedBytes(precise: true);
             var loaded = ModelLoader.Load(path);
             long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
-            output.WriteLine($"Q4_0 4-layer: file {fileBytes} bytes, mapped {loaded.Mapper!.MappedBytes}, allocated by ModelLoader.Load {allocated} bytes ({(double)allocated / fileBytes:P1})");
-            Assert.Equal(0, loaded.Mapper.CopiedBytes);
-            Assert.True(loaded.Mapper.MappedBytes > fileBytes * 9 / 10, $"mapped {loaded.Mapper.MappedBytes} of {fileBytes}");
-            Assert.True(allocated < MaxAllocatedFraction * fileBytes, $"ModelLoader.Load allocated {allocated} bytes for a {fileBytes}-byte file");
+            var mapper = loaded.Mapper!;
+            output.WriteLine($"Q4_0 4-layer: file {fileBytes} bytes, mapped {mapper.MappedBytes}, packed {mapper.PackedBytes}, allocated by ModelLoader.Load {allocated} bytes ({(double)allocated / fileBytes:P1})");
+            Assert.Equal(0, mapper.CopiedBytes);
+            Assert.Equal(WeightMapper.DefaultPackAtLoad, mapper.PackAtLoad);
+            Assert.True(mapper.MappedBytes + mapper.PackedBytes > fileBytes * 9 / 10, $"mapped {mapper.MappedBytes} and packed {mapper.PackedBytes} of {fileBytes}");
+            // Packed: the packed buffers (the matrices' size, up to 63 alignment bytes each) plus one tensor's staging.
+            long largest = mapper.PackAtLoad ? new GgufFileInfo(path).Largest : 0;
+            Assert.True(allocated < mapper.PackedBytes + 64L * 8 * config.NLayers + largest + MaxAllocatedFraction * fileBytes,
+                $"ModelLoader.Load allocated {allocated} bytes for a {fileBytes}-byte file ({mapper.PackedBytes} packed)");
 
             var logits = TestModels.Prefill(loaded.Model, TestModels.Tokens(4, config.VocabSize, seed: 12));
             Assert.All(logits, v => Assert.True(float.IsFinite(v)));
@@ -168,6 +174,72 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
         finally
         {
             File.Delete(path);
+        }
+    }
+
+    /// <summary>
+    /// Packing at load (AVX-512 or not: below it the packed products run their scalar twin): each Q4_0 matrix is read
+    /// from the file once into a packed buffer of the same size, nothing is mapped for them, the load allocates about
+    /// the packed bytes plus one tensor's staging, the logits equal those of the mapped rows bit for bit (both take the
+    /// rows-in-lanes arithmetic when it runs from 1 token), and Dispose releases the packed buffers.
+    /// </summary>
+    [Fact]
+    public void PackedLoadReadsEachMatrixOnceIntoAPackedBufferOfTheSameSize()
+    {
+        string path = TempFile(DType.Q4_0);
+        int saved = QuantDispatch.Q4_0InterleavedMinTokens;
+        try
+        {
+            QuantizedModelTests.WriteTinyModel(path, DType.Q4_0, seed: 15);
+            using var store = GgufFile.Open(path);
+            var config = ModelConfigLoader.FromGguf(store.Metadata, path);
+            long q4Bytes = store.Tensors.Where(t => t.Shape.Length == 2 && t.Type == DType.Q4_0).Sum(t => t.ByteLength);
+            long largest = store.Tensors.Where(t => t.Type == DType.Q4_0).Max(t => t.ByteLength);
+            Assert.True(q4Bytes > 0);
+
+            var packer = new WeightMapper(packAtLoad: true);
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            var packed = WeightLoader.Load(store, config, packer.Create);
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            output.WriteLine($"Q4_0 matrices {q4Bytes} bytes, packed {packer.PackedBytes}, mapped {packer.MappedBytes}, allocated {allocated}");
+            Assert.Equal(q4Bytes, packer.PackedBytes);
+            Assert.Equal(0, packer.CopiedBytes);
+            Assert.True(allocated < q4Bytes + largest + 64L * store.Tensors.Count + MaxAllocatedFraction * q4Bytes, $"the packed load allocated {allocated} bytes");
+            var wq = Assert.IsType<QuantizedMatrix>(packed.Layers[1].Wq);
+            Assert.Equal(QuantLayout.Groups16, wq.Layout);
+            Assert.Null(wq.Storage.Path);
+
+            using var mapper = new WeightMapper(packAtLoad: false);
+            var mapped = WeightLoader.Load(store, config, mapper.Create);
+            Assert.Equal(QuantLayout.Rows, Assert.IsType<QuantizedMatrix>(mapped.Layers[1].Wq).Layout);
+            QuantDispatch.Q4_0InterleavedMinTokens = 1;
+            foreach (int n in new[] { 1, 7 })
+            {
+                var tokens = TestModels.Tokens(n, config.VocabSize, seed: 16 + n);
+                Assert.Equal(TestModels.Prefill(new Transformer(mapped), tokens), TestModels.Prefill(new Transformer(packed), tokens));
+            }
+
+            packer.Dispose();
+            Assert.True(wq.Storage.IsDisposed);
+            Assert.Throws<ObjectDisposedException>(() => wq.MatVec(new float[config.Dim], new float[wq.Rows]));
+        }
+        finally
+        {
+            QuantDispatch.Q4_0InterleavedMinTokens = saved;
+            File.Delete(path);
+        }
+    }
+
+    /// <summary>The largest tensor of a GGUF file (the packing's staging buffer).</summary>
+    private readonly record struct GgufFileInfo(string Path)
+    {
+        public long Largest
+        {
+            get
+            {
+                using var f = GgufFile.Open(Path);
+                return f.Tensors.Max(t => t.ByteLength);
+            }
         }
     }
 

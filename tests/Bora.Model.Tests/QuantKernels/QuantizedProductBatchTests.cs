@@ -6,19 +6,32 @@ namespace Bora.Model.Tests.QuantKernels;
 [Trait("Category", "Kernels")]
 public sealed class QuantizedProductBatchTests
 {
+    /// <summary>With <paramref name="packed"/>, a and c are packed (<see cref="QuantizedMatrix.Pack"/>) and b, sharing a's input, is not.</summary>
     [Theory]
-    [InlineData(DType.Q8_0)]
-    [InlineData(DType.Q4_0)]
-    [InlineData(DType.Q4_K)]
-    [InlineData(DType.Q6_K)]
-    public void BatchEqualsEachMatMulAloneExactly(DType type)
+    [InlineData(DType.Q8_0, false)]
+    [InlineData(DType.Q4_0, false)]
+    [InlineData(DType.Q4_K, false)]
+    [InlineData(DType.Q6_K, false)]
+    [InlineData(DType.Q8_0, true)]
+    [InlineData(DType.Q4_0, true)]
+    [InlineData(DType.Q4_K, true)]
+    [InlineData(DType.Q6_K, true)]
+    public void BatchEqualsEachMatMulAloneExactly(DType type, bool packed)
     {
+        if (packed && !QuantizedMatrix.CanPack(type))
+        {
+            return;
+        }
         // K = 256 so every format fits; rows 72 and 40 are not multiples of the 16-row groups.
         const int k = 256;
         var rng = new Random(5 + (int)type);
         var a = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, 72 * k, 1f), 72, k);   // (72, K)
         var b = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, 72 * k, 1f), 72, k);   // (72, K), same input as a
         var c = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, 40 * k, 1f), 40, k);   // (40, K), its own input
+        if (packed)
+        {
+            (a, c) = (a.Pack(), c.Pack());
+        }
         var batch = new QuantizedProductBatch();
         foreach (int tokens in new[] { 1, 3, 16, 37 })
         {

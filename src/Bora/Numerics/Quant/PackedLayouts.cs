@@ -1,0 +1,87 @@
+namespace Bora.Numerics.Quant;
+
+/// <summary>How a <see cref="QuantizedMatrix"/> holds its blocks.</summary>
+public enum QuantLayout
+{
+    /// <summary>GGUF's layout: (N, K / BE) blocks row after row, as stored in the file (read in place).</summary>
+    Rows,
+
+    /// <summary>
+    /// Packed once at load into groups of 16 rows (<see cref="QuantizedMatrix.Pack"/>): each block's 16 rows are
+    /// interleaved so that one 512-bit vector holds 16 rows' values; the same bytes as the file, rearranged.
+    /// </summary>
+    Groups16,
+}
+
+/// <summary>
+/// The packed 16-row group layouts per format, one place: which formats have one, and the format's pack / unpack /
+/// product functions (<see cref="Q4_0Packed"/>; each format's class documents its byte layout).
+/// Every product runs the AVX-512 kernel at <see cref="QuantIsa.Avx512"/> and the scalar twin below it.
+/// </summary>
+internal static unsafe class PackedLayouts
+{
+    /// <summary>Rows per group.</summary>
+    public const int GroupRows = 16;
+
+    /// <summary>Whether <paramref name="type"/> has a packed layout.</summary>
+    public static bool Supports(DType type) => type is DType.Q4_0;
+
+    /// <summary>Bytes of one group of nb blocks (16 rows).</summary>
+    public static long GroupBytes(DType type, int nb) => type switch
+    {
+        DType.Q4_0 => Q4_0Packed.GroupBytes(nb),
+        _ => throw Unsupported(type),
+    };
+
+    /// <summary>Packs <paramref name="rows"/> (1..16) GGUF rows at <paramref name="src"/> into the group at <paramref name="dst"/>.</summary>
+    public static void PackGroup(DType type, byte* src, long rowBytes, int nb, int rows, byte* dst)
+    {
+        switch (type)
+        {
+            case DType.Q4_0: Q4_0Packed.PackGroup(src, rowBytes, nb, rows, dst); break;
+            default: throw Unsupported(type);
+        }
+    }
+
+    /// <summary>Row <paramref name="r"/> (0..15) of a group back to nb GGUF blocks.</summary>
+    public static void UnpackRow(DType type, byte* group, int nb, int r, byte* dst)
+    {
+        switch (type)
+        {
+            case DType.Q4_0: Q4_0Packed.UnpackRow(group, nb, r, dst); break;
+            default: throw Unsupported(type);
+        }
+    }
+
+    /// <summary>Once per product, on the calling thread, after quantizing the activations.</summary>
+    public static void Prepare(DType type, Q8Activations act)
+    {
+        switch (type)
+        {
+            case DType.Q4_0: Q4_0Packed.Prepare(act); break;
+            default: throw Unsupported(type);
+        }
+    }
+
+    /// <summary>y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens): the AVX-512 kernel, or the scalar twin below AVX-512.</summary>
+    public static void Run(DType type, QuantIsa isa, byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        bool wide = isa == QuantIsa.Avx512;
+        switch (type)
+        {
+            case DType.Q4_0:
+                if (wide)
+                {
+                    Q4_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1);
+                }
+                else
+                {
+                    Q4_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1);
+                }
+                break;
+            default: throw Unsupported(type);
+        }
+    }
+
+    private static NotSupportedException Unsupported(DType type) => new($"{type} has no packed 16-row layout");
+}

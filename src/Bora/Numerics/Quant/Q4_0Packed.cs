@@ -1,0 +1,265 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// Q4_0 in the packed 16-row group layout that <see cref="QuantizedMatrix.Pack"/> builds once at load, and its products
+/// with rows in vector lanes for every token count (decode included): unlike <see cref="Q4_0Interleaved"/>, which
+/// repacks each group into a buffer on every product, nothing is rearranged at run time, so a 1-token product streams
+/// the weights once, front to back, at memory speed.
+/// <para>Layout of a group (rows 16g..16g+15 of the matrix; rows past N repeat row N - 1), block after block, 288
+/// bytes per block b (= 16 rows x 18 bytes, the file's size):
+/// bytes [0, 256): 4 vectors of 64 bytes; vector d (0..3) holds, for each row r, the 4 quant bytes 4d..4d+3 of its
+/// block b as dword r (their low nibbles are the block's values 4d..4d+3, their high nibbles values 16+4d..19+4d);
+/// bytes [256, 288): the 16 rows' f16 scales d_w, row r at 256 + 2r.
+/// Example: the quant byte 9 of block 3 of row 5 of a group (values 9 and 25) is at 3 * 288 + 2 * 64 + 5 * 4 + 1 = 1013.</para>
+/// <para>Arithmetic per (row, token), over the blocks in order: p = sum of q x (the unsigned nibbles q = w + 8, exact
+/// in int32), acc = fma(d_w, fms(p, d_x, 8 d_x sum x), acc): the same sequence as <see cref="Q4_0Interleaved"/> and its
+/// scalar twin <see cref="Q4_0Interleaved.RunScalar"/>, so all three agree bit for bit.</para>
+/// Letters: N = rows, K = cols, T = tokens, nb = K / 32, G = ceil(N / 16) groups.
+/// </summary>
+internal static unsafe class Q4_0Packed
+{
+    /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
+    public const int GroupRows = 16;
+
+    /// <summary>Bytes of one block of a group: 16 rows' quants (256) and f16 scales (32).</summary>
+    public const int BlockGroupBytes = 288;
+
+    private const int TileTokens = 8;
+    private const int BlockBytes = 18;
+
+    /// <summary>Bytes of one 16-row group of <paramref name="nb"/> blocks.</summary>
+    public static long GroupBytes(int nb) => (long)nb * BlockGroupBytes;
+
+    /// <summary>
+    /// Packs <paramref name="rows"/> (1..16; rows past them repeat the last) GGUF-layout rows of nb blocks at
+    /// <paramref name="src"/> (rows <paramref name="rowBytes"/> apart) into the group at <paramref name="dst"/>.
+    /// </summary>
+    public static void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst)
+    {
+        for (int r = 0; r < GroupRows; r++)
+        {
+            byte* row = src + Math.Min(r, rows - 1) * rowBytes;
+            for (int b = 0; b < nb; b++)
+            {
+                byte* blk = row + (long)b * BlockBytes;
+                byte* g = dst + (long)b * BlockGroupBytes;
+                for (int d = 0; d < 4; d++)
+                {
+                    *(uint*)(g + d * 64 + r * 4) = Unsafe.ReadUnaligned<uint>(blk + 2 + 4 * d);
+                }
+                *(ushort*)(g + 256 + 2 * r) = Unsafe.ReadUnaligned<ushort>(blk);
+            }
+        }
+    }
+
+    /// <summary>Row <paramref name="r"/> (0..15) of the group at <paramref name="group"/> back to nb GGUF blocks at <paramref name="dst"/>.</summary>
+    public static void UnpackRow(byte* group, int nb, int r, byte* dst)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* blk = dst + (long)b * BlockBytes;
+            byte* g = group + (long)b * BlockGroupBytes;
+            Unsafe.WriteUnaligned(blk, *(ushort*)(g + 256 + 2 * r));
+            for (int d = 0; d < 4; d++)
+            {
+                Unsafe.WriteUnaligned(blk + 2 + 4 * d, *(uint*)(g + d * 64 + r * 4));
+            }
+        }
+    }
+
+    /// <summary>Once per product on the calling thread: the activation data the kernels read (8 d_x sum x per block).</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(8);
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX-512. packed: the matrix's groups; y: (T, N).
+    /// Each group is swept by tiles of up to 8 tokens (the group, nb * 288 bytes, stays in L2 across its tiles).
+    /// </summary>
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        float* partial = stackalloc float[GroupRows];
+        var tok = stackalloc Q8Row[TileTokens];
+        var ds8 = stackalloc nint[TileTokens];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+            {
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
+                {
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                    tok[j] = act.Row(t);
+                    ds8[j] = (nint)act.OffsetSums(t);
+                }
+                float* yt = y + (long)t0 * n + g0;
+                switch (tt)
+                {
+                    case 1: Tile<Tokens1>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 2: Tile<Tokens2>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 3: Tile<Tokens3>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 4: Tile<Tokens4>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 5: Tile<Tokens5>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 6: Tile<Tokens6>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    case 7: Tile<Tokens7>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                    default: Tile<Tokens8>(g, nb, tok, (float**)ds8, yt, n, rows, partial); break;
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// 16 rows x TN.Value (1..8) tokens over all blocks of one group; stores the first <paramref name="rows"/> rows.
+    /// Per block: 4 loads give the 8 vectors of nibbles (and, shift + and), the 16 scales are widened once, then
+    /// each token adds its block (<see cref="Token"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TN>(byte* g, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows, float* partial)
+        where TN : struct, ITokenCount
+    {
+        var nibble = Vector512.Create((byte)0x0F);
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* wb = g + (long)b * BlockGroupBytes;
+            var v0 = Vector512.Load(wb);
+            var v1 = Vector512.Load(wb + 64);
+            var v2 = Vector512.Load(wb + 128);
+            var v3 = Vector512.Load(wb + 192);
+            var w0 = v0 & nibble;
+            var w1 = v1 & nibble;
+            var w2 = v2 & nibble;
+            var w3 = v3 & nibble;
+            var w4 = Vector512.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble;
+            var w5 = Vector512.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble;
+            var w6 = Vector512.ShiftRightLogical(v2.AsUInt16(), 4).AsByte() & nibble;
+            var w7 = Vector512.ShiftRightLogical(v3.AsUInt16(), 4).AsByte() & nibble;
+            var dw = Halves(Vector256.Load((short*)(wb + 256)));
+            long xo = 32L * b;
+            c0 = Token(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, x0 + xo, tok[0].D[b], ds8[0][b]);
+            if (TN.Value > 1)
+            {
+                c1 = Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D[b], ds8[1][b]);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D[b], ds8[2][b]);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D[b], ds8[3][b]);
+            }
+            if (TN.Value > 4)
+            {
+                c4 = Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D[b], ds8[4][b]);
+            }
+            if (TN.Value > 5)
+            {
+                c5 = Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D[b], ds8[5][b]);
+            }
+            if (TN.Value > 6)
+            {
+                c6 = Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D[b], ds8[6][b]);
+            }
+            if (TN.Value > 7)
+            {
+                c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
+            }
+        }
+        Q4_0Interleaved.Store(c0, y, rows, partial);
+        if (TN.Value > 1)
+        {
+            Q4_0Interleaved.Store(c1, y + n, rows, partial);
+        }
+        if (TN.Value > 2)
+        {
+            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
+        }
+        if (TN.Value > 3)
+        {
+            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
+        }
+        if (TN.Value > 4)
+        {
+            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
+        }
+        if (TN.Value > 5)
+        {
+            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
+        }
+        if (TN.Value > 6)
+        {
+            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
+        }
+        if (TN.Value > 7)
+        {
+            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
+        }
+    }
+
+    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
+    {
+        // 8 vpmaddubsw of at most 2 * 15 * 127 each: their int16 sum stays below 32767.
+        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
+        var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
+        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
+    }
+
+    /// <summary>
+    /// 16 f16 values widened to float, exactly (normal and subnormal halves; as <see cref="QuantGemm.Halves"/>):
+    /// sign-extend, shift the exponent and mantissa into a float's place, clear bits 28..30 (the sign extension), and
+    /// scale by 2^112 (the exponent bias difference).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> Halves(Vector256<short> h) =>
+        (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(h), 13) & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
+        * Vector512.Create(5.192296858534828E+33f);
+
+    /// <summary>
+    /// The scalar twin over the packed layout, for every ISA below AVX-512 and for tests: the same per-(row, token)
+    /// sequence in plain arithmetic, bit-identical to <see cref="Run"/> and to <see cref="Q4_0Interleaved.RunScalar"/>.
+    /// </summary>
+    public static void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            var a = act.Row(t);
+            float* ds8 = act.OffsetSums(t);
+            for (int r = r0; r < r1; r++)
+            {
+                byte* g = packed + r / GroupRows * GroupBytes(nb);
+                int lane = r % GroupRows;
+                float acc = 0;
+                for (int b = 0; b < nb; b++)
+                {
+                    byte* wb = g + (long)b * BlockGroupBytes;
+                    sbyte* x = a.Q + 32L * b;
+                    int p = 0;
+                    for (int j = 0; j < 16; j++)
+                    {
+                        byte q = wb[j / 4 * 64 + lane * 4 + j % 4];
+                        p += (q & 0x0F) * x[j] + (q >> 4) * x[j + 16];
+                    }
+                    float dw = QuantDot.HalfScalar(wb + 256 + 2 * lane);
+                    acc = MathF.FusedMultiplyAdd(dw, MathF.FusedMultiplyAdd(p, a.D[b], -ds8[b]), acc);
+                }
+                y[(long)t * n + r] = acc;
+            }
+        }
+    }
+}

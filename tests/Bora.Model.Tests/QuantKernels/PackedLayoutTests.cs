@@ -1,0 +1,129 @@
+using Bora.Numerics;
+using Bora.Numerics.Quant;
+
+namespace Bora.Model.Tests.QuantKernels;
+
+/// <summary>
+/// The packed 16-row group layouts (<see cref="QuantizedMatrix.Pack"/>): packing loses nothing (every row's GGUF blocks
+/// come back byte for byte), and products over the packed groups, for every token count (decode included) and at
+/// every ISA (the AVX-512 kernel above, the scalar twin over the packed bytes below), equal the rows-in-lanes scalar
+/// twin over the unpacked GGUF rows bit for bit.
+/// </summary>
+[Trait("Category", "Kernels")]
+public sealed unsafe class PackedLayoutTests
+{
+    public static TheoryData<DType> PackedTypes() => [.. new[] { DType.Q4_0, DType.Q8_0, DType.Q4_K, DType.Q6_K }.Where(QuantizedMatrix.CanPack)];
+
+    private static readonly (int Rows, int Cols)[] Shapes = [(1, 32), (15, 64), (16, 96), (17, 160), (33, 288), (67, 128), (48, 1024)];
+
+    private static int Cols(DType type, int cols) => type is DType.Q4_K or DType.Q6_K ? 256 * Math.Max(1, cols / 128) : cols;
+
+    [Theory]
+    [MemberData(nameof(PackedTypes))]
+    public void PackingKeepsEveryRowsBlocks(DType type)
+    {
+        var rng = new Random(11 + (int)type);
+        foreach (var (rows, cols0) in Shapes)
+        {
+            int cols = Cols(type, cols0);
+            var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
+            var p = q.Pack();
+            Assert.Equal(QuantLayout.Groups16, p.Layout);
+            Assert.Equal((rows + 15) / 16 * 16L * q.RowBytes, p.StoredBytes);
+            var got = new byte[q.RowBytes];
+            var a = new float[cols];
+            var b = new float[cols];
+            for (int r = 0; r < rows; r++)
+            {
+                p.CopyRowBlocks(r, got);
+                Assert.True(q.Blocks.Slice(r * q.RowBytes, q.RowBytes).SequenceEqual(got), $"{type} ({rows}, {cols}) row {r}: blocks differ after packing");
+                q.ReadRow(r, a);
+                p.ReadRow(r, b);
+                Assert.Equal(a, b);
+            }
+            Assert.Equal(q.Dequantize(), p.Dequantize());
+            Assert.Throws<InvalidOperationException>(() => p.Blocks.Length);
+            Assert.Same(p, p.Pack());
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(PackedTypes))]
+    public void PackedProductsEqualTheRowsInLanesScalarTwinBitForBit(DType type)
+    {
+        var rng = new Random(23 + (int)type);
+        var isas = new List<QuantIsa> { QuantIsa.Scalar };
+        if (QuantDot.Best != QuantIsa.Scalar)
+        {
+            isas.Add(QuantDot.Best);
+        }
+        foreach (var (rows, cols0) in Shapes)
+        {
+            int cols = Cols(type, cols0);
+            var q = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols);
+            var p = q.Pack();
+            foreach (int tokens in new[] { 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 20, 33 })
+            {
+                var x = TestModels.Uniform(rng, tokens * cols, 2f);
+                var expected = RowsInLanesScalar(q, x, tokens);
+                foreach (var isa in isas)
+                {
+                    var y = new float[tokens * rows];
+                    p.MatMul(x, y, tokens, isa);
+                    for (int i = 0; i < y.Length; i++)
+                    {
+                        Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
+                            $"{type} ({rows}, {cols}) x {tokens} at {isa}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>The packed product on many threads equals the one on a single thread (row ranges are whole groups).</summary>
+    [Theory]
+    [MemberData(nameof(PackedTypes))]
+    public void PackedProductsDoNotDependOnTheThreadCount(DType type)
+    {
+        var rng = new Random(5);
+        int rows = 16 * 40 + 7, cols = Cols(type, 512), tokens = 3;
+        var p = QuantizedMatrix.Quantize(type, TestModels.Uniform(rng, rows * cols, 1f), rows, cols).Pack();
+        var x = TestModels.Uniform(rng, tokens * cols, 2f);
+        int saved = QuantizedMatrix.MaxThreads;
+        try
+        {
+            QuantizedMatrix.MaxThreads = 1;
+            var one = new float[tokens * rows];
+            p.MatMul(x, one, tokens);
+            QuantizedMatrix.MaxThreads = 4;
+            var four = new float[tokens * rows];
+            p.MatMul(x, four, tokens);
+            Assert.Equal(one, four);
+        }
+        finally
+        {
+            QuantizedMatrix.MaxThreads = saved;
+        }
+    }
+
+    /// <summary>The existing per-product rows-in-lanes scalar twin of the format over the GGUF rows.</summary>
+    private static float[] RowsInLanesScalar(QuantizedMatrix q, float[] x, int tokens)
+    {
+        int rows = q.Rows, cols = q.Cols;
+        var act = new Q8Activations();
+        act.Quantize(x, tokens, cols, QuantizedMatrix.ActivationBlock(q.Type));
+        var expected = new float[tokens * rows];
+        fixed (byte* w = q.Blocks)
+        fixed (float* pe = expected)
+        {
+            switch (q.Type)
+            {
+                case DType.Q4_0: Q4_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows); break;
+                case DType.Q8_0: Q8_0Interleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows); break;
+                case DType.Q4_K: Q4KInterleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows); break;
+                default: Q6KInterleaved.RunScalar(w, q.RowBytes, q.BlocksPerRow, rows, act, tokens, pe, 0, rows); break;
+            }
+        }
+        return expected;
+    }
+}
