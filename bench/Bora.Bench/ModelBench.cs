@@ -85,6 +85,24 @@ public static class ModelBench
             NumericsProfile.Enabled = false;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"profile: prefill of {promptTokens} tokens, {threads} threads: {total:F3} s ({promptTokens / total:F2} tok/s), process CPU time {cpu:F3} s ({cpu / total:F2} CPUs busy on average)"));
             Console.Write(NumericsProfile.Report(total));
+
+            // Then the same breakdown over decode steps (one token each, after that prompt).
+            int steps = Math.Max(1, Math.Min(gen, 16));
+            var decodeCache = bora.Model.CreateCache(promptTokens + steps + 1);
+            bora.Model.Forward(prompt, decodeCache, logits);
+            NumericsProfile.Reset();
+            NumericsProfile.Enabled = true;
+            cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
+            t0 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < steps; i++)
+            {
+                bora.Model.Forward([prompt[i % prompt.Length]], decodeCache, logits);
+            }
+            total = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
+            NumericsProfile.Enabled = false;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"profile: {steps} decode steps, {threads} threads: {total:F3} s ({steps / total:F2} tok/s), process CPU time {cpu:F3} s ({cpu / total:F2} CPUs busy on average)"));
+            Console.Write(NumericsProfile.Report(total));
         }
 
         var mine = new List<ThroughputSample>();
