@@ -128,14 +128,17 @@ internal static unsafe class KPackedChecks
     /// Run (AVX-512, where available), RunScalar over the packed groups and the existing scalar twin over the GGUF rows
     /// agree bit for bit on every output of rows [r0, r1) and leave the other outputs untouched.
     /// </summary>
-    public static void Products(KPackedFormat f, Random rng, int rows, int nb, int tokens, int r0 = 0, int r1 = -1)
+    public static void Products(KPackedFormat f, Random rng, int rows, int nb, int tokens, int r0 = 0, int r1 = -1) =>
+        ProductsOf(f, f.RandomRows(rng, rows, nb), rows, nb, TestModels.Uniform(rng, tokens * 256 * nb, 3f), tokens, r0, r1);
+
+    /// <summary><see cref="Products"/> for given (rows, nb) GGUF blocks <paramref name="w"/> and (tokens, 256 nb) activations <paramref name="x"/>.</summary>
+    public static void ProductsOf(KPackedFormat f, byte[] w, int rows, int nb, float[] x, int tokens, int r0 = 0, int r1 = -1)
     {
         r1 = r1 < 0 ? rows : r1;
         int cols = 256 * nb;
-        var w = f.RandomRows(rng, rows, nb);
         var packed = f.Pack(w, rows, nb);
         var act = new Q8Activations();
-        act.Quantize(TestModels.Uniform(rng, tokens * cols, 3f), tokens, cols, 256);
+        act.Quantize(x, tokens, cols, 256);
         var expected = new float[tokens * rows];
         var scalar = new float[tokens * rows];
         var wide = new float[tokens * rows];
@@ -183,6 +186,7 @@ internal static unsafe class KPackedChecks
         for (int nb = 1; nb <= 9; nb++)
         {
             Products(f, rng, rows: 17, nb, tokens: 9);
+            Products(f, rng, rows: 17, nb, tokens: 17); // from 16 tokens the kernels may take another path
         }
         for (int tokens = 0; tokens <= 20; tokens++)
         {
@@ -197,4 +201,30 @@ internal static unsafe class KPackedChecks
             Products(f, rng, rows: 67, nb: 3, tokens: 10, r0, r1);
         }
     }
+}
+
+internal sealed unsafe class Q6KFormat : KPackedFormat
+{
+    public override DType Type => DType.Q6_K;
+
+    public override int BlockBytes => 210;
+
+    public override int[] HalfOffsets => [208];
+
+    public override long GroupBytes(int nb) => Q6KPacked.GroupBytes(nb);
+
+    public override void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst) => Q6KPacked.PackGroup(src, rowBytes, nb, rows, dst);
+
+    public override void UnpackRow(byte* group, int nb, int r, byte* dst) => Q6KPacked.UnpackRow(group, nb, r, dst);
+
+    public override void Prepare(Q8Activations act) => Q6KPacked.Prepare(act);
+
+    public override void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Q6KPacked.Run(packed, nb, n, act, tokens, y, r0, r1);
+
+    public override void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Q6KPacked.RunScalar(packed, nb, n, act, tokens, y, r0, r1);
+
+    public override void Reference(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Q6KInterleaved.RunScalar(w, rowBytes, nb, n, act, tokens, y, r0, r1);
 }

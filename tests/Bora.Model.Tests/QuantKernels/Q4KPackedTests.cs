@@ -38,7 +38,8 @@ public sealed class Q4KPackedTests
     [Fact]
     public void ExtremeQuantsAndScalesStayExact()
     {
-        // All nibbles 15, all 6-bit scales and mins 63, activations at +-127: the int16 and int32 bounds of the kernel.
+        // All nibbles 15, all 6-bit scales and mins 63, activations at +-127 (quantized +-1): the int16 and int32
+        // bounds of the kernel.
         var rng = new Random(7);
         const int rows = 16, nb = 2;
         var w = Format.RandomRows(rng, rows, nb);
@@ -46,36 +47,14 @@ public sealed class Q4KPackedTests
         {
             w.AsSpan(blk * 144 + 4, 140).Fill(0xFF);
         }
-        var packed = Format.Pack(w, rows, nb);
-        var act = new Q8Activations();
-        var x = new float[2 * 256 * nb];
-        for (int i = 0; i < x.Length; i++)
+        foreach (int tokens in new[] { 2, 16 })
         {
-            x[i] = i < x.Length / 2 ? 1f : -1f;
-        }
-        act.Quantize(x, 2, 256 * nb, 256);
-        var expected = new float[2 * rows];
-        var y = new float[2 * rows];
-        var ys = new float[2 * rows];
-        unsafe
-        {
-            fixed (byte* pw = w, pp = packed)
-            fixed (float* pe = expected, py = y, ps = ys)
+            var x = new float[tokens * 256 * nb];
+            for (int i = 0; i < x.Length; i++)
             {
-                Q4KInterleaved.RunScalar(pw, 144L * nb, nb, rows, act, 2, pe, 0, rows);
-                Q4KPacked.Prepare(act);
-                Q4KPacked.RunScalar(pp, nb, rows, act, 2, ps, 0, rows);
-                if (KPackedChecks.Wide)
-                {
-                    Q4KPacked.Run(pp, nb, rows, act, 2, py, 0, rows);
-                }
-                else
-                {
-                    Q4KPacked.RunScalar(pp, nb, rows, act, 2, py, 0, rows);
-                }
+                x[i] = i / (256 * nb) % 2 == 0 ? 1f : -1f; // token by token all +127 or all -127
             }
+            KPackedChecks.ProductsOf(Format, w, rows, nb, x, tokens);
         }
-        Assert.Equal(expected, ys);
-        Assert.Equal(expected, y);
     }
 }
