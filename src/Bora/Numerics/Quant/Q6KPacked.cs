@@ -236,6 +236,14 @@ internal static unsafe class Q6KPacked
             Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
             for (int j = 0; j < 16; j++)
             {
+                if (TSrc.Prefetch)
+                {
+                    byte* ahead = sb + 2 * TSrc.Stride + 256 * j;
+                    Sse.Prefetch0(ahead);
+                    Sse.Prefetch0(ahead + 64);
+                    Sse.Prefetch0(ahead + 128);
+                    Sse.Prefetch0(ahead + 192);
+                }
                 var w0 = TSrc.U(sb, j, 0);
                 var w1 = TSrc.U(sb, j, 1);
                 var w2 = TSrc.U(sb, j, 2);
@@ -352,6 +360,9 @@ internal static unsafe class Q6KPacked
         /// <summary>Bytes from one super-block to the next.</summary>
         static abstract long Stride { get; }
 
+        /// <summary>Whether the tile prefetches the super-block two ahead (the packed layout, read from memory).</summary>
+        static abstract bool Prefetch { get; }
+
         /// <summary>Vector i (0..3) of sub-block j (0..15): u of values 16j + 4i .. 16j + 4i + 3 of the 16 rows (dword r = row r).</summary>
         static abstract Vector512<byte> U(byte* sb, int j, int i);
 
@@ -366,6 +377,8 @@ internal static unsafe class Q6KPacked
     private readonly struct Packed : ISource
     {
         public static long Stride => SuperBytes;
+
+        public static bool Prefetch => true;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> U(byte* sb, int j, int i)
@@ -418,6 +431,8 @@ internal static unsafe class Q6KPacked
         public const long DOffset = ScaleOffset + 1024;
 
         public static long Stride => DOffset + 64;
+
+        public static bool Prefetch => false;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> U(byte* sb, int j, int i) => Vector512.Load(sb + j * 256L + 64 * i);
