@@ -23,6 +23,10 @@ namespace Bora.Numerics.Quant;
 /// 4-byte groups add up in int16 (at most 8 * 2 * 15 * 127 = 30480), one vpmaddwd by the rows' sc[s] (in both int16
 /// halves, from one vpshufb of the unpacked scales) adds sc[s] (sum q x) to the int32 sum (exact: at most
 /// 8 * 63 * 60960 &lt; 2^31). The 6-bit scales and mins are unpacked per super-block in registers, 16 rows at once.</para>
+/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
+/// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
+/// integers, same float products, same results.</para>
 /// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
 /// </summary>
 internal static unsafe class Q4KPacked
@@ -41,6 +45,12 @@ internal static unsafe class Q4KPacked
     private const int ScaleOffset = 64;
     private const int QuantOffset = 256;
     private const int TileTokens = 8;
+
+    /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
+    internal const int ExpandMinTokens = 16;
+
+    [ThreadStatic]
+    private static byte[]? t_expanded;
 
     /// <summary>Bytes of one packed group of rows of <paramref name="nb"/> super-blocks: 16 * 144 nb (the file's bytes).</summary>
     public static long GroupBytes(int nb) => (long)nb * SuperBytes;
@@ -138,10 +148,24 @@ internal static unsafe class Q4KPacked
                 ctrl[256 + 64 * j + i + 3] = 0x80;
             }
         }
+        byte* expanded = null;
+        if (tokens >= ExpandMinTokens)
+        {
+            long need = Math.Max(1, (long)nb * Expanded.Stride);
+            if (t_expanded is null || t_expanded.LongLength < need)
+            {
+                t_expanded = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
+            }
+            expanded = (byte*)Unsafe.AsPointer(ref t_expanded[0]);
+        }
         for (int g0 = r0; g0 < r1; g0 += GroupRows)
         {
             int rows = Math.Min(GroupRows, r1 - g0);
             byte* g = packed + g0 / GroupRows * groupBytes;
+            if (expanded != null)
+            {
+                Expand(g, nb, ctrl, expanded);
+            }
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
                 int tt = Math.Min(TileTokens, tokens - t0);
@@ -152,18 +176,54 @@ internal static unsafe class Q4KPacked
                     sums[j] = (nint)act.SubBlockSums(t);
                 }
                 float* yt = y + (long)t0 * n + g0;
-                switch (tt)
+                if (expanded != null)
                 {
-                    case 1: Tile<Tokens1>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 2: Tile<Tokens2>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 3: Tile<Tokens3>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 4: Tile<Tokens4>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 5: Tile<Tokens5>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 6: Tile<Tokens6>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    case 7: Tile<Tokens7>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
-                    default: Tile<Tokens8>(g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial); break;
+                    Tiles<Expanded>(tt, expanded, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
+                }
+                else
+                {
+                    Tiles<Packed>(tt, g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
                 }
             }
+        }
+    }
+
+    /// <summary>The tile of <paramref name="tokens"/> (1..8) tokens over source <typeparamref name="TSrc"/>.</summary>
+    private static void Tiles<TSrc>(int tokens, byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
+        where TSrc : struct, ISource
+    {
+        switch (tokens)
+        {
+            case 1: Tile<Tokens1, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 2: Tile<Tokens2, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 3: Tile<Tokens3, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 4: Tile<Tokens4, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 5: Tile<Tokens5, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 6: Tile<Tokens6, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 7: Tile<Tokens7, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            default: Tile<Tokens8, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+        }
+    }
+
+    /// <summary>Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>.</summary>
+    private static void Expand(byte* g, int nb, byte* ctrl, byte* dst)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* eb = dst + (long)b * Expanded.Stride;
+            var scales = Packed.Scales(sb);
+            var mins = Packed.Mins(sb);
+            for (int s = 0; s < 8; s++)
+            {
+                for (int k = 0; k < 8; k++)
+                {
+                    Packed.Plane(sb, s / 2, s % 2, k).Store(eb + s * 512L + 64 * k);
+                }
+                Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl).Store((short*)(eb + Expanded.ScaleOffset + s * 64L));
+                Packed.MinScale(sb, mins, s, ctrl).Store((float*)(eb + Expanded.MinOffset + s * 64L));
+            }
+            Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
         }
     }
 
@@ -172,42 +232,33 @@ internal static unsafe class Q4KPacked
     /// <paramref name="rows"/> rows of each token (y: token t at y + t n).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TN>(byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
+    private static void Tile<TN, TSrc>(byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
         where TN : struct, ITokenCount
+        where TSrc : struct, ISource
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
-        var low6 = Vector512.Create(0x3F3F3F3Fu);
-        var low4 = Vector512.Create(0x0F0F0F0Fu);
-        var low2 = Vector512.Create(0x03030303u);
-        var nibble = Vector512.Create((byte)0x0F);
         for (int b = 0; b < nb; b++)
         {
-            byte* sb = g + (long)b * SuperBytes;
-            var sa = Vector512.Load((uint*)(sb + ScaleOffset));
-            var sc = Vector512.Load((uint*)(sb + ScaleOffset + 128));
-            // sc[0..3] and sc[4..7] of each row, bytewise (as KQuantRows.UnpackScalesK4).
-            var sc03 = (sa & low6).AsByte();
-            var sc47 = ((sc & low4) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(sa, 6) & low2, 4)).AsByte();
+            byte* sb = g + b * TSrc.Stride;
+            var scales = TSrc.Scales(sb);
             Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
             for (int c = 0; c < 4; c++)
             {
-                byte* q = sb + QuantOffset + c * 512L;
-                var src = c < 2 ? sc03 : sc47;
+                var src = c < 2 ? scales.Low : scales.High;
                 long xo = 256L * b + 64 * c;
                 for (int half = 0; half < 2; half++)
                 {
                     // Sub-block s = 2c + half: the low (half 0) or high (half 1) nibbles of chunk c.
-                    int shift = 4 * half;
-                    var p0 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)q), shift).AsByte() & nibble;
-                    var p1 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 64)), shift).AsByte() & nibble;
-                    var p2 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 128)), shift).AsByte() & nibble;
-                    var p3 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 192)), shift).AsByte() & nibble;
-                    var p4 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 256)), shift).AsByte() & nibble;
-                    var p5 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 320)), shift).AsByte() & nibble;
-                    var p6 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 384)), shift).AsByte() & nibble;
-                    var p7 = Vector512.ShiftRightLogical(Vector512.Load((ushort*)(q + 448)), shift).AsByte() & nibble;
-                    var scv = Avx512BW.Shuffle(src, Vector512.Load(ctrl + 64 * ((2 * c + half) & 3))).AsInt16();
+                    var p0 = TSrc.Plane(sb, c, half, 0);
+                    var p1 = TSrc.Plane(sb, c, half, 1);
+                    var p2 = TSrc.Plane(sb, c, half, 2);
+                    var p3 = TSrc.Plane(sb, c, half, 3);
+                    var p4 = TSrc.Plane(sb, c, half, 4);
+                    var p5 = TSrc.Plane(sb, c, half, 5);
+                    var p6 = TSrc.Plane(sb, c, half, 6);
+                    var p7 = TSrc.Plane(sb, c, half, 7);
+                    var scv = TSrc.ScalePair(sb, src, 2 * c + half, ctrl);
                     long o = xo + 32 * half;
                     i0 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x0 + o), scv);
                     if (TN.Value > 1)
@@ -240,7 +291,7 @@ internal static unsafe class Q4KPacked
                     }
                 }
             }
-            var d = Halves(Vector256.Load((short*)(sb + DOffset)));
+            var d = TSrc.D(sb);
             c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
             if (TN.Value > 1)
             {
@@ -271,15 +322,10 @@ internal static unsafe class Q4KPacked
                 c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(tok[7].D[b]), c7);
             }
             // The min term, sub-block by sub-block: acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
-            var dmin = Halves(Vector256.Load((short*)(sb + DminOffset)));
-            var sbv = Vector512.Load((uint*)(sb + ScaleOffset + 64));
-            var scc = Vector512.Load((uint*)(sb + ScaleOffset + 128));
-            var m03 = (sbv & low6).AsByte();
-            var m47 = (Vector512.ShiftRightLogical(scc, 4) & low4 | Vector512.ShiftLeft(Vector512.ShiftRightLogical(sbv, 6) & low2, 4)).AsByte();
+            var mins = TSrc.Mins(sb);
             for (int s = 0; s < 8; s++)
             {
-                var m = Avx512BW.Shuffle(s < 4 ? m03 : m47, Vector512.Load(ctrl + 256 + 64 * (s & 3))).AsInt32();
-                var dm = dmin * Avx512F.ConvertToVector512Single(m);
+                var dm = TSrc.MinScale(sb, mins, s, ctrl);
                 long so = 8L * b + s;
                 c0 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[0][so]), c0);
                 if (TN.Value > 1)
@@ -341,6 +387,119 @@ internal static unsafe class Q4KPacked
         {
             Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
         }
+    }
+
+    /// <summary>A super-block's 6-bit scales (or mins), bytewise: Low = values 0..3, High = values 4..7 of each row's dword.</summary>
+    private readonly struct ScaleBytes(Vector512<byte> low, Vector512<byte> high)
+    {
+        public readonly Vector512<byte> Low = low;
+        public readonly Vector512<byte> High = high;
+    }
+
+    /// <summary>The mins of a super-block (<see cref="ScaleBytes"/>) and the rows' dmin.</summary>
+    private readonly struct MinBytes(ScaleBytes m, Vector512<float> dmin)
+    {
+        public readonly ScaleBytes M = m;
+        public readonly Vector512<float> Dmin = dmin;
+    }
+
+    /// <summary>Where a tile reads a super-block's nibbles, scales, mins and d from.</summary>
+    private interface ISource
+    {
+        /// <summary>Bytes from one super-block to the next.</summary>
+        static abstract long Stride { get; }
+
+        /// <summary>Vector k (0..7) of sub-block 2c + half: its values 4k..4k+3 as bytes 0..15 of the 16 rows.</summary>
+        static abstract Vector512<byte> Plane(byte* sb, int c, int half, int k);
+
+        /// <summary>Once per super-block: the scale bytes (unused by sources that store ready pairs).</summary>
+        static abstract ScaleBytes Scales(byte* sb);
+
+        /// <summary>sc[s] of the 16 rows in both int16 halves (src = Low or High of <see cref="Scales"/>).</summary>
+        static abstract Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl);
+
+        /// <summary>Once per super-block, after the integer sums: the min bytes and dmin (unused by sources that store dmin m).</summary>
+        static abstract MinBytes Mins(byte* sb);
+
+        /// <summary>dmin m[s] of the 16 rows as floats (the float product of <see cref="Q4KInterleaved.RunScalar"/>).</summary>
+        static abstract Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl);
+
+        /// <summary>d of the 16 rows.</summary>
+        static abstract Vector512<float> D(byte* sb);
+    }
+
+    /// <summary>The packed layout itself: nibbles masked (and shifted), scales and mins unpacked in registers.</summary>
+    private readonly struct Packed : ISource
+    {
+        public static long Stride => SuperBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Plane(byte* sb, int c, int half, int k) =>
+            Vector512.ShiftRightLogical(Vector512.Load((ushort*)(sb + QuantOffset + c * 512L + 64 * k)), 4 * half).AsByte() & Vector512.Create((byte)0x0F);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ScaleBytes Scales(byte* sb)
+        {
+            // sc[0..3] = A & 63, sc[4..7] = (C & 15) | (A >> 6) << 4, bytewise (as KQuantRows.UnpackScalesK4).
+            var a = Vector512.Load((uint*)(sb + ScaleOffset));
+            var c = Vector512.Load((uint*)(sb + ScaleOffset + 128));
+            return new((a & Vector512.Create(0x3F3F3F3Fu)).AsByte(),
+                ((c & Vector512.Create(0x0F0F0F0Fu)) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a, 6) & Vector512.Create(0x03030303u), 4)).AsByte());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl) =>
+            Avx512BW.Shuffle(src, Vector512.Load(ctrl + 64 * (s & 3))).AsInt16();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static MinBytes Mins(byte* sb)
+        {
+            // m[0..3] = B & 63, m[4..7] = (C >> 4) | (B >> 6) << 4, bytewise.
+            var bv = Vector512.Load((uint*)(sb + ScaleOffset + 64));
+            var c = Vector512.Load((uint*)(sb + ScaleOffset + 128));
+            var m = new ScaleBytes((bv & Vector512.Create(0x3F3F3F3Fu)).AsByte(),
+                ((Vector512.ShiftRightLogical(c, 4) & Vector512.Create(0x0F0F0F0Fu))
+                | Vector512.ShiftLeft(Vector512.ShiftRightLogical(bv, 6) & Vector512.Create(0x03030303u), 4)).AsByte());
+            return new(m, Halves(Vector256.Load((short*)(sb + DminOffset))));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) =>
+            mins.Dmin * Avx512F.ConvertToVector512Single(Avx512BW.Shuffle(s < 4 ? mins.M.Low : mins.M.High, Vector512.Load(ctrl + 256 + 64 * (s & 3))).AsInt32());
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Halves(Vector256.Load((short*)(sb + DOffset)));
+    }
+
+    /// <summary>
+    /// The expanded layout of a group (per super-block, 5184 bytes, as <see cref="Q4KInterleaved"/>'s repacked groups):
+    /// nibble planes (8 sub-blocks, 8, 16) dwords, sc pairs (8, 16) int32, dmin m (8, 16) floats, d (16) floats.
+    /// </summary>
+    private readonly struct Expanded : ISource
+    {
+        public const long ScaleOffset = 8 * 512;
+        public const long MinOffset = ScaleOffset + 512;
+        public const long DOffset = MinOffset + 512;
+
+        public static long Stride => DOffset + 64;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Plane(byte* sb, int c, int half, int k) => Vector512.Load(sb + (2 * c + half) * 512L + 64 * k);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ScaleBytes Scales(byte* sb) => default;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl) => Vector512.Load((short*)(sb + ScaleOffset + s * 64L));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static MinBytes Mins(byte* sb) => default;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) => Vector512.Load((float*)(sb + MinOffset + s * 64L));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
     }
 
     /// <summary>The int16 sums (2 per row, 16 products each) of one sub-block's 8 nibble vectors with a token's 32 activations at <paramref name="x"/>.</summary>
