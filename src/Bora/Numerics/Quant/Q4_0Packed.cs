@@ -207,15 +207,15 @@ internal static unsafe class Q4_0Packed
     private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
         Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
     {
-        // 8 vpmaddubsw of at most 2 * 15 * 127 each: their int16 sum stays below 32767.
-        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
+        // 8 vpmaddubsw of at most 2 * 15 * 127 each: their int16 sum stays below 32767 (exact, so summed as a tree).
+        var h = ((Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte()))
+              + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())))
+              + ((Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte()))
+              + (Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte())));
         var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
         return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
     }

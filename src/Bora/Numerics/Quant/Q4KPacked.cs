@@ -1,0 +1,569 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// Q4_K weights packed once at load into groups of 16 rows (rows in vector lanes, no per-product repacking), and the
+/// products over that layout: <see cref="Run"/> (AVX-512, tiles of 1..8 tokens) and its scalar twin <see cref="RunScalar"/>.
+/// Both compute each (row, token) exactly as <see cref="Q4KInterleaved.RunScalar"/> does over the GGUF rows: per
+/// super-block the exact integer isum = sum_s sc[s] sum(q x of sub-block s), then acc = fma(d, isum d_x, acc) and for
+/// s = 0..7 acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
+/// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 16 * 144 bytes each
+/// (the file's bytes, nothing added); inside super-block b (offsets in bytes):
+/// [0, 32) the 16 rows' f16 d; [32, 64) their f16 dmin; [64, 256) the 12 packed scale bytes as 3 vectors of 16 dwords
+/// (vector i holds bytes 4i..4i+3 of every row, lane r = row r); [256, 2304) the 128 quant bytes qs as 32 vectors of
+/// 16 dwords (vector k holds qs[4k..4k+3] of every row). Quant dword k of a row lies in 64-value chunk c = k / 8 of
+/// the GGUF block: its low nibbles are values 4 (k % 8)..+3 of sub-block 2c, its high nibbles those of sub-block 2c + 1.
+/// Example: qs bytes 40..43 of super-block 3 of the group's row 5 (chunk 1: sub-block 2 values 8..11 in the low
+/// nibbles, sub-block 3 values 8..11 in the high ones) are the dword at byte 3 * 2304 + 256 + 10 * 64 + 5 * 4 = 7828.
+/// Every vector is 64-byte aligned when the group is.</para>
+/// <para>Per sub-block and token, 8 vpmaddubsw of the nibbles (masked, or shifted and masked) with the token's broadcast
+/// 4-byte groups add up in int16 (at most 8 * 2 * 15 * 127 = 30480), one vpmaddwd by the rows' sc[s] (in both int16
+/// halves, from one vpshufb of the unpacked scales) adds sc[s] (sum q x) to the int32 sum (exact: at most
+/// 8 * 63 * 60960 &lt; 2^31). The 6-bit scales and mins are unpacked per super-block in registers, 16 rows at once.</para>
+/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
+/// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
+/// integers, same float products, same results.</para>
+/// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
+/// </summary>
+internal static unsafe class Q4KPacked
+{
+    /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
+    internal const int GroupRows = 16;
+
+    /// <summary>Bytes of one GGUF Q4_K block (256 values).</summary>
+    internal const int BlockBytes = 144;
+
+    /// <summary>Bytes of one super-block of a group: 16 rows' blocks.</summary>
+    internal const int SuperBytes = GroupRows * BlockBytes;
+
+    private const int DOffset = 0;
+    private const int DminOffset = 32;
+    private const int ScaleOffset = 64;
+    private const int QuantOffset = 256;
+    private const int TileTokens = 8;
+
+    /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
+    internal const int ExpandMinTokens = 16;
+
+    [ThreadStatic]
+    private static byte[]? t_expanded;
+
+    /// <summary>Bytes of one packed group of rows of <paramref name="nb"/> super-blocks: 16 * 144 nb (the file's bytes).</summary>
+    public static long GroupBytes(int nb) => (long)nb * SuperBytes;
+
+    /// <summary>
+    /// Packs <paramref name="rows"/> (1..16; missing rows repeat the last) GGUF-layout rows at <paramref name="src"/>
+    /// (row stride <paramref name="rowBytes"/>, nb blocks each) into one group at <paramref name="dst"/> (<see cref="GroupBytes"/> bytes).
+    /// </summary>
+    public static void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst)
+    {
+        CheckGroup(nb, rows);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = dst + (long)b * SuperBytes;
+            ushort* d = (ushort*)(sb + DOffset), dmin = (ushort*)(sb + DminOffset);
+            uint* scales = (uint*)(sb + ScaleOffset), qs = (uint*)(sb + QuantOffset);
+            for (int r = 0; r < GroupRows; r++)
+            {
+                byte* blk = src + Math.Min(r, rows - 1) * rowBytes + (long)b * BlockBytes;
+                d[r] = Unsafe.ReadUnaligned<ushort>(blk);
+                dmin[r] = Unsafe.ReadUnaligned<ushort>(blk + 2);
+                for (int i = 0; i < 3; i++)
+                {
+                    scales[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 4 + 4 * i);
+                }
+                for (int k = 0; k < 32; k++)
+                {
+                    qs[k * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 16 + 4 * k);
+                }
+            }
+        }
+    }
+
+    /// <summary>Row <paramref name="r"/> (0..15) of a packed group back to nb GGUF-layout blocks at <paramref name="dst"/>: <see cref="PackGroup"/>'s exact inverse.</summary>
+    public static void UnpackRow(byte* group, int nb, int r, byte* dst)
+    {
+        CheckGroup(nb, r + 1);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = group + (long)b * SuperBytes;
+            byte* blk = dst + (long)b * BlockBytes;
+            Unsafe.WriteUnaligned(blk, ((ushort*)(sb + DOffset))[r]);
+            Unsafe.WriteUnaligned(blk + 2, ((ushort*)(sb + DminOffset))[r]);
+            for (int i = 0; i < 3; i++)
+            {
+                Unsafe.WriteUnaligned(blk + 4 + 4 * i, ((uint*)(sb + ScaleOffset))[i * GroupRows + r]);
+            }
+            for (int k = 0; k < 32; k++)
+            {
+                Unsafe.WriteUnaligned(blk + 16 + 4 * k, ((uint*)(sb + QuantOffset))[k * GroupRows + r]);
+            }
+        }
+    }
+
+    private static void CheckGroup(int nb, int rows)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(nb);
+        if (rows is < 1 or > GroupRows)
+        {
+            throw new ArgumentOutOfRangeException(nameof(rows), rows, "a group holds 1 to 16 rows");
+        }
+    }
+
+    /// <summary>Once per product on the calling thread: the per-sub-block activation sums (d_x sum x) the min term reads.</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareSubBlockSums();
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
+    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
+    /// </summary>
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        if (tokens <= 0 || r0 >= r1)
+        {
+            return;
+        }
+        long groupBytes = GroupBytes(nb);
+        float* partial = stackalloc float[GroupRows];
+        var tok = stackalloc Q8Row[TileTokens];
+        var sums = stackalloc nint[TileTokens];
+        // vpshufb controls: [0, 256) sc[j] (j = 0..3) of each dword to both int16 halves; [256, 512) m[j] zero-extended to int32.
+        byte* ctrl = stackalloc byte[512];
+        for (int j = 0; j < 4; j++)
+        {
+            for (int i = 0; i < 64; i += 4)
+            {
+                byte src = (byte)((i & 15) + j);
+                ctrl[64 * j + i] = src;
+                ctrl[64 * j + i + 1] = 0x80;
+                ctrl[64 * j + i + 2] = src;
+                ctrl[64 * j + i + 3] = 0x80;
+                ctrl[256 + 64 * j + i] = src;
+                ctrl[256 + 64 * j + i + 1] = 0x80;
+                ctrl[256 + 64 * j + i + 2] = 0x80;
+                ctrl[256 + 64 * j + i + 3] = 0x80;
+            }
+        }
+        byte* expanded = null;
+        if (tokens >= ExpandMinTokens)
+        {
+            long need = Math.Max(1, (long)nb * Expanded.Stride);
+            if (t_expanded is null || t_expanded.LongLength < need)
+            {
+                t_expanded = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
+            }
+            expanded = (byte*)Unsafe.AsPointer(ref t_expanded[0]);
+        }
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * groupBytes;
+            if (expanded != null)
+            {
+                Expand(g, nb, ctrl, expanded);
+            }
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+            {
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
+                {
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
+                    tok[j] = act.Row(t);
+                    sums[j] = (nint)act.SubBlockSums(t);
+                }
+                float* yt = y + (long)t0 * n + g0;
+                if (expanded != null)
+                {
+                    Tiles<Expanded>(tt, expanded, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
+                }
+                else
+                {
+                    Tiles<Packed>(tt, g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
+                }
+            }
+        }
+    }
+
+    /// <summary>The tile of <paramref name="tokens"/> (1..8) tokens over source <typeparamref name="TSrc"/>.</summary>
+    private static void Tiles<TSrc>(int tokens, byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
+        where TSrc : struct, ISource
+    {
+        switch (tokens)
+        {
+            case 1: Tile<Tokens1, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 2: Tile<Tokens2, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 3: Tile<Tokens3, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 4: Tile<Tokens4, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 5: Tile<Tokens5, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 6: Tile<Tokens6, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            case 7: Tile<Tokens7, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            default: Tile<Tokens8, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+        }
+    }
+
+    /// <summary>Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>.</summary>
+    private static void Expand(byte* g, int nb, byte* ctrl, byte* dst)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* eb = dst + (long)b * Expanded.Stride;
+            var scales = Packed.Scales(sb);
+            var mins = Packed.Mins(sb);
+            for (int s = 0; s < 8; s++)
+            {
+                for (int k = 0; k < 8; k++)
+                {
+                    Packed.Plane(sb, s / 2, s % 2, k).Store(eb + s * 512L + 64 * k);
+                }
+                Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl).Store((short*)(eb + Expanded.ScaleOffset + s * 64L));
+                Packed.MinScale(sb, mins, s, ctrl).Store((float*)(eb + Expanded.MinOffset + s * 64L));
+            }
+            Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
+        }
+    }
+
+    /// <summary>
+    /// 16 rows x TN.Value (1..8) tokens over all super-blocks of the group at <paramref name="g"/>; stores the first
+    /// <paramref name="rows"/> rows of each token (y: token t at y + t n).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TN, TSrc>(byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
+        where TN : struct, ITokenCount
+        where TSrc : struct, ISource
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + b * TSrc.Stride;
+            var scales = TSrc.Scales(sb);
+            Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                var src = c < 2 ? scales.Low : scales.High;
+                long xo = 256L * b + 64 * c;
+                for (int half = 0; half < 2; half++)
+                {
+                    // Sub-block s = 2c + half: the low (half 0) or high (half 1) nibbles of chunk c.
+                    var p0 = TSrc.Plane(sb, c, half, 0);
+                    var p1 = TSrc.Plane(sb, c, half, 1);
+                    var p2 = TSrc.Plane(sb, c, half, 2);
+                    var p3 = TSrc.Plane(sb, c, half, 3);
+                    var p4 = TSrc.Plane(sb, c, half, 4);
+                    var p5 = TSrc.Plane(sb, c, half, 5);
+                    var p6 = TSrc.Plane(sb, c, half, 6);
+                    var p7 = TSrc.Plane(sb, c, half, 7);
+                    var scv = TSrc.ScalePair(sb, src, 2 * c + half, ctrl);
+                    long o = xo + 32 * half;
+                    i0 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x0 + o), scv);
+                    if (TN.Value > 1)
+                    {
+                        i1 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x1 + o), scv);
+                    }
+                    if (TN.Value > 2)
+                    {
+                        i2 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x2 + o), scv);
+                    }
+                    if (TN.Value > 3)
+                    {
+                        i3 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x3 + o), scv);
+                    }
+                    if (TN.Value > 4)
+                    {
+                        i4 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x4 + o), scv);
+                    }
+                    if (TN.Value > 5)
+                    {
+                        i5 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x5 + o), scv);
+                    }
+                    if (TN.Value > 6)
+                    {
+                        i6 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x6 + o), scv);
+                    }
+                    if (TN.Value > 7)
+                    {
+                        i7 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x7 + o), scv);
+                    }
+                }
+            }
+            var d = TSrc.D(sb);
+            c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
+            if (TN.Value > 1)
+            {
+                c1 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i1) * Vector512.Create(tok[1].D[b]), c1);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i2) * Vector512.Create(tok[2].D[b]), c2);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i3) * Vector512.Create(tok[3].D[b]), c3);
+            }
+            if (TN.Value > 4)
+            {
+                c4 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i4) * Vector512.Create(tok[4].D[b]), c4);
+            }
+            if (TN.Value > 5)
+            {
+                c5 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i5) * Vector512.Create(tok[5].D[b]), c5);
+            }
+            if (TN.Value > 6)
+            {
+                c6 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i6) * Vector512.Create(tok[6].D[b]), c6);
+            }
+            if (TN.Value > 7)
+            {
+                c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(tok[7].D[b]), c7);
+            }
+            // The min term, sub-block by sub-block: acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
+            var mins = TSrc.Mins(sb);
+            for (int s = 0; s < 8; s++)
+            {
+                var dm = TSrc.MinScale(sb, mins, s, ctrl);
+                long so = 8L * b + s;
+                c0 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[0][so]), c0);
+                if (TN.Value > 1)
+                {
+                    c1 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[1][so]), c1);
+                }
+                if (TN.Value > 2)
+                {
+                    c2 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[2][so]), c2);
+                }
+                if (TN.Value > 3)
+                {
+                    c3 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[3][so]), c3);
+                }
+                if (TN.Value > 4)
+                {
+                    c4 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[4][so]), c4);
+                }
+                if (TN.Value > 5)
+                {
+                    c5 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[5][so]), c5);
+                }
+                if (TN.Value > 6)
+                {
+                    c6 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[6][so]), c6);
+                }
+                if (TN.Value > 7)
+                {
+                    c7 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[7][so]), c7);
+                }
+            }
+        }
+        Q4_0Interleaved.Store(c0, y, rows, partial);
+        if (TN.Value > 1)
+        {
+            Q4_0Interleaved.Store(c1, y + n, rows, partial);
+        }
+        if (TN.Value > 2)
+        {
+            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
+        }
+        if (TN.Value > 3)
+        {
+            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
+        }
+        if (TN.Value > 4)
+        {
+            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
+        }
+        if (TN.Value > 5)
+        {
+            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
+        }
+        if (TN.Value > 6)
+        {
+            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
+        }
+        if (TN.Value > 7)
+        {
+            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
+        }
+    }
+
+    /// <summary>A super-block's 6-bit scales (or mins), bytewise: Low = values 0..3, High = values 4..7 of each row's dword.</summary>
+    private readonly struct ScaleBytes(Vector512<byte> low, Vector512<byte> high)
+    {
+        public readonly Vector512<byte> Low = low;
+        public readonly Vector512<byte> High = high;
+    }
+
+    /// <summary>The mins of a super-block (<see cref="ScaleBytes"/>) and the rows' dmin.</summary>
+    private readonly struct MinBytes(ScaleBytes m, Vector512<float> dmin)
+    {
+        public readonly ScaleBytes M = m;
+        public readonly Vector512<float> Dmin = dmin;
+    }
+
+    /// <summary>Where a tile reads a super-block's nibbles, scales, mins and d from.</summary>
+    private interface ISource
+    {
+        /// <summary>Bytes from one super-block to the next.</summary>
+        static abstract long Stride { get; }
+
+        /// <summary>Vector k (0..7) of sub-block 2c + half: its values 4k..4k+3 as bytes 0..15 of the 16 rows.</summary>
+        static abstract Vector512<byte> Plane(byte* sb, int c, int half, int k);
+
+        /// <summary>Once per super-block: the scale bytes (unused by sources that store ready pairs).</summary>
+        static abstract ScaleBytes Scales(byte* sb);
+
+        /// <summary>sc[s] of the 16 rows in both int16 halves (src = Low or High of <see cref="Scales"/>).</summary>
+        static abstract Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl);
+
+        /// <summary>Once per super-block, after the integer sums: the min bytes and dmin (unused by sources that store dmin m).</summary>
+        static abstract MinBytes Mins(byte* sb);
+
+        /// <summary>dmin m[s] of the 16 rows as floats (the float product of <see cref="Q4KInterleaved.RunScalar"/>).</summary>
+        static abstract Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl);
+
+        /// <summary>d of the 16 rows.</summary>
+        static abstract Vector512<float> D(byte* sb);
+    }
+
+    /// <summary>The packed layout itself: nibbles masked (and shifted), scales and mins unpacked in registers.</summary>
+    private readonly struct Packed : ISource
+    {
+        public static long Stride => SuperBytes;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Plane(byte* sb, int c, int half, int k) =>
+            Vector512.ShiftRightLogical(Vector512.Load((ushort*)(sb + QuantOffset + c * 512L + 64 * k)), 4 * half).AsByte() & Vector512.Create((byte)0x0F);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ScaleBytes Scales(byte* sb)
+        {
+            // sc[0..3] = A & 63, sc[4..7] = (C & 15) | (A >> 6) << 4, bytewise (as KQuantRows.UnpackScalesK4).
+            var a = Vector512.Load((uint*)(sb + ScaleOffset));
+            var c = Vector512.Load((uint*)(sb + ScaleOffset + 128));
+            return new((a & Vector512.Create(0x3F3F3F3Fu)).AsByte(),
+                ((c & Vector512.Create(0x0F0F0F0Fu)) | Vector512.ShiftLeft(Vector512.ShiftRightLogical(a, 6) & Vector512.Create(0x03030303u), 4)).AsByte());
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl) =>
+            Avx512BW.Shuffle(src, Vector512.Load(ctrl + 64 * (s & 3))).AsInt16();
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static MinBytes Mins(byte* sb)
+        {
+            // m[0..3] = B & 63, m[4..7] = (C >> 4) | (B >> 6) << 4, bytewise.
+            var bv = Vector512.Load((uint*)(sb + ScaleOffset + 64));
+            var c = Vector512.Load((uint*)(sb + ScaleOffset + 128));
+            var m = new ScaleBytes((bv & Vector512.Create(0x3F3F3F3Fu)).AsByte(),
+                ((Vector512.ShiftRightLogical(c, 4) & Vector512.Create(0x0F0F0F0Fu))
+                | Vector512.ShiftLeft(Vector512.ShiftRightLogical(bv, 6) & Vector512.Create(0x03030303u), 4)).AsByte());
+            return new(m, Q4_0Packed.Halves(Vector256.Load((short*)(sb + DminOffset))));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) =>
+            mins.Dmin * Avx512F.ConvertToVector512Single(Avx512BW.Shuffle(s < 4 ? mins.M.Low : mins.M.High, Vector512.Load(ctrl + 256 + 64 * (s & 3))).AsInt32());
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Q4_0Packed.Halves(Vector256.Load((short*)(sb + DOffset)));
+    }
+
+    /// <summary>
+    /// The expanded layout of a group (per super-block, 5184 bytes, as <see cref="Q4KInterleaved"/>'s repacked groups):
+    /// nibble planes (8 sub-blocks, 8, 16) dwords, sc pairs (8, 16) int32, dmin m (8, 16) floats, d (16) floats.
+    /// </summary>
+    private readonly struct Expanded : ISource
+    {
+        public const long ScaleOffset = 8 * 512;
+        public const long MinOffset = ScaleOffset + 512;
+        public const long DOffset = MinOffset + 512;
+
+        public static long Stride => DOffset + 64;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> Plane(byte* sb, int c, int half, int k) => Vector512.Load(sb + (2 * c + half) * 512L + 64 * k);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ScaleBytes Scales(byte* sb) => default;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl) => Vector512.Load((short*)(sb + ScaleOffset + s * 64L));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static MinBytes Mins(byte* sb) => default;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) => Vector512.Load((float*)(sb + MinOffset + s * 64L));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
+    }
+
+    /// <summary>The int16 sums (2 per row, 16 products each) of one sub-block's 8 nibble vectors with a token's 32 activations at <paramref name="x"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> Sum(Vector512<byte> p0, Vector512<byte> p1, Vector512<byte> p2, Vector512<byte> p3,
+        Vector512<byte> p4, Vector512<byte> p5, Vector512<byte> p6, Vector512<byte> p7, sbyte* x) =>
+        (Avx512BW.MultiplyAddAdjacent(p0, Vector512.Create(*(int*)x).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(p1, Vector512.Create(*(int*)(x + 4)).AsSByte()))
+        + (Avx512BW.MultiplyAddAdjacent(p2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(p3, Vector512.Create(*(int*)(x + 12)).AsSByte()))
+        + ((Avx512BW.MultiplyAddAdjacent(p4, Vector512.Create(*(int*)(x + 16)).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(p5, Vector512.Create(*(int*)(x + 20)).AsSByte()))
+        + (Avx512BW.MultiplyAddAdjacent(p6, Vector512.Create(*(int*)(x + 24)).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(p7, Vector512.Create(*(int*)(x + 28)).AsSByte())));
+
+    /// <summary>
+    /// The plain scalar twin of <see cref="Run"/> over the packed layout (every ISA; call <see cref="Prepare"/> first):
+    /// the sequence of <see cref="Q4KInterleaved.RunScalar"/>, reading each (row, super-block) from its group.
+    /// </summary>
+    public static void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        long groupBytes = GroupBytes(nb);
+        Span<byte> scales = stackalloc byte[12];
+        for (int t = 0; t < tokens; t++)
+        {
+            var a = act.Row(t);
+            float* subSums = act.SubBlockSums(t);
+            for (int r = r0; r < r1; r++)
+            {
+                byte* g = packed + r / GroupRows * groupBytes;
+                int lane = r % GroupRows;
+                float acc = 0;
+                for (int b = 0; b < nb; b++)
+                {
+                    byte* sb = g + (long)b * SuperBytes;
+                    for (int i = 0; i < 12; i++)
+                    {
+                        scales[i] = sb[ScaleOffset + (i / 4 * GroupRows + lane) * 4 + i % 4];
+                    }
+                    float d = QuantDot.HalfScalar(sb + DOffset + 2 * lane);
+                    float dmin = QuantDot.HalfScalar(sb + DminOffset + 2 * lane);
+                    int isum = 0;
+                    for (int s = 0; s < 8; s++)
+                    {
+                        var (scale, _) = BlockDequantizer.ScaleMinK4(s, scales);
+                        int dot = 0;
+                        for (int l = 0; l < 32; l++)
+                        {
+                            // Value l of sub-block s: qs byte 32 (s / 2) + l = dword k = 8 (s / 2) + l / 4, byte l % 4.
+                            int k = 8 * (s / 2) + l / 4;
+                            int qbyte = sb[QuantOffset + (k * GroupRows + lane) * 4 + l % 4];
+                            dot += ((qbyte >> (4 * (s % 2))) & 0x0F) * a.Q[256L * b + 32 * s + l];
+                        }
+                        isum += scale * dot;
+                    }
+                    acc = MathF.FusedMultiplyAdd(d, isum * a.D[b], acc);
+                    for (int s = 0; s < 8; s++)
+                    {
+                        float m = dmin * BlockDequantizer.ScaleMinK4(s, scales).Min;
+                        acc = MathF.FusedMultiplyAdd(-m, subSums[8L * b + s], acc);
+                    }
+                }
+                y[(long)t * n + r] = acc;
+            }
+        }
+    }
+}

@@ -1,0 +1,492 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// Q6_K weights packed once at load into groups of 16 rows (rows in vector lanes), and the products over that layout:
+/// <see cref="Run"/> (AVX-512, tiles of 1..8 tokens) and its scalar twin <see cref="RunScalar"/>. Both compute each
+/// (row, token) exactly as <see cref="Q6KInterleaved.RunScalar"/> does over the GGUF rows: the exact integer
+/// isum = sum_j sc[j] sum((u - 32) x over sub-block j of 16), then acc = fma(d, isum d_x, acc) per super-block.
+/// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 3392 bytes each
+/// (16 * 210 = 3360 bytes of the file, padded by 32 bytes so that every vector stays 64-byte aligned: +0.95%); inside
+/// super-block b (offsets in bytes): [0, 32) the 16 rows' f16 d; [32, 64) zero; [64, 320) the 16 int8 scales as 4
+/// vectors of 16 dwords (vector i holds scales 4i..4i+3 of every row, lane r = row r); [320, 2368) ql (128 bytes of low
+/// nibbles) as 32 vectors of 16 dwords (vector i holds ql[4i..4i+3] of every row); [2368, 3392) qh (64 bytes of high
+/// bit pairs) as 16 vectors. Value e = 128h + 32k + l of a row (h 0..1, k 0..3, l 0..31; sub-block j = e / 16) has its
+/// low nibble in ql byte 64h + 32 (k &amp; 1) + l (the high nibble of that byte when k &gt;= 2) and its high 2 bits in qh
+/// byte 32h + l, bits 2k, 2k + 1; a dword of either holds 4 consecutive l.
+/// Example: values 200..203 of super-block 1 of the group's row 5 (h = 1, k = 2, l = 8..11): low nibbles = the high
+/// nibbles of ql bytes 72..75 = ql vector 18, at byte 3392 + 320 + 18 * 64 + 5 * 4 = 4888; high bits = bits 4, 5 of
+/// qh bytes 40..43 = qh vector 10, at byte 3392 + 2368 + 10 * 64 + 5 * 4 = 6420.</para>
+/// <para>Per sub-block j and token: 4 vpmaddubsw of the unsigned u = q + 32 (0..63, built in registers from ql and qh)
+/// with the token's broadcast 4-byte groups add up in int16 with wrap-around, minus the token's offset pairs
+/// (<see cref="Q8Activations.PrepareOffsets16"/>) leaves each lane's exact sum of (u - 32) x (at most 8 * 32 * 127 =
+/// 32512), and one vpmaddwd by the rows' sc[j] (sign-extended into both int16 halves) adds sc[j] sum((u - 32) x) to
+/// the int32 isum (exact: at most 16 * 128 * 65024 &lt; 2^31).</para>
+/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// buffer of ready u, scale pairs and float d (5184 bytes per super-block, as <see cref="Q6KInterleaved"/>'s repacked
+/// groups), which its tiles then read without rebuilding u every 8 tokens: same integers, same results.</para>
+/// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
+/// </summary>
+internal static unsafe class Q6KPacked
+{
+    /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
+    internal const int GroupRows = 16;
+
+    /// <summary>Bytes of one GGUF Q6_K block (256 values).</summary>
+    internal const int BlockBytes = 210;
+
+    /// <summary>Bytes of one super-block of a group: 16 rows' blocks (3360) and 32 bytes of alignment padding.</summary>
+    internal const int SuperBytes = 3392;
+
+    /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
+    internal const int ExpandMinTokens = 16;
+
+    private const int DOffset = 0;
+    private const int ScaleOffset = 64;
+    private const int LowOffset = 320;
+    private const int HighOffset = 2368;
+    private const int TileTokens = 8;
+
+    /// <summary>The weight offset: q = u - 32.</summary>
+    private const int Offset = 32;
+
+    [ThreadStatic]
+    private static byte[]? t_expanded;
+
+    /// <summary>Bytes of one packed group of rows of <paramref name="nb"/> super-blocks: 3392 nb (16 * 212 per super-block, the file's 16 * 210 and padding).</summary>
+    public static long GroupBytes(int nb) => (long)nb * SuperBytes;
+
+    /// <summary>
+    /// Packs <paramref name="rows"/> (1..16; missing rows repeat the last) GGUF-layout rows at <paramref name="src"/>
+    /// (row stride <paramref name="rowBytes"/>, nb blocks each) into one group at <paramref name="dst"/> (<see cref="GroupBytes"/> bytes).
+    /// </summary>
+    public static void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst)
+    {
+        CheckGroup(nb, rows);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = dst + (long)b * SuperBytes;
+            new Span<byte>(sb + 32, 32).Clear();
+            for (int r = 0; r < GroupRows; r++)
+            {
+                byte* blk = src + Math.Min(r, rows - 1) * rowBytes + (long)b * BlockBytes;
+                ((ushort*)(sb + DOffset))[r] = Unsafe.ReadUnaligned<ushort>(blk + 208);
+                for (int i = 0; i < 4; i++)
+                {
+                    ((uint*)(sb + ScaleOffset))[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 192 + 4 * i);
+                }
+                for (int i = 0; i < 32; i++)
+                {
+                    ((uint*)(sb + LowOffset))[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 4 * i);
+                }
+                for (int i = 0; i < 16; i++)
+                {
+                    ((uint*)(sb + HighOffset))[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 128 + 4 * i);
+                }
+            }
+        }
+    }
+
+    /// <summary>Row <paramref name="r"/> (0..15) of a packed group back to nb GGUF-layout blocks at <paramref name="dst"/>: <see cref="PackGroup"/>'s exact inverse.</summary>
+    public static void UnpackRow(byte* group, int nb, int r, byte* dst)
+    {
+        CheckGroup(nb, r + 1);
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = group + (long)b * SuperBytes;
+            byte* blk = dst + (long)b * BlockBytes;
+            Unsafe.WriteUnaligned(blk + 208, ((ushort*)(sb + DOffset))[r]);
+            for (int i = 0; i < 4; i++)
+            {
+                Unsafe.WriteUnaligned(blk + 192 + 4 * i, ((uint*)(sb + ScaleOffset))[i * GroupRows + r]);
+            }
+            for (int i = 0; i < 32; i++)
+            {
+                Unsafe.WriteUnaligned(blk + 4 * i, ((uint*)(sb + LowOffset))[i * GroupRows + r]);
+            }
+            for (int i = 0; i < 16; i++)
+            {
+                Unsafe.WriteUnaligned(blk + 128 + 4 * i, ((uint*)(sb + HighOffset))[i * GroupRows + r]);
+            }
+        }
+    }
+
+    private static void CheckGroup(int nb, int rows)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(nb);
+        if (rows is < 1 or > GroupRows)
+        {
+            throw new ArgumentOutOfRangeException(nameof(rows), rows, "a group holds 1 to 16 rows");
+        }
+    }
+
+    /// <summary>Once per product on the calling thread: the tokens' offset pairs (32 times sums of x) the kernel subtracts.</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareOffsets16(Offset);
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
+    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
+    /// </summary>
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        if (tokens <= 0 || r0 >= r1)
+        {
+            return;
+        }
+        long groupBytes = GroupBytes(nb);
+        byte* expanded = null;
+        if (tokens >= ExpandMinTokens)
+        {
+            long need = Math.Max(1, (long)nb * Expanded.Stride);
+            if (t_expanded is null || t_expanded.LongLength < need)
+            {
+                t_expanded = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
+            }
+            expanded = (byte*)Unsafe.AsPointer(ref t_expanded[0]);
+        }
+        float* partial = stackalloc float[GroupRows];
+        var xs = stackalloc nint[TileTokens];
+        var offs = stackalloc nint[TileTokens];
+        var dxs = stackalloc nint[TileTokens];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * groupBytes;
+            if (expanded != null)
+            {
+                Expand(g, nb, expanded);
+            }
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+            {
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
+                {
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
+                    var row = act.Row(t);
+                    xs[j] = (nint)row.Q;
+                    dxs[j] = (nint)row.D;
+                    offs[j] = (nint)act.Offsets16(t);
+                }
+                float* yt = y + (long)t0 * n + g0;
+                if (expanded != null)
+                {
+                    Tiles<Expanded>(tt, expanded, nb, (sbyte**)xs, (float**)dxs, (int**)offs, yt, n, rows, partial);
+                }
+                else
+                {
+                    Tiles<Packed>(tt, g, nb, (sbyte**)xs, (float**)dxs, (int**)offs, yt, n, rows, partial);
+                }
+            }
+        }
+    }
+
+    /// <summary>The tile of <paramref name="tokens"/> (1..8) tokens over source <typeparamref name="TSrc"/>.</summary>
+    private static void Tiles<TSrc>(int tokens, byte* g, int nb, sbyte** xs, float** dxs, int** offs, float* y, int n, int rows, float* partial)
+        where TSrc : struct, ISource
+    {
+        switch (tokens)
+        {
+            case 1: Tile<Tokens1, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 2: Tile<Tokens2, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 3: Tile<Tokens3, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 4: Tile<Tokens4, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 5: Tile<Tokens5, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 6: Tile<Tokens6, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            case 7: Tile<Tokens7, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            default: Tile<Tokens8, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+        }
+    }
+
+    /// <summary>Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>.</summary>
+    private static void Expand(byte* g, int nb, byte* dst)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* eb = dst + (long)b * Expanded.Stride;
+            for (int j = 0; j < 16; j++)
+            {
+                Packed.U(sb, j, 0).Store(eb + j * 256L);
+                Packed.U(sb, j, 1).Store(eb + j * 256L + 64);
+                Packed.U(sb, j, 2).Store(eb + j * 256L + 128);
+                Packed.U(sb, j, 3).Store(eb + j * 256L + 192);
+                Packed.ScalePair(sb, j).Store((short*)(eb + Expanded.ScaleOffset + j * 64L));
+            }
+            Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
+        }
+    }
+
+    /// <summary>
+    /// 16 rows x TN.Value (1..8) tokens (quants xs, scales dxs, offset pairs offs) over all super-blocks of one group
+    /// read through <typeparamref name="TSrc"/>; stores the first <paramref name="rows"/> rows of each token.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile<TN, TSrc>(byte* g, int nb, sbyte** xs, float** dxs, int** offs, float* y, int n, int rows, float* partial)
+        where TN : struct, ITokenCount
+        where TSrc : struct, ISource
+    {
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        sbyte* x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3], x4 = xs[4], x5 = xs[5], x6 = xs[6], x7 = xs[7];
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + b * TSrc.Stride;
+            Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
+            for (int j = 0; j < 16; j++)
+            {
+                if (TSrc.Prefetch)
+                {
+                    byte* ahead = sb + 2 * TSrc.Stride + 256 * j;
+                    Sse.Prefetch0(ahead);
+                    Sse.Prefetch0(ahead + 64);
+                    Sse.Prefetch0(ahead + 128);
+                    Sse.Prefetch0(ahead + 192);
+                }
+                var w0 = TSrc.U(sb, j, 0);
+                var w1 = TSrc.U(sb, j, 1);
+                var w2 = TSrc.U(sb, j, 2);
+                var w3 = TSrc.U(sb, j, 3);
+                var sc = TSrc.ScalePair(sb, j);
+                long xo = 256L * b + 16 * j, oo = 16L * b + j;
+                i0 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x0 + xo, offs[0][oo]), sc);
+                if (TN.Value > 1)
+                {
+                    i1 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x1 + xo, offs[1][oo]), sc);
+                }
+                if (TN.Value > 2)
+                {
+                    i2 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x2 + xo, offs[2][oo]), sc);
+                }
+                if (TN.Value > 3)
+                {
+                    i3 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x3 + xo, offs[3][oo]), sc);
+                }
+                if (TN.Value > 4)
+                {
+                    i4 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x4 + xo, offs[4][oo]), sc);
+                }
+                if (TN.Value > 5)
+                {
+                    i5 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x5 + xo, offs[5][oo]), sc);
+                }
+                if (TN.Value > 6)
+                {
+                    i6 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x6 + xo, offs[6][oo]), sc);
+                }
+                if (TN.Value > 7)
+                {
+                    i7 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x7 + xo, offs[7][oo]), sc);
+                }
+            }
+            var d = TSrc.D(sb);
+            c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(dxs[0][b]), c0);
+            if (TN.Value > 1)
+            {
+                c1 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i1) * Vector512.Create(dxs[1][b]), c1);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i2) * Vector512.Create(dxs[2][b]), c2);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i3) * Vector512.Create(dxs[3][b]), c3);
+            }
+            if (TN.Value > 4)
+            {
+                c4 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i4) * Vector512.Create(dxs[4][b]), c4);
+            }
+            if (TN.Value > 5)
+            {
+                c5 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i5) * Vector512.Create(dxs[5][b]), c5);
+            }
+            if (TN.Value > 6)
+            {
+                c6 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i6) * Vector512.Create(dxs[6][b]), c6);
+            }
+            if (TN.Value > 7)
+            {
+                c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(dxs[7][b]), c7);
+            }
+        }
+        Q4_0Interleaved.Store(c0, y, rows, partial);
+        if (TN.Value > 1)
+        {
+            Q4_0Interleaved.Store(c1, y + n, rows, partial);
+        }
+        if (TN.Value > 2)
+        {
+            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
+        }
+        if (TN.Value > 3)
+        {
+            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
+        }
+        if (TN.Value > 4)
+        {
+            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
+        }
+        if (TN.Value > 5)
+        {
+            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
+        }
+        if (TN.Value > 6)
+        {
+            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
+        }
+        if (TN.Value > 7)
+        {
+            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
+        }
+    }
+
+    /// <summary>
+    /// One sub-block of 16 values for the 16 rows (u vectors w0..w3) and one token (quants x, offset pair off): per row
+    /// the int16 pair (sum of (u - 32) x over values 0, 1, 4, 5, 8, 9, 12, 13; over 2, 3, 6, 7, 10, 11, 14, 15), exact.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<short> Sum(Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3, sbyte* x, int off) =>
+        (Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte()))
+        + (Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+        + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte()))
+        - Vector512.Create(off).AsInt16();
+
+    /// <summary>Where a tile reads a super-block's u vectors, scale pairs and d from.</summary>
+    private interface ISource
+    {
+        /// <summary>Bytes from one super-block to the next.</summary>
+        static abstract long Stride { get; }
+
+        /// <summary>Whether the tile prefetches the super-block two ahead (the packed layout, read from memory).</summary>
+        static abstract bool Prefetch { get; }
+
+        /// <summary>Vector i (0..3) of sub-block j (0..15): u of values 16j + 4i .. 16j + 4i + 3 of the 16 rows (dword r = row r).</summary>
+        static abstract Vector512<byte> U(byte* sb, int j, int i);
+
+        /// <summary>sc[j] of the 16 rows in both int16 halves of lane r.</summary>
+        static abstract Vector512<short> ScalePair(byte* sb, int j);
+
+        /// <summary>d of the 16 rows.</summary>
+        static abstract Vector512<float> D(byte* sb);
+    }
+
+    /// <summary>The packed layout itself: u built from ql and qh, the scale pair from one vpshufb and an arithmetic shift.</summary>
+    private readonly struct Packed : ISource
+    {
+        public static long Stride => SuperBytes;
+
+        public static bool Prefetch => true;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> U(byte* sb, int j, int i)
+        {
+            // Values 16j + 4i.. : h = j / 8, k = j % 8 / 2, l = 16 (j % 2) + 4i, so dword q = l / 4 = 4 (j % 2) + i of the half.
+            int h = j >> 3, k = (j >> 1) & 3, q = 4 * (j & 1) + i;
+            var ql = Vector512.Load(sb + LowOffset + 64L * (16 * h + 8 * (k & 1) + q));
+            var low = k >= 2 ? Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() : ql;
+            var qh = Vector512.Load(sb + HighOffset + 64L * (8 * h + q)).AsUInt16();
+            // Bits 2k, 2k + 1 of each qh byte to bits 4, 5 (16-bit shifts: only bits 4, 5 of each byte are kept).
+            var high = k switch
+            {
+                0 => Vector512.ShiftLeft(qh, 4),
+                1 => Vector512.ShiftLeft(qh, 2),
+                2 => qh,
+                _ => Vector512.ShiftRightLogical(qh, 2),
+            };
+            return (low & Vector512.Create((byte)0x0F)) | (high.AsByte() & Vector512.Create((byte)0x30));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, int j)
+        {
+            // Byte j % 4 of each dword into the high byte of both int16 halves, then shifted down with its sign.
+            var v = Vector512.Load(sb + ScaleOffset + 64L * (j >> 2));
+            return Vector512.ShiftRightArithmetic(Avx512BW.Shuffle(v, PickControl(j & 3)).AsInt16(), 8);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Q4_0Packed.Halves(Vector256.Load((short*)(sb + DOffset)));
+    }
+
+    /// <summary>
+    /// The vpshufb control that moves byte <paramref name="j"/> (0..3) of each dword into bytes 1 and 3 of that dword
+    /// (zeros in bytes 0 and 2): dword d of each 128-bit lane gets the bytes (0x80, 4d + j, 0x80, 4d + j).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<byte> PickControl(int j) =>
+        (Vector512.Create(0x00800080u, 0x04800480u, 0x08800880u, 0x0C800C80u, 0x00800080u, 0x04800480u, 0x08800880u, 0x0C800C80u,
+            0x00800080u, 0x04800480u, 0x08800880u, 0x0C800C80u, 0x00800080u, 0x04800480u, 0x08800880u, 0x0C800C80u)
+        + Vector512.Create((uint)j * 0x01000100u)).AsByte();
+
+    /// <summary>
+    /// The expanded layout of a group (per super-block, 5184 bytes): u (16 sub-blocks, 4, 16) dwords, scale pairs
+    /// (16, 16) int32, d (16) floats, as <see cref="Q6KInterleaved"/>'s repacked groups.
+    /// </summary>
+    private readonly struct Expanded : ISource
+    {
+        public const long ScaleOffset = 16 * 256;
+        public const long DOffset = ScaleOffset + 1024;
+
+        public static long Stride => DOffset + 64;
+
+        public static bool Prefetch => false;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<byte> U(byte* sb, int j, int i) => Vector512.Load(sb + j * 256L + 64 * i);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<short> ScalePair(byte* sb, int j) => Vector512.Load((short*)(sb + ScaleOffset + j * 64L));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
+    }
+
+    /// <summary>
+    /// The plain scalar twin of <see cref="Run"/> over the packed layout (every ISA; <see cref="Prepare"/> is not needed):
+    /// the sequence of <see cref="Q6KInterleaved.RunScalar"/>, reading each (row, super-block) from its group.
+    /// </summary>
+    public static void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        long groupBytes = GroupBytes(nb);
+        for (int t = 0; t < tokens; t++)
+        {
+            var a = act.Row(t);
+            for (int r = r0; r < r1; r++)
+            {
+                byte* g = packed + r / GroupRows * groupBytes;
+                int lane = r % GroupRows;
+                float acc = 0;
+                for (int b = 0; b < nb; b++)
+                {
+                    byte* sb = g + (long)b * SuperBytes;
+                    int isum = 0;
+                    for (int j = 0; j < 16; j++)
+                    {
+                        int dot = 0;
+                        for (int l = 0; l < 16; l++)
+                        {
+                            dot += (Quant(sb, lane, 16 * j + l) - Offset) * a.Q[256L * b + 16 * j + l];
+                        }
+                        int sc = (sbyte)sb[ScaleOffset + (j / 4 * GroupRows + lane) * 4 + j % 4];
+                        isum += sc * dot;
+                    }
+                    acc = MathF.FusedMultiplyAdd(QuantDot.HalfScalar(sb + DOffset + 2 * lane), isum * a.D[b], acc);
+                }
+                y[(long)t * n + r] = acc;
+            }
+        }
+    }
+
+    /// <summary>The unsigned 6-bit quant u (0..63) of value e of row <paramref name="lane"/> in the packed super-block at <paramref name="sb"/>.</summary>
+    private static int Quant(byte* sb, int lane, int e)
+    {
+        int h = e / 128, k = e % 128 / 32, l = e % 32;
+        int qlByte = 64 * h + 32 * (k & 1) + l, qhByte = 32 * h + l;
+        int ql = sb[LowOffset + (qlByte / 4 * GroupRows + lane) * 4 + qlByte % 4];
+        int qh = sb[HighOffset + (qhByte / 4 * GroupRows + lane) * 4 + qhByte % 4];
+        return (k >= 2 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * k)) & 3) << 4);
+    }
+}
