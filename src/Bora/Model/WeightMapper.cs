@@ -222,6 +222,13 @@ public sealed class WeightMapper : IDisposable
         {
             return null;
         }
+        if (store is Formats.Gguf.GgufFile or Formats.Safetensors.SafetensorsFile or Formats.Safetensors.ShardedSafetensors)
+        {
+            // Bora's own file readers: a tensor's offset is its file offset by construction. Not comparing spares a
+            // touch of the store's mapping per tensor, which maps a whole page-cache folio (up to megabytes where the
+            // page cache uses huge folios) into this process for bytes that are only ever read through the packed copy.
+            return file;
+        }
         int check = (int)Math.Min(CheckBytes, info.ByteLength);
         Span<byte> head = stackalloc byte[CheckBytes];
         head = head[..check];
