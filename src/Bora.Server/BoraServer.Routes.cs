@@ -59,7 +59,7 @@ public sealed partial class BoraServer
             throw ApiException.BadRequest("stream_options is only allowed when stream is true", "stream_options");
         }
         var chat = ChatRequestMapping.ToChatRequest(req.Messages, req.Tools, req.SafePrompt == true);
-        var constraint = GenerationFields.Constraint(req.ResponseFormat, [.. chat.Tools.Select(t => t.Name)], req.ToolChoice, engine.Tokenizer);
+        var constraint = GenerationFields.Constraint(req.ResponseFormat, [.. chat.Tools.Select(t => t.Name)], req.ToolChoice, engine.Tokenizer, req.Tools);
         var tokens = RenderChat(engine, chat);
         var sampling = GenerationFields.WithPenalties(
             Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens),

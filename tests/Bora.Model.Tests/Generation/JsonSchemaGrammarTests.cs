@@ -261,6 +261,79 @@ public class JsonSchemaGrammarTests
         Assert.NotEmpty(MiniSchemaValidator.Validate("{\"shape\": 7, \"level\": 2, \"note\": null}", Shapes));
     }
 
+    [Fact]
+    public void Tool_call_arguments_follow_each_functions_schema()
+    {
+        var schemas = new Dictionary<string, JsonSchemaGrammar> { ["person"] = JsonSchemaGrammar.Compile(Person) };
+        var g = new ToolCallGrammar(["person", "free"], several: true, schemas);
+        string person = "{\"name\": \"Ann\", \"age\": 31, \"tags\": [\"red\"], \"address\": {\"street\": \"Main\"}}";
+        foreach (var (text, ok) in new[]
+        {
+            ($"[{{\"name\": \"person\", \"arguments\": {person}}}]", true),
+            ($"[{{\"name\": \"person\", \"arguments\": {person}, \"id\": \"abc123XYZ\"}}, {{\"name\": \"free\", \"arguments\": {{\"x\": [1]}}}}]", true),
+            ("[{\"name\": \"person\", \"arguments\": {\"x\": 1}}]", false),        // not the schema
+            ("[{\"name\": \"person\", \"arguments\": {}}]", false),                 // required properties missing
+            ("[{\"name\": \"free\", \"arguments\": {}}]", true),
+        })
+        {
+            bool accepted = GrammarConstraint<ToolCallState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(text), out var end) && g.IsComplete(end);
+            Assert.True(ok == accepted, text);
+        }
+    }
+
+    [Fact]
+    public void Random_forced_tool_calls_have_arguments_that_validate()
+    {
+        var tok = V3();
+        if (tok is null)
+        {
+            return; // mistral v3 tokenizer not found under ../shared/testdata
+        }
+        Assert.True(Bora.Chat.ControlTokens.Of(tok).TryGet("[TOOL_CALLS]", out var toolCalls));
+        var schemas = new Dictionary<string, JsonSchemaGrammar> { ["person"] = JsonSchemaGrammar.Compile(Person), ["shapes"] = JsonSchemaGrammar.Compile(Shapes) };
+        var bias = new float[tok.VocabSize];
+        for (int id = 0; id < tok.VocabSize; id++)
+        {
+            var t = new TokenId(id);
+            if (!tok.IsControl(t) && tok.TokenBytes(t, t).AsSpan().IndexOfAny("}]\","u8) >= 0)
+            {
+                bias[id] = 6f;
+            }
+        }
+        int validated = 0;
+        for (int seed = 0; seed < 20; seed++)
+        {
+            var constraint = ToolCallGrammar.ForcedCalls(tok, toolCalls, ["person", "shapes"], several: seed % 2 == 0, schemas);
+            var rng = new Random(seed);
+            var sampler = new Sampler(tok.VocabSize, NoFilters with { Seed = (ulong)seed });
+            var logits = new float[tok.VocabSize];
+            var tokens = new List<TokenId>();
+            for (int step = 0; step < 400 && !constraint.IsComplete; step++)
+            {
+                for (int i = 0; i < logits.Length; i++)
+                {
+                    logits[i] = (float)(rng.NextDouble() * 4) + bias[i];
+                }
+                var next = sampler.Sample(logits, tokens.ToArray(), 0, constraint);
+                constraint.Advance(next);
+                tokens.Add(next);
+            }
+            if (!constraint.IsComplete)
+            {
+                continue;
+            }
+            var parsed = Bora.Chat.ToolCallParser.Parse(tok, [.. tokens, tok.Eos]);
+            Assert.Empty(parsed.Errors);
+            foreach (var call in parsed.Calls)
+            {
+                var errors = MiniSchemaValidator.Validate(call.Arguments, call.Name == "person" ? Person : Shapes);
+                Assert.True(errors.Count == 0, string.Join("; ", errors) + " in " + call.Arguments);
+                validated++;
+            }
+        }
+        Assert.True(validated >= 10, $"only {validated} calls completed");
+    }
+
     private static TokenId ByteToken(ITokenizer tok, byte b)
     {
         for (int id = 0; id < tok.VocabSize; id++)

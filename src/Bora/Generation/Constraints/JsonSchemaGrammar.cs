@@ -177,6 +177,31 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
     /// <exception cref="JsonSchemaNotSupportedException">The schema uses an unsupported keyword or shape; the message names it and its path.</exception>
     public static JsonSchemaGrammar Compile(JsonElement schema) => JsonSchemaCompiler.Compile(schema);
 
+    /// <summary>
+    /// <see cref="Compile(JsonElement)"/> through a process-wide cache keyed by the schema's JSON text, so requests
+    /// repeating a schema share its grammar and token masks. Bounded: it forgets everything at <see cref="MaxCachedSchemas"/>.
+    /// </summary>
+    /// <exception cref="JsonSchemaNotSupportedException">As <see cref="Compile(JsonElement)"/> (failures are not cached).</exception>
+    public static JsonSchemaGrammar GetOrCompile(JsonElement schema)
+    {
+        string key = schema.GetRawText();
+        if (Compiled.TryGetValue(key, out var g))
+        {
+            return g;
+        }
+        g = Compile(schema);
+        if (Compiled.Count >= MaxCachedSchemas)
+        {
+            Compiled.Clear();
+        }
+        return Compiled.GetOrAdd(key, g);
+    }
+
+    /// <summary>Most grammars <see cref="GetOrCompile"/> keeps.</summary>
+    public const int MaxCachedSchemas = 256;
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, JsonSchemaGrammar> Compiled = new(StringComparer.Ordinal);
+
     /// <summary>Compiles a schema given as JSON text.</summary>
     /// <exception cref="JsonSchemaNotSupportedException">Not JSON, or unsupported (see <see cref="Compile(JsonElement)"/>).</exception>
     public static JsonSchemaGrammar Compile(string schemaJson)
