@@ -39,7 +39,7 @@ public sealed partial class BoraServer
         {
             var engine = _engine;
             var gauges = engine is null ? default
-                : new EngineGauges(engine.WaitingCount, engine.RunningCount, engine.KvBlocksUsed, engine.KvPool.Blocks);
+                : new EngineGauges(engine.WaitingCount, engine.RunningCount, engine.KvBlocksUsed, engine.KvPool.Blocks, engine.PrefixQueriedTokens, engine.PrefixCachedTokens);
             ctx.Response.StatusCode = 200;
             ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
             await ctx.Response.WriteAsync(_metrics.Write(gauges), ctx.RequestAborted).ConfigureAwait(false);

@@ -188,6 +188,7 @@ public sealed class InferenceEngine : IDisposable
     private int _waitingSnapshot, _runningSnapshot, _peakBatch;
     private int _kvUsedSnapshot;
     private long _cachedPromptSnapshot;
+    private long _queriedPromptSnapshot;
 
     public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions? options = null)
     {
@@ -243,6 +244,9 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>Prompt tokens whose KV blocks came from the prefix cache instead of being computed (as of the last engine step).</summary>
     public long PrefixCachedTokens => Volatile.Read(ref _cachedPromptSnapshot);
+
+    /// <summary>Tokens of admitted sequences looked up in the prefix cache (as of the last engine step); <see cref="PrefixCachedTokens"/> of them were found.</summary>
+    public long PrefixQueriedTokens => Volatile.Read(ref _queriedPromptSnapshot);
 
     /// <summary>
     /// Queues a generation of <paramref name="prompt"/> (empty = BOS alone). Sampling options are
@@ -334,6 +338,7 @@ public sealed class InferenceEngine : IDisposable
                 Volatile.Write(ref _runningSnapshot, _scheduler.Running.Count);
                 Volatile.Write(ref _kvUsedSnapshot, _store.BlockCount - _scheduler.Blocks.Pool.FreeCount);
                 Volatile.Write(ref _cachedPromptSnapshot, _scheduler.CachedPromptTokens);
+                Volatile.Write(ref _queriedPromptSnapshot, _scheduler.QueriedPromptTokens);
                 if (batch.IsEmpty)
                 {
                     _signal.WaitOne(TimeSpan.FromMilliseconds(200));
