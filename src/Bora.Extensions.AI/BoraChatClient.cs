@@ -129,6 +129,8 @@ public sealed class BoraChatClient : IChatClient
         await foreach (var delta in run.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
         {
             var contents = new List<AIContent>();
+            // Text riding on the [TOOL_CALLS] delta itself was held back before it (stop strings): content.
+            bool textIsContent = !inCalls;
             if (delta.Token is { } token)
             {
                 var parsed = parser.Push(token);
@@ -140,7 +142,7 @@ public sealed class BoraChatClient : IChatClient
                 inCalls |= parsed.Calls.Count > 0 || IsToolCallsToken(token);
             }
             // The engine's text is stop-string filtered; after [TOOL_CALLS] the text is the calls' JSON, not content.
-            if (!inCalls && delta.Text.Length > 0)
+            if (textIsContent && delta.Text.Length > 0)
             {
                 contents.Insert(0, new TextContent(delta.Text));
             }

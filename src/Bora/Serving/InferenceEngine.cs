@@ -74,7 +74,8 @@ public sealed record SubmitOptions
     /// <summary>
     /// Constrained decoding for this sequence (a fresh instance per submission: it is stateful). The sequence
     /// ends (finish reason Stop) as soon as the constraint is complete; stop strings are not applied while a
-    /// constraint is set (they could cut the constrained output short). A constraint that allows no token
+    /// grammar constraint is set (they could cut the constrained output short; a <see cref="BannedTokensConstraint"/>
+    /// keeps them). A constraint that allows no token
     /// ends the sequence with finish reason Length.
     /// </summary>
     public ITokenConstraint? Constraint { get; init; }
@@ -104,7 +105,7 @@ public sealed class GenerationHandle
         Decoder = new StreamingDecoder(tokenizer, sequence.Tokens[^1]);
         Constraint = extras?.Constraint;
         TopLogprobs = extras?.TopLogprobs;
-        Stop = new StopStringFilter(Constraint is null ? stops : []);
+        Stop = new StopStringFilter(Constraint is null or BannedTokensConstraint ? stops : []);
     }
 
     public int PromptTokens => Sequence.PromptLength;
@@ -467,6 +468,10 @@ public sealed class InferenceEngine : IDisposable
                 continue; // text tail is flushed when it completes
             }
             string text = h.Stop.Append(h.Decoder.Push(token));
+            if (!h.Stop.Stopped && _tokenizer.IsControl(token))
+            {
+                text += h.Stop.Finish(); // a control token ends the text run: what was held back is released with it
+            }
             h.Emit(token, text, logprob);
             if ((h.Stop.Stopped || h.Constraint?.IsComplete == true) && c.Sequence.Status != SequenceStatus.Finished)
             {
