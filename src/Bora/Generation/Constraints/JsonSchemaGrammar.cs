@@ -96,18 +96,7 @@ internal record struct SchemaThread
 /// </summary>
 public readonly struct JsonSchemaState : IEquatable<JsonSchemaState>
 {
-    private readonly int _hash;
-
-    internal JsonSchemaState(SchemaThread[] threads)
-    {
-        Threads = threads;
-        var h = new HashCode();
-        foreach (var t in threads)
-        {
-            h.Add(t);
-        }
-        _hash = h.ToHashCode();
-    }
+    internal JsonSchemaState(SchemaThread[] threads) => Threads = threads;
 
     internal SchemaThread[] Threads { get; }
 
@@ -116,7 +105,11 @@ public readonly struct JsonSchemaState : IEquatable<JsonSchemaState>
 
     public bool Equals(JsonSchemaState other)
     {
-        if (_hash != other._hash || Readings != other.Readings)
+        if (ReferenceEquals(Threads, other.Threads))
+        {
+            return true;
+        }
+        if (Readings != other.Readings)
         {
             return false;
         }
@@ -132,7 +125,16 @@ public readonly struct JsonSchemaState : IEquatable<JsonSchemaState>
 
     public override bool Equals(object? obj) => obj is JsonSchemaState s && Equals(s);
 
-    public override int GetHashCode() => _hash;
+    /// <summary>Computed on demand (states are made for every trie node of a mask walk, hashed only to key the cache).</summary>
+    public override int GetHashCode()
+    {
+        var h = new HashCode();
+        foreach (var t in Threads ?? [])
+        {
+            h.Add(t);
+        }
+        return h.ToHashCode();
+    }
 
     public static bool operator ==(JsonSchemaState left, JsonSchemaState right) => left.Equals(right);
 
@@ -265,44 +267,37 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         {
             return false;
         }
-        if (threads.Length == 1)
-        {
-            // Common case: one reading, usually one result.
-            var single = new List<SchemaThread>(2);
-            Step(threads[0], b, single);
-            return Finish(single, ref next);
-        }
-        var all = new List<SchemaThread>(threads.Length + 2);
+        var results = t_scratch ??= new List<SchemaThread>(8);
+        results.Clear();
         foreach (var t in threads)
         {
-            Step(t, b, all);
+            Step(t, b, results);
         }
-        return Finish(all, ref next);
-    }
-
-    private static bool Finish(List<SchemaThread> results, ref JsonSchemaState next)
-    {
         if (results.Count == 0)
         {
             return false;
         }
-        if (results.Count > 1)
+        if (results.Count == 1 && threads.Length == 1 && results[0].Equals(threads[0]))
         {
-            for (int i = results.Count - 1; i > 0; i--)
+            return true; // unchanged (most bytes inside a string): the same state, no allocation
+        }
+        for (int i = results.Count - 1; i > 0; i--)
+        {
+            if (results.IndexOf(results[i]) < i)
             {
-                if (results.IndexOf(results[i]) < i)
-                {
-                    results.RemoveAt(i);
-                }
+                results.RemoveAt(i);
             }
-            if (results.Count > MaxReadings)
-            {
-                return false;
-            }
+        }
+        if (results.Count > MaxReadings)
+        {
+            return false;
         }
         next = new JsonSchemaState([.. results]);
         return true;
     }
+
+    [ThreadStatic]
+    private static List<SchemaThread>? t_scratch; // Next is not reentrant: Step only appends to it
 
     private static bool IsWs(byte b) => b is (byte)' ' or (byte)'\n' or (byte)'\t' or (byte)'\r';
 
