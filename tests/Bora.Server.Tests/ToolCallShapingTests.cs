@@ -49,6 +49,26 @@ public partial class ToolCallShapingTests
     private static JsonElement Parse(byte[] json) => JsonDocument.Parse(json).RootElement.Clone();
 
     [Fact]
+    public void Text_on_the_tool_calls_delta_is_content_released_before_the_call()
+    {
+        if (Tok is null)
+        {
+            return;
+        }
+        // The engine releases text held for a stop string with the control token that ends the text run.
+        var deltas = Deltas("Sure", """[{"name": "f", "arguments": {}}]""");
+        int at = deltas.FindIndex(d => d.Token is { } t && Tok.IsControl(t));
+        deltas[at] = deltas[at] with { Text = ", wor" };
+        var writer = Writer(tools: true);
+        string streamed = string.Concat(deltas.Select(d => writer.Delta(d) is { } chunk
+            ? Parse(chunk).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString() : ""));
+        Assert.Equal("Sure, wor", streamed);
+        var message = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0].GetProperty("message");
+        Assert.Equal("Sure, wor", message.GetProperty("content").GetString());
+        Assert.Equal("f", Assert.Single(message.GetProperty("tool_calls").EnumerateArray()).GetProperty("function").GetProperty("name").GetString());
+    }
+
+    [Fact]
     public void A_tool_call_becomes_message_tool_calls_with_null_content_and_finish_reason_tool_calls()
     {
         if (Tok is null)

@@ -199,8 +199,11 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         return Compiled.GetOrAdd(key, g);
     }
 
-    /// <summary>Most grammars <see cref="GetOrCompile"/> keeps.</summary>
-    public const int MaxCachedSchemas = 256;
+    /// <summary>
+    /// Most grammars <see cref="GetOrCompile"/> keeps. Each holds up to <see cref="MasksPerTokenizer"/> masks of V / 8
+    /// bytes per tokenizer (4 MiB for a 131k vocabulary), so the cache stays under ~128 MiB.
+    /// </summary>
+    public const int MaxCachedSchemas = 32;
 
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, JsonSchemaGrammar> Compiled = new(StringComparer.Ordinal);
 
@@ -257,8 +260,11 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
     public ITokenConstraint Constraint(ITokenizer tokenizer)
     {
         var trie = TokenTrie.Of(tokenizer);
-        return new GrammarConstraint<JsonSchemaState>(trie, this, _caches.GetValue(trie, _ => new GrammarMaskCache<JsonSchemaState>()));
+        return new GrammarConstraint<JsonSchemaState>(trie, this, _caches.GetValue(trie, _ => new GrammarMaskCache<JsonSchemaState>(MasksPerTokenizer)));
     }
+
+    /// <summary>Most token masks cached per grammar and tokenizer.</summary>
+    public const int MasksPerTokenizer = 256;
 
     public bool Next(in JsonSchemaState state, byte b, out JsonSchemaState next)
     {
