@@ -96,26 +96,44 @@ internal record struct SchemaThread
 /// </summary>
 public readonly struct JsonSchemaState : IEquatable<JsonSchemaState>
 {
-    internal JsonSchemaState(SchemaThread[] threads) => Threads = threads;
+    private readonly SchemaThread _one;            // the reading, when there is one (no array: the common case allocates nothing)
+    private readonly SchemaThread[]? _many;        // the readings, when there are several
 
-    internal SchemaThread[] Threads { get; }
+    internal JsonSchemaState(SchemaThread one)
+    {
+        _one = one;
+        Readings = 1;
+    }
+
+    internal JsonSchemaState(SchemaThread[] many)
+    {
+        _many = many;
+        Readings = many.Length;
+    }
 
     /// <summary>Live readings (0 only for the default value).</summary>
-    public int Readings => Threads?.Length ?? 0;
+    public int Readings { get; }
+
+    /// <summary>Reading <paramref name="i"/> (0 .. <see cref="Readings"/>).</summary>
+    internal SchemaThread this[int i] => _many is null ? _one : _many[i];
 
     public bool Equals(JsonSchemaState other)
     {
-        if (ReferenceEquals(Threads, other.Threads))
-        {
-            return true;
-        }
         if (Readings != other.Readings)
         {
             return false;
         }
+        if (_many is null || other._many is null)
+        {
+            return Readings == 0 || (_many is null && other._many is null ? _one.Equals(other._one) : this[0].Equals(other[0]));
+        }
+        if (ReferenceEquals(_many, other._many))
+        {
+            return true;
+        }
         for (int i = 0; i < Readings; i++)
         {
-            if (!Threads[i].Equals(other.Threads[i]))
+            if (!_many[i].Equals(other._many[i]))
             {
                 return false;
             }
@@ -129,9 +147,9 @@ public readonly struct JsonSchemaState : IEquatable<JsonSchemaState>
     public override int GetHashCode()
     {
         var h = new HashCode();
-        foreach (var t in Threads ?? [])
+        for (int i = 0; i < Readings; i++)
         {
-            h.Add(t);
+            h.Add(this[i]);
         }
         return h.ToHashCode();
     }
@@ -172,7 +190,7 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         _nodes = nodes;
         _sets = sets;
         _anyValue = anyValue;
-        Start = new JsonSchemaState([new SchemaThread { Mode = SchemaMode.Value, Node = root }]);
+        Start = new JsonSchemaState(new SchemaThread { Mode = SchemaMode.Value, Node = root });
     }
 
     /// <summary>Compiles a schema (see <see cref="JsonSchemaCompiler"/>).</summary>
@@ -242,13 +260,9 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
 
     public bool IsComplete(in JsonSchemaState state)
     {
-        if (state.Threads is null)
+        for (int i = 0; i < state.Readings; i++)
         {
-            return false;
-        }
-        foreach (var t in state.Threads)
-        {
-            if (t.Mode == SchemaMode.Done)
+            if (state[i].Mode == SchemaMode.Done)
             {
                 return true;
             }
@@ -269,23 +283,45 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
     public bool Next(in JsonSchemaState state, byte b, out JsonSchemaState next)
     {
         next = state;
-        if (state.Threads is not { Length: > 0 } threads)
+        int readings = state.Readings;
+        if (readings == 0)
         {
             return false;
         }
+        if (readings == 1 && state[0].Mode == SchemaMode.String && b is >= 0x20 and < 0x80 and not (byte)'"' and not (byte)'\\')
+        {
+            // Fast path for the bulk of string bytes: one reading, a plain ASCII character.
+            var t = state[0];
+            if (t.IsKey || t.Node < 0 || _nodes[t.Node] is { MinLength: 0, MaxLength: < 0 })
+            {
+                return true; // nothing counted: the same state
+            }
+            var node = _nodes[t.Node];
+            if (node.MaxLength >= 0 && t.Len >= node.MaxLength)
+            {
+                return false;
+            }
+            if (t.Len < Math.Max(node.MinLength, node.MaxLength))
+            {
+                t.Len++;
+            }
+            next = new JsonSchemaState(t);
+            return true;
+        }
         var results = t_scratch ??= new List<SchemaThread>(8);
         results.Clear();
-        foreach (var t in threads)
+        for (int i = 0; i < readings; i++)
         {
-            Step(t, b, results);
+            Step(state[i], b, results);
         }
         if (results.Count == 0)
         {
             return false;
         }
-        if (results.Count == 1 && threads.Length == 1 && results[0].Equals(threads[0]))
+        if (results.Count == 1)
         {
-            return true; // unchanged (most bytes inside a string): the same state, no allocation
+            next = new JsonSchemaState(results[0]); // one reading: held inline, nothing allocated
+            return true;
         }
         for (int i = results.Count - 1; i > 0; i--)
         {
@@ -298,7 +334,7 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         {
             return false;
         }
-        next = new JsonSchemaState([.. results]);
+        next = results.Count == 1 ? new JsonSchemaState(results[0]) : new JsonSchemaState([.. results]);
         return true;
     }
 
