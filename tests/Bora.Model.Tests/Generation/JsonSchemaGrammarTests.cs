@@ -147,6 +147,26 @@ public class JsonSchemaGrammarTests
     }
 
     [Fact]
+    public void Schemas_that_must_nest_deeper_than_the_grammar_allows_are_refused()
+    {
+        // A chain of $defs (JSON text itself may not nest that deep): L0 holds L1 in "a", ..., the last holds a string.
+        static string Nest(int levels, bool required)
+        {
+            var defs = new StringBuilder();
+            for (int i = 0; i < levels; i++)
+            {
+                defs.Append($"\"L{i}\":{{\"type\":\"object\",\"properties\":{{\"a\":{{\"$ref\":\"#/$defs/L{i + 1}\"}}}}{(required ? ",\"required\":[\"a\"]" : "")}}},");
+            }
+            defs.Append($"\"L{levels}\":{{\"type\":\"string\"}}");
+            return $"{{\"$ref\":\"#/$defs/L0\",\"$defs\":{{{defs}}}}}";
+        }
+        var e = Assert.Throws<JsonSchemaNotSupportedException>(() => JsonSchemaGrammar.Compile(Nest(33, required: true)));
+        Assert.Contains("at least 33 containers", e.Message, StringComparison.Ordinal);
+        Assert.True(Accepts(JsonSchemaGrammar.Compile(Nest(32, required: true)), string.Concat(Enumerable.Repeat("{\"a\":", 32)) + "\"x\"" + new string('}', 32)));
+        Assert.True(Accepts(JsonSchemaGrammar.Compile(Nest(40, required: false)), "{\"a\":{}}")); // optional levels may stop early
+    }
+
+    [Fact]
     public void Shared_refs_compile_once_so_a_diamond_of_refs_stays_small()
     {
         // 20 levels, each referring to the next twice: inlined it would be 2^20 nodes.

@@ -36,7 +36,7 @@ public sealed class JsonSchemaNotSupportedException(string path, string message)
 /// </list>
 /// Everything else (minimum, maximum, multipleOf, oneOf, not, prefixItems, patternProperties, ...) is refused
 /// with a <see cref="JsonSchemaNotSupportedException"/> naming the keyword and its path. The root must be an
-/// object schema.
+/// object schema, and a schema whose every valid value nests more than <see cref="JsonSchemaGrammar.MaxDepth"/> containers is refused.
 /// </summary>
 public sealed class JsonSchemaCompiler
 {
@@ -80,7 +80,34 @@ public sealed class JsonSchemaCompiler
             throw new JsonSchemaNotSupportedException("$", "the root schema must be an object schema (type \"object\")");
         }
         int any = c.AnyValue();
-        return new JsonSchemaGrammar([.. c._nodes], [.. c._sets], root, any);
+        var grammar = new JsonSchemaGrammar([.. c._nodes], [.. c._sets], root, any);
+        int depth = c.MinDepth(root, new Dictionary<int, int>());
+        if (depth > grammar.MaxDepth)
+        {
+            throw new JsonSchemaNotSupportedException("$", $"every valid value nests at least {depth} containers; at most {grammar.MaxDepth} are supported");
+        }
+        return grammar;
+    }
+
+    /// <summary>The fewest nested containers a value of node <paramref name="id"/> can have (the schema graph has no cycles: recursive refs are refused).</summary>
+    private int MinDepth(int id, Dictionary<int, int> memo)
+    {
+        if (memo.TryGetValue(id, out int d))
+        {
+            return d;
+        }
+        memo[id] = 0; // AnyValue refers to itself through its array; 0 is its true minimum
+        var n = _nodes[id];
+        d = n.Kind switch
+        {
+            SchemaKind.AnyOf => n.Alternatives.Min(a => MinDepth(a, memo)),
+            SchemaKind.Array => 1 + (n.MinItems > 0 ? MinDepth(n.Items, memo) : 0),
+            SchemaKind.AnyObject => 1,
+            SchemaKind.Object => 1 + n.PropertyValues.Where((_, j) => n.Required[j]).Select(v => MinDepth(v, memo)).DefaultIfEmpty(0).Max(),
+            _ => 0,
+        };
+        memo[id] = d;
+        return d;
     }
 
     private int Add(SchemaNode node, string path)
@@ -379,7 +406,7 @@ public sealed class JsonSchemaCompiler
             }
             keySets[i] = AddSet(entries);
         }
-        return Add(new SchemaNode { Kind = SchemaKind.Object, PropertyValues = [.. values], KeySets = keySets, CanClose = canClose }, path);
+        return Add(new SchemaNode { Kind = SchemaKind.Object, PropertyValues = [.. values], Required = [.. names.Select(required.Contains)], KeySets = keySets, CanClose = canClose }, path);
     }
 
     private static List<JsonElement> EnumValues(JsonElement en, string path)

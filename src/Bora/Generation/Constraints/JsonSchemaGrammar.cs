@@ -38,6 +38,7 @@ internal sealed class SchemaNode
     public SchemaKind Kind;
     public int[] Alternatives = [];       // AnyOf: node ids
     public int[] PropertyValues = [];     // Object: (P) value node of each declared property
+    public bool[] Required = [];          // Object: (P) the property is required
     public int[] KeySets = [];            // Object: (P + 1) literal set of the keys allowed when the next property index is i
     public bool[] CanClose = [];          // Object: (P + 1) '}' allowed when the next property index is i (no required one left)
     public int Items = -1;                // Array: node of the items
