@@ -129,6 +129,8 @@ public sealed class BoraChatClient : IChatClient
         await foreach (var delta in run.Deltas.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
         {
             var contents = new List<AIContent>();
+            // Text riding on the [TOOL_CALLS] delta itself was held back before it (stop strings): content.
+            bool textIsContent = !inCalls;
             if (delta.Token is { } token)
             {
                 var parsed = parser.Push(token);
@@ -140,7 +142,7 @@ public sealed class BoraChatClient : IChatClient
                 inCalls |= parsed.Calls.Count > 0 || IsToolCallsToken(token);
             }
             // The engine's text is stop-string filtered; after [TOOL_CALLS] the text is the calls' JSON, not content.
-            if (!inCalls && delta.Text.Length > 0)
+            if (textIsContent && delta.Text.Length > 0)
             {
                 contents.Insert(0, new TextContent(delta.Text));
             }
@@ -198,26 +200,36 @@ public sealed class BoraChatClient : IChatClient
 
     /// <summary>
     /// The constraint the options ask for, or null: <see cref="ChatResponseFormat.Json"/> (no schema) makes the
-    /// answer one JSON object (<see cref="JsonConstraints.Object"/>); <see cref="ChatToolMode.RequireAny"/> forces
-    /// calls of the given functions, <see cref="ChatToolMode.RequireSpecific"/> one call of the named function
-    /// (<see cref="ToolCallGrammar.ForcedCalls"/>, after the model's <c>[TOOL_CALLS]</c> token).
+    /// answer one JSON object (<see cref="JsonConstraints.Object"/>), <see cref="ChatResponseFormat.ForJsonSchema(JsonElement, string?, string?)"/>
+    /// one JSON object valid against the schema (<see cref="JsonSchemaGrammar"/>, the subset <see cref="JsonSchemaCompiler"/>
+    /// documents); <see cref="ChatToolMode.RequireAny"/> forces calls of the given functions, <see cref="ChatToolMode.RequireSpecific"/>
+    /// one call of the named function (<see cref="ToolCallGrammar.ForcedCalls"/>, after the model's <c>[TOOL_CALLS]</c> token),
+    /// their arguments following each function's <see cref="AIFunctionDeclaration.JsonSchema"/> when it compiles (else any JSON object).
     /// </summary>
-    /// <exception cref="NotSupportedException">A JSON schema (only "any JSON object" is enforced), or forced calls on a model without <c>[TOOL_CALLS]</c>.</exception>
+    /// <exception cref="NotSupportedException">A JSON schema outside the supported subset (the message names the keyword and its path), or forced calls on a model without <c>[TOOL_CALLS]</c>.</exception>
     /// <exception cref="ArgumentException">JSON together with forced calls; forced calls without tools; a required function that is not among the tools.</exception>
     internal ITokenConstraint? Constraint(ChatOptions? options)
     {
         bool json = false;
+        JsonSchemaGrammar? schema = null;
         if (options?.ResponseFormat is ChatResponseFormatJson format)
         {
-            if (format.Schema is not null)
+            if (format.Schema is { } s)
             {
-                throw new NotSupportedException($"a JSON schema response format ('{format.SchemaName ?? "unnamed"}') is not supported: Bora only guarantees some JSON object; use ChatResponseFormat.Json");
+                try
+                {
+                    schema = JsonSchemaGrammar.GetOrCompile(s);
+                }
+                catch (JsonSchemaNotSupportedException e)
+                {
+                    throw new NotSupportedException($"the JSON schema response format ('{format.SchemaName ?? "unnamed"}') is outside the supported subset: {e.Message}", e);
+                }
             }
             json = true;
         }
         if (options?.ToolMode is not RequiredChatToolMode required)
         {
-            return json ? JsonConstraints.Object(_backend.Tokenizer) : null;
+            return schema is not null ? schema.Constraint(_backend.Tokenizer) : json ? JsonConstraints.Object(_backend.Tokenizer) : null;
         }
         if (json)
         {
@@ -236,9 +248,21 @@ public sealed class BoraChatClient : IChatClient
         {
             throw new NotSupportedException("this model's vocabulary has no [TOOL_CALLS] token, so it cannot be made to call tools; use ToolMode Auto or None");
         }
+        var schemas = new Dictionary<string, JsonSchemaGrammar>(StringComparer.Ordinal);
+        foreach (var f in options.Tools!.OfType<AIFunctionDeclaration>())
+        {
+            try
+            {
+                schemas[f.Name] = JsonSchemaGrammar.GetOrCompile(f.JsonSchema);
+            }
+            catch (JsonSchemaNotSupportedException)
+            {
+                // Unsupported keywords: this function's arguments fall back to any JSON object.
+            }
+        }
         return required.RequiredFunctionName is { } one
-            ? ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, [one], several: false)
-            : ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, names, several: true);
+            ? ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, [one], several: false, schemas)
+            : ToolCallGrammar.ForcedCalls(_backend.Tokenizer, toolCalls, names, several: true, schemas);
     }
 
     private bool IsToolCallsToken(TokenId token) =>

@@ -95,6 +95,7 @@ public sealed partial class BoraServer
         var handles = await Submit(ctx, engine, prompt, specs, timeout).ConfigureAwait(false);
         var summaries = new GenerationSummary[handles.Length];
         int running = handles.Length;
+        var ending = new Lock();
         Channel<byte[]>? events = stream ? Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true }) : null;
 
         // Feeds one choice's deltas to the writer; when streaming, its chunks go to the events channel.
@@ -126,23 +127,28 @@ public sealed partial class BoraServer
                     }
                 }
                 summaries[index] = await handles[index].Completion.ConfigureAwait(false);
-                bool last = Interlocked.Decrement(ref running) == 0;
                 if (events is null)
                 {
                     return;
                 }
-                var usage = last ? Finished(ctx, summaries) : null;
-                foreach (var e in writer.End(index, summaries[index], usage))
+                // One choice ends at a time: the last one's closing chunks (with the usage) and the tail come after
+                // every other choice's closing chunks.
+                lock (ending)
                 {
-                    events.Writer.TryWrite(e);
-                }
-                if (usage is not null)
-                {
-                    if (writer.Tail(usage) is { } tail)
+                    bool last = --running == 0;
+                    var usage = last ? Finished(ctx, summaries) : null;
+                    foreach (var e in writer.End(index, summaries[index], usage))
                     {
-                        events.Writer.TryWrite(tail);
+                        events.Writer.TryWrite(e);
                     }
-                    events.Writer.TryComplete();
+                    if (usage is not null)
+                    {
+                        if (writer.Tail(usage) is { } tail)
+                        {
+                            events.Writer.TryWrite(tail);
+                        }
+                        events.Writer.TryComplete();
+                    }
                 }
             }
             catch (Exception e) when (events is not null && e is not OutOfMemoryException)

@@ -39,7 +39,7 @@ public sealed partial class BoraServer
         {
             var engine = _engine;
             var gauges = engine is null ? default
-                : new EngineGauges(engine.WaitingCount, engine.RunningCount, engine.KvBlocksUsed, engine.KvPool.Blocks);
+                : new EngineGauges(engine.WaitingCount, engine.RunningCount, engine.KvBlocksUsed, engine.KvPool.Blocks, engine.PrefixQueriedTokens, engine.PrefixCachedTokens);
             ctx.Response.StatusCode = 200;
             ctx.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
             await ctx.Response.WriteAsync(_metrics.Write(gauges), ctx.RequestAborted).ConfigureAwait(false);
@@ -59,7 +59,7 @@ public sealed partial class BoraServer
             throw ApiException.BadRequest("stream_options is only allowed when stream is true", "stream_options");
         }
         var chat = ChatRequestMapping.ToChatRequest(req.Messages, req.Tools, req.SafePrompt == true);
-        var constraint = GenerationFields.Constraint(req.ResponseFormat, [.. chat.Tools.Select(t => t.Name)], req.ToolChoice, engine.Tokenizer);
+        var constraint = GenerationFields.Constraint(req.ResponseFormat, [.. chat.Tools.Select(t => t.Name)], req.ToolChoice, engine.Tokenizer, req.Tools);
         var tokens = RenderChat(engine, chat);
         var sampling = GenerationFields.WithPenalties(
             Sampling(engine, tokens.Length, req.MaxCompletionTokens ?? req.MaxTokens, req.Temperature, req.TopP, req.Seed ?? req.RandomSeed, req.Stop, _options.DefaultMaxTokens),

@@ -30,7 +30,8 @@ public sealed record ShapedAnswer(string? Content, IReadOnlyList<ToolCallOut> To
 /// <remarks>
 /// The engine's deltas carry the sampled token and the text that became safe to show (after stop strings);
 /// control tokens such as <c>[TOOL_CALLS]</c> show no text, so the split point is the delta whose token is
-/// <c>[TOOL_CALLS]</c>. Call ids the model wrote are kept when they are the 9 alphanumerics mistral-common
+/// <c>[TOOL_CALLS]</c>; text on that delta itself is content (the engine releases text held back for stop strings
+/// with the control token that ends the text run). Call ids the model wrote are kept when they are the 9 alphanumerics mistral-common
 /// requires of ids sent back; otherwise a random such id is made.
 /// </remarks>
 public sealed partial class ChatOutputShaper
@@ -59,6 +60,7 @@ public sealed partial class ChatOutputShaper
     /// <summary>Feeds one engine delta; returns the content text to stream now (possibly empty).</summary>
     public string Push(GenerationDelta delta)
     {
+        bool textIsContent = !_inCalls; // text riding on the [TOOL_CALLS] delta was held back before it (stop strings)
         if (_parser is not null && delta.Token is { } token)
         {
             _parser.Push(token);
@@ -67,7 +69,7 @@ public sealed partial class ChatOutputShaper
                 _inCalls = true;
             }
         }
-        if (_inCalls)
+        if (!textIsContent)
         {
             _held.Append(delta.Text);
             return "";

@@ -86,18 +86,26 @@ internal static class GenerationFields
     /// <summary>
     /// The constraint a chat request asks for, as a factory (one fresh constraint per choice), or null for
     /// none. response_format: absent/null/{"type":"text"} none, {"type":"json_object"} one JSON object,
-    /// json_schema refused. <paramref name="names"/>: the functions of the request's tools, already validated by
+    /// {"type":"json_schema","json_schema":{"name":..,"schema":{..},"strict":..}} one JSON object valid against the
+    /// schema (<see cref="JsonSchemaCompiler"/>'s subset; "strict" true or false alike; no schema = any object).
+    /// <paramref name="names"/>: the functions of the request's tools, already validated by
     /// <see cref="ChatRequestMapping.ToChatRequest"/>. tool_choice (needs tools): "auto" none, "none" bans [TOOL_CALLS], "any"/"required"
-    /// forces calls of the declared functions, {"type":"function","function":{"name":X}} forces one call of X.
+    /// forces calls of the declared functions, {"type":"function","function":{"name":X}} forces one call of X; forced
+    /// calls' arguments follow each function's "parameters" schema from <paramref name="tools"/> when it compiles,
+    /// else any JSON object.
     /// </summary>
-    public static Func<ITokenConstraint>? Constraint(JsonElement responseFormat, IReadOnlyList<string> names, JsonElement toolChoice, ITokenizer tokenizer)
+    public static Func<ITokenConstraint>? Constraint(JsonElement responseFormat, IReadOnlyList<string> names, JsonElement toolChoice, ITokenizer tokenizer, JsonElement tools = default)
     {
         ArgumentNullException.ThrowIfNull(names);
-        bool json = JsonObjectRequested(responseFormat);
+        var (json, schema) = ResponseFormat(responseFormat);
         var choice = ToolChoice(toolChoice, names);
         if (json && choice is ToolMode.Any or ToolMode.Named)
         {
-            throw ApiException.BadRequest("response_format json_object cannot be combined with a tool_choice that forces tool calls", "tool_choice");
+            throw ApiException.BadRequest("response_format json_object / json_schema cannot be combined with a tool_choice that forces tool calls", "tool_choice");
+        }
+        if (schema is not null)
+        {
+            return () => schema.Constraint(tokenizer);
         }
         if (json)
         {
@@ -111,13 +119,50 @@ internal static class GenerationFields
             case ToolMode.Any or ToolMode.Named when !hasToken:
                 throw ApiException.BadRequest($"this model's vocabulary has no {ToolCallsPiece} token, so it cannot be made to call tools; use tool_choice \"auto\" or \"none\"", "tool_choice");
             case ToolMode.Any:
-                return () => ToolCallGrammar.ForcedCalls(tokenizer, toolCalls, names, several: true);
+                {
+                    var schemas = ArgumentSchemas(tools);
+                    return () => ToolCallGrammar.ForcedCalls(tokenizer, toolCalls, names, several: true, schemas);
+                }
             case ToolMode.Named:
-                string name = NamedFunction(toolChoice);
-                return () => ToolCallGrammar.ForcedCalls(tokenizer, toolCalls, [name], several: false);
+                {
+                    string name = NamedFunction(toolChoice);
+                    var schemas = ArgumentSchemas(tools);
+                    return () => ToolCallGrammar.ForcedCalls(tokenizer, toolCalls, [name], several: false, schemas);
+                }
             default:
                 return null;
         }
+    }
+
+    /// <summary>
+    /// The compiled "parameters" schema of each function in <paramref name="tools"/> (the request's JSON array) that
+    /// has one the compiler supports; a function whose schema is absent or uses unsupported keywords is left out
+    /// (its arguments are then any JSON object).
+    /// </summary>
+    public static Dictionary<string, JsonSchemaGrammar> ArgumentSchemas(JsonElement tools)
+    {
+        var schemas = new Dictionary<string, JsonSchemaGrammar>(StringComparer.Ordinal);
+        if (tools.ValueKind != JsonValueKind.Array)
+        {
+            return schemas;
+        }
+        foreach (var tool in tools.EnumerateArray())
+        {
+            if (tool.ValueKind == JsonValueKind.Object && tool.TryGetProperty("function", out var f) && f.ValueKind == JsonValueKind.Object
+                && f.TryGetProperty("name", out var name) && name.ValueKind == JsonValueKind.String
+                && f.TryGetProperty("parameters", out var parameters) && parameters.ValueKind == JsonValueKind.Object)
+            {
+                try
+                {
+                    schemas[name.GetString()!] = JsonSchemaGrammar.GetOrCompile(parameters);
+                }
+                catch (JsonSchemaNotSupportedException)
+                {
+                    // Unsupported keywords: the arguments fall back to any JSON object (documented).
+                }
+            }
+        }
+        return schemas;
     }
 
     private enum ToolMode
@@ -128,23 +173,53 @@ internal static class GenerationFields
         Named,
     }
 
-    private static bool JsonObjectRequested(JsonElement format)
+    /// <summary>response_format: (json wanted, the schema's grammar when json_schema gives one).</summary>
+    private static (bool Json, JsonSchemaGrammar? Schema) ResponseFormat(JsonElement format)
     {
         if (format.ValueKind is JsonValueKind.Undefined or JsonValueKind.Null)
         {
-            return false;
+            return (false, null);
         }
         if (format.ValueKind != JsonValueKind.Object || !format.TryGetProperty("type", out var type) || type.ValueKind != JsonValueKind.String)
         {
-            throw ApiException.BadRequest("response_format must be an object with a string \"type\" (\"text\" or \"json_object\")", "response_format");
+            throw ApiException.BadRequest("response_format must be an object with a string \"type\" (\"text\", \"json_object\" or \"json_schema\")", "response_format");
         }
         return type.GetString() switch
         {
-            "text" => false,
-            "json_object" => true,
-            "json_schema" => throw ApiException.BadRequest("response_format json_schema is not supported; use {\"type\":\"json_object\"} (any JSON object) instead", "response_format"),
-            var t => throw ApiException.BadRequest($"response_format type '{t}' is not supported; expected \"text\" or \"json_object\"", "response_format.type"),
+            "text" => (false, null),
+            "json_object" => (true, null),
+            "json_schema" => (true, Schema(format)),
+            var t => throw ApiException.BadRequest($"response_format type '{t}' is not supported; expected \"text\", \"json_object\" or \"json_schema\"", "response_format.type"),
         };
+    }
+
+    /// <summary>response_format.json_schema: {"name": string, "schema": object, "strict": bool, "description": string}; null = no schema (any object).</summary>
+    private static JsonSchemaGrammar? Schema(JsonElement format)
+    {
+        if (!format.TryGetProperty("json_schema", out var js) || js.ValueKind != JsonValueKind.Object)
+        {
+            throw ApiException.BadRequest("response_format json_schema needs a \"json_schema\" object: {\"name\": ..., \"schema\": {...}, \"strict\": true}", "response_format.json_schema");
+        }
+        if (js.TryGetProperty("name", out var name) && name.ValueKind != JsonValueKind.String)
+        {
+            throw ApiException.BadRequest($"response_format.json_schema.name is a JSON {name.ValueKind}; expected a string", "response_format.json_schema.name");
+        }
+        if (js.TryGetProperty("strict", out var strict) && strict.ValueKind is not (JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null))
+        {
+            throw ApiException.BadRequest($"response_format.json_schema.strict is a JSON {strict.ValueKind}; expected true or false", "response_format.json_schema.strict");
+        }
+        if (!js.TryGetProperty("schema", out var schema) || schema.ValueKind == JsonValueKind.Null)
+        {
+            return null;
+        }
+        try
+        {
+            return JsonSchemaGrammar.GetOrCompile(schema);
+        }
+        catch (JsonSchemaNotSupportedException e)
+        {
+            throw ApiException.BadRequest($"response_format.json_schema.schema: {e.Message}", "response_format.json_schema.schema");
+        }
     }
 
     private static ToolMode ToolChoice(JsonElement choice, IReadOnlyList<string> names)

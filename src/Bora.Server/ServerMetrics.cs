@@ -9,7 +9,9 @@ namespace Bora.Server;
 /// The server's Prometheus metrics, written in the text exposition format (version 0.0.4) by
 /// <see cref="Write"/>: counters <c>bora_requests_total{route,status}</c>, <c>bora_prompt_tokens_total</c>,
 /// <c>bora_generation_tokens_total</c>; gauges <c>bora_queue_depth</c>, <c>bora_running_sequences</c>,
-/// <c>bora_kv_cache_blocks_used</c>, <c>bora_kv_cache_blocks_total</c>; histograms
+/// <c>bora_kv_cache_blocks_used</c>, <c>bora_kv_cache_blocks_total</c>; the engine's counters
+/// <c>bora_prefix_cache_queried_tokens_total</c> and <c>bora_prefix_cache_hit_tokens_total</c> (tokens of admitted
+/// sequences looked up in the KV prefix cache, and those found there: vLLM's prefix_cache_queries / hits); histograms
 /// <c>bora_time_to_first_token_seconds</c> and <c>bora_inter_token_latency_seconds</c>. Thread-safe.
 /// </summary>
 public sealed class ServerMetrics
@@ -61,6 +63,8 @@ public sealed class ServerMetrics
         Single(sb, "bora_running_sequences", "gauge", "Sequences in the running batch.", gauges.Running);
         Single(sb, "bora_kv_cache_blocks_used", "gauge", "KV-cache blocks held by sequences.", gauges.KvBlocksUsed);
         Single(sb, "bora_kv_cache_blocks_total", "gauge", "KV-cache blocks in the pool.", gauges.KvBlocksTotal);
+        Single(sb, "bora_prefix_cache_queried_tokens_total", "counter", "Tokens of admitted sequences looked up in the KV prefix cache.", gauges.PrefixQueriedTokens);
+        Single(sb, "bora_prefix_cache_hit_tokens_total", "counter", "Tokens of admitted sequences whose KV blocks came from the prefix cache.", gauges.PrefixHitTokens);
         TimeToFirstToken.Write(sb, "bora_time_to_first_token_seconds", "Seconds from a request's submission to its first generated token.");
         InterTokenLatency.Write(sb, "bora_inter_token_latency_seconds", "Seconds between consecutive generated tokens of a request.");
         return sb.ToString();
@@ -152,5 +156,5 @@ public sealed class ServerMetrics
     }
 }
 
-/// <summary>The engine's state read for one scrape of /metrics.</summary>
-public readonly record struct EngineGauges(int QueueDepth, int Running, int KvBlocksUsed, int KvBlocksTotal);
+/// <summary>The engine's state read for one scrape of /metrics (the prefix-cache fields are the engine's running totals).</summary>
+public readonly record struct EngineGauges(int QueueDepth, int Running, int KvBlocksUsed, int KvBlocksTotal, long PrefixQueriedTokens = 0, long PrefixHitTokens = 0);

@@ -196,4 +196,46 @@ public class OpenAiDotNetSdkTests(LiveServers servers)
             }
         }
     }
+
+    [Fact]
+    public async Task Json_schema_answers_validate_and_unsupported_schemas_are_a_400()
+    {
+        if (servers.TinyV3 is not { } live)
+        {
+            Console.WriteLine(TestModels.SkipMessage);
+            return;
+        }
+        const string schema = """
+        {"type":"object","properties":{"ok":{"type":"boolean"},"size":{"enum":["S","M","L"]},"note":{"type":["string","null"],"maxLength":3}},
+         "required":["ok","size","note"],"additionalProperties":false}
+        """;
+        int stopped = 0;
+        for (int seed = 0; seed < 4; seed++)
+        {
+            var options = new ChatCompletionOptions
+            {
+                MaxOutputTokenCount = 80,
+                Temperature = 1,
+#pragma warning disable OPENAI001 // Seed is marked experimental in the SDK; the test needs repeatable answers
+                Seed = seed,
+#pragma warning restore OPENAI001
+                ResponseFormat = OpenAI.Chat.ChatResponseFormat.CreateJsonSchemaFormat("answer", BinaryData.FromString(schema), jsonSchemaIsStrict: true),
+            };
+            var r = (await live.ChatClient().CompleteChatAsync([new UserChatMessage($"Give JSON {seed}")], options)).Value;
+            if (r.FinishReason == OpenAI.Chat.ChatFinishReason.Stop)
+            {
+                stopped++;
+                var errors = MiniSchemaValidator.Validate(r.Content[0].Text, schema);
+                Assert.True(errors.Count == 0, string.Join("; ", errors) + " in " + r.Content[0].Text);
+            }
+        }
+        Assert.True(stopped > 0, "no schema answer finished within 80 tokens");
+        var bad = new ChatCompletionOptions
+        {
+            ResponseFormat = OpenAI.Chat.ChatResponseFormat.CreateJsonSchemaFormat("bad", BinaryData.FromString("""{"type":"object","properties":{"a":{"not":{}}}}""")),
+        };
+        var e = await Assert.ThrowsAsync<ClientResultException>(() => live.ChatClient().CompleteChatAsync([new UserChatMessage("x")], bad));
+        Assert.Equal(400, e.Status);
+        Assert.Contains("'not'", e.Message, StringComparison.Ordinal);
+    }
 }

@@ -103,7 +103,13 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
         {
             AssertBadRequest(await Post(c, "/v1/completions", $$"""{"prompt":"x","logprobs":{{v}}}"""), "logprobs");
         }
-        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{}}")), "response_format", "json_schema is not supported");
+        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\"}")), "response_format.json_schema");
+        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":1}}")), "response_format.json_schema.name");
+        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"strict\":\"yes\"}}")), "response_format.json_schema.strict");
+        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":1}}}}}")),
+            "response_format.json_schema.schema", "keyword 'minimum' is not supported (at $.properties.n)");
+        AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"$ref\":\"#\"}}}")),
+            "response_format.json_schema.schema", "recursive");
         AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{\"type\":\"yaml\"}")), "response_format.type");
         AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":\"json\"")), "response_format");
         AssertBadRequest(await Post(c, "/v1/chat/completions", Chat(",\"response_format\":{}")), "response_format");
@@ -118,7 +124,7 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
         foreach (string extra in new[]
         {
             ",\"presence_penalty\":-2,\"frequency_penalty\":2", ",\"n\":8", ",\"logprobs\":true,\"top_logprobs\":20", ",\"logprobs\":false",
-            ",\"response_format\":{\"type\":\"text\"}", $",\"tools\":{Tools},\"tool_choice\":\"none\"", $",\"tools\":{Tools},\"tool_choice\":\"auto\"",
+            ",\"response_format\":{\"type\":\"text\"}", ",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"any\"}}", $",\"tools\":{Tools},\"tool_choice\":\"none\"", $",\"tools\":{Tools},\"tool_choice\":\"auto\"",
         })
         {
             var (status, body) = await Post(c, "/v1/chat/completions", Chat(extra));
@@ -387,5 +393,119 @@ public class GenerationFieldTests(LiveServer live, RandomV3Server v3) : IClassFi
             }
         }
         Assert.True(completed > 0, "no forced call list completed within max_tokens");
+    }
+
+    /// <summary>A schema a random model can finish within 200 tokens: booleans, enums, a short string, a short array, an optional integer.</summary>
+    internal const string SmallSchema = """
+    {"type":"object","properties":{
+      "ok":{"type":"boolean"},
+      "color":{"enum":["red","green","blue"]},
+      "name":{"type":["string","null"],"maxLength":4},
+      "n":{"type":"integer"},
+      "tags":{"type":"array","items":{"$ref":"#/$defs/Tag"},"minItems":1,"maxItems":2}},
+     "required":["ok","color","name","tags"],"additionalProperties":false,
+     "$defs":{"Tag":{"anyOf":[{"type":"string","maxLength":2},{"type":"boolean"}]}}}
+    """;
+
+    [Fact]
+    public async Task Json_schema_output_validates_whenever_it_stops_and_streams_the_same_text()
+    {
+        if (v3.Server is null)
+        {
+            return;
+        }
+        string format = $",\"response_format\":{{\"type\":\"json_schema\",\"json_schema\":{{\"name\":\"thing\",\"strict\":true,\"schema\":{SmallSchema}}}}}";
+        int stopped = 0;
+        for (int seed = 0; seed < 3; seed++)
+        {
+            string request = Chat($",\"temperature\":1,\"seed\":{seed},\"n\":3{format}").Replace("\"max_tokens\":8", "\"max_tokens\":200", StringComparison.Ordinal);
+            var (status, body) = await Post(v3.Client, "/v1/chat/completions", request);
+            Assert.True(status == HttpStatusCode.OK, body.ToString());
+            var texts = new List<string>();
+            foreach (var choice in body.GetProperty("choices").EnumerateArray())
+            {
+                string text = choice.GetProperty("message").GetProperty("content").GetString()!;
+                texts.Add(text);
+                if (choice.GetProperty("finish_reason").GetString() == "stop")
+                {
+                    stopped++;
+                    var errors = MiniSchemaValidator.Validate(text, SmallSchema);
+                    Assert.True(errors.Count == 0, string.Join("; ", errors) + " in " + text);
+                }
+                else
+                {
+                    var g = JsonSchemaGrammar.Compile(SmallSchema);
+                    Assert.True(GrammarConstraint<JsonSchemaState>.Accepts(g, g.Start, Encoding.UTF8.GetBytes(text), out _), text);
+                }
+            }
+            if (seed == 0)
+            {
+                // Streaming the same request gives the same text per choice.
+                using var r = await v3.Client.PostAsync("/v1/chat/completions", Json(request.Replace("{\"messages\"", "{\"stream\":true,\"messages\"", StringComparison.Ordinal)));
+                var streamed = new Dictionary<int, StringBuilder>();
+                foreach (string line in (await r.Content.ReadAsStringAsync()).Split('\n'))
+                {
+                    if (!line.StartsWith("data: {", StringComparison.Ordinal))
+                    {
+                        continue;
+                    }
+                    using var chunk = JsonDocument.Parse(line[6..]);
+                    foreach (var ch in chunk.RootElement.GetProperty("choices").EnumerateArray())
+                    {
+                        if (ch.GetProperty("delta").TryGetProperty("content", out var content) && content.ValueKind == JsonValueKind.String)
+                        {
+                            int i = ch.GetProperty("index").GetInt32();
+                            (streamed.TryGetValue(i, out var sb) ? sb : streamed[i] = new StringBuilder()).Append(content.GetString());
+                        }
+                    }
+                }
+                for (int i = 0; i < texts.Count; i++)
+                {
+                    Assert.Equal(texts[i], streamed.TryGetValue(i, out var sb) ? sb.ToString() : "");
+                }
+            }
+        }
+        Assert.True(stopped >= 3, $"only {stopped} of 9 schema answers finished within max_tokens");
+    }
+
+    [Fact]
+    public async Task Forced_tool_call_arguments_follow_the_tool_parameters_schema()
+    {
+        if (v3.Server is null)
+        {
+            return;
+        }
+        // get_weather's parameters use the compiler's subset; get_time's use 'minimum' (unsupported): its arguments fall back to any object.
+        string tools = "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"parameters\":" + SmallSchema + "}},"
+            + "{\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"parameters\":{\"type\":\"object\",\"properties\":{\"tz\":{\"type\":\"integer\",\"minimum\":0}}}}}]";
+        int validated = 0;
+        for (int seed = 0; seed < 4; seed++)
+        {
+            string choiceJson = seed % 2 == 0 ? "\"required\"" : "{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}";
+            var (status, body) = await Post(v3.Client, "/v1/chat/completions",
+                Chat($",\"temperature\":1,\"seed\":{seed},\"n\":3,\"tools\":{tools},\"tool_choice\":{choiceJson}").Replace("\"max_tokens\":8", "\"max_tokens\":200", StringComparison.Ordinal));
+            Assert.True(status == HttpStatusCode.OK, body.ToString());
+            foreach (var choice in body.GetProperty("choices").EnumerateArray())
+            {
+                if (choice.GetProperty("finish_reason").GetString() != "tool_calls")
+                {
+                    continue;
+                }
+                foreach (var call in choice.GetProperty("message").GetProperty("tool_calls").EnumerateArray())
+                {
+                    string name = call.GetProperty("function").GetProperty("name").GetString()!;
+                    string args = call.GetProperty("function").GetProperty("arguments").GetString()!;
+                    using var doc = JsonDocument.Parse(args);
+                    Assert.Equal(JsonValueKind.Object, doc.RootElement.ValueKind);
+                    if (name == "get_weather")
+                    {
+                        var errors = MiniSchemaValidator.Validate(args, SmallSchema);
+                        Assert.True(errors.Count == 0, string.Join("; ", errors) + " in " + args);
+                        validated++;
+                    }
+                }
+            }
+        }
+        Assert.True(validated >= 3, $"only {validated} get_weather calls completed within max_tokens");
     }
 }

@@ -376,6 +376,9 @@ public class SchedulerTests
         e.Step();
         Assert.Equal(8, c.CachedTokens);
         Assert.Equal(4, e.Batches[^1].TotalTokens);
+        // The metrics' prefix-cache counters: every admitted token was queried (13 + 14 + 12), 12 + 8 were hits.
+        Assert.Equal(13 + 14 + 12, s.QueriedPromptTokens);
+        Assert.Equal(12 + 8, s.CachedPromptTokens);
     }
 
     [Fact]

@@ -24,7 +24,7 @@ namespace Bora.Server.Tests;
 /// token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
 /// (<see cref="ScriptedTokens.Distinct"/>), which decode to the same text.
 /// </remarks>
-public sealed class ScriptedServer : IAsyncLifetime
+public class ScriptedServer : IAsyncLifetime
 {
     public const string CallJson = """{"name":"lookup","arguments":{"q":7}}""";
 
@@ -40,6 +40,9 @@ public sealed class ScriptedServer : IAsyncLifetime
 
     public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
 
+    /// <summary>Text (no spaces) the model writes before [TOOL_CALLS]; empty here.</summary>
+    public virtual string Prefix => "";
+
     public async Task InitializeAsync()
     {
         if (!V3Server.Available)
@@ -51,7 +54,9 @@ public sealed class ScriptedServer : IAsyncLifetime
         var controls = ControlTokens.Of(tok);
         var endInst = controls.Get("[/INST]", "the scripted model");
         var toolCalls = controls.Get("[TOOL_CALLS]", "the scripted model");
-        Script = [toolCalls, .. ScriptedTokens.Distinct(tok, CallJson, []), tok.Eos];
+        var used = new HashSet<TokenId>();
+        var prefix = ScriptedTokens.Distinct(tok, Prefix, used);
+        Script = [.. prefix, toolCalls, .. ScriptedTokens.Distinct(tok, CallJson, used), tok.Eos];
         TokenId[] chain = [endInst, .. Script];
         Assert.Equal(chain.Length, chain.Distinct().Count());
         Assert.True(chain.Length <= Dim);
@@ -108,7 +113,7 @@ public sealed class ScriptedServer : IAsyncLifetime
         Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k");
     }
 
-    public async Task DisposeAsync()
+    public virtual async Task DisposeAsync()
     {
         Client.Dispose();
         if (Server is not null)
@@ -262,5 +267,136 @@ public class ScriptedToolCallTests(ScriptedServer live) : IClassFixture<Scripted
         var plain = (await Post(Request(tools: false, maxTokens: 100))).GetProperty("choices")[0];
         Assert.Equal("stop", plain.GetProperty("finish_reason").GetString());
         Assert.Equal(ScriptedServer.CallJson, plain.GetProperty("message").GetProperty("content").GetString());
+    }
+}
+
+/// <summary>The scripted model with text before its call: "Sure,wor", then [TOOL_CALLS] and the call.</summary>
+public sealed class ScriptedPrefixServer : ScriptedServer
+{
+    public override string Prefix => "Sure,wor";
+}
+
+/// <summary>
+/// Stop strings with tool calls: text held back because it might begin a stop string ("wor" of "world") is
+/// released when [TOOL_CALLS] ends the text run, as content, never dropped nor mixed into the call; streamed
+/// content equals the whole answer's.
+/// </summary>
+public class ScriptedStopStringTests(ScriptedPrefixServer live) : IClassFixture<ScriptedPrefixServer>
+{
+    private const string Tools = """[{"type":"function","function":{"name":"lookup","parameters":{"type":"object","properties":{"q":{"type":"integer"}}}}}]""";
+
+    private static string Request(bool tools, int maxTokens, bool stream, string stop = "[\"world\"]") =>
+        $$"""{"messages":[{"role":"user","content":"Look 7 up."}],{{(tools ? $"\"tools\":{Tools}," : "")}}"stop":{{stop}},"max_tokens":{{maxTokens}},"temperature":0,"stream":{{(stream ? "true" : "false")}}}""";
+
+    private async Task<(string? Content, List<(string Name, string Arguments)> Calls, string Finish)> Whole(string json)
+    {
+        using var r = await live.Client.PostAsync("/v1/chat/completions", new StringContent(json, Encoding.UTF8, "application/json"));
+        string text = await r.Content.ReadAsStringAsync();
+        Assert.True(r.StatusCode == HttpStatusCode.OK, text);
+        var choice = JsonDocument.Parse(text).RootElement.GetProperty("choices")[0];
+        var message = choice.GetProperty("message");
+        var calls = message.TryGetProperty("tool_calls", out var tc)
+            ? tc.EnumerateArray().Select(c => (c.GetProperty("function").GetProperty("name").GetString()!, c.GetProperty("function").GetProperty("arguments").GetString()!)).ToList()
+            : [];
+        return (message.GetProperty("content").GetString(), calls, choice.GetProperty("finish_reason").GetString()!);
+    }
+
+    private async Task<(string Content, List<(string Name, string Arguments)> Calls, string Finish)> Streamed(string json)
+    {
+        using var r = await live.Client.PostAsync("/v1/chat/completions", new StringContent(json, Encoding.UTF8, "application/json"));
+        Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        var content = new StringBuilder();
+        var calls = new List<(string Name, string Arguments)>();
+        string finish = "";
+        foreach (string line in (await r.Content.ReadAsStringAsync()).Split('\n'))
+        {
+            if (!line.StartsWith("data: {", StringComparison.Ordinal))
+            {
+                continue;
+            }
+            var choice = JsonDocument.Parse(line[6..]).RootElement.GetProperty("choices")[0];
+            var delta = choice.GetProperty("delta");
+            if (delta.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String)
+            {
+                content.Append(c.GetString());
+            }
+            if (delta.TryGetProperty("tool_calls", out var tc))
+            {
+                var f = tc[0].GetProperty("function");
+                if (f.TryGetProperty("name", out var name) && name.ValueKind == JsonValueKind.String)
+                {
+                    calls.Add((name.GetString()!, ""));
+                }
+                else
+                {
+                    calls[^1] = (calls[^1].Name, calls[^1].Arguments + f.GetProperty("arguments").GetString());
+                }
+            }
+            if (choice.TryGetProperty("finish_reason", out var fr) && fr.ValueKind == JsonValueKind.String)
+            {
+                finish = fr.GetString()!;
+            }
+        }
+        return (content.ToString(), calls, finish);
+    }
+
+    [Fact]
+    public async Task Text_held_for_a_stop_string_before_a_tool_call_is_content_whole_and_streamed()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        var whole = await Whole(Request(tools: true, maxTokens: 100, stream: false));
+        Assert.Equal("tool_calls", whole.Finish);
+        Assert.Equal("Sure,wor", whole.Content);
+        var call = Assert.Single(whole.Calls);
+        Assert.Equal("lookup", call.Name);
+        Assert.Equal(7, JsonDocument.Parse(call.Arguments).RootElement.GetProperty("q").GetInt32());
+        var streamed = await Streamed(Request(tools: true, maxTokens: 100, stream: true));
+        Assert.Equal(whole.Content, streamed.Content);
+        Assert.Equal(whole.Calls.Select(c => c.Name), streamed.Calls.Select(c => c.Name));
+        Assert.Equal(call.Arguments, Assert.Single(streamed.Calls).Arguments);
+        Assert.Equal("tool_calls", streamed.Finish);
+    }
+
+    [Theory]
+    [InlineData(true, 9)]      // "Sure,wor" is 8 tokens at most; [TOOL_CALLS] then the cut: no call, the held text is content
+    [InlineData(true, 100)]
+    [InlineData(false, 100)]   // no tools: everything is text
+    [InlineData(false, 9)]
+    public async Task Streamed_text_equals_the_whole_answer_with_stop_strings(bool tools, int maxTokens)
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        foreach (string stop in new[] { "[\"world\"]", "[\"wor!\", \"q\\\":8\"]", "[\"lookup\"]" })
+        {
+            var whole = await Whole(Request(tools, maxTokens, stream: false, stop));
+            var streamed = await Streamed(Request(tools, maxTokens, stream: true, stop));
+            Assert.Equal(whole.Content ?? "", streamed.Content);
+            Assert.Equal(whole.Calls, streamed.Calls);
+            Assert.Equal(whole.Finish, streamed.Finish);
+            // Nothing the model wrote before [TOOL_CALLS] is lost.
+            Assert.StartsWith("Sure,wor", whole.Content ?? "", StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Tool_choice_none_keeps_the_stop_strings()
+    {
+        if (live.Server is null)
+        {
+            return;
+        }
+        // tool_choice "none" bans [TOOL_CALLS] (a token ban, not a grammar): stop strings still apply.
+        string request = Request(tools: true, maxTokens: 20, stream: false, "[\"wor\"]").Replace("\"stop\"", "\"tool_choice\":\"none\",\"stop\"", StringComparison.Ordinal);
+        var whole = await Whole(request);
+        Assert.Equal("Sure,", whole.Content);
+        Assert.Equal("stop", whole.Finish);
+        Assert.Empty(whole.Calls);
+        var streamed = await Streamed(request.Replace("\"stream\":false", "\"stream\":true", StringComparison.Ordinal));
+        Assert.Equal("Sure,", streamed.Content);
     }
 }

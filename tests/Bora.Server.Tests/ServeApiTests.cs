@@ -377,6 +377,39 @@ public class ServeApiTests(V3Server live) : IClassFixture<V3Server>
     }
 
     [Fact]
+    public async Task Metrics_prefix_cache_counters_rise_when_a_prompt_repeats()
+    {
+        if (!V3Server.Available)
+        {
+            return;
+        }
+        async Task<(double Queried, double Hits)> Scrape()
+        {
+            var m = ParsePrometheus(await live.Client.GetStringAsync("/metrics"));
+            return (m["bora_prefix_cache_queried_tokens_total"], m["bora_prefix_cache_hit_tokens_total"]);
+        }
+        // A prompt of several 16-token blocks, unique to this test.
+        string request = """{"messages":[{"role":"user","content":"Prefix cache probe: the quick brown fox jumps over the lazy dog, then counts the stars one by one until the night is over and the sun rises again."}],"max_tokens":2,"temperature":0}""";
+        var before = await Scrape();
+        var (status, first) = await Post("/v1/chat/completions", request);
+        Assert.Equal(HttpStatusCode.OK, status);
+        int prompt = first.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        int blockSize = live.Server!.Engine!.KvPool.BlockSize;
+        Assert.True(prompt > 2 * blockSize, $"the probe prompt has only {prompt} tokens");
+        var middle = await Scrape();
+        Assert.True(middle.Queried - before.Queried >= prompt, $"queried rose by {middle.Queried - before.Queried}; expected at least {prompt}");
+        (status, _) = await Post("/v1/chat/completions", request);
+        Assert.Equal(HttpStatusCode.OK, status);
+        var after = await Scrape();
+        Assert.True(after.Queried - middle.Queried >= prompt);
+        // The repeat finds every full block of its prompt but the one holding the last token.
+        int expectedHits = (prompt - 1) / blockSize * blockSize;
+        Assert.True(after.Hits - middle.Hits >= expectedHits, $"hits rose by {after.Hits - middle.Hits}; expected at least {expectedHits}");
+        Assert.True(after.Hits <= after.Queried);
+        Assert.Contains("# TYPE bora_prefix_cache_hit_tokens_total counter", await live.Client.GetStringAsync("/metrics"), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Metrics_show_the_kv_blocks_of_a_stream_and_their_release_when_the_client_disconnects()
     {
         if (!V3Server.Available)

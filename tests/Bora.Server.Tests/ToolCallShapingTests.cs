@@ -49,6 +49,26 @@ public partial class ToolCallShapingTests
     private static JsonElement Parse(byte[] json) => JsonDocument.Parse(json).RootElement.Clone();
 
     [Fact]
+    public void Text_on_the_tool_calls_delta_is_content_released_before_the_call()
+    {
+        if (Tok is null)
+        {
+            return;
+        }
+        // The engine releases text held for a stop string with the control token that ends the text run.
+        var deltas = Deltas("Sure", """[{"name": "f", "arguments": {}}]""");
+        int at = deltas.FindIndex(d => d.Token is { } t && Tok.IsControl(t));
+        deltas[at] = deltas[at] with { Text = ", wor" };
+        var writer = Writer(tools: true);
+        string streamed = string.Concat(deltas.Select(d => writer.Delta(d) is { } chunk
+            ? Parse(chunk).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString() : ""));
+        Assert.Equal("Sure, wor", streamed);
+        var message = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0].GetProperty("message");
+        Assert.Equal("Sure, wor", message.GetProperty("content").GetString());
+        Assert.Equal("f", Assert.Single(message.GetProperty("tool_calls").EnumerateArray()).GetProperty("function").GetProperty("name").GetString());
+    }
+
+    [Fact]
     public void A_tool_call_becomes_message_tool_calls_with_null_content_and_finish_reason_tool_calls()
     {
         if (Tok is null)
@@ -218,7 +238,7 @@ public class ServerMetricsTests
         metrics.CountRequest("/v1/completions", 200);
         metrics.CountRequest("/v1/completions", 400);
         metrics.CountTokens(7, 5);
-        string text = metrics.Write(new EngineGauges(2, 3, 4, 50));
+        string text = metrics.Write(new EngineGauges(2, 3, 4, 50, PrefixQueriedTokens: 120, PrefixHitTokens: 96));
         var s = ServeApiTests.ParsePrometheus(text);
         Assert.Equal(2, s["bora_time_to_first_token_seconds_bucket{le=\"0.005\"}"]);
         Assert.Equal(2, s["bora_time_to_first_token_seconds_bucket{le=\"0.1\"}"]);
@@ -236,9 +256,12 @@ public class ServerMetricsTests
         Assert.Equal(3, s["bora_running_sequences"]);
         Assert.Equal(4, s["bora_kv_cache_blocks_used"]);
         Assert.Equal(50, s["bora_kv_cache_blocks_total"]);
+        Assert.Equal(120, s["bora_prefix_cache_queried_tokens_total"]);
+        Assert.Equal(96, s["bora_prefix_cache_hit_tokens_total"]);
         // Every sample's metric has one TYPE line before it.
         foreach (var name in new[] { "bora_requests_total counter", "bora_prompt_tokens_total counter", "bora_generation_tokens_total counter", "bora_queue_depth gauge",
             "bora_running_sequences gauge", "bora_kv_cache_blocks_used gauge", "bora_kv_cache_blocks_total gauge",
+            "bora_prefix_cache_queried_tokens_total counter", "bora_prefix_cache_hit_tokens_total counter",
             "bora_time_to_first_token_seconds histogram", "bora_inter_token_latency_seconds histogram" })
         {
             Assert.Single(Regex.Matches(text, "^# TYPE " + Regex.Escape(name) + "$", RegexOptions.Multiline));

@@ -199,6 +199,10 @@ public sealed class Generator
                 else
                 {
                     text = stop.Append(decoder.Push(next));
+                    if (!stop.Stopped && Tokenizer.IsControl(next))
+                    {
+                        text += stop.Finish(); // a control token ends the text run (as the engine does)
+                    }
                     if (stop.Stopped)
                     {
                         reason = Generation.FinishReason.Stop;

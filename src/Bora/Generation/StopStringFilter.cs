@@ -49,7 +49,10 @@ internal sealed class StopStringFilter(IReadOnlyList<string> stopStrings)
         return pending[..^hold];
     }
 
-    /// <summary>Ends the text: releases what was held (it can no longer become a stop string).</summary>
+    /// <summary>
+    /// Ends a text run, at the end of the stream or at a control token (stop strings are matched within the text
+    /// between control tokens): releases what was held, which can no longer become a stop string. Appending may go on.
+    /// </summary>
     public string Finish()
     {
         string rest = Stopped ? "" : _pending;

@@ -74,7 +74,8 @@ public sealed record SubmitOptions
     /// <summary>
     /// Constrained decoding for this sequence (a fresh instance per submission: it is stateful). The sequence
     /// ends (finish reason Stop) as soon as the constraint is complete; stop strings are not applied while a
-    /// constraint is set (they could cut the constrained output short). A constraint that allows no token
+    /// grammar constraint is set (they could cut the constrained output short; a <see cref="BannedTokensConstraint"/>
+    /// keeps them). A constraint that allows no token
     /// ends the sequence with finish reason Length.
     /// </summary>
     public ITokenConstraint? Constraint { get; init; }
@@ -104,7 +105,7 @@ public sealed class GenerationHandle
         Decoder = new StreamingDecoder(tokenizer, sequence.Tokens[^1]);
         Constraint = extras?.Constraint;
         TopLogprobs = extras?.TopLogprobs;
-        Stop = new StopStringFilter(Constraint is null ? stops : []);
+        Stop = new StopStringFilter(Constraint is null or BannedTokensConstraint ? stops : []);
     }
 
     public int PromptTokens => Sequence.PromptLength;
@@ -188,6 +189,7 @@ public sealed class InferenceEngine : IDisposable
     private int _waitingSnapshot, _runningSnapshot, _peakBatch;
     private int _kvUsedSnapshot;
     private long _cachedPromptSnapshot;
+    private long _queriedPromptSnapshot;
 
     public InferenceEngine(Transformer model, ITokenizer tokenizer, EngineOptions? options = null)
     {
@@ -243,6 +245,9 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>Prompt tokens whose KV blocks came from the prefix cache instead of being computed (as of the last engine step).</summary>
     public long PrefixCachedTokens => Volatile.Read(ref _cachedPromptSnapshot);
+
+    /// <summary>Tokens of admitted sequences looked up in the prefix cache (as of the last engine step); <see cref="PrefixCachedTokens"/> of them were found.</summary>
+    public long PrefixQueriedTokens => Volatile.Read(ref _queriedPromptSnapshot);
 
     /// <summary>
     /// Queues a generation of <paramref name="prompt"/> (empty = BOS alone). Sampling options are
@@ -334,6 +339,7 @@ public sealed class InferenceEngine : IDisposable
                 Volatile.Write(ref _runningSnapshot, _scheduler.Running.Count);
                 Volatile.Write(ref _kvUsedSnapshot, _store.BlockCount - _scheduler.Blocks.Pool.FreeCount);
                 Volatile.Write(ref _cachedPromptSnapshot, _scheduler.CachedPromptTokens);
+                Volatile.Write(ref _queriedPromptSnapshot, _scheduler.QueriedPromptTokens);
                 if (batch.IsEmpty)
                 {
                     _signal.WaitOne(TimeSpan.FromMilliseconds(200));
@@ -462,6 +468,10 @@ public sealed class InferenceEngine : IDisposable
                 continue; // text tail is flushed when it completes
             }
             string text = h.Stop.Append(h.Decoder.Push(token));
+            if (!h.Stop.Stopped && _tokenizer.IsControl(token))
+            {
+                text += h.Stop.Finish(); // a control token ends the text run: what was held back is released with it
+            }
             h.Emit(token, text, logprob);
             if ((h.Stop.Stopped || h.Constraint?.IsComplete == true) && c.Sequence.Status != SequenceStatus.Finished)
             {

@@ -156,6 +156,12 @@ public sealed class Scheduler
     /// <summary>Prompt tokens taken from the prefix cache at admissions so far (not computed again).</summary>
     public long CachedPromptTokens { get; private set; }
 
+    /// <summary>
+    /// Tokens looked up in the prefix cache at admissions so far (every token of each admitted sequence, as vLLM's
+    /// prefix-cache queries); <see cref="CachedPromptTokens"/> of them were hits.
+    /// </summary>
+    public long QueriedPromptTokens { get; private set; }
+
     /// <summary>Queues a new sequence, or says why it cannot be queued (then nothing changes).</summary>
     public Admission Add(Sequence seq)
     {
@@ -234,6 +240,7 @@ public sealed class Scheduler
                 }
                 _waiting.RemoveAt(0);
                 CachedPromptTokens += cached;
+                QueriedPromptTokens += seq.Tokens.Count;
                 seq.Status = SequenceStatus.Running;
                 InsertByArrival(_running, seq);
                 chunks.Add(new ScheduledChunk(seq, cached, n, cached + n == seq.Tokens.Count));

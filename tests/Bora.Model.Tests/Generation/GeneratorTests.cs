@@ -146,6 +146,18 @@ public sealed class GeneratorTests
     }
 
     [Fact]
+    public void StopString_HeldText_IsReleasedAtAControlToken_AndStopsDoNotSpanIt()
+    {
+        // BOS is a control token of the fake tokenizer (like [TOOL_CALLS]): it ends the text run, so the held
+        // "\nUs" comes out with it and "er:" after it cannot complete "\nUser:".
+        var stream = new Generator(Script(1, W("▁Hello"), W("\n"), W("Us"), Tok.Bos, W("er"), W(":")), Tok, 32)
+            .Stream([Tok.Bos], SamplingOptions.Greedy with { StopStrings = ["\nUser:"] });
+        Assert.Equal(["Hello", "", "", "\nUs", "er", ":", ""], stream.Select(t => t.Text).ToList());
+        Assert.Equal(FinishReason.Eos, stream.FinishReason);
+        Assert.Equal("Hello\nUser:", stream.Text);
+    }
+
+    [Fact]
     public void StopString_InsideOneToken_DropsItAndWhatFollows_EarliestStopWins()
     {
         var r = new Generator(Script(1, W("▁Hello"), W("lo!X")), Tok, 32)

@@ -25,15 +25,19 @@ public record struct ToolCallState
     /// <summary>Name segment: candidates are names[Lo .. Hi) (sorted, all sharing the Pos characters matched).</summary>
     public byte Lo, Hi;
 
-    /// <summary>Arguments segment: the JSON object's state.</summary>
+    /// <summary>Arguments segment: the JSON object's state (functions without an argument schema).</summary>
     public JsonState Args;
+
+    /// <summary>Arguments segment: the schema grammar's state (functions with an argument schema; default until the first byte).</summary>
+    public JsonSchemaState Schema;
 }
 
 /// <summary>
 /// The text Mistral models write after the <c>[TOOL_CALLS]</c> control token (v2 .. v7, as
 /// <c>ToolCallParser</c> reads it): a JSON list of calls
 /// <c>[{"name": "NAME", "arguments": {...}}, ...]</c>, each NAME one of the declared function names, the
-/// arguments any JSON object (<see cref="JsonGrammar"/> limits), optionally followed by the call id v3+ models
+/// arguments any JSON object (<see cref="JsonGrammar"/> limits) or, for a function given an argument schema, a
+/// text of that <see cref="JsonSchemaGrammar"/>, optionally followed by the call id v3+ models
 /// write (<c>, "id": "a1B2c3D4e"</c>: 1 to 64 ASCII letters and digits). Up to <see cref="MaxWhitespace"/> whitespace
 /// bytes may separate the pieces and precede the list. With <c>several = false</c> exactly one call is allowed.
 /// Complete when the list closes.
@@ -56,10 +60,12 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
     private readonly byte[][] _names;   // sorted by ordinal bytes
     private readonly bool _several;
     private readonly JsonGrammar _args = JsonGrammar.Object;
+    private readonly JsonSchemaGrammar?[] _schemas; // (names) argument grammar of each sorted name, null = any object
 
     /// <param name="names">Allowed function names: 1 to 64 of [A-Za-z0-9_.-], 1 to 255 distinct names.</param>
     /// <param name="several">Allow several calls in the list (parallel tool calls); false = exactly one.</param>
-    public ToolCallGrammar(IEnumerable<string> names, bool several)
+    /// <param name="argumentSchemas">Compiled "parameters" schemas by function name; functions not in it take any JSON object.</param>
+    public ToolCallGrammar(IEnumerable<string> names, bool several, IReadOnlyDictionary<string, JsonSchemaGrammar>? argumentSchemas = null)
     {
         ArgumentNullException.ThrowIfNull(names);
         var list = names.Distinct(StringComparer.Ordinal).ToList();
@@ -76,6 +82,7 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
         }
         list.Sort(StringComparer.Ordinal);
         _names = [.. list.Select(Encoding.ASCII.GetBytes)];
+        _schemas = [.. list.Select(n => argumentSchemas is not null && argumentSchemas.TryGetValue(n, out var g) ? g : null)];
         _several = several;
     }
 
@@ -87,8 +94,14 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
     public bool IsComplete(in ToolCallState state) => state.Segment == Done;
 
     /// <summary>A constraint for the whole tool-call output: the <c>[TOOL_CALLS]</c> token, then this grammar.</summary>
-    public static ITokenConstraint ForcedCalls(ITokenizer tokenizer, TokenId toolCallsToken, IEnumerable<string> names, bool several) =>
-        new ForcedTokenConstraint(toolCallsToken, new GrammarConstraint<ToolCallState>(TokenTrie.Of(tokenizer), new ToolCallGrammar(names, several)));
+    /// <param name="tokenizer">The model's tokenizer.</param>
+    /// <param name="toolCallsToken">The <c>[TOOL_CALLS]</c> control token.</param>
+    /// <param name="names">Allowed function names.</param>
+    /// <param name="several">Allow several calls.</param>
+    /// <param name="argumentSchemas">Argument schemas by function name (see the constructor); null = any JSON object for every function.</param>
+    public static ITokenConstraint ForcedCalls(ITokenizer tokenizer, TokenId toolCallsToken, IEnumerable<string> names, bool several,
+        IReadOnlyDictionary<string, JsonSchemaGrammar>? argumentSchemas = null) =>
+        new ForcedTokenConstraint(toolCallsToken, new GrammarConstraint<ToolCallState>(TokenTrie.Of(tokenizer), new ToolCallGrammar(names, several, argumentSchemas)));
 
     public bool Next(in ToolCallState state, byte b, out ToolCallState next)
     {
@@ -97,6 +110,21 @@ public sealed partial class ToolCallGrammar : IByteGrammar<ToolCallState>
         if (seg == Done)
         {
             return false;
+        }
+        if (seg == 8 && _schemas[state.Lo] is { } schema)
+        {
+            // The name segment left Lo on the called function.
+            var current = state.Schema.Readings == 0 ? schema.Start : state.Schema;
+            if (!schema.Next(current, b, out next.Schema))
+            {
+                return false;
+            }
+            if (schema.IsComplete(next.Schema))
+            {
+                next.Segment = 9;
+                next.Schema = default;
+            }
+            return true;
         }
         if (seg == 8)
         {
