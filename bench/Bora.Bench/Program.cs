@@ -10,6 +10,7 @@ namespace Bora.Bench;
 /// <item><c>synthesize</c> — write a random-weight GGUF of a named shape (<see cref="SyntheticModels"/>).</item>
 /// <item><c>attention</c> — tiled against per-query attention on Mistral 7B's attention shape (<see cref="AttentionBench"/>).</item>
 /// <item><c>matmul</c> (also the default when the first argument is an option) — the matrix micro-benchmark (<see cref="MatMulBench"/>).</item>
+/// <item><c>packed</c> — packed 16-row Q8_0 groups against the current Q8_0 paths (<see cref="PackedBench"/>).</item>
 /// </list>
 /// </summary>
 public static class Program
@@ -33,12 +34,14 @@ public static class Program
                 case "matmul":
                     MatMulBench.Run(args[1..]);
                     return 0;
+                case "packed":
+                    return PackedBench.Run(args[1..]);
                 case null:
                 case var a when a.StartsWith("--", StringComparison.Ordinal):
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, engine, synthesize, attention or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, engine, synthesize, attention, matmul or packed");
                     return 2;
             }
         }

@@ -6,7 +6,7 @@ namespace Bora.Model.Tests.QuantKernels;
 /// The packed 16-row Q8_0 layout (<see cref="Q8_0Packed"/>): packing round-trips byte for byte, and its AVX-512
 /// kernel, its scalar twin over the packed layout and the rows-in-lanes scalar twin over the GGUF rows
 /// (<see cref="Q8_0Interleaved.RunScalar"/>) agree bit for bit over group tails (rows 1..67), blocks per row 1..9, token
-/// counts 0..20 and the tile / split-chunk boundaries, row sub-ranges, and the int16 extremes of the kernel's sums.
+/// counts 0..20 and larger ones, sweeps of the tiles over several groups, row sub-ranges, and the int16 extremes of the kernel's sums.
 /// Weights are random bytes (every quant value, -128 included; f16 scales normal and subnormal, both signs), not only
 /// what <see cref="BlockQuantizer"/> produces.
 /// </summary>
@@ -103,13 +103,40 @@ public sealed unsafe class Q8_0PackedTests
         {
             Check(rng, 20, nb, tokens: 9);
         }
-        // Around the split chunks of 32 tokens, and a Mistral-width row (K = 4096).
-        foreach (int tokens in new[] { 31, 32, 33, 64, 65 })
+        // Larger token counts (many tiles), and Mistral-width rows (K = 4096): 7 groups (112 rows) per sweep of the
+        // tiles, so 130 rows take a whole sweep and a partial one, in one range and from row 16 on.
+        foreach (int tokens in new[] { 31, 32, 33, 65 })
         {
             Check(rng, 35, nb: 4, tokens);
         }
         Check(rng, 48, nb: 128, tokens: 1);
-        Check(rng, 33, nb: 128, tokens: 3);
+        Check(rng, 130, nb: 128, tokens: 9);
+        Check(rng, 130, nb: 128, tokens: 9, r0: 16);
+    }
+
+    [Fact]
+    public void RunWithoutPrepareThrows()
+    {
+        if (!HasKernel)
+        {
+            return;
+        }
+        var rng = new Random(3);
+        byte[] packed = Pack(RandomRows(rng, 16, 2), 16, 2);
+        var act = Activations(rng, 2, 2);
+        var y = new float[2 * 16];
+        fixed (byte* pp = packed)
+        fixed (float* py = y)
+        {
+            byte* p = pp;
+            float* q = py;
+            var e = Assert.Throws<InvalidOperationException>(() => Q8_0Packed.Run(p, 2, 16, act, 2, q, 0, 16));
+            Assert.Contains("Prepare", e.Message, StringComparison.Ordinal);
+            // Prepared for fewer tokens than the product asks for: also refused.
+            Q8_0Packed.Prepare(Activations(rng, 1, 2));
+            Q8_0Packed.Prepare(act);
+            Assert.Throws<InvalidOperationException>(() => Q8_0Packed.Run(p, 2, 16, act, 3, q, 0, 16));
+        }
     }
 
     [Fact]
@@ -190,15 +217,18 @@ public sealed unsafe class Q8_0PackedTests
     }
 
     /// <summary>Random GGUF-layout weights and activations of (n, 32 nb) x tokens, compared by <see cref="Compare"/>.</summary>
-    private static void Check(Random rng, int n, int nb, int tokens)
+    private static void Check(Random rng, int n, int nb, int tokens, int r0 = 0)
     {
         byte[] w = RandomRows(rng, n, nb);
         var act = Activations(rng, tokens, nb);
-        Compare(w, n, nb, act, tokens, $"N = {n}, nb = {nb}, T = {tokens}");
+        Compare(w, n, nb, act, tokens, $"N = {n}, nb = {nb}, T = {tokens}, rows from {r0}", r0);
     }
 
-    /// <summary>Run (when the CPU has it), RunScalar over the packed layout and Q8_0Interleaved.RunScalar over the rows: equal bits.</summary>
-    private static void Compare(byte[] w, int n, int nb, Q8Activations act, int tokens, string what)
+    /// <summary>
+    /// Run (when the CPU has it), RunScalar over the packed layout and Q8_0Interleaved.RunScalar over the rows, for rows
+    /// [r0, n): equal bits.
+    /// </summary>
+    private static void Compare(byte[] w, int n, int nb, Q8Activations act, int tokens, string what, int r0 = 0)
     {
         byte[] packed = Pack(w, n, nb);
         var expected = new float[tokens * n];
@@ -207,12 +237,12 @@ public sealed unsafe class Q8_0PackedTests
         fixed (byte* pw = w, pp = packed)
         fixed (float* pe = expected, ps = scalar, pk = kernel)
         {
-            Q8_0Interleaved.RunScalar(pw, nb * BlockBytes, nb, n, act, tokens, pe, 0, n);
+            Q8_0Interleaved.RunScalar(pw, nb * BlockBytes, nb, n, act, tokens, pe, r0, n);
             Q8_0Packed.Prepare(act);
-            Q8_0Packed.RunScalar(pp, nb, n, act, tokens, ps, 0, n);
+            Q8_0Packed.RunScalar(pp, nb, n, act, tokens, ps, r0, n);
             if (HasKernel)
             {
-                Q8_0Packed.Run(pp, nb, n, act, tokens, pk, 0, n);
+                Q8_0Packed.Run(pp, nb, n, act, tokens, pk, r0, n);
             }
         }
         for (int i = 0; i < expected.Length; i++)

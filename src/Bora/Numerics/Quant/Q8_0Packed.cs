@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -23,8 +24,8 @@ namespace Bora.Numerics.Quant;
 /// <para>Arithmetic per (row, token), over the blocks in order: p = sum of u x (exact in int32), then
 /// acc = fma(d_w, fms(p, d_x, 128 d_x sum x), acc): the sequence of <see cref="Q8_0Interleaved"/> and its scalar twin
 /// <see cref="Q8_0Interleaved.RunScalar"/>, so all agree bit for bit. The AVX-512 kernel gets p without splitting the
-/// weights: each token's activations are split once per product (per <see cref="ChunkTokens"/> tokens, into a
-/// per-thread buffer) as x = 16 xh + xl with xh in [-8, 8], xl in [-8, 7], and per block 8 vpmaddubsw of u with xl and 8
+/// weights: each token's activations are split once per product (by <see cref="Prepare"/>, into a buffer kept with
+/// the activations) as x = 16 xh + xl with xh in [-8, 8], xl in [-8, 7], and per block 8 vpmaddubsw of u with xl and 8
 /// with xh add up in int16 without saturating (16 products of at most 255 * 8 = 2040: at most 32640), then
 /// p = 16 (xh sums) + (xl sums) with two vpmaddwd.</para>
 /// Letters: N = rows, K = cols, T = tokens, nb = K / 32, G = ceil(N / 16) groups.
@@ -40,14 +41,16 @@ internal static unsafe class Q8_0Packed
     /// <summary>Tokens per tile (accumulators in registers beside the block's 8 weight vectors).</summary>
     private const int TileTokens = 8;
 
-    /// <summary>Tokens whose activations are split at a time (the split buffer is ChunkTokens x nb x 64 bytes per thread).</summary>
-    internal const int ChunkTokens = 32;
+    /// <summary>
+    /// Weight bytes of the groups that a tile of tokens sweeps before the next tile (they stay in L2 across the tiles,
+    /// while the tile's activations stay in L1 across the groups): half of a 1 MB L2.
+    /// </summary>
+    private const long SweepBytes = 512 * 1024;
 
     private const int BlockBytes = 34;
 
-    /// <summary>Per-thread split activations: (ChunkTokens, nb, 2, 32) sbyte, per block xl then xh.</summary>
-    [ThreadStatic]
-    private static byte[]? t_split;
+    /// <summary>The split activations of each <see cref="Q8Activations"/> (one product at a time each), filled by <see cref="Prepare"/>.</summary>
+    private static readonly ConditionalWeakTable<Q8Activations, SplitBuffer> s_split = [];
 
     /// <summary>Bytes of one 16-row group of <paramref name="nb"/> blocks.</summary>
     public static long GroupBytes(int nb) => (long)nb * BlockGroupBytes;
@@ -98,14 +101,30 @@ internal static unsafe class Q8_0Packed
         }
     }
 
-    /// <summary>Once per product on the calling thread: the activation data the kernels read (128 d_x sum x per block).</summary>
-    public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(128);
+    /// <summary>
+    /// Once per product on the calling thread, after quantizing the activations (blocks of 32): the data the kernels
+    /// read, 128 d_x sum x per block and the activations split for <see cref="Run"/> (see the class summary; kept with
+    /// <paramref name="act"/>, (T, nb, 2, 32) bytes, grown to the largest product and reused).
+    /// </summary>
+    public static void Prepare(Q8Activations act)
+    {
+        act.PrepareOffsetSums(128);
+        var buffer = s_split.GetValue(act, static _ => new SplitBuffer());
+        int nb = act.Cols / 32;
+        long tokenBytes = (long)nb * 64;
+        buffer.Fill(act.Tokens, act.Cols, act.Tokens * tokenBytes);
+        sbyte* split = buffer.Pointer;
+        for (int t = 0; t < act.Tokens; t++)
+        {
+            Split(act.Row(t).Q, nb, split + t * tokenBytes);
+        }
+    }
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), AVX-512 (BW).
     /// packed: the matrix's first group; y: (T, N). Needs <see cref="Prepare"/> for this product.
-    /// Per chunk of up to <see cref="ChunkTokens"/> tokens, the chunk's activations are split (see the class summary),
-    /// then each group in the range is swept by tiles of up to 8 tokens (the group stays in L2 across its tiles).
+    /// Tiles of up to 8 tokens sweep the groups of the range a few at a time (<see cref="SweepBytes"/> of weights, which
+    /// stay in L2 across the tiles; a 1-token product streams the range once, group after group).
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
@@ -113,39 +132,36 @@ internal static unsafe class Q8_0Packed
         {
             return;
         }
-        long tokenBytes = (long)nb * 64; // (nb, 2, 32): one token's split activations
-        long need = Math.Min(tokens, ChunkTokens) * tokenBytes;
-        if (t_split is null || t_split.LongLength < need)
+        if (!s_split.TryGetValue(act, out var buffer) || !buffer.Matches(tokens, nb * 32))
         {
-            t_split = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
+            throw new InvalidOperationException($"Q8_0Packed.Run of {tokens} tokens x {nb * 32} columns: Prepare was not called for these activations");
         }
-        sbyte* split = (sbyte*)Unsafe.AsPointer(ref t_split[0]);
+        sbyte* split = buffer.Pointer;
+        long tokenBytes = (long)nb * 64;
+        long groupBytes = GroupBytes(nb);
+        int sweepRows = GroupRows * (int)Math.Clamp(SweepBytes / groupBytes, 1, 64);
         float* partial = stackalloc float[GroupRows];
         var xs = stackalloc nint[TileTokens];
         var dx = stackalloc nint[TileTokens];
         var ds = stackalloc nint[TileTokens];
-        for (int c0 = 0; c0 < tokens; c0 += ChunkTokens)
+        for (int s0 = r0; s0 < r1; s0 += sweepRows)
         {
-            int ct = Math.Min(ChunkTokens, tokens - c0);
-            for (int t = 0; t < ct; t++)
+            int s1 = Math.Min(r1, s0 + sweepRows);
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
-                Split(act.Row(c0 + t).Q, nb, split + t * tokenBytes);
-            }
-            for (int g0 = r0; g0 < r1; g0 += GroupRows)
-            {
-                int rows = Math.Min(GroupRows, r1 - g0);
-                byte* g = packed + g0 / GroupRows * GroupBytes(nb);
-                for (int t0 = 0; t0 < ct; t0 += TileTokens)
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
                 {
-                    int tt = Math.Min(TileTokens, ct - t0);
-                    for (int j = 0; j < TileTokens; j++)
-                    {
-                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                        xs[j] = (nint)(split + t * tokenBytes);
-                        dx[j] = (nint)act.Row(c0 + t).D;
-                        ds[j] = (nint)act.OffsetSums(c0 + t);
-                    }
-                    float* yt = y + (long)(c0 + t0) * n + g0;
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                    xs[j] = (nint)(split + t * tokenBytes);
+                    dx[j] = (nint)act.Row(t).D;
+                    ds[j] = (nint)act.OffsetSums(t);
+                }
+                for (int g0 = s0; g0 < s1; g0 += GroupRows)
+                {
+                    int rows = Math.Min(GroupRows, s1 - g0);
+                    byte* g = packed + g0 / GroupRows * groupBytes;
+                    float* yt = y + (long)t0 * n + g0;
                     switch (tt)
                     {
                         case 1: Tile<Tokens1>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
@@ -335,5 +351,25 @@ internal static unsafe class Q8_0Packed
                 y[(long)t * n + r] = acc;
             }
         }
+    }
+
+    /// <summary>A pinned, reused buffer of split activations and the shape it was filled for.</summary>
+    private sealed class SplitBuffer
+    {
+        private byte[] _bytes = [];
+        private int _tokens, _cols;
+
+        public sbyte* Pointer => (sbyte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_bytes));
+
+        public void Fill(int tokens, int cols, long bytes)
+        {
+            if (_bytes.LongLength < bytes)
+            {
+                _bytes = GC.AllocateUninitializedArray<byte>(checked((int)bytes), pinned: true);
+            }
+            (_tokens, _cols) = (tokens, cols);
+        }
+
+        public bool Matches(int tokens, int cols) => tokens <= _tokens && cols == _cols;
     }
 }
