@@ -16,7 +16,8 @@ namespace Bora.Bench;
 /// Each variant quantizes the activations and runs the product on <see cref="NumericsThreads.For"/> with the same
 /// row split as <see cref="QuantizedMatrix"/> (4 items per thread, multiples of 16 rows); the variants alternate call by
 /// call in one loop, so machine load hits them alike. Prints median ms per call, weight GB/s (stored bytes / time) and
-/// the ratios current / packed and repack / packed (above 1: packed is faster). The packed kernel is internal to Bora and
+/// the ratios current / packed and repack / packed (above 1: packed is faster), of median wall time and of mean process
+/// CPU time per call. The packed kernel is internal to Bora and
 /// reached here by reflection (the bench has no access to Bora's internals).
 /// Letters: N = rows, K = cols, T = tokens.
 /// </summary>
@@ -77,7 +78,7 @@ public static unsafe class PackedBench
             }
             long bytes = q.Blocks.Length;
             Console.WriteLine($"Q8_0 ({n}, {k}), {bytes / 1e6:F1} MB stored, packed {groups * groupBytes / 1e6:F1} MB; threads {threads} (processor count {Environment.ProcessorCount}), ISA {QuantDot.Best}, {Environment.Version}");
-            Console.WriteLine($"{"T",5} {"current ms",11} {"repack ms",10} {"packed ms",10} {"packed GB/s",12} {"cur/packed",11} {"repack/packed",14}");
+            Console.WriteLine($"{"T",5} {"current ms",11} {"repack ms",10} {"packed ms",10} {"packed GB/s",12} {"cur/packed",11} {"repack/packed",14} {"cpu cur/packed",15} {"cpu rep/packed",15}");
             foreach (int tokens in tokenCounts)
             {
                 var x = new float[tokens * k];
@@ -112,7 +113,7 @@ public static unsafe class PackedBench
                         QuantDispatch.Q8_0InterleavedMinTokens = QuantDispatch.DefaultQ8_0InterleavedMinTokens;
                     }
                 }
-                var r = Measure([() => q.MatMul(x, y, tokens), Repack, Packed], seconds);
+                var (r, cpu) = Measure([() => q.MatMul(x, y, tokens), Repack, Packed], seconds);
                 // The packed product equals the rows-in-lanes one bit for bit (the tests' claim; checked here on this shape too).
                 Repack();
                 Packed();
@@ -120,7 +121,7 @@ public static unsafe class PackedBench
                 {
                     throw new InvalidOperationException($"T = {tokens}: packed and rows-in-lanes products differ");
                 }
-                Console.WriteLine($"{tokens,5} {r[0],11:F3} {r[1],10:F3} {r[2],10:F3} {bytes / r[2] / 1e6,12:F1} {r[0] / r[2],11:F2} {r[1] / r[2],14:F2}");
+                Console.WriteLine($"{tokens,5} {r[0],11:F3} {r[1],10:F3} {r[2],10:F3} {bytes / r[2] / 1e6,12:F1} {r[0] / r[2],11:F2} {r[1] / r[2],14:F2} {cpu[0] / cpu[2],15:F2} {cpu[1] / cpu[2],15:F2}");
             }
         }
         finally
@@ -180,8 +181,11 @@ public static unsafe class PackedBench
         public void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) => _run(packed, nb, n, act, tokens, y, r0, r1);
     }
 
-    /// <summary>Median wall ms per call of each variant, called in turn (A, B, C, A, ...) for about <paramref name="seconds"/> per variant after warm-up.</summary>
-    private static double[] Measure(Action[] variants, double seconds)
+    /// <summary>
+    /// Median wall ms per call of each variant, called in turn (A, B, C, A, ...) for about <paramref name="seconds"/> per
+    /// variant after warm-up; and the process CPU ms per call (mean; less sensitive to other processes taking the cores).
+    /// </summary>
+    private static (double[] Wall, double[] Cpu) Measure(Action[] variants, double seconds)
     {
         foreach (var v in variants)
         {
@@ -191,16 +195,19 @@ public static unsafe class PackedBench
             }
         }
         var times = variants.Select(_ => new List<double>()).ToArray();
+        var cpu = new double[variants.Length];
         var total = Stopwatch.StartNew();
         while (total.Elapsed.TotalSeconds < seconds * variants.Length || times[0].Count < 5)
         {
             for (int v = 0; v < variants.Length; v++)
             {
+                var c0 = Process.GetCurrentProcess().TotalProcessorTime;
                 long t0 = Stopwatch.GetTimestamp();
                 variants[v]();
                 times[v].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                cpu[v] += (Process.GetCurrentProcess().TotalProcessorTime - c0).TotalMilliseconds;
             }
         }
-        return [.. times.Select(t => t.Order().ElementAt(t.Count / 2))];
+        return ([.. times.Select(t => t.Order().ElementAt(t.Count / 2))], [.. cpu.Select((c, v) => c / times[v].Count)]);
     }
 }

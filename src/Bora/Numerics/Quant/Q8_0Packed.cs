@@ -220,34 +220,34 @@ internal static unsafe class Q8_0Packed
             var u7 = Vector512.Load(q + 448);
             var dw = Halves(Vector256.Load((short*)(g + ScaleOffset(b))));
             long xo = 64L * b;
-            c0 = Token(c0, u0, u1, u2, u3, u4, u5, u6, u7, dw, x0 + xo, dx[0][b], ds[0][b]);
+            c0 = Token(c0, u0, u1, u2, u3, u4, u5, u6, u7, dw, x0 + xo, dx[0] + b, ds[0] + b);
             if (TN.Value > 1)
             {
-                c1 = Token(c1, u0, u1, u2, u3, u4, u5, u6, u7, dw, x1 + xo, dx[1][b], ds[1][b]);
+                c1 = Token(c1, u0, u1, u2, u3, u4, u5, u6, u7, dw, x1 + xo, dx[1] + b, ds[1] + b);
             }
             if (TN.Value > 2)
             {
-                c2 = Token(c2, u0, u1, u2, u3, u4, u5, u6, u7, dw, x2 + xo, dx[2][b], ds[2][b]);
+                c2 = Token(c2, u0, u1, u2, u3, u4, u5, u6, u7, dw, x2 + xo, dx[2] + b, ds[2] + b);
             }
             if (TN.Value > 3)
             {
-                c3 = Token(c3, u0, u1, u2, u3, u4, u5, u6, u7, dw, x3 + xo, dx[3][b], ds[3][b]);
+                c3 = Token(c3, u0, u1, u2, u3, u4, u5, u6, u7, dw, x3 + xo, dx[3] + b, ds[3] + b);
             }
             if (TN.Value > 4)
             {
-                c4 = Token(c4, u0, u1, u2, u3, u4, u5, u6, u7, dw, x4 + xo, dx[4][b], ds[4][b]);
+                c4 = Token(c4, u0, u1, u2, u3, u4, u5, u6, u7, dw, x4 + xo, dx[4] + b, ds[4] + b);
             }
             if (TN.Value > 5)
             {
-                c5 = Token(c5, u0, u1, u2, u3, u4, u5, u6, u7, dw, x5 + xo, dx[5][b], ds[5][b]);
+                c5 = Token(c5, u0, u1, u2, u3, u4, u5, u6, u7, dw, x5 + xo, dx[5] + b, ds[5] + b);
             }
             if (TN.Value > 6)
             {
-                c6 = Token(c6, u0, u1, u2, u3, u4, u5, u6, u7, dw, x6 + xo, dx[6][b], ds[6][b]);
+                c6 = Token(c6, u0, u1, u2, u3, u4, u5, u6, u7, dw, x6 + xo, dx[6] + b, ds[6] + b);
             }
             if (TN.Value > 7)
             {
-                c7 = Token(c7, u0, u1, u2, u3, u4, u5, u6, u7, dw, x7 + xo, dx[7][b], ds[7][b]);
+                c7 = Token(c7, u0, u1, u2, u3, u4, u5, u6, u7, dw, x7 + xo, dx[7] + b, ds[7] + b);
             }
         }
         Q4_0Interleaved.Store(c0, y, rows, partial);
@@ -287,7 +287,7 @@ internal static unsafe class Q8_0Packed
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> u0, Vector512<byte> u1, Vector512<byte> u2, Vector512<byte> u3,
-        Vector512<byte> u4, Vector512<byte> u5, Vector512<byte> u6, Vector512<byte> u7, Vector512<float> dw, sbyte* x, float dx, float ds128)
+        Vector512<byte> u4, Vector512<byte> u5, Vector512<byte> u6, Vector512<byte> u7, Vector512<float> dw, sbyte* x, float* dx, float* ds128)
     {
         // Each sum: 8 vpmaddubsw of u (at most 255) with parts of magnitude at most 8: 16 products per int16 lane, |sum| <= 32640.
         var lo = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)x).AsSByte())
@@ -307,7 +307,7 @@ internal static unsafe class Q8_0Packed
                + Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(*(int*)(x + 56)).AsSByte())
                + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(*(int*)(x + 60)).AsSByte());
         var p = Avx512BW.MultiplyAddAdjacent(hi, Vector512.Create((short)16)) + Avx512BW.MultiplyAddAdjacent(lo, Vector512.Create((short)1));
-        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(Avx512F.ConvertToVector512Single(p), Vector512.Create(dx), Vector512.Create(ds128)), acc);
+        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(Avx512F.ConvertToVector512Single(p), Vector512.Create(*dx), Vector512.Create(*ds128)), acc);
     }
 
     /// <summary>
