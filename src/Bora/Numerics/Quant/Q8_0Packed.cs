@@ -103,12 +103,16 @@ internal static unsafe class Q8_0Packed
 
     /// <summary>
     /// Once per product on the calling thread, after quantizing the activations (blocks of 32): the data the kernels
-    /// read, 128 d_x sum x per block and the activations split for <see cref="Run"/> (see the class summary; kept with
-    /// <paramref name="act"/>, (T, nb, 2, 32) bytes, grown to the largest product and reused).
+    /// read, 128 d_x sum x per block and, where the CPU has AVX-512, the activations split for <see cref="Run"/> (see the
+    /// class summary; kept with <paramref name="act"/>, (T, nb, 2, 32) bytes, grown to the largest product and reused).
     /// </summary>
     public static void Prepare(Q8Activations act)
     {
         act.PrepareOffsetSums(128);
+        if (!Avx512BW.IsSupported)
+        {
+            return; // only Run reads the split activations; the scalar twin reads the quants
+        }
         var buffer = s_split.GetValue(act, static _ => new SplitBuffer());
         int nb = act.Cols / 32;
         long tokenBytes = (long)nb * 64;
