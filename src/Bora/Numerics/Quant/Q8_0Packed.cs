@@ -1,5 +1,4 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
@@ -23,11 +22,14 @@ namespace Bora.Numerics.Quant;
 /// that row's scale of block 3 is at 3 * 544 + 10 = 1642, of block 2 at 2 * 544 + 512 + 10 = 1610.</para>
 /// <para>Arithmetic per (row, token), over the blocks in order: p = sum of u x (exact in int32), then
 /// acc = fma(d_w, fms(p, d_x, 128 d_x sum x), acc): the sequence of <see cref="Q8_0Interleaved"/> and its scalar twin
-/// <see cref="Q8_0Interleaved.RunScalar"/>, so all agree bit for bit. The AVX-512 kernel gets p without splitting the
-/// weights: each token's activations are split once per product (by <see cref="Prepare"/>, into a buffer kept with
-/// the activations) as x = 16 xh + xl with xh in [-8, 8], xl in [-8, 7], and per block 8 vpmaddubsw of u with xl and 8
-/// with xh add up in int16 without saturating (16 products of at most 255 * 8 = 2040: at most 32640), then
-/// p = 16 (xh sums) + (xl sums) with two vpmaddwd.</para>
+/// <see cref="Q8_0Interleaved.RunScalar"/>, so all agree bit for bit. The AVX-512 kernel splits each block's 8 stored
+/// vectors into two nibble planes once per tile (u = 16 hi + lo; lo = u and 15, hi = (u shr 4) and 15: 24 and / shift
+/// ops per block and tile), then per token 8 vpmaddubsw per plane, sharing the token's 8 broadcasts, add up in int16
+/// without saturating (16 products of at most 15 * 127 each) and p = 16 (hi sums) + (lo sums) with two vpmaddwd.
+/// (The other sequence considered, splitting the activations once per product as x = 16 xh + xl, xh in [-8, 8], xl in
+/// [-8, 7], needs no weight unpacking but 16 broadcasts per token and block instead of 8, and a per-product buffer.
+/// Measured side by side on the 2-core AVX-512 box under load, <c>bench/Bora.Bench packed</c>, CPU time of that sequence
+/// over this one: T = 1: 0.81-0.92, 2: 0.91-1.08, 4: 1.19-1.23, 8: 1.13-1.16, 16: 1.13-1.14, 512: 1.03-1.08.)</para>
 /// Letters: N = rows, K = cols, T = tokens, nb = K / 32, G = ceil(N / 16) groups.
 /// </summary>
 internal static unsafe class Q8_0Packed
@@ -38,8 +40,8 @@ internal static unsafe class Q8_0Packed
     /// <summary>Bytes of one block of a group: 16 rows' quants (512) and f16 scales (32), the file's 16 x 34.</summary>
     public const int BlockGroupBytes = 544;
 
-    /// <summary>Tokens per tile (accumulators in registers beside the block's 8 weight vectors).</summary>
-    private const int TileTokens = 8;
+    /// <summary>Tokens per tile (accumulators in registers beside the block's 16 nibble-plane vectors).</summary>
+    private const int TileTokens = 6;
 
     /// <summary>
     /// Weight bytes of the groups that a tile of tokens sweeps before the next tile (they stay in L2 across the tiles,
@@ -48,9 +50,6 @@ internal static unsafe class Q8_0Packed
     private const long SweepBytes = 512 * 1024;
 
     private const int BlockBytes = 34;
-
-    /// <summary>The split activations of each <see cref="Q8Activations"/> (one product at a time each), filled by <see cref="Prepare"/>.</summary>
-    private static readonly ConditionalWeakTable<Q8Activations, SplitBuffer> s_split = [];
 
     /// <summary>Bytes of one 16-row group of <paramref name="nb"/> blocks.</summary>
     public static long GroupBytes(int nb) => (long)nb * BlockGroupBytes;
@@ -101,33 +100,13 @@ internal static unsafe class Q8_0Packed
         }
     }
 
-    /// <summary>
-    /// Once per product on the calling thread, after quantizing the activations (blocks of 32): the data the kernels
-    /// read, 128 d_x sum x per block and, where the CPU has AVX-512, the activations split for <see cref="Run"/> (see the
-    /// class summary; kept with <paramref name="act"/>, (T, nb, 2, 32) bytes, grown to the largest product and reused).
-    /// </summary>
-    public static void Prepare(Q8Activations act)
-    {
-        act.PrepareOffsetSums(128);
-        if (!Avx512BW.IsSupported)
-        {
-            return; // only Run reads the split activations; the scalar twin reads the quants
-        }
-        var buffer = s_split.GetValue(act, static _ => new SplitBuffer());
-        int nb = act.Cols / 32;
-        long tokenBytes = (long)nb * 64;
-        buffer.Fill(act.Tokens, act.Cols, act.Tokens * tokenBytes);
-        sbyte* split = buffer.Pointer;
-        for (int t = 0; t < act.Tokens; t++)
-        {
-            Split(act.Row(t).Q, nb, split + t * tokenBytes);
-        }
-    }
+    /// <summary>Once per product on the calling thread: the activation data the kernels read (128 d_x sum x per block).</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareOffsetSums(128);
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), AVX-512 (BW).
     /// packed: the matrix's first group; y: (T, N). Needs <see cref="Prepare"/> for this product.
-    /// Tiles of up to 8 tokens sweep the groups of the range a few at a time (<see cref="SweepBytes"/> of weights, which
+    /// Tiles of up to 6 tokens sweep the groups of the range a few at a time (<see cref="SweepBytes"/> of weights, which
     /// stay in L2 across the tiles; a 1-token product streams the range once, group after group).
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
@@ -136,17 +115,10 @@ internal static unsafe class Q8_0Packed
         {
             return;
         }
-        if (!s_split.TryGetValue(act, out var buffer) || !buffer.Matches(tokens, nb * 32))
-        {
-            throw new InvalidOperationException($"Q8_0Packed.Run of {tokens} tokens x {nb * 32} columns: Prepare was not called for these activations");
-        }
-        sbyte* split = buffer.Pointer;
-        long tokenBytes = (long)nb * 64;
         long groupBytes = GroupBytes(nb);
         int sweepRows = GroupRows * (int)Math.Clamp(SweepBytes / groupBytes, 1, 64);
         float* partial = stackalloc float[GroupRows];
-        var xs = stackalloc nint[TileTokens];
-        var dx = stackalloc nint[TileTokens];
+        var xs = stackalloc Q8Row[TileTokens];
         var ds = stackalloc nint[TileTokens];
         for (int s0 = r0; s0 < r1; s0 += sweepRows)
         {
@@ -157,8 +129,7 @@ internal static unsafe class Q8_0Packed
                 for (int j = 0; j < TileTokens; j++)
                 {
                     int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                    xs[j] = (nint)(split + t * tokenBytes);
-                    dx[j] = (nint)act.Row(t).D;
+                    xs[j] = act.Row(t);
                     ds[j] = (nint)act.OffsetSums(t);
                 }
                 for (int g0 = s0; g0 < s1; g0 += GroupRows)
@@ -168,14 +139,12 @@ internal static unsafe class Q8_0Packed
                     float* yt = y + (long)t0 * n + g0;
                     switch (tt)
                     {
-                        case 1: Tile<Tokens1>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 2: Tile<Tokens2>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 3: Tile<Tokens3>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 4: Tile<Tokens4>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 5: Tile<Tokens5>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 6: Tile<Tokens6>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        case 7: Tile<Tokens7>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
-                        default: Tile<Tokens8>(g, nb, (sbyte**)xs, (float**)dx, (float**)ds, yt, n, rows, partial); break;
+                        case 1: Tile<Tokens1>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
+                        case 2: Tile<Tokens2>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
+                        case 3: Tile<Tokens3>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
+                        case 4: Tile<Tokens4>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
+                        case 5: Tile<Tokens5>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
+                        default: Tile<Tokens6>(g, nb, xs, (float**)ds, yt, n, rows, partial); break;
                     }
                 }
             }
@@ -183,34 +152,18 @@ internal static unsafe class Q8_0Packed
     }
 
     /// <summary>
-    /// One token's (K) quants x to nb blocks of 64 bytes at <paramref name="dst"/>: xl (32), then xh (32), with
-    /// x = 16 xh + xl, xh = (x &gt;&gt; 4) + bit 3 of x (in [-8, 8]), xl = x - 16 xh (in [-8, 7]), all in wrapping bytes.
-    /// Example: x = 127: xh = 7 + 1 = 8, xl = 127 - 128 = -1; x = -127: xh = -8 + 0, xl = 1; x = 8: xh = 1, xl = -8.
-    /// </summary>
-    internal static void Split(sbyte* x, int nb, sbyte* dst)
-    {
-        var one = Vector256.Create((byte)1);
-        for (int b = 0; b < nb; b++)
-        {
-            var v = Vector256.Load(x + 32L * b);
-            var xh = Vector256.ShiftRightArithmetic(v, 4) + (Vector256.ShiftRightLogical(v.AsByte(), 3) & one).AsSByte();
-            var xl = v - Vector256.ShiftLeft(xh, 4);
-            xl.Store(dst + 64L * b);
-            xh.Store(dst + 64L * b + 32);
-        }
-    }
-
-    /// <summary>
-    /// 16 rows x TN.Value (1..8) tokens over all blocks of one group; stores the first <paramref name="rows"/> rows.
-    /// Per block: 8 loads give the weight vectors u as stored, the 16 scales are widened once, then each token adds its
-    /// block (<see cref="Token"/>). xs: the tile's split activations (nb, 2, 32); dx: their block scales; ds: 128 d_x sum x.
+    /// 16 rows x TN.Value (1..6) tokens over all blocks of one group; stores the first <paramref name="rows"/> rows.
+    /// Per block: 8 loads give the stored vectors u, split into the nibble planes lo and hi (and, shift + and), the 16
+    /// scales are widened once, then each token adds its block (<see cref="Token"/>). tok: the tile's activation rows;
+    /// ds: their 128 d_x sum x per block.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TN>(byte* g, int nb, sbyte** xs, float** dx, float** ds, float* y, int n, int rows, float* partial)
+    private static void Tile<TN>(byte* g, int nb, Q8Row* tok, float** ds, float* y, int n, int rows, float* partial)
         where TN : struct, ITokenCount
     {
-        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-        sbyte* x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3], x4 = xs[4], x5 = xs[5], x6 = xs[6], x7 = xs[7];
+        var nibble = Vector512.Create((byte)0x0F);
+        Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q;
         for (int b = 0; b < nb; b++)
         {
             byte* q = g + QuantOffset(b);
@@ -222,36 +175,31 @@ internal static unsafe class Q8_0Packed
             var u5 = Vector512.Load(q + 320);
             var u6 = Vector512.Load(q + 384);
             var u7 = Vector512.Load(q + 448);
+            var l = new Planes(u0 & nibble, u1 & nibble, u2 & nibble, u3 & nibble, u4 & nibble, u5 & nibble, u6 & nibble, u7 & nibble);
+            var h = new Planes(High(u0, nibble), High(u1, nibble), High(u2, nibble), High(u3, nibble),
+                High(u4, nibble), High(u5, nibble), High(u6, nibble), High(u7, nibble));
             var dw = Halves(Vector256.Load((short*)(g + ScaleOffset(b))));
-            long xo = 64L * b;
-            c0 = Token(c0, u0, u1, u2, u3, u4, u5, u6, u7, dw, x0 + xo, dx[0] + b, ds[0] + b);
+            long xo = 32L * b;
+            c0 = Token(c0, l, h, dw, x0 + xo, tok[0].D + b, ds[0] + b);
             if (TN.Value > 1)
             {
-                c1 = Token(c1, u0, u1, u2, u3, u4, u5, u6, u7, dw, x1 + xo, dx[1] + b, ds[1] + b);
+                c1 = Token(c1, l, h, dw, x1 + xo, tok[1].D + b, ds[1] + b);
             }
             if (TN.Value > 2)
             {
-                c2 = Token(c2, u0, u1, u2, u3, u4, u5, u6, u7, dw, x2 + xo, dx[2] + b, ds[2] + b);
+                c2 = Token(c2, l, h, dw, x2 + xo, tok[2].D + b, ds[2] + b);
             }
             if (TN.Value > 3)
             {
-                c3 = Token(c3, u0, u1, u2, u3, u4, u5, u6, u7, dw, x3 + xo, dx[3] + b, ds[3] + b);
+                c3 = Token(c3, l, h, dw, x3 + xo, tok[3].D + b, ds[3] + b);
             }
             if (TN.Value > 4)
             {
-                c4 = Token(c4, u0, u1, u2, u3, u4, u5, u6, u7, dw, x4 + xo, dx[4] + b, ds[4] + b);
+                c4 = Token(c4, l, h, dw, x4 + xo, tok[4].D + b, ds[4] + b);
             }
             if (TN.Value > 5)
             {
-                c5 = Token(c5, u0, u1, u2, u3, u4, u5, u6, u7, dw, x5 + xo, dx[5] + b, ds[5] + b);
-            }
-            if (TN.Value > 6)
-            {
-                c6 = Token(c6, u0, u1, u2, u3, u4, u5, u6, u7, dw, x6 + xo, dx[6] + b, ds[6] + b);
-            }
-            if (TN.Value > 7)
-            {
-                c7 = Token(c7, u0, u1, u2, u3, u4, u5, u6, u7, dw, x7 + xo, dx[7] + b, ds[7] + b);
+                c5 = Token(c5, l, h, dw, x5 + xo, tok[5].D + b, ds[5] + b);
             }
         }
         Q4_0Interleaved.Store(c0, y, rows, partial);
@@ -275,43 +223,45 @@ internal static unsafe class Q8_0Packed
         {
             Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
         }
-        if (TN.Value > 6)
-        {
-            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
-        }
-        if (TN.Value > 7)
-        {
-            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
-        }
     }
 
+    /// <summary>The high nibbles of the bytes of <paramref name="u"/>, as bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<byte> High(Vector512<byte> u, Vector512<byte> nibble) => Vector512.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & nibble;
+
     /// <summary>
-    /// One token's block for the 16 rows: acc + d_w (p d_x - 128 d_x sum x), p = sum u x = 16 sum u xh + sum u xl
-    /// exactly (x: the block's split activations, xl at x[0..32), xh at x[32..64)).
+    /// One token's block for the 16 rows: acc + d_w (p d_x - 128 d_x sum x), p = sum u x = 16 sum hi x + sum lo x exactly
+    /// (x: the block's 32 quants; dx, ds128: its scale and 128 d_x sum x).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> u0, Vector512<byte> u1, Vector512<byte> u2, Vector512<byte> u3,
-        Vector512<byte> u4, Vector512<byte> u5, Vector512<byte> u6, Vector512<byte> u7, Vector512<float> dw, sbyte* x, float* dx, float* ds128)
+    private static Vector512<float> Token(Vector512<float> acc, Planes l, Planes h, Vector512<float> dw, sbyte* x, float* dx, float* ds128)
     {
-        // Each sum: 8 vpmaddubsw of u (at most 255) with parts of magnitude at most 8: 16 products per int16 lane, |sum| <= 32640.
-        var lo = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)x).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(x + 4)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(x + 8)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(x + 12)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(*(int*)(x + 16)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(*(int*)(x + 20)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(*(int*)(x + 24)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(*(int*)(x + 28)).AsSByte());
-        var hi = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)(x + 32)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(x + 36)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(x + 40)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(x + 44)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(*(int*)(x + 48)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(*(int*)(x + 52)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(*(int*)(x + 56)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(*(int*)(x + 60)).AsSByte());
-        var p = Avx512BW.MultiplyAddAdjacent(hi, Vector512.Create((short)16)) + Avx512BW.MultiplyAddAdjacent(lo, Vector512.Create((short)1));
+        var x0 = Vector512.Create(*(int*)x).AsSByte();
+        var x1 = Vector512.Create(*(int*)(x + 4)).AsSByte();
+        var x2 = Vector512.Create(*(int*)(x + 8)).AsSByte();
+        var x3 = Vector512.Create(*(int*)(x + 12)).AsSByte();
+        var x4 = Vector512.Create(*(int*)(x + 16)).AsSByte();
+        var x5 = Vector512.Create(*(int*)(x + 20)).AsSByte();
+        var x6 = Vector512.Create(*(int*)(x + 24)).AsSByte();
+        var x7 = Vector512.Create(*(int*)(x + 28)).AsSByte();
+        var sl = l.Sum(x0, x1, x2, x3, x4, x5, x6, x7);
+        var sh = h.Sum(x0, x1, x2, x3, x4, x5, x6, x7);
+        var p = Avx512BW.MultiplyAddAdjacent(sh, Vector512.Create((short)16)) + Avx512BW.MultiplyAddAdjacent(sl, Vector512.Create((short)1));
         return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(Avx512F.ConvertToVector512Single(p), Vector512.Create(*dx), Vector512.Create(*ds128)), acc);
+    }
+
+    /// <summary>One nibble plane of a block: 8 vectors, vector j holding values 4j..4j+3 of the 16 rows (0..15 each).</summary>
+    private readonly struct Planes(Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7)
+    {
+        /// <summary>int16 sums of the plane x the broadcast activations (2 per int32 lane, 16 products of at most 15 * 127 each).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector512<short> Sum(Vector512<sbyte> x0, Vector512<sbyte> x1, Vector512<sbyte> x2, Vector512<sbyte> x3,
+            Vector512<sbyte> x4, Vector512<sbyte> x5, Vector512<sbyte> x6, Vector512<sbyte> x7) =>
+            Avx512BW.MultiplyAddAdjacent(w0, x0) + Avx512BW.MultiplyAddAdjacent(w1, x1)
+            + Avx512BW.MultiplyAddAdjacent(w2, x2) + Avx512BW.MultiplyAddAdjacent(w3, x3)
+            + Avx512BW.MultiplyAddAdjacent(w4, x4) + Avx512BW.MultiplyAddAdjacent(w5, x5)
+            + Avx512BW.MultiplyAddAdjacent(w6, x6) + Avx512BW.MultiplyAddAdjacent(w7, x7);
     }
 
     /// <summary>
@@ -355,25 +305,5 @@ internal static unsafe class Q8_0Packed
                 y[(long)t * n + r] = acc;
             }
         }
-    }
-
-    /// <summary>A pinned, reused buffer of split activations and the shape it was filled for.</summary>
-    private sealed class SplitBuffer
-    {
-        private byte[] _bytes = [];
-        private int _tokens, _cols;
-
-        public sbyte* Pointer => (sbyte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_bytes));
-
-        public void Fill(int tokens, int cols, long bytes)
-        {
-            if (_bytes.LongLength < bytes)
-            {
-                _bytes = GC.AllocateUninitializedArray<byte>(checked((int)bytes), pinned: true);
-            }
-            (_tokens, _cols) = (tokens, cols);
-        }
-
-        public bool Matches(int tokens, int cols) => tokens <= _tokens && cols == _cols;
     }
 }
