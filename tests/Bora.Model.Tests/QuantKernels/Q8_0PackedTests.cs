@@ -65,6 +65,27 @@ public sealed unsafe class Q8_0PackedTests
     }
 
     [Fact]
+    public void SplitGivesHighAndLowPartsInRangeForEveryByte()
+    {
+        var x = new sbyte[256];
+        for (int i = 0; i < 256; i++)
+        {
+            x[i] = (sbyte)(i - 128);
+        }
+        var parts = new sbyte[8 * 64];
+        fixed (sbyte* px = x, pp = parts)
+        {
+            Q8_0Packed.Split(px, 8, pp);
+        }
+        for (int i = 0; i < 256; i++)
+        {
+            int b = i / 32, j = i % 32;
+            int lo = parts[64 * b + j], hi = parts[64 * b + 32 + j];
+            Assert.True(16 * hi + lo == x[i] && hi is >= -8 and <= 8 && lo is >= -8 and <= 7, $"x = {x[i]}: xh = {hi}, xl = {lo}");
+        }
+    }
+
+    [Fact]
     public void KernelAndTwinsAgreeBitForBitOverRowBlockAndTokenTails()
     {
         var rng = new Random(17);
@@ -73,7 +94,7 @@ public sealed unsafe class Q8_0PackedTests
         {
             Check(rng, n, nb: 1 + n % 9, tokens: n % 21);
         }
-        // Every token count 0..20 (tiles of 1..6 and their tails), every block count 1..9.
+        // Every token count 0..20 (1 token: the decode path; then tiles of 1..6 and their tails), every block count 1..9.
         for (int tokens = 0; tokens <= 20; tokens++)
         {
             Check(rng, 17, nb: 3, tokens);
@@ -89,6 +110,7 @@ public sealed unsafe class Q8_0PackedTests
             Check(rng, 35, nb: 4, tokens);
         }
         Check(rng, 48, nb: 128, tokens: 1);
+        Check(rng, 67, nb: 9, tokens: 1, r0: 32);
         Check(rng, 130, nb: 128, tokens: 9);
         Check(rng, 130, nb: 128, tokens: 9, r0: 16);
     }
@@ -97,7 +119,15 @@ public sealed unsafe class Q8_0PackedTests
     public void SubRangesWriteOnlyTheirRowsAndEqualTheWholeProduct()
     {
         var rng = new Random(23);
-        const int n = 67, nb = 3, tokens = 11;
+        const int n = 67, nb = 3;
+        foreach (int tokens in new[] { 1, 11 })
+        {
+            SubRanges(rng, n, nb, tokens);
+        }
+    }
+
+    private static void SubRanges(Random rng, int n, int nb, int tokens)
+    {
         byte[] w = RandomRows(rng, n, nb);
         byte[] packed = Pack(w, n, nb);
         var act = Activations(rng, tokens, nb);
@@ -149,10 +179,10 @@ public sealed unsafe class Q8_0PackedTests
     public void ExtremeWeightsAndActivationsDoNotSaturate()
     {
         // u = 255 (w = 127), u = 0 (w = -128) and u = 1 against x = +-127 (x = 1 and -1 everywhere quantize to +-127):
-        // the kernel's int16 plane sums reach 16 * 15 * 127 = 30480 in magnitude, the largest they can.
+        // the tiles' int16 plane sums reach 16 * 15 * 127 = 30480 in magnitude, the decode path's 16 * 255 * 8 = 32640.
         var rng = new Random(29);
-        const int nb = 2, tokens = 3;
-        foreach (byte quant in new byte[] { 0x7F, 0x80, 0x81 })
+        const int nb = 2;
+        foreach (var (quant, tokens, sign) in new (byte, int, float)[] { (0x7F, 3, 1), (0x80, 3, 1), (0x81, 3, 1), (0x7F, 1, 1), (0x7F, 1, -1), (0x81, 1, -1) })
         {
             byte[] w = RandomRows(rng, 16, nb);
             for (int blk = 0; blk < 16 * nb; blk++)
@@ -162,11 +192,11 @@ public sealed unsafe class Q8_0PackedTests
             var x = new float[tokens * 32 * nb];
             for (int i = 0; i < x.Length; i++)
             {
-                x[i] = i / (32 * nb) switch { 0 => 1f, 1 => -1f, _ => i % 2 == 0 ? 1f : -1f };
+                x[i] = sign * (i / (32 * nb)) switch { 0 => 1f, 1 => -1f, _ => i % 2 == 0 ? 1f : -1f };
             }
             var act = new Q8Activations();
             act.Quantize(x, tokens, 32 * nb, 32);
-            Compare(w, 16, nb, act, tokens, $"quants 0x{quant:X2}");
+            Compare(w, 16, nb, act, tokens, $"quants 0x{quant:X2}, T = {tokens}, sign {sign}");
         }
     }
 
