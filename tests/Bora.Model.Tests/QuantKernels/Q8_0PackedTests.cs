@@ -65,27 +65,6 @@ public sealed unsafe class Q8_0PackedTests
     }
 
     [Fact]
-    public void SplitGivesHighAndLowPartsInRangeForEveryByte()
-    {
-        var x = new sbyte[256];
-        for (int i = 0; i < 256; i++)
-        {
-            x[i] = (sbyte)(i - 128);
-        }
-        var parts = new sbyte[8 * 64];
-        fixed (sbyte* px = x, pp = parts)
-        {
-            Q8_0Packed.Split(px, 8, pp);
-        }
-        for (int i = 0; i < 256; i++)
-        {
-            int b = i / 32, j = i % 32;
-            int lo = parts[64 * b + j], hi = parts[64 * b + 32 + j];
-            Assert.True(16 * hi + lo == x[i] && hi is >= -8 and <= 8 && lo is >= -8 and <= 7, $"x = {x[i]}: xh = {hi}, xl = {lo}");
-        }
-    }
-
-    [Fact]
     public void KernelAndTwinsAgreeBitForBitOverRowBlockAndTokenTails()
     {
         var rng = new Random(17);
@@ -94,7 +73,7 @@ public sealed unsafe class Q8_0PackedTests
         {
             Check(rng, n, nb: 1 + n % 9, tokens: n % 21);
         }
-        // Every token count 0..20 (1 token: the decode path; then tiles of 1..6 and their tails), every block count 1..9.
+        // Every token count 0..20 (tiles of 1..6 and their tails), every block count 1..9.
         for (int tokens = 0; tokens <= 20; tokens++)
         {
             Check(rng, 17, nb: 3, tokens);
@@ -179,7 +158,7 @@ public sealed unsafe class Q8_0PackedTests
     public void ExtremeWeightsAndActivationsDoNotSaturate()
     {
         // u = 255 (w = 127), u = 0 (w = -128) and u = 1 against x = +-127 (x = 1 and -1 everywhere quantize to +-127):
-        // the tiles' int16 plane sums reach 16 * 15 * 127 = 30480 in magnitude, the decode path's 16 * 255 * 8 = 32640.
+        // the kernel's int16 plane sums reach 16 * 15 * 127 = 30480 in magnitude, the largest they can.
         var rng = new Random(29);
         const int nb = 2;
         foreach (var (quant, tokens, sign) in new (byte, int, float)[] { (0x7F, 3, 1), (0x80, 3, 1), (0x81, 3, 1), (0x7F, 1, 1), (0x7F, 1, -1), (0x81, 1, -1) })

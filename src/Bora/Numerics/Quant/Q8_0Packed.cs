@@ -26,10 +26,12 @@ namespace Bora.Numerics.Quant;
 /// vectors into two nibble planes once per tile (u = 16 hi + lo; lo = u and 15, hi = (u shr 4) and 15: 24 and / shift
 /// ops per block and tile), then per token 8 vpmaddubsw per plane, sharing the token's 8 broadcasts, add up in int16
 /// without saturating (16 products of at most 15 * 127 each) and p = 16 (hi sums) + (lo sums) with two vpmaddwd.
-/// A 1-token product (decode) shares no unpacking between tokens, so it splits the activations instead (see
-/// <see cref="RunOne"/>): no weight unpacking, 16 broadcasts per block. Measured side by side on the 2-core AVX-512 box
-/// under load (<c>bench/Bora.Bench packed</c>), CPU time of the split sequence over the nibble planes: T = 1: 0.81-0.92,
-/// 2: 0.91-1.08, 4: 1.17-1.23, 8: 1.11-1.16, 16: 1.12-1.14, 512: 1.03-1.08; hence the planes from 2 tokens on.</para>
+/// (The other sequence considered, splitting the activations once per product as x = 16 xh + xl, xh in [-8, 8], xl in
+/// [-8, 7], needs no weight unpacking but 16 broadcasts per token and block instead of 8, and a per-product buffer.
+/// Side by side on the 2-core AVX-512 box (<c>bench/Bora.Bench packed</c>, its "split" column), time of that sequence
+/// over this one: under load (CPU time) T = 1: 0.81-0.92, 2: 0.91-1.08, 4: 1.17-1.23, 8: 1.11-1.16, 16: 1.12-1.14,
+/// 512: 1.03-1.08; unloaded (wall) T = 1: 0.93-0.96, 2: 1.14-1.20. A 1-token path with the split sequence inside this
+/// class measured 1.24-1.28 times the time of the 1-token tile here, so every token count takes the nibble planes.)</para>
 /// Letters: N = rows, K = cols, T = tokens, nb = K / 32, G = ceil(N / 16) groups.
 /// </summary>
 internal static unsafe class Q8_0Packed
@@ -50,10 +52,6 @@ internal static unsafe class Q8_0Packed
     private const long SweepBytes = 512 * 1024;
 
     private const int BlockBytes = 34;
-
-    /// <summary>Per-thread split activations of a 1-token product: (nb, 2, 32) sbyte, per block xl then xh.</summary>
-    [ThreadStatic]
-    private static byte[]? t_split;
 
     /// <summary>Bytes of one 16-row group of <paramref name="nb"/> blocks.</summary>
     public static long GroupBytes(int nb) => (long)nb * BlockGroupBytes;
@@ -119,11 +117,6 @@ internal static unsafe class Q8_0Packed
         {
             return;
         }
-        if (tokens == 1)
-        {
-            RunOne(packed, nb, act, y, r0, r1);
-            return;
-        }
         long groupBytes = GroupBytes(nb);
         int sweepRows = GroupRows * (int)Math.Clamp(SweepBytes / groupBytes, 1, 64);
         float* partial = stackalloc float[GroupRows];
@@ -158,91 +151,6 @@ internal static unsafe class Q8_0Packed
                 }
             }
         }
-    }
-
-    /// <summary>
-    /// A 1-token product (decode): the token's quants are split once per call as x = 16 xh + xl (xh in [-8, 8], xl in
-    /// [-8, 7]; <see cref="Split"/>) so that the stored u need no unpacking: per block 8 vpmaddubsw of u with xl and 8
-    /// with xh add up in int16 without saturating (16 products of at most 255 * 8 = 2040: at most 32640), and
-    /// p = 16 (xh sums) + (xl sums) as in the tiles. With one token the per-block unpacking of the tiles is not shared,
-    /// so this costs fewer instructions per streamed byte (side by side, a 1-token tile took 1.09-1.23 times its CPU time).
-    /// </summary>
-    private static void RunOne(byte* packed, int nb, Q8Activations act, float* y, int r0, int r1)
-    {
-        long need = (long)nb * 64;
-        if (t_split is null || t_split.LongLength < need)
-        {
-            t_split = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
-        }
-        sbyte* split = (sbyte*)Unsafe.AsPointer(ref t_split[0]);
-        var a = act.Row(0);
-        Split(a.Q, nb, split);
-        float* ds = act.OffsetSums(0);
-        float* partial = stackalloc float[GroupRows];
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
-            var c = default(Vector512<float>);
-            for (int b = 0; b < nb; b++)
-            {
-                byte* q = g + QuantOffset(b);
-                var dw = Halves(Vector256.Load((short*)(g + ScaleOffset(b))));
-                c = TokenSplit(c, q, dw, split + 64L * b, a.D + b, ds + b);
-            }
-            Q4_0Interleaved.Store(c, y + g0, Math.Min(GroupRows, r1 - g0), partial);
-        }
-    }
-
-    /// <summary>
-    /// One token's (K) quants x to nb blocks of 64 bytes at <paramref name="dst"/>: xl (32), then xh (32), with
-    /// x = 16 xh + xl, xh = (x &gt;&gt; 4) + bit 3 of x (in [-8, 8]), xl = x - 16 xh (in [-8, 7]), all in wrapping bytes.
-    /// Example: x = 127: xh = 7 + 1 = 8, xl = 127 - 128 = -1; x = -127: xh = -8 + 0, xl = 1; x = 8: xh = 1, xl = -8.
-    /// </summary>
-    internal static void Split(sbyte* x, int nb, sbyte* dst)
-    {
-        var one = Vector256.Create((byte)1);
-        for (int b = 0; b < nb; b++)
-        {
-            var v = Vector256.Load(x + 32L * b);
-            var xh = Vector256.ShiftRightArithmetic(v, 4) + (Vector256.ShiftRightLogical(v.AsByte(), 3) & one).AsSByte();
-            (v - Vector256.ShiftLeft(xh, 4)).Store(dst + 64L * b);
-            xh.Store(dst + 64L * b + 32);
-        }
-    }
-
-    /// <summary>
-    /// One block of the 16 rows for a split token: acc + d_w (p d_x - 128 d_x sum x), p = 16 sum u xh + sum u xl
-    /// exactly. q: the block's 8 stored vectors u; x: its split activations (xl at x[0..32), xh at x[32..64)).
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> TokenSplit(Vector512<float> acc, byte* q, Vector512<float> dw, sbyte* x, float* dx, float* ds128)
-    {
-        var u0 = Vector512.Load(q);
-        var u1 = Vector512.Load(q + 64);
-        var u2 = Vector512.Load(q + 128);
-        var u3 = Vector512.Load(q + 192);
-        var u4 = Vector512.Load(q + 256);
-        var u5 = Vector512.Load(q + 320);
-        var u6 = Vector512.Load(q + 384);
-        var u7 = Vector512.Load(q + 448);
-        var lo = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)x).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(x + 4)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(x + 8)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(x + 12)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(*(int*)(x + 16)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(*(int*)(x + 20)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(*(int*)(x + 24)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(*(int*)(x + 28)).AsSByte());
-        var hi = Avx512BW.MultiplyAddAdjacent(u0, Vector512.Create(*(int*)(x + 32)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u1, Vector512.Create(*(int*)(x + 36)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u2, Vector512.Create(*(int*)(x + 40)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u3, Vector512.Create(*(int*)(x + 44)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u4, Vector512.Create(*(int*)(x + 48)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u5, Vector512.Create(*(int*)(x + 52)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u6, Vector512.Create(*(int*)(x + 56)).AsSByte())
-               + Avx512BW.MultiplyAddAdjacent(u7, Vector512.Create(*(int*)(x + 60)).AsSByte());
-        var p = Avx512BW.MultiplyAddAdjacent(hi, Vector512.Create((short)16)) + Avx512BW.MultiplyAddAdjacent(lo, Vector512.Create((short)1));
-        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(Avx512F.ConvertToVector512Single(p), Vector512.Create(*dx), Vector512.Create(*ds128)), acc);
     }
 
     /// <summary>
