@@ -8,8 +8,8 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
 /// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
 /// <list type="bullet">
-/// <item>A packed matrix (<see cref="Pack"/>, done at load; Q4_0): every token count runs rows in vector lanes over
-/// the pre-packed 16-row groups (<see cref="Q4_0Packed"/>), the scalar twin below AVX-512.</item>
+/// <item>A packed matrix (<see cref="Pack"/>, done at load on AVX-512; every format): every token count runs rows in
+/// vector lanes over the pre-packed 16-row groups (<see cref="PackedLayouts"/>), the scalar twin below AVX-512.</item>
 /// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 3, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
 /// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
 /// <item>Otherwise Q4_0 / Q8_0 at AVX2 and up: register-blocked tiles and 4-row decode steps (<see cref="QuantGemm"/>);
@@ -170,7 +170,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     /// <summary>Row 0's (or group 0's) first byte: <see cref="StoredBytes"/> from here. Throws once the storage is disposed.</summary>
     private byte* BlockPointer => _storage.Pointer(_offset, StoredBytes);
 
-    /// <summary>Whether <see cref="Pack"/> has a packed layout for <paramref name="type"/> (Q4_0).</summary>
+    /// <summary>Whether <see cref="Pack"/> has a packed layout for <paramref name="type"/> (Q8_0, Q4_0, Q4_K, Q6_K).</summary>
     public static bool CanPack(DType type) => PackedLayouts.Supports(type);
 
     /// <summary>

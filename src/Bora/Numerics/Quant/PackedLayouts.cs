@@ -15,7 +15,7 @@ public enum QuantLayout
 
 /// <summary>
 /// The packed 16-row group layouts per format, one place: which formats have one, and the format's pack / unpack /
-/// product functions (<see cref="Q4_0Packed"/>, <see cref="Q4KPacked"/>, <see cref="Q6KPacked"/>; each format's class
+/// product functions (<see cref="Q4_0Packed"/>, <see cref="Q8_0Packed"/>, <see cref="Q4KPacked"/>, <see cref="Q6KPacked"/>; each format's class
 /// documents its byte layout).
 /// Every product runs the AVX-512 kernel at <see cref="QuantIsa.Avx512"/> and the scalar twin below it.
 /// </summary>
@@ -25,12 +25,13 @@ internal static unsafe class PackedLayouts
     public const int GroupRows = 16;
 
     /// <summary>Whether <paramref name="type"/> has a packed layout.</summary>
-    public static bool Supports(DType type) => type is DType.Q4_0 or DType.Q4_K or DType.Q6_K;
+    public static bool Supports(DType type) => type is DType.Q4_0 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
 
     /// <summary>Bytes of one group of nb blocks (16 rows).</summary>
     public static long GroupBytes(DType type, int nb) => type switch
     {
         DType.Q4_0 => Q4_0Packed.GroupBytes(nb),
+        DType.Q8_0 => Q8_0Packed.GroupBytes(nb),
         DType.Q4_K => Q4KPacked.GroupBytes(nb),
         DType.Q6_K => Q6KPacked.GroupBytes(nb),
         _ => throw Unsupported(type),
@@ -42,6 +43,7 @@ internal static unsafe class PackedLayouts
         switch (type)
         {
             case DType.Q4_0: Q4_0Packed.PackGroup(src, rowBytes, nb, rows, dst); break;
+            case DType.Q8_0: Q8_0Packed.PackGroup(src, rowBytes, nb, rows, dst); break;
             case DType.Q4_K: Q4KPacked.PackGroup(src, rowBytes, nb, rows, dst); break;
             case DType.Q6_K: Q6KPacked.PackGroup(src, rowBytes, nb, rows, dst); break;
             default: throw Unsupported(type);
@@ -54,6 +56,7 @@ internal static unsafe class PackedLayouts
         switch (type)
         {
             case DType.Q4_0: Q4_0Packed.UnpackRow(group, nb, r, dst); break;
+            case DType.Q8_0: Q8_0Packed.UnpackRow(group, nb, r, dst); break;
             case DType.Q4_K: Q4KPacked.UnpackRow(group, nb, r, dst); break;
             case DType.Q6_K: Q6KPacked.UnpackRow(group, nb, r, dst); break;
             default: throw Unsupported(type);
@@ -66,6 +69,7 @@ internal static unsafe class PackedLayouts
         switch (type)
         {
             case DType.Q4_0: Q4_0Packed.Prepare(act); break;
+            case DType.Q8_0: Q8_0Packed.Prepare(act); break;
             case DType.Q4_K: Q4KPacked.Prepare(act); break;
             case DType.Q6_K: Q6KPacked.Prepare(act); break;
             default: throw Unsupported(type);
@@ -80,6 +84,8 @@ internal static unsafe class PackedLayouts
         {
             case DType.Q4_0 when wide: Q4_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_0: Q4_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
+            case DType.Q8_0 when wide: Q8_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
+            case DType.Q8_0: Q8_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_K when wide: Q4KPacked.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_K: Q4KPacked.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q6_K when wide: Q6KPacked.Run(packed, nb, n, act, tokens, y, r0, r1); break;
