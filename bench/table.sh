@@ -7,7 +7,7 @@
 #
 # Environment: LAYERS (default 32, Mistral 7B's), PROMPT (512), GEN (128), REPEATS (3), DIR (/tmp/bora-table, where the
 # synthesized files go; a file already there is reused), KEEP=1 keeps the files afterwards (default: each is deleted
-# after its last row, they are 4-15 GB). Prints one markdown row per line as it goes, then the whole table.
+# after its last row, they are 4-15 GB). Prints one markdown row per line as it goes, then the whole table. "decode GB/s" is the weight bytes a decode step reads times tok/s, beside the machine's read bandwidth at those threads (bench model's probe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +26,8 @@ dotnet build bench/Bora.Bench -c Release -v q -nologo >/dev/null
 bench="dotnet bench/Bora.Bench/bin/Release/net10.0/Bora.Bench.dll"
 
 rows=("$@")
-table="| shape | format | threads | Bora prefill tok/s | llama.cpp prefill tok/s | ratio | Bora decode tok/s | llama.cpp decode tok/s | ratio | Bora peak RSS / (file + KV) |"
-table+=$'\n'"|---|---|---|---|---|---|---|---|---|---|"
+table="| shape | format | threads | Bora prefill tok/s | llama.cpp prefill tok/s | ratio | Bora decode tok/s | llama.cpp decode tok/s | ratio | decode GB/s Bora / llama.cpp / machine | Bora peak RSS / (file + KV) |"
+table+=$'\n'"|---|---|---|---|---|---|---|---|---|---|---|"
 echo "$table"
 for i in "${!rows[@]}"; do
     read -r type threads shape layers <<<"${rows[$i]}"
@@ -42,7 +42,7 @@ for i in "${!rows[@]}"; do
     json=$($bench model --model "$file" --threads "$threads" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" \
         --repeats "$REPEATS" --compare-llama-cpp --json 2>/dev/null | tail -1)
     row=$(jq -rn --argjson r "$json" --argjson m "$mem" --arg shape "$shape ${layers}L" --arg type "$type" --arg threads "$threads" \
-        '"| \($shape) | \($type) | \($threads) | \($r.bora.prefill_tok_s*100|round/100) | \($r.llama_cpp.prefill_tok_s*100|round/100) | \($r.ratio.prefill*100|round/100)x | \($r.bora.decode_tok_s*100|round/100) | \($r.llama_cpp.decode_tok_s*100|round/100) | \($r.ratio.decode*100|round/100)x | \(($m.memory.peak_rss_bytes / ($m.memory.file_bytes + $m.memory.kv_cache_bytes))*1000|round/10) % |"')
+        '"| \($shape) | \($type) | \($threads) | \($r.bora.prefill_tok_s*100|round/100) | \($r.llama_cpp.prefill_tok_s*100|round/100) | \($r.ratio.prefill*100|round/100)x | \($r.bora.decode_tok_s*100|round/100) | \($r.llama_cpp.decode_tok_s*100|round/100) | \($r.ratio.decode*100|round/100)x | \($r.decode_read.bora_gb_s*10|round/10) / \($r.decode_read.llama_cpp_gb_s*10|round/10) / \($r.decode_read.machine_read_gb_s*10|round/10) | \(($m.memory.peak_rss_bytes / ($m.memory.file_bytes + $m.memory.kv_cache_bytes))*1000|round/10) % |"')
     echo "$row"
     table+=$'\n'"$row"
     # Delete the file once no later row uses it.

@@ -134,6 +134,10 @@ public static class ModelBench
         }
         var (bp, bd) = Medians(mine);
         long endPeak = PeakResidentBytes();
+        // After the memory figure (the probe's buffer would count in it): the machine's read bandwidth at these threads,
+        // and the bytes of weights a decode step reads, so each engine's decode shows as GB/s against that wall.
+        double wallGbs = llama is not null ? ReadBandwidth(threads) : 0;
+        long stepBytes = DecodeBytesPerToken(model, cfg);
         var memory = new
         {
             file_bytes = fileBytes,
@@ -153,6 +157,13 @@ public static class ModelBench
                     memory,
                     llama_cpp = new { prefill_tok_s = Medians(theirs).Prefill, decode_tok_s = Medians(theirs).Decode },
                     ratio = new { prefill = bp / Medians(theirs).Prefill, decode = bd / Medians(theirs).Decode },
+                    decode_read = new
+                    {
+                        bytes_per_token = stepBytes,
+                        bora_gb_s = bd * stepBytes / 1e9,
+                        llama_cpp_gb_s = Medians(theirs).Decode * stepBytes / 1e9,
+                        machine_read_gb_s = wallGbs,
+                    },
                 };
             Console.WriteLine(JsonSerializer.Serialize(result));
             return 0;
@@ -160,7 +171,7 @@ public static class ModelBench
         Console.WriteLine(string.Create(inv,
             $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}"));
         Console.WriteLine(string.Create(inv,
-            $"memory: file {fileBytes / 1e6:F1} MB, KV cache {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : " (mapped weights)")}, " +
+            $"memory: file {fileBytes / 1e6:F1} MB, KV cache {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : bora.Mapper is { PackedBytes: > 0 } pm ? $" ({pm.PackedBytes / 1e6:F0} MB packed, {pm.MappedBytes / 1e6:F0} MB mapped)" : " (mapped weights)")}, " +
             $"peak RSS after load {loadPeak / 1e6:F1} MB, at the end {endPeak / 1e6:F1} MB ({(double)endPeak / (fileBytes + kvBytes):P0} of file + KV cache)"));
         Console.WriteLine($"{"engine",-10} {"prefill tok/s",14} {"decode tok/s",13}");
         Console.WriteLine(string.Create(inv, $"{"bora",-10} {bp,14:F2} {bd,13:F2}"));
@@ -174,8 +185,86 @@ public static class ModelBench
             var (lp, ld) = Medians(theirs);
             Console.WriteLine(string.Create(inv, $"{"llama.cpp",-10} {lp,14:F2} {ld,13:F2}"));
             Console.WriteLine(string.Create(inv, $"{"ratio",-10} {bp / lp,13:F2}x {bd / ld,12:F2}x"));
+            Console.WriteLine(string.Create(inv,
+                $"decode reads {stepBytes / 1e9:F2} GB of weights per token: Bora {bd * stepBytes / 1e9:F1} GB/s, llama.cpp {ld * stepBytes / 1e9:F1} GB/s; this machine reads {wallGbs:F1} GB/s with {threads} threads (8-accumulator loop over 1 GiB, best of 5)"));
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Bytes of weights one decode step reads from the GGUF at <paramref name="path"/>: every tensor but the token
+    /// embedding (one row per token), experts' tensors scaled by A / E (the router picks A of E per token).
+    /// </summary>
+    private static long DecodeBytesPerToken(string path, ModelConfig config)
+    {
+        if (!path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase))
+        {
+            return 0;
+        }
+        using var gguf = Formats.Gguf.GgufFile.Open(path);
+        double bytes = 0;
+        foreach (var t in gguf.Tensors)
+        {
+            if (t.Name.StartsWith("token_embd", StringComparison.Ordinal))
+            {
+                continue;
+            }
+            bytes += t.Name.Contains("_exps", StringComparison.Ordinal) && config.NExperts > 0
+                ? (double)t.ByteLength * config.NExpertsPerToken / config.NExperts
+                : t.ByteLength;
+        }
+        return (long)bytes;
+    }
+
+    /// <summary>
+    /// The machine's read bandwidth with <paramref name="threads"/> threads, GB/s: each thread XORs its share of a
+    /// 1 GiB buffer into 8 vector accumulators; the best of 5 passes (the wall a memory-bound decode runs into).
+    /// </summary>
+    private static unsafe double ReadBandwidth(int threads)
+    {
+        const long Bytes = 1L << 30;
+        byte* buffer = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)Bytes, 64);
+        try
+        {
+            new Span<byte>(buffer, (int)Bytes).Fill(1);
+            long per = Bytes / threads / 512 * 512;
+            var sink = new long[threads * 8];
+            double best = 0;
+            for (int pass = 0; pass < 5; pass++)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
+                {
+                    var a0 = System.Runtime.Intrinsics.Vector256<long>.Zero;
+                    var a1 = a0;
+                    var a2 = a0;
+                    var a3 = a0;
+                    var a4 = a0;
+                    var a5 = a0;
+                    var a6 = a0;
+                    var a7 = a0;
+                    for (long* p = (long*)(buffer + t * per), end = (long*)(buffer + (t + 1) * per); p < end; p += 32)
+                    {
+                        a0 ^= System.Runtime.Intrinsics.Vector256.Load(p);
+                        a1 ^= System.Runtime.Intrinsics.Vector256.Load(p + 4);
+                        a2 ^= System.Runtime.Intrinsics.Vector256.Load(p + 8);
+                        a3 ^= System.Runtime.Intrinsics.Vector256.Load(p + 12);
+                        a4 ^= System.Runtime.Intrinsics.Vector256.Load(p + 16);
+                        a5 ^= System.Runtime.Intrinsics.Vector256.Load(p + 20);
+                        a6 ^= System.Runtime.Intrinsics.Vector256.Load(p + 24);
+                        a7 ^= System.Runtime.Intrinsics.Vector256.Load(p + 28);
+                    }
+                    sink[t * 8] = System.Runtime.Intrinsics.Vector256.GetElement(a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7, 0);
+                });
+                best = Math.Max(best, per * threads / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9);
+            }
+            GC.KeepAlive(sink);
+            return best;
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(buffer);
+        }
     }
 
     /// <summary>Peak resident set size of this process in bytes (VmHWM of /proc/self/status), or -1 where there is none.</summary>
