@@ -1,5 +1,7 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Bora.Numerics;
 
 namespace Bora.Model;
@@ -240,6 +242,91 @@ public sealed partial class Transformer
         }
     }
 
+    [ThreadStatic]
+    private static float[]? t_rowScores;
+
+    /// <summary>
+    /// One pass row (a decode step, or the last row of a chunk): s.Att row RowBase + i, heads g * G .. g * G + G - 1,
+    /// over its causal (and windowed) keys in one sweep, with no key tiles to transpose: each key row is read once for
+    /// the G query heads that share it (scores (G, n), n the row's keys), then one softmax per head and the weighted
+    /// sum of the value rows, read once as well. Same arithmetic as the per-query kernel up to float summation order.
+    /// Example: P = 520 cached positions, i = 0, no window: keys 0..520 (520 from the pass), n = 521, G = 4 heads.
+    /// </summary>
+    private void AttendRow(int l, in KvSource src, int i, int g, Scratch s)
+    {
+        int group = _group, dh = _headDim, kvOffset = g * dh;
+        int p = src.P, rb = src.RowBase, pos = p + i;
+        int lo = _window is { } w ? Math.Max(0, pos - w + 1) : 0;
+        int n = pos - lo + 1;
+        if (t_rowScores is null || t_rowScores.Length < group * n)
+        {
+            t_rowScores = new float[Math.Max(group * n, 2 * (t_rowScores?.Length ?? 0))];
+        }
+        var scores = t_rowScores.AsSpan(0, group * n); // (G, n)
+        var q = s.Q.AsSpan((rb + i) * _qDim + g * group * dh, group * dh); // (G, Dh)
+        bool wide = Vector512.IsHardwareAccelerated && dh % Vector512<float>.Count == 0;
+        for (int j = lo; j <= pos; j++)
+        {
+            var key = (j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
+            for (int hh = 0; hh < group; hh++)
+            {
+                scores[hh * n + j - lo] = wide ? Dot512(q.Slice(hh * dh, dh), key) : TensorPrimitives.Dot(q.Slice(hh * dh, dh), key);
+            }
+        }
+        var att = s.Att.AsSpan((rb + i) * _qDim + g * group * dh, group * dh);
+        att.Clear();
+        for (int hh = 0; hh < group; hh++)
+        {
+            var sc = scores.Slice(hh * n, n);
+            TensorPrimitives.Multiply(sc, _scale, sc);
+            float m = TensorPrimitives.Max(sc);
+            TensorPrimitives.Subtract(sc, m, sc);
+            TensorPrimitives.Exp(sc, sc);
+            TensorPrimitives.Multiply(sc, 1f / TensorPrimitives.Sum(sc), sc);
+        }
+        for (int j = lo; j <= pos; j++)
+        {
+            var value = (j < p ? src.CachedValue(l, j) : s.V.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
+            for (int hh = 0; hh < group; hh++)
+            {
+                var o = att.Slice(hh * dh, dh);
+                if (wide)
+                {
+                    Axpy512(scores[hh * n + j - lo], value, o);
+                }
+                else
+                {
+                    TensorPrimitives.MultiplyAdd(value, scores[hh * n + j - lo], o, o);
+                }
+            }
+        }
+    }
+
+    /// <summary>a · b for lengths a multiple of 16 (one call per key and head in <see cref="AttendRow"/>: no call overhead of the general primitive).</summary>
+    private static float Dot512(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
+    {
+        ref float ra = ref MemoryMarshal.GetReference(a);
+        ref float rb = ref MemoryMarshal.GetReference(b);
+        var acc = Vector512<float>.Zero;
+        for (int c = 0; c < a.Length; c += Vector512<float>.Count)
+        {
+            acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref ra, (nuint)c), Vector512.LoadUnsafe(ref rb, (nuint)c), acc);
+        }
+        return Vector512.Sum(acc);
+    }
+
+    /// <summary>o += w x for lengths a multiple of 16.</summary>
+    private static void Axpy512(float w, ReadOnlySpan<float> x, Span<float> o)
+    {
+        ref float rx = ref MemoryMarshal.GetReference(x);
+        ref float ro = ref MemoryMarshal.GetReference(o);
+        var vw = Vector512.Create(w);
+        for (int c = 0; c < x.Length; c += Vector512<float>.Count)
+        {
+            Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref rx, (nuint)c), vw, Vector512.LoadUnsafe(ref ro, (nuint)c)).StoreUnsafe(ref ro, (nuint)c);
+        }
+    }
+
     /// <summary>
     /// s.Att rows RowBase + [I0, I1), heads g * G .. g * G + G - 1 (each Dh): attention of those queries over their
     /// causal (and windowed) keys, by the online-softmax recurrence over key tiles. s.Q: (T, Hq * Dh); s.K, s.V:
@@ -247,6 +334,11 @@ public sealed partial class Transformer
     /// </summary>
     private void AttendTile(int l, in KvSource src, TileItem item, Scratch s)
     {
+        if (item.I1 - item.I0 == 1)
+        {
+            AttendRow(l, src, item.I0, item.G, s);
+            return;
+        }
         int group = _group, dh = _headDim, kvOffset = item.G * dh;
         int p = src.P, rb = src.RowBase;
         int queries = (item.I1 - item.I0) * group;
