@@ -127,35 +127,7 @@ internal static unsafe class Q4KInterleaved
             c6 = Finish(c6, i6, d, mins, tok[6].D[b], sums[6] + 8L * b);
             c7 = Finish(c7, i7, d, mins, tok[7].D[b], sums[7] + 8L * b);
         }
-        Q4_0Interleaved.Store(c0, y, rows, partial);
-        if (tokens > 1)
-        {
-            Q4_0Interleaved.Store(c1, y + n, rows, partial);
-        }
-        if (tokens > 2)
-        {
-            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
-        }
-        if (tokens > 3)
-        {
-            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
-        }
-        if (tokens > 4)
-        {
-            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
-        }
-        if (tokens > 5)
-        {
-            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
-        }
-        if (tokens > 6)
-        {
-            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
-        }
-        if (tokens > 7)
-        {
-            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
-        }
+        Q4_0Interleaved.StoreTile(tokens, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
     }
 
     /// <summary>The int16 sums of one sub-block's plane with the token's 32 activations at <paramref name="x"/>.</summary>

@@ -358,35 +358,7 @@ internal static unsafe class Q4KPacked
                 }
             }
         }
-        Q4_0Interleaved.Store(c0, y, rows, partial);
-        if (TN.Value > 1)
-        {
-            Q4_0Interleaved.Store(c1, y + n, rows, partial);
-        }
-        if (TN.Value > 2)
-        {
-            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
-        }
-        if (TN.Value > 3)
-        {
-            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
-        }
-        if (TN.Value > 4)
-        {
-            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
-        }
-        if (TN.Value > 5)
-        {
-            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
-        }
-        if (TN.Value > 6)
-        {
-            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
-        }
-        if (TN.Value > 7)
-        {
-            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
-        }
+        Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
     }
 
     /// <summary>A super-block's 6-bit scales (or mins), bytewise: Low = values 0..3, High = values 4..7 of each row's dword.</summary>

@@ -262,7 +262,6 @@ internal static unsafe class Q4_0Interleaved
     private static void Tile<TN>(byte* g, float* gs, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows, float* partial, Prefetcher ahead)
         where TN : struct, ITokenCount
     {
-        int tokens = TN.Value;
         int line = 0;
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
@@ -310,6 +309,36 @@ internal static unsafe class Q4_0Interleaved
                 c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
             }
         }
+        StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
+    }
+
+    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
+    {
+        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
+              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
+        var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
+        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
+    }
+
+    /// <summary>
+    /// A tile's results: accumulator c_t (t &lt; <paramref name="tokens"/>) to token t's row of y, y + t n (the rest are
+    /// not stored: a tile of fewer tokens passes only its own accumulators). One place for every rows-in-lanes tile
+    /// kernel; inlined, a token count known at JIT time (TN.Value) leaves only its own stores.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void StoreTile(int tokens, float* y, int n, int rows, float* partial, Vector512<float> c0, Vector512<float> c1 = default,
+        Vector512<float> c2 = default, Vector512<float> c3 = default, Vector512<float> c4 = default, Vector512<float> c5 = default,
+        Vector512<float> c6 = default, Vector512<float> c7 = default)
+    {
         Store(c0, y, rows, partial);
         if (tokens > 1)
         {
@@ -339,23 +368,6 @@ internal static unsafe class Q4_0Interleaved
         {
             Store(c7, y + 7L * n, rows, partial);
         }
-    }
-
-    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
-        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
-    {
-        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
-        var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
-        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
     }
 
     /// <summary>The 16 rows' results to y[0..rows) (all 16 at once when the group is whole).</summary>

@@ -171,35 +171,7 @@ internal static unsafe class Q4_0Packed
                 c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D + b, ds8[7] + b);
             }
         }
-        Q4_0Interleaved.Store(c0, y, rows, partial);
-        if (TN.Value > 1)
-        {
-            Q4_0Interleaved.Store(c1, y + n, rows, partial);
-        }
-        if (TN.Value > 2)
-        {
-            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
-        }
-        if (TN.Value > 3)
-        {
-            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
-        }
-        if (TN.Value > 4)
-        {
-            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
-        }
-        if (TN.Value > 5)
-        {
-            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
-        }
-        if (TN.Value > 6)
-        {
-            Q4_0Interleaved.Store(c6, y + 6L * n, rows, partial);
-        }
-        if (TN.Value > 7)
-        {
-            Q4_0Interleaved.Store(c7, y + 7L * n, rows, partial);
-        }
+        Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
     }
 
     /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>

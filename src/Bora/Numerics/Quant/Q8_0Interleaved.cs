@@ -113,27 +113,7 @@ internal static unsafe class Q8_0Interleaved
                 c5 = Token(c5, l, h, dw, x5 + xo, tok[5].D[b], ds[5][b]);
             }
         }
-        Q4_0Interleaved.Store(c0, y, rows, partial);
-        if (tokens > 1)
-        {
-            Q4_0Interleaved.Store(c1, y + n, rows, partial);
-        }
-        if (tokens > 2)
-        {
-            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
-        }
-        if (tokens > 3)
-        {
-            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
-        }
-        if (tokens > 4)
-        {
-            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
-        }
-        if (tokens > 5)
-        {
-            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
-        }
+        Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5);
     }
 
     /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 128 d_x sum x), p = sum u x exactly.</summary>

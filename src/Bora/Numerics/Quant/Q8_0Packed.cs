@@ -204,27 +204,7 @@ internal static unsafe class Q8_0Packed
                 c5 = Token(c5, l, h, dw, x5 + xo, tok[5].D + b, ds[5] + b);
             }
         }
-        Q4_0Interleaved.Store(c0, y, rows, partial);
-        if (TN.Value > 1)
-        {
-            Q4_0Interleaved.Store(c1, y + n, rows, partial);
-        }
-        if (TN.Value > 2)
-        {
-            Q4_0Interleaved.Store(c2, y + 2L * n, rows, partial);
-        }
-        if (TN.Value > 3)
-        {
-            Q4_0Interleaved.Store(c3, y + 3L * n, rows, partial);
-        }
-        if (TN.Value > 4)
-        {
-            Q4_0Interleaved.Store(c4, y + 4L * n, rows, partial);
-        }
-        if (TN.Value > 5)
-        {
-            Q4_0Interleaved.Store(c5, y + 5L * n, rows, partial);
-        }
+        Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5);
     }
 
     /// <summary>The high nibbles of the bytes of <paramref name="u"/>, as bytes.</summary>
