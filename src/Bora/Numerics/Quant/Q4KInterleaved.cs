@@ -35,11 +35,7 @@ internal static unsafe class Q4KInterleaved
     public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         long groupBytes = nb * SuperBytes;
-        if (t_group is null || t_group.LongLength < groupBytes)
-        {
-            t_group = GC.AllocateUninitializedArray<byte>((int)Math.Max(1, groupBytes), pinned: true);
-        }
-        byte* g = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        byte* g = PinnedScratch.Get(ref t_group, groupBytes);
         float* partial = stackalloc float[GroupRows];
         var tok = stackalloc Q8Row[TileTokens];
         var sums = stackalloc nint[TileTokens];

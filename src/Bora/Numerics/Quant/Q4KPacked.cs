@@ -151,12 +151,7 @@ internal static unsafe class Q4KPacked
         byte* expanded = null;
         if (tokens >= ExpandMinTokens)
         {
-            long need = Math.Max(1, (long)nb * Expanded.Stride);
-            if (t_expanded is null || t_expanded.LongLength < need)
-            {
-                t_expanded = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
-            }
-            expanded = (byte*)Unsafe.AsPointer(ref t_expanded[0]);
+            expanded = PinnedScratch.Get(ref t_expanded, (long)nb * Expanded.Stride);
         }
         for (int g0 = r0; g0 < r1; g0 += GroupRows)
         {

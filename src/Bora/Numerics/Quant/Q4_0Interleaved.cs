@@ -50,11 +50,7 @@ internal static unsafe class Q4_0Interleaved
     public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         long groupBytes = (long)nb * (8 * 64 + 64); // weights (nb, 8, 16) int32, then scales (nb, 16) floats
-        if (t_group is null || t_group.LongLength < groupBytes)
-        {
-            t_group = GC.AllocateUninitializedArray<byte>((int)groupBytes, pinned: true);
-        }
-        byte* g = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        byte* g = PinnedScratch.Get(ref t_group, groupBytes);
         float* gs = (float*)(g + (long)nb * 512);
         float* partial = stackalloc float[GroupRows];
         var tok = stackalloc Q8Row[TileTokens];

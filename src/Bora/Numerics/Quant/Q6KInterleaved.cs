@@ -45,11 +45,7 @@ internal static unsafe class Q6KInterleaved
     public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         long groupBytes = nb * SuperBytes;
-        if (t_group is null || t_group.LongLength < groupBytes)
-        {
-            t_group = GC.AllocateUninitializedArray<byte>((int)Math.Max(1, groupBytes), pinned: true);
-        }
-        byte* g = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        byte* g = PinnedScratch.Get(ref t_group, groupBytes);
         float* partial = stackalloc float[GroupRows];
         var xs = stackalloc nint[TileTokens];
         var offs = stackalloc nint[TileTokens];

@@ -140,12 +140,7 @@ internal static unsafe class Q6KPacked
         byte* expanded = null;
         if (tokens >= ExpandMinTokens)
         {
-            long need = Math.Max(1, (long)nb * Expanded.Stride);
-            if (t_expanded is null || t_expanded.LongLength < need)
-            {
-                t_expanded = GC.AllocateUninitializedArray<byte>(checked((int)need), pinned: true);
-            }
-            expanded = (byte*)Unsafe.AsPointer(ref t_expanded[0]);
+            expanded = PinnedScratch.Get(ref t_expanded, (long)nb * Expanded.Stride);
         }
         float* partial = stackalloc float[GroupRows];
         var xs = stackalloc nint[TileTokens];

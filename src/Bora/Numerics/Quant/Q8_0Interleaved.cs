@@ -34,11 +34,7 @@ internal static unsafe class Q8_0Interleaved
     public static void Run(byte* w, long rowBytes, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         long groupBytes = (long)nb * (2 * 512 + 64);
-        if (t_group is null || t_group.LongLength < groupBytes)
-        {
-            t_group = GC.AllocateUninitializedArray<byte>((int)groupBytes, pinned: true);
-        }
-        byte* lo = (byte*)Unsafe.AsPointer(ref t_group[0]);
+        byte* lo = PinnedScratch.Get(ref t_group, groupBytes);
         byte* hi = lo + (long)nb * 512;
         float* gs = (float*)(hi + (long)nb * 512);
         float* partial = stackalloc float[Q4_0Interleaved.GroupRows];
