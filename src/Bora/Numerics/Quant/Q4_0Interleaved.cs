@@ -275,54 +275,37 @@ internal static unsafe class Q4_0Interleaved
             var dw = Vector512.Load(gs + (long)b * GroupRows);
             long xo = 32L * b;
             line = ahead.Step(line);
-            c0 = Token(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, x0 + xo, tok[0].D[b], ds8[0][b]);
+            c0 = Q4_0Packed.Token(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, x0 + xo, tok[0].D + b, ds8[0] + b);
             if (TN.Value > 1)
             {
-                c1 = Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D[b], ds8[1][b]);
+                c1 = Q4_0Packed.Token(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, x1 + xo, tok[1].D + b, ds8[1] + b);
             }
             if (TN.Value > 2)
             {
-                c2 = Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D[b], ds8[2][b]);
+                c2 = Q4_0Packed.Token(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, x2 + xo, tok[2].D + b, ds8[2] + b);
             }
             if (TN.Value > 3)
             {
-                c3 = Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D[b], ds8[3][b]);
+                c3 = Q4_0Packed.Token(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, x3 + xo, tok[3].D + b, ds8[3] + b);
             }
             if (TN.Value > 4)
             {
-                c4 = Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D[b], ds8[4][b]);
+                c4 = Q4_0Packed.Token(c4, w0, w1, w2, w3, w4, w5, w6, w7, dw, x4 + xo, tok[4].D + b, ds8[4] + b);
             }
             if (TN.Value > 5)
             {
-                c5 = Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D[b], ds8[5][b]);
+                c5 = Q4_0Packed.Token(c5, w0, w1, w2, w3, w4, w5, w6, w7, dw, x5 + xo, tok[5].D + b, ds8[5] + b);
             }
             if (TN.Value > 6)
             {
-                c6 = Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D[b], ds8[6][b]);
+                c6 = Q4_0Packed.Token(c6, w0, w1, w2, w3, w4, w5, w6, w7, dw, x6 + xo, tok[6].D + b, ds8[6] + b);
             }
             if (TN.Value > 7)
             {
-                c7 = Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D[b], ds8[7][b]);
+                c7 = Q4_0Packed.Token(c7, w0, w1, w2, w3, w4, w5, w6, w7, dw, x7 + xo, tok[7].D + b, ds8[7] + b);
             }
         }
         StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
-    }
-
-    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
-        Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float dx, float ds8)
-    {
-        var h = Avx512BW.MultiplyAddAdjacent(w0, Vector512.Create(*(int*)x).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w1, Vector512.Create(*(int*)(x + 4)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w2, Vector512.Create(*(int*)(x + 8)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w3, Vector512.Create(*(int*)(x + 12)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w4, Vector512.Create(*(int*)(x + 16)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w5, Vector512.Create(*(int*)(x + 20)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w6, Vector512.Create(*(int*)(x + 24)).AsSByte())
-              + Avx512BW.MultiplyAddAdjacent(w7, Vector512.Create(*(int*)(x + 28)).AsSByte());
-        var p = Avx512F.ConvertToVector512Single(Avx512BW.MultiplyAddAdjacent(h, Vector512.Create((short)1)));
-        return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(dx), Vector512.Create(ds8)), acc);
     }
 
     /// <summary>

@@ -174,9 +174,13 @@ internal static unsafe class Q4_0Packed
         Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
     }
 
-    /// <summary>One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums.</summary>
+    /// <summary>
+    /// One token's block for the 16 rows: acc + d_w (p d_x - 8 d_x sum x), p the exact integer block sums. w0..w7: the
+    /// block's unsigned nibbles, values 4j..4j+3 (j &lt; 4) and 16 + 4(j - 4).. of each row; shared with
+    /// <see cref="Q4_0Interleaved"/>'s tiles, which unpack the nibbles when they repack.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
+    internal static Vector512<float> Token(Vector512<float> acc, Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3,
         Vector512<byte> w4, Vector512<byte> w5, Vector512<byte> w6, Vector512<byte> w7, Vector512<float> dw, sbyte* x, float* dx, float* ds8)
     {
         // 8 vpmaddubsw of at most 2 * 15 * 127 each: their int16 sum stays below 32767 (exact, so summed as a tree).
