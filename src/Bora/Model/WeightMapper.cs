@@ -176,14 +176,10 @@ public sealed class WeightMapper : IDisposable
                 long from = start + r0 * rowBytes;
                 if (file is not null)
                 {
-                    for (int done = 0; done < dst.Length;)
+                    int done = ReadAt(file, dst, info.Offset + from);
+                    if (done < dst.Length)
                     {
-                        int n = RandomAccess.Read(file, dst[done..], info.Offset + from + done);
-                        if (n <= 0)
-                        {
-                            throw ModelFormatException.In(info.SourcePath, $"tensor '{info.Name}': the file ended {dst.Length - done} bytes before the tensor's end");
-                        }
-                        done += n;
+                        throw ModelFormatException.In(info.SourcePath, $"tensor '{info.Name}': the file ended {dst.Length - done} bytes before the tensor's end");
                     }
                 }
                 else
@@ -199,25 +195,46 @@ public sealed class WeightMapper : IDisposable
         return packed;
     }
 
-    /// <summary>A read handle on the tensor's file, or null when it cannot be opened or does not hold the store's bytes there.</summary>
-    private Microsoft.Win32.SafeHandles.SafeFileHandle? File(ITensorStore store, TensorInfo info)
+    /// <summary>
+    /// The cached per-file resource of <paramref name="path"/> (opened once by <paramref name="open"/>), or null when the
+    /// file is absent or cannot be opened (remembered too).
+    /// </summary>
+    private T? Open<T>(Dictionary<string, T?> cache, string path, Func<string, T> open)
+        where T : class
     {
-        Microsoft.Win32.SafeHandles.SafeFileHandle? file;
         lock (_gate)
         {
-            if (!_files.TryGetValue(info.SourcePath, out file))
+            if (!cache.TryGetValue(path, out var value))
             {
                 try
                 {
-                    file = System.IO.File.Exists(info.SourcePath) ? System.IO.File.OpenHandle(info.SourcePath, FileMode.Open, FileAccess.Read, FileShare.Read) : null;
+                    value = System.IO.File.Exists(path) ? open(path) : null;
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
                 {
-                    file = null;
+                    value = null;
                 }
-                _files[info.SourcePath] = file;
+                cache[path] = value;
             }
+            return value;
         }
+    }
+
+    /// <summary>Reads into <paramref name="dst"/> from <paramref name="offset"/> until it is full or the file ends; returns the bytes read.</summary>
+    private static int ReadAt(Microsoft.Win32.SafeHandles.SafeFileHandle file, Span<byte> dst, long offset)
+    {
+        int done = 0;
+        while (done < dst.Length && RandomAccess.Read(file, dst[done..], offset + done) is int n && n > 0)
+        {
+            done += n;
+        }
+        return done;
+    }
+
+    /// <summary>A read handle on the tensor's file, or null when it cannot be opened or does not hold the store's bytes there.</summary>
+    private Microsoft.Win32.SafeHandles.SafeFileHandle? File(ITensorStore store, TensorInfo info)
+    {
+        var file = Open(_files, info.SourcePath, path => System.IO.File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read));
         if (file is null || info.Offset < 0 || info.ByteLength < 0)
         {
             return null;
@@ -232,33 +249,13 @@ public sealed class WeightMapper : IDisposable
         int check = (int)Math.Min(CheckBytes, info.ByteLength);
         Span<byte> head = stackalloc byte[CheckBytes];
         head = head[..check];
-        int got = 0;
-        while (got < check && RandomAccess.Read(file, head[got..], info.Offset + got) is int n && n > 0)
-        {
-            got += n;
-        }
-        return got == check && head.SequenceEqual(store.GetBytes(info with { ByteLength = check })) ? file : null;
+        return ReadAt(file, head, info.Offset) == check && head.SequenceEqual(store.GetBytes(info with { ByteLength = check })) ? file : null;
     }
 
     /// <summary>The mapping of the tensor's file, or null when it cannot be mapped or does not hold the store's bytes.</summary>
     private unsafe WeightStorage? Map(ITensorStore store, TensorInfo info)
     {
-        WeightStorage? map;
-        lock (_gate)
-        {
-            if (!_maps.TryGetValue(info.SourcePath, out map))
-            {
-                try
-                {
-                    map = System.IO.File.Exists(info.SourcePath) ? WeightStorage.MapFile(info.SourcePath) : null;
-                }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
-                {
-                    map = null;
-                }
-                _maps[info.SourcePath] = map;
-            }
-        }
+        var map = Open(_maps, info.SourcePath, WeightStorage.MapFile);
         if (map is null || info.Offset < 0 || info.ByteLength < 0 || info.Offset > map.Length || info.ByteLength > map.Length - info.Offset)
         {
             return null;
