@@ -1,7 +1,6 @@
 using Bora.Chat;
 using Bora.Loading;
 using Bora.Model;
-using Bora.Numerics;
 using Bora.Tokenizers;
 
 namespace Bora.Clients.Tests;
@@ -77,29 +76,7 @@ internal static class ScriptedModel
         {
             throw new InvalidOperationException("a token appears twice in the scripted chains");
         }
-        F32Matrix Zero(int rows, int cols) => new(new float[rows * cols], rows, cols);
-        float[] Ones() => [.. Enumerable.Repeat(1f, Dim)];
-        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
-        var model = new Transformer(new TransformerWeights
-        {
-            Config = config,
-            TokenEmbedding = new F32Matrix(embedding, v, Dim),
-            Layers =
-            [
-                new LayerWeights
-                {
-                    AttentionNorm = Ones(),
-                    Wq = Zero(q, Dim),
-                    Wk = Zero(kv, Dim),
-                    Wv = Zero(kv, Dim),
-                    Wo = Zero(Dim, q),
-                    FfnNorm = Ones(),
-                    FeedForward = new FeedForwardWeights { W1 = Zero(config.HiddenDim, Dim), W2 = Zero(Dim, config.HiddenDim), W3 = Zero(config.HiddenDim, Dim) },
-                },
-            ],
-            FinalNorm = Ones(),
-            Output = new F32Matrix(output, v, Dim),
-        });
+        var model = ScriptedTokens.Model(config, embedding, output);
         return new LoadedModel(new ModelSource(Id, CheckpointLayout.Mistral, "", "", TestModels.V3TokenizerPath), config, model, tok);
     }
 }

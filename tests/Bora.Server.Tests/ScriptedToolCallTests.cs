@@ -6,7 +6,6 @@ using System.Text.Json.Nodes;
 using Bora.Chat;
 using Bora.Loading;
 using Bora.Model;
-using Bora.Numerics;
 using Bora.Tokenizers;
 
 namespace Bora.Server.Tests;
@@ -83,29 +82,7 @@ public class ScriptedServer : IAsyncLifetime
                 output[(chain[i + 1].Value * Dim) + i] = Gain;
             }
         }
-        F32Matrix Zero(int rows, int cols) => new(new float[rows * cols], rows, cols);
-        float[] Ones() => [.. Enumerable.Repeat(1f, Dim)];
-        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
-        var model = new Transformer(new TransformerWeights
-        {
-            Config = config,
-            TokenEmbedding = new F32Matrix(embedding, v, Dim),
-            Layers =
-            [
-                new LayerWeights
-                {
-                    AttentionNorm = Ones(),
-                    Wq = Zero(q, Dim),
-                    Wk = Zero(kv, Dim),
-                    Wv = Zero(kv, Dim),
-                    Wo = Zero(Dim, q),
-                    FfnNorm = Ones(),
-                    FeedForward = new FeedForwardWeights { W1 = Zero(config.HiddenDim, Dim), W2 = Zero(Dim, config.HiddenDim), W3 = Zero(config.HiddenDim, Dim) },
-                },
-            ],
-            FinalNorm = Ones(),
-            Output = new F32Matrix(output, v, Dim),
-        });
+        var model = ScriptedTokens.Model(config, embedding, output);
         var loaded = new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
         Server = await BoraServer.StartAsync(new ServerOptions { Port = 0, ApiKey = "k", ModelId = "scripted" }, () => loaded, TextWriter.Null);
         await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));

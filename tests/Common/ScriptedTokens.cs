@@ -1,4 +1,6 @@
 using System.Text.RegularExpressions;
+using Bora.Model;
+using Bora.Numerics;
 using Bora.Tokenizers;
 
 namespace Bora;
@@ -64,5 +66,38 @@ internal static class ScriptedTokens
             throw new InvalidOperationException($"the scripted tokens decode to '{decoded}', not '{text}'");
         }
         return result;
+    }
+
+    /// <summary>
+    /// The one-layer transformer of a scripted model: every matrix but the embedding and the output head is zero and
+    /// the norms are ones, so the residual stream stays the token's embedding row and the logits are output x that
+    /// row. embedding: (V, D); output: (V, D); the config gives D, heads and F.
+    /// </summary>
+    public static Transformer Model(ModelConfig config, float[] embedding, float[] output)
+    {
+        int d = config.Dim, v = config.VocabSize;
+        F32Matrix Zero(int rows, int cols) => new(new float[rows * cols], rows, cols);
+        float[] Ones() => [.. Enumerable.Repeat(1f, d)];
+        int q = config.NHeads * config.HeadDim, kv = config.NKvHeads * config.HeadDim;
+        return new Transformer(new TransformerWeights
+        {
+            Config = config,
+            TokenEmbedding = new F32Matrix(embedding, v, d),
+            Layers =
+            [
+                new LayerWeights
+                {
+                    AttentionNorm = Ones(),
+                    Wq = Zero(q, d),
+                    Wk = Zero(kv, d),
+                    Wv = Zero(kv, d),
+                    Wo = Zero(d, q),
+                    FfnNorm = Ones(),
+                    FeedForward = new FeedForwardWeights { W1 = Zero(config.HiddenDim, d), W2 = Zero(d, config.HiddenDim), W3 = Zero(config.HiddenDim, d) },
+                },
+            ],
+            FinalNorm = Ones(),
+            Output = new F32Matrix(output, v, d),
+        });
     }
 }
