@@ -23,7 +23,7 @@ namespace Bora.Numerics.Quant;
 /// 4-byte groups add up in int16 (at most 8 * 2 * 15 * 127 = 30480), one vpmaddwd by the rows' sc[s] (in both int16
 /// halves, from one vpshufb of the unpacked scales) adds sc[s] (sum q x) to the int32 sum (exact: at most
 /// 8 * 63 * 60960 &lt; 2^31). The 6-bit scales and mins are unpacked per super-block in registers, 16 rows at once.</para>
-/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// <para>From <see cref="KPacked.ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
 /// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
 /// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
 /// integers, same float products, same results.</para>
@@ -32,7 +32,7 @@ namespace Bora.Numerics.Quant;
 internal static unsafe class Q4KPacked
 {
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
-    internal const int GroupRows = 16;
+    internal const int GroupRows = KPacked.GroupRows;
 
     /// <summary>Bytes of one GGUF Q4_K block (256 values).</summary>
     internal const int BlockBytes = 144;
@@ -44,13 +44,15 @@ internal static unsafe class Q4KPacked
     private const int DminOffset = 32;
     private const int ScaleOffset = 64;
     private const int QuantOffset = 256;
-    private const int TileTokens = 8;
 
-    /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
-    internal const int ExpandMinTokens = 16;
+    /// <summary>
+    /// vpshufb controls (512 bytes, on the pinned heap, so <see cref="Controls"/> stays valid): [0, 256) sc[j]
+    /// (j = 0..3) of each dword to both int16 halves; [256, 512) m[j] zero-extended to int32.
+    /// </summary>
+    private static readonly byte[] ControlBytes = BuildControls();
 
-    [ThreadStatic]
-    private static byte[]? t_expanded;
+    /// <summary>The first byte of <see cref="ControlBytes"/>.</summary>
+    private static readonly byte* Controls = (byte*)Unsafe.AsPointer(ref ControlBytes[0]);
 
     /// <summary>Bytes of one packed group of rows of <paramref name="nb"/> super-blocks: 16 * 144 nb (the file's bytes).</summary>
     public static long GroupBytes(int nb) => (long)nb * SuperBytes;
@@ -61,7 +63,7 @@ internal static unsafe class Q4KPacked
     /// </summary>
     public static void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst)
     {
-        CheckGroup(nb, rows);
+        KPacked.CheckGroup(nb, rows);
         for (int b = 0; b < nb; b++)
         {
             byte* sb = dst + (long)b * SuperBytes;
@@ -87,7 +89,7 @@ internal static unsafe class Q4KPacked
     /// <summary>Row <paramref name="r"/> (0..15) of a packed group back to nb GGUF-layout blocks at <paramref name="dst"/>: <see cref="PackGroup"/>'s exact inverse.</summary>
     public static void UnpackRow(byte* group, int nb, int r, byte* dst)
     {
-        CheckGroup(nb, r + 1);
+        KPacked.CheckGroup(nb, r + 1);
         for (int b = 0; b < nb; b++)
         {
             byte* sb = group + (long)b * SuperBytes;
@@ -105,15 +107,6 @@ internal static unsafe class Q4KPacked
         }
     }
 
-    private static void CheckGroup(int nb, int rows)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(nb);
-        if (rows is < 1 or > GroupRows)
-        {
-            throw new ArgumentOutOfRangeException(nameof(rows), rows, "a group holds 1 to 16 rows");
-        }
-    }
-
     /// <summary>Once per product on the calling thread: the per-sub-block activation sums (d_x sum x) the min term reads.</summary>
     public static void Prepare(Q8Activations act) => act.PrepareSubBlockSums();
 
@@ -121,82 +114,52 @@ internal static unsafe class Q4KPacked
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
     /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
     /// </summary>
-    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+
+    private static byte[] BuildControls()
     {
-        if (tokens <= 0 || r0 >= r1)
-        {
-            return;
-        }
-        long groupBytes = GroupBytes(nb);
-        float* partial = stackalloc float[GroupRows];
-        var tok = stackalloc Q8Row[TileTokens];
-        var sums = stackalloc nint[TileTokens];
-        // vpshufb controls: [0, 256) sc[j] (j = 0..3) of each dword to both int16 halves; [256, 512) m[j] zero-extended to int32.
-        byte* ctrl = stackalloc byte[512];
+        var bytes = GC.AllocateArray<byte>(512, pinned: true);
         for (int j = 0; j < 4; j++)
         {
             for (int i = 0; i < 64; i += 4)
             {
                 byte src = (byte)((i & 15) + j);
-                ctrl[64 * j + i] = src;
-                ctrl[64 * j + i + 1] = 0x80;
-                ctrl[64 * j + i + 2] = src;
-                ctrl[64 * j + i + 3] = 0x80;
-                ctrl[256 + 64 * j + i] = src;
-                ctrl[256 + 64 * j + i + 1] = 0x80;
-                ctrl[256 + 64 * j + i + 2] = 0x80;
-                ctrl[256 + 64 * j + i + 3] = 0x80;
+                bytes[64 * j + i] = src;
+                bytes[64 * j + i + 1] = 0x80;
+                bytes[64 * j + i + 2] = src;
+                bytes[64 * j + i + 3] = 0x80;
+                bytes[256 + 64 * j + i] = src;
+                bytes[256 + 64 * j + i + 1] = 0x80;
+                bytes[256 + 64 * j + i + 2] = 0x80;
+                bytes[256 + 64 * j + i + 3] = 0x80;
             }
         }
-        byte* expanded = null;
-        if (tokens >= ExpandMinTokens)
-        {
-            expanded = PinnedScratch.Get(ref t_expanded, (long)nb * Expanded.Stride);
-        }
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            int rows = Math.Min(GroupRows, r1 - g0);
-            byte* g = packed + g0 / GroupRows * groupBytes;
-            if (expanded != null)
-            {
-                Expand(g, nb, ctrl, expanded);
-            }
-            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
-            {
-                int tt = Math.Min(TileTokens, tokens - t0);
-                for (int j = 0; j < TileTokens; j++)
-                {
-                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
-                    tok[j] = act.Row(t);
-                    sums[j] = (nint)act.SubBlockSums(t);
-                }
-                float* yt = y + (long)t0 * n + g0;
-                if (expanded != null)
-                {
-                    Tiles<Expanded>(tt, expanded, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
-                }
-                else
-                {
-                    Tiles<Packed>(tt, g, nb, tok, (float**)sums, ctrl, yt, n, rows, partial);
-                }
-            }
-        }
+        return bytes;
     }
 
-    /// <summary>The tile of <paramref name="tokens"/> (1..8) tokens over source <typeparamref name="TSrc"/>.</summary>
-    private static void Tiles<TSrc>(int tokens, byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
-        where TSrc : struct, ISource
+    /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: the sub-block sums (d_x sum x).</summary>
+    private readonly struct Kernel : IKPackedKernel
     {
-        switch (tokens)
+        public static long SuperBytes => Q4KPacked.SuperBytes;
+
+        public static long ExpandedStride => Expanded.Stride;
+
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.SubBlockSums(t);
+
+        public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, Controls, dst);
+
+        public static void Tile<TN>(bool expanded, byte* src, int nb, Q8Row* tok, nint* data, float* y, int n, int rows, float* partial)
+            where TN : struct, ITokenCount
         {
-            case 1: Tile<Tokens1, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 2: Tile<Tokens2, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 3: Tile<Tokens3, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 4: Tile<Tokens4, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 5: Tile<Tokens5, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 6: Tile<Tokens6, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            case 7: Tile<Tokens7, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
-            default: Tile<Tokens8, TSrc>(g, nb, tok, sums, ctrl, y, n, rows, partial); break;
+            if (expanded)
+            {
+                Tile<TN, Expanded>(src, nb, tok, (float**)data, Controls, y, n, rows, partial);
+            }
+            else
+            {
+                Tile<TN, Packed>(src, nb, tok, (float**)data, Controls, y, n, rows, partial);
+            }
         }
     }
 

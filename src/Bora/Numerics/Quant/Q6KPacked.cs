@@ -33,7 +33,7 @@ namespace Bora.Numerics.Quant;
 internal static unsafe class Q6KPacked
 {
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
-    internal const int GroupRows = 16;
+    internal const int GroupRows = KPacked.GroupRows;
 
     /// <summary>Bytes of one GGUF Q6_K block (256 values).</summary>
     internal const int BlockBytes = 210;
@@ -42,19 +42,15 @@ internal static unsafe class Q6KPacked
     internal const int SuperBytes = 3392;
 
     /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
-    internal const int ExpandMinTokens = 16;
+    internal const int ExpandMinTokens = KPacked.ExpandMinTokens;
 
     private const int DOffset = 0;
     private const int ScaleOffset = 64;
     private const int LowOffset = 320;
     private const int HighOffset = 2368;
-    private const int TileTokens = 8;
 
     /// <summary>The weight offset: q = u - 32.</summary>
     private const int Offset = 32;
-
-    [ThreadStatic]
-    private static byte[]? t_expanded;
 
     /// <summary>Bytes of one packed group of rows of <paramref name="nb"/> super-blocks: 3392 nb (16 * 212 per super-block, the file's 16 * 210 and padding).</summary>
     public static long GroupBytes(int nb) => (long)nb * SuperBytes;
@@ -65,7 +61,7 @@ internal static unsafe class Q6KPacked
     /// </summary>
     public static void PackGroup(byte* src, long rowBytes, int nb, int rows, byte* dst)
     {
-        CheckGroup(nb, rows);
+        KPacked.CheckGroup(nb, rows);
         for (int b = 0; b < nb; b++)
         {
             byte* sb = dst + (long)b * SuperBytes;
@@ -93,7 +89,7 @@ internal static unsafe class Q6KPacked
     /// <summary>Row <paramref name="r"/> (0..15) of a packed group back to nb GGUF-layout blocks at <paramref name="dst"/>: <see cref="PackGroup"/>'s exact inverse.</summary>
     public static void UnpackRow(byte* group, int nb, int r, byte* dst)
     {
-        CheckGroup(nb, r + 1);
+        KPacked.CheckGroup(nb, r + 1);
         for (int b = 0; b < nb; b++)
         {
             byte* sb = group + (long)b * SuperBytes;
@@ -114,15 +110,6 @@ internal static unsafe class Q6KPacked
         }
     }
 
-    private static void CheckGroup(int nb, int rows)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegative(nb);
-        if (rows is < 1 or > GroupRows)
-        {
-            throw new ArgumentOutOfRangeException(nameof(rows), rows, "a group holds 1 to 16 rows");
-        }
-    }
-
     /// <summary>Once per product on the calling thread: the tokens' offset pairs (32 times sums of x) the kernel subtracts.</summary>
     public static void Prepare(Q8Activations act) => act.PrepareOffsets16(Offset);
 
@@ -130,68 +117,31 @@ internal static unsafe class Q6KPacked
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
     /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
     /// </summary>
-    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
-    {
-        if (tokens <= 0 || r0 >= r1)
-        {
-            return;
-        }
-        long groupBytes = GroupBytes(nb);
-        byte* expanded = null;
-        if (tokens >= ExpandMinTokens)
-        {
-            expanded = PinnedScratch.Get(ref t_expanded, (long)nb * Expanded.Stride);
-        }
-        float* partial = stackalloc float[GroupRows];
-        var xs = stackalloc nint[TileTokens];
-        var offs = stackalloc nint[TileTokens];
-        var dxs = stackalloc nint[TileTokens];
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            int rows = Math.Min(GroupRows, r1 - g0);
-            byte* g = packed + g0 / GroupRows * groupBytes;
-            if (expanded != null)
-            {
-                Expand(g, nb, expanded);
-            }
-            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
-            {
-                int tt = Math.Min(TileTokens, tokens - t0);
-                for (int j = 0; j < TileTokens; j++)
-                {
-                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not stored)
-                    var row = act.Row(t);
-                    xs[j] = (nint)row.Q;
-                    dxs[j] = (nint)row.D;
-                    offs[j] = (nint)act.Offsets16(t);
-                }
-                float* yt = y + (long)t0 * n + g0;
-                if (expanded != null)
-                {
-                    Tiles<Expanded>(tt, expanded, nb, (sbyte**)xs, (float**)dxs, (int**)offs, yt, n, rows, partial);
-                }
-                else
-                {
-                    Tiles<Packed>(tt, g, nb, (sbyte**)xs, (float**)dxs, (int**)offs, yt, n, rows, partial);
-                }
-            }
-        }
-    }
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
 
-    /// <summary>The tile of <paramref name="tokens"/> (1..8) tokens over source <typeparamref name="TSrc"/>.</summary>
-    private static void Tiles<TSrc>(int tokens, byte* g, int nb, sbyte** xs, float** dxs, int** offs, float* y, int n, int rows, float* partial)
-        where TSrc : struct, ISource
+    /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: the offset pairs (<see cref="Q8Activations.Offsets16"/>).</summary>
+    private readonly struct Kernel : IKPackedKernel
     {
-        switch (tokens)
+        public static long SuperBytes => Q6KPacked.SuperBytes;
+
+        public static long ExpandedStride => Expanded.Stride;
+
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.Offsets16(t);
+
+        public static void Expand(byte* g, int nb, byte* dst) => Q6KPacked.Expand(g, nb, dst);
+
+        public static void Tile<TN>(bool expanded, byte* src, int nb, Q8Row* tok, nint* data, float* y, int n, int rows, float* partial)
+            where TN : struct, ITokenCount
         {
-            case 1: Tile<Tokens1, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 2: Tile<Tokens2, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 3: Tile<Tokens3, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 4: Tile<Tokens4, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 5: Tile<Tokens5, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 6: Tile<Tokens6, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            case 7: Tile<Tokens7, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
-            default: Tile<Tokens8, TSrc>(g, nb, xs, dxs, offs, y, n, rows, partial); break;
+            if (expanded)
+            {
+                Tile<TN, Expanded>(src, nb, tok, (int**)data, y, n, rows, partial);
+            }
+            else
+            {
+                Tile<TN, Packed>(src, nb, tok, (int**)data, y, n, rows, partial);
+            }
         }
     }
 
@@ -215,16 +165,16 @@ internal static unsafe class Q6KPacked
     }
 
     /// <summary>
-    /// 16 rows x TN.Value (1..8) tokens (quants xs, scales dxs, offset pairs offs) over all super-blocks of one group
+    /// 16 rows x TN.Value (1..8) tokens (quants and scales tok, offset pairs offs) over all super-blocks of one group
     /// read through <typeparamref name="TSrc"/>; stores the first <paramref name="rows"/> rows of each token.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TN, TSrc>(byte* g, int nb, sbyte** xs, float** dxs, int** offs, float* y, int n, int rows, float* partial)
+    private static void Tile<TN, TSrc>(byte* g, int nb, Q8Row* tok, int** offs, float* y, int n, int rows, float* partial)
         where TN : struct, ITokenCount
         where TSrc : struct, ISource
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-        sbyte* x0 = xs[0], x1 = xs[1], x2 = xs[2], x3 = xs[3], x4 = xs[4], x5 = xs[5], x6 = xs[6], x7 = xs[7];
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + b * TSrc.Stride;
@@ -276,34 +226,34 @@ internal static unsafe class Q6KPacked
                 }
             }
             var d = TSrc.D(sb);
-            c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(dxs[0][b]), c0);
+            c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
             if (TN.Value > 1)
             {
-                c1 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i1) * Vector512.Create(dxs[1][b]), c1);
+                c1 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i1) * Vector512.Create(tok[1].D[b]), c1);
             }
             if (TN.Value > 2)
             {
-                c2 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i2) * Vector512.Create(dxs[2][b]), c2);
+                c2 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i2) * Vector512.Create(tok[2].D[b]), c2);
             }
             if (TN.Value > 3)
             {
-                c3 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i3) * Vector512.Create(dxs[3][b]), c3);
+                c3 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i3) * Vector512.Create(tok[3].D[b]), c3);
             }
             if (TN.Value > 4)
             {
-                c4 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i4) * Vector512.Create(dxs[4][b]), c4);
+                c4 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i4) * Vector512.Create(tok[4].D[b]), c4);
             }
             if (TN.Value > 5)
             {
-                c5 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i5) * Vector512.Create(dxs[5][b]), c5);
+                c5 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i5) * Vector512.Create(tok[5].D[b]), c5);
             }
             if (TN.Value > 6)
             {
-                c6 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i6) * Vector512.Create(dxs[6][b]), c6);
+                c6 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i6) * Vector512.Create(tok[6].D[b]), c6);
             }
             if (TN.Value > 7)
             {
-                c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(dxs[7][b]), c7);
+                c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(tok[7].D[b]), c7);
             }
         }
         Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
