@@ -16,13 +16,13 @@ public static class AttentionBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window"], []);
+        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window", "layers", "decode-steps"], []);
         int tokens = a.GetInt("tokens", 1024), repeats = a.GetInt("repeats", 3);
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount);
         var config = new ModelConfig
         {
             Dim = 256,
-            NLayers = 1,
+            NLayers = a.GetInt("layers", 1),
             NHeads = 32,
             NKvHeads = 8,
             HeadDim = 128,
@@ -30,7 +30,7 @@ public static class AttentionBench
             VocabSize = 64,
             NormEps = 1e-5f,
             RopeTheta = 10000f,
-            MaxSeqLen = tokens,
+            MaxSeqLen = tokens + a.GetInt("decode-steps", 0) + 1,
             SlidingWindow = a.Get("window") is null ? null : a.GetInt("window", 1),
         };
         var rng = new Random(1);
@@ -50,8 +50,7 @@ public static class AttentionBench
         {
             Config = config,
             TokenEmbedding = M(config.VocabSize, config.Dim),
-            Layers =
-            [
+            Layers = Enumerable.Repeat(
                 new LayerWeights
                 {
                     AttentionNorm = Ones(config.Dim),
@@ -61,12 +60,44 @@ public static class AttentionBench
                     Wo = M(config.Dim, q),
                     FfnNorm = Ones(config.Dim),
                     FeedForward = new FeedForwardWeights { W1 = M(config.HiddenDim, config.Dim), W2 = M(config.Dim, config.HiddenDim), W3 = M(config.HiddenDim, config.Dim) },
-                },
-            ],
+                }, config.NLayers).ToArray(),
             FinalNorm = Ones(config.Dim),
             Output = M(config.VocabSize, config.Dim),
         };
         var prompt = Enumerable.Range(0, tokens).Select(i => new TokenId(i % config.VocabSize)).ToArray();
+        int steps = a.GetInt("decode-steps", 0);
+        if (steps > 0)
+        {
+            var model = new Transformer(weights) { MaxTokensPerPass = tokens };
+            var dl = new float[config.VocabSize];
+            var st = new List<double>();
+            double cpuMs = 0;
+            for (int r = 0; r <= repeats; r++)
+            {
+                var cache = model.CreateCache(tokens + steps + 1);
+                NumericsProfile.Enabled = false;
+                model.Forward(prompt, cache, dl);
+                NumericsProfile.Enabled = r > 0;
+                for (int i = 0; i < steps; i++)
+                {
+                    var c0 = Process.GetCurrentProcess().TotalProcessorTime;
+                    long t0 = Stopwatch.GetTimestamp();
+                    model.Forward([new TokenId(i % config.VocabSize)], cache, dl);
+                    if (r > 0)
+                    {
+                        st.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                        cpuMs += (Process.GetCurrentProcess().TotalProcessorTime - c0).TotalMilliseconds;
+                    }
+                }
+            }
+            NumericsProfile.Enabled = false;
+            double attentionMs = NumericsProfile.Seconds(ProfileSection.Attention) * 1000 / st.Count;
+            double med = Median(st);
+            long kvBytes = 2L * config.NLayers * tokens * kv * 4;
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"attention decode after {tokens} tokens, {config.NLayers} layers, threads {NumericsThreads.MaxThreads}: step {med:F2} ms (median; process CPU time {cpuMs / st.Count:F2} ms), attention {attentionMs:F2} ms per step (mean) = {attentionMs / config.NLayers * 1000:F0} us per layer, KV read {kvBytes / attentionMs / 1e6:F1} GB/s"));
+            return 0;
+        }
         var models = new[] { new Transformer(weights) { MaxTokensPerPass = tokens }, new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false } };
         var times = new[] { new List<double>(), new List<double>() };
         var logits = new float[config.VocabSize];

@@ -196,9 +196,11 @@ public sealed partial class Transformer : ICausalLM
                 _kvSources = new KvSource[1];
             }
             _kvSources[0] = new KvSource(cache, null, p, 0);
-            int count = 0;
-            AddTiles(ref _tileItems, ref count, 0, t);
+            int count = 0, parts = 0;
+            AddTiles(ref _tileItems, ref count, 0, t, p, ref parts);
+            EnsurePartials(parts);
             RunTiles(l, _kvSources, _tileItems, count, work, s);
+            MergeKeyChunks(_tileItems, count, _kvSources, s);
         }
         else if (work < ParallelAttentionThreshold || items == 1)
         {
@@ -386,13 +388,15 @@ public sealed partial class Transformer : ICausalLM
             {
                 _kvSources = new KvSource[batch.Count];
             }
-            int count = 0;
+            int count = 0, parts = 0;
             for (int e = 0; e < batch.Count; e++)
             {
                 _kvSources[e] = new KvSource(null, batch[e].Cache, batch[e].Cache.Length, rowStart[e]);
-                AddTiles(ref _tileItems, ref count, e, batch[e].Tokens.Length);
+                AddTiles(ref _tileItems, ref count, e, batch[e].Tokens.Length, batch[e].Cache.Length, ref parts);
             }
+            EnsurePartials(parts);
             RunTiles(l, _kvSources, _tileItems, count, work, s);
+            MergeKeyChunks(_tileItems, count, _kvSources, s);
         }
         else if (work < ParallelAttentionThreshold || items == 1)
         {

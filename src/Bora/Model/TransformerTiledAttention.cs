@@ -55,8 +55,18 @@ public sealed partial class Transformer
         public ReadOnlySpan<float> CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
     }
 
-    /// <summary>One work item of the tiled kernel: pass rows [I0, I1) (relative to the sequence's first row) of sequence Seq, KV head G.</summary>
-    private readonly record struct TileItem(int Seq, int I0, int I1, int G);
+    /// <summary>
+    /// One work item: either a query tile (pass rows [I0, I1) relative to the sequence's first row, KV head G, all its
+    /// keys; Part = -1), or a key chunk of a one-row sequence (row I0, every head, keys [K0, K1); its partial softmax
+    /// goes to slot Part of the partials, merged by <see cref="MergeKeyChunks"/>).
+    /// </summary>
+    private readonly record struct TileItem(int Seq, int I0, int I1, int G, int K0 = 0, int K1 = 0, int Part = -1);
+
+    /// <summary>Keys per chunk of a one-row sequence at least (<see cref="KeyChunks"/>): 128 rows of Hkv * Dh floats, 512 KiB each for K and V at Mistral 7B's shape.</summary>
+    private const int MinChunkKeys = 128;
+
+    /// <summary>Chunks per one-row sequence at most, so the partials stay small for long contexts.</summary>
+    private const int MaxKeyChunks = 16;
 
     /// <summary>Per-thread buffers: K and V tiles (KeyTile, Dh), scores (KeyTile), and per query m, l and o (Dh).</summary>
     private sealed class TileBuffers
@@ -193,7 +203,7 @@ public sealed partial class Transformer
         {
             for (int i = 0; i < count; i++)
             {
-                AttendTile(l, sources[items[i].Seq], items[i], s);
+                AttendItem(l, sources[items[i].Seq], items[i], s);
             }
             return;
         }
@@ -221,12 +231,43 @@ public sealed partial class Transformer
     private void RunTile(int i)
     {
         var item = _runItems![i];
-        AttendTile(_runLayer, _runSources![item.Seq], item, _runScratch!);
+        AttendItem(_runLayer, _runSources![item.Seq], item, _runScratch!);
     }
 
-    /// <summary>Adds the work items of one sequence of <paramref name="rows"/> pass rows: query tiles x KV heads.</summary>
-    private void AddTiles(ref TileItem[] items, ref int count, int seq, int rows)
+    private void AttendItem(int l, in KvSource src, TileItem item, Scratch s)
     {
+        if (item.Part >= 0)
+        {
+            AttendKeys(l, src, item, s);
+        }
+        else
+        {
+            AttendTile(l, src, item, s);
+        }
+    }
+
+    /// <summary>
+    /// Adds the work items of one sequence of <paramref name="rows"/> pass rows whose cache holds positions below
+    /// <paramref name="p"/>: query tiles x KV heads; or, for one row (a decode step), its key chunks
+    /// (<see cref="KeyChunks"/>), which take partial slots from <paramref name="parts"/> on.
+    /// </summary>
+    private void AddTiles(ref TileItem[] items, ref int count, int seq, int rows, int p, ref int parts)
+    {
+        if (rows == 1)
+        {
+            int lo = _window is { } w ? Math.Max(0, p - w + 1) : 0;
+            int n = p - lo + 1, chunks = KeyChunks(n, out int chunkKeys);
+            if (items.Length < count + chunks)
+            {
+                Array.Resize(ref items, Math.Max(count + chunks, items.Length * 2));
+            }
+            for (int c = 0; c < chunks; c++)
+            {
+                int k0 = lo + c * chunkKeys;
+                items[count++] = new TileItem(seq, 0, 1, 0, k0, Math.Min(p + 1, k0 + chunkKeys), parts++);
+            }
+            return;
+        }
         int heads = Config.NKvHeads;
         int needed = count + (rows + QueryTile - 1) / QueryTile * heads;
         if (items.Length < needed)
@@ -243,66 +284,246 @@ public sealed partial class Transformer
     }
 
     [ThreadStatic]
-    private static float[]? t_rowScores;
+    private static float[]? t_chunkScores;
+
+    /// <summary>Floats of one partial slot: o (Hq, Dh), then m (Hq) and l (Hq).</summary>
+    private int PartFloats => _nHeads * (_headDim + 2);
 
     /// <summary>
-    /// One pass row (a decode step, or the last row of a chunk): s.Att row RowBase + i, heads g * G .. g * G + G - 1,
-    /// over its causal (and windowed) keys in one sweep, with no key tiles to transpose: each key row is read once for
-    /// the G query heads that share it (scores (G, n), n the row's keys), then one softmax per head and the weighted
-    /// sum of the value rows, read once as well. Same arithmetic as the per-query kernel up to float summation order.
-    /// Example: P = 520 cached positions, i = 0, no window: keys 0..520 (520 from the pass), n = 521, G = 4 heads.
+    /// How a one-row sequence with <paramref name="n"/> keys is split: chunks of <paramref name="chunkKeys"/>
+    /// consecutive keys (a multiple of 16, at least <see cref="MinChunkKeys"/>), at most <see cref="MaxKeyChunks"/>.
+    /// Depends on n alone, so a sequence gets the same sums alone, batched, and at any thread count.
+    /// Example: n = 521 keys: 128 per chunk, chunks [0, 128), [128, 256), [256, 384), [384, 512), [512, 521).
+    /// n = 4096: 256 per chunk, 16 chunks.
     /// </summary>
-    private void AttendRow(int l, in KvSource src, int i, int g, Scratch s)
+    private static int KeyChunks(int n, out int chunkKeys)
     {
-        int group = _group, dh = _headDim, kvOffset = g * dh;
-        int p = src.P, rb = src.RowBase, pos = p + i;
-        int lo = _window is { } w ? Math.Max(0, pos - w + 1) : 0;
-        int n = pos - lo + 1;
-        if (t_rowScores is null || t_rowScores.Length < group * n)
+        int per = Math.Max(MinChunkKeys, (n + MaxKeyChunks - 1) / MaxKeyChunks);
+        chunkKeys = (per + 15) / 16 * 16;
+        return (n + chunkKeys - 1) / chunkKeys;
+    }
+
+    /// <summary>
+    /// One key chunk of a one-row sequence (a decode step), every head (flash-decoding): keys [K0, K1) of row I0, read
+    /// whole (all Hkv heads of a position are one contiguous row of the cache, so each chunk streams its rows front to
+    /// back), scored against the G query heads that share each KV head; then per head the chunk's maximum m, l = sum of
+    /// exp(score - m) and the unnormalised o = sum of exp(score - m) v, into partial slot Part (o (Hq, Dh), m (Hq),
+    /// l (Hq)). <see cref="MergeKeyChunks"/> combines the chunks of the row.
+    /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
+    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128"/>) and the values 2 keys per update of o
+    /// (<see cref="Values2x128"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
+    /// </summary>
+    private unsafe void AttendKeys(int l, in KvSource src, TileItem item, Scratch s)
+    {
+        int group = _group, dh = _headDim, heads = _nHeads, hkv = Config.NKvHeads;
+        int p = src.P, rb = src.RowBase, row = rb + item.I0, k0 = item.K0, nk = item.K1 - item.K0;
+        if (t_chunkScores is null || t_chunkScores.Length < heads * nk)
         {
-            t_rowScores = new float[Math.Max(group * n, 2 * (t_rowScores?.Length ?? 0))];
+            t_chunkScores = new float[Math.Max(heads * nk, 2 * (t_chunkScores?.Length ?? 0))];
         }
-        var scores = t_rowScores.AsSpan(0, group * n); // (G, n)
-        var q = s.Q.AsSpan((rb + i) * _qDim + g * group * dh, group * dh); // (G, Dh)
-        bool wide = Vector512.IsHardwareAccelerated && dh % Vector512<float>.Count == 0;
-        for (int j = lo; j <= pos; j++)
+        var scores = t_chunkScores.AsSpan(0, heads * nk); // (nk, Hq): row j = every head's score of key k0 + j
+        var q = s.Q.AsSpan(row * _qDim, _qDim);             // (Hq, Dh)
+        bool fast = dh == 128 && Vector512.IsHardwareAccelerated;
+        fixed (float* pq = q)
+        fixed (float* ps = scores)
         {
-            var key = (j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
-            for (int hh = 0; hh < group; hh++)
+            for (int j = 0; j < nk; j++)
             {
-                scores[hh * n + j - lo] = wide ? Dot512(q.Slice(hh * dh, dh), key) : TensorPrimitives.Dot(q.Slice(hh * dh, dh), key);
+                int pos = k0 + j;
+                var keys = pos < p ? src.CachedKey(l, pos) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                fixed (float* pk = keys)
+                {
+                    float* sj = ps + (long)j * heads;
+                    for (int g = 0; g < hkv; g++)
+                    {
+                        int h = g * group, end = h + group;
+                        for (; fast && h + 4 <= end; h += 4)
+                        {
+                            Scores4x128(pq + h * 128, pk + g * 128, sj + h);
+                        }
+                        for (; h < end; h++)
+                        {
+                            sj[h] = TensorPrimitives.Dot(new ReadOnlySpan<float>(pq + h * dh, dh), new ReadOnlySpan<float>(pk + g * dh, dh));
+                        }
+                    }
+                }
             }
         }
-        var att = s.Att.AsSpan((rb + i) * _qDim + g * group * dh, group * dh);
-        att.Clear();
-        for (int hh = 0; hh < group; hh++)
+        var part = _partials.AsSpan(item.Part * PartFloats, PartFloats);
+        var o = part[..(heads * dh)];              // (Hq, Dh)
+        var max = part.Slice(heads * dh, heads);   // (Hq)
+        var sum = part.Slice(heads * dh + heads, heads);
+        max.Fill(float.NegativeInfinity);
+        for (int j = 0; j < nk; j++)
         {
-            var sc = scores.Slice(hh * n, n);
-            TensorPrimitives.Multiply(sc, _scale, sc);
-            float m = TensorPrimitives.Max(sc);
-            TensorPrimitives.Subtract(sc, m, sc);
-            TensorPrimitives.Exp(sc, sc);
-            TensorPrimitives.Multiply(sc, 1f / TensorPrimitives.Sum(sc), sc);
+            var sj = scores.Slice(j * heads, heads);
+            TensorPrimitives.Multiply(sj, _scale, sj);
+            TensorPrimitives.Max(max, sj, max);
         }
-        for (int j = lo; j <= pos; j++)
+        sum.Clear();
+        for (int j = 0; j < nk; j++)
         {
-            var value = (j < p ? src.CachedValue(l, j) : s.V.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
-            for (int hh = 0; hh < group; hh++)
+            var sj = scores.Slice(j * heads, heads);
+            TensorPrimitives.Subtract(sj, max, sj);
+            TensorPrimitives.Exp(sj, sj);
+            TensorPrimitives.Add(sum, sj, sum);
+        }
+        o.Clear();
+        fixed (float* po = o)
+        fixed (float* ps = scores)
+        {
+            int j = 0;
+            for (; fast && j + 2 <= nk; j += 2)
             {
-                var o = att.Slice(hh * dh, dh);
-                if (wide)
+                int pos = k0 + j;
+                var v0 = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
+                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
+                fixed (float* pv0 = v0)
+                fixed (float* pv1 = v1)
                 {
-                    Axpy512(scores[hh * n + j - lo], value, o);
+                    for (int g = 0; g < hkv; g++)
+                    {
+                        Values2x128(pv0 + g * 128, pv1 + g * 128, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                    }
                 }
-                else
+            }
+            for (; j < nk; j++)
+            {
+                int pos = k0 + j;
+                var values = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                for (int g = 0; g < hkv; g++)
                 {
-                    TensorPrimitives.MultiplyAdd(value, scores[hh * n + j - lo], o, o);
+                    var value = values.Slice(g * dh, dh);
+                    for (int h = g * group; h < (g + 1) * group; h++)
+                    {
+                        var oh = o.Slice(h * dh, dh);
+                        TensorPrimitives.MultiplyAdd(value, ps[(long)j * heads + h], oh, oh);
+                    }
                 }
             }
         }
     }
 
-    /// <summary>a · b for lengths a multiple of 16 (one call per key and head in <see cref="AttendRow"/>: no call overhead of the general primitive).</summary>
+    /// <summary>
+    /// dst[0..3] = q_i · k for the 4 query heads q (4, 128) sharing the key k (128): the key is loaded once, the 4
+    /// dot products run as independent chains, and the 4 sums are reduced together (halves, then horizontal adds).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Scores4x128(float* q, float* k, float* dst)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int c = 0; c < 128; c += 16)
+        {
+            var kc = Vector512.Load(k + c);
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 384 + c), kc, a3);
+        }
+        // Per 128-bit lane, hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3]: two rounds leave [s0 s1 s2 s3] per lane of
+        // the 8-float halves, and the two lanes add up to the 4 sums.
+        var h01 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a0.GetLower() + a0.GetUpper(), a1.GetLower() + a1.GetUpper());
+        var h23 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
+        var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(h01, h23);
+        (h.GetLower() + h.GetUpper()).Store(dst);
+    }
+
+    /// <summary>
+    /// o_h += w[h] v0 + w[heads + h] v1 for the <paramref name="group"/> heads h sharing the value rows v0, v1 (128 each)
+    /// of two consecutive keys; w points at the first head's weight of key 0, the weights of key 1 are one score row
+    /// (<paramref name="heads"/>) further; o: (group, 128). The value rows stay in registers across the heads.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Values2x128(float* v0, float* v1, float* w, int heads, float* o, int group)
+    {
+        var a0 = Vector512.Load(v0);
+        var a1 = Vector512.Load(v0 + 16);
+        var a2 = Vector512.Load(v0 + 32);
+        var a3 = Vector512.Load(v0 + 48);
+        var a4 = Vector512.Load(v0 + 64);
+        var a5 = Vector512.Load(v0 + 80);
+        var a6 = Vector512.Load(v0 + 96);
+        var a7 = Vector512.Load(v0 + 112);
+        var b0 = Vector512.Load(v1);
+        var b1 = Vector512.Load(v1 + 16);
+        var b2 = Vector512.Load(v1 + 32);
+        var b3 = Vector512.Load(v1 + 48);
+        var b4 = Vector512.Load(v1 + 64);
+        var b5 = Vector512.Load(v1 + 80);
+        var b6 = Vector512.Load(v1 + 96);
+        var b7 = Vector512.Load(v1 + 112);
+        for (int h = 0; h < group; h++)
+        {
+            var w0 = Vector512.Create(w[h]);
+            var w1 = Vector512.Create(w[heads + h]);
+            float* oh = o + h * 128;
+            Vector512.FusedMultiplyAdd(b0, w1, Vector512.FusedMultiplyAdd(a0, w0, Vector512.Load(oh))).Store(oh);
+            Vector512.FusedMultiplyAdd(b1, w1, Vector512.FusedMultiplyAdd(a1, w0, Vector512.Load(oh + 16))).Store(oh + 16);
+            Vector512.FusedMultiplyAdd(b2, w1, Vector512.FusedMultiplyAdd(a2, w0, Vector512.Load(oh + 32))).Store(oh + 32);
+            Vector512.FusedMultiplyAdd(b3, w1, Vector512.FusedMultiplyAdd(a3, w0, Vector512.Load(oh + 48))).Store(oh + 48);
+            Vector512.FusedMultiplyAdd(b4, w1, Vector512.FusedMultiplyAdd(a4, w0, Vector512.Load(oh + 64))).Store(oh + 64);
+            Vector512.FusedMultiplyAdd(b5, w1, Vector512.FusedMultiplyAdd(a5, w0, Vector512.Load(oh + 80))).Store(oh + 80);
+            Vector512.FusedMultiplyAdd(b6, w1, Vector512.FusedMultiplyAdd(a6, w0, Vector512.Load(oh + 96))).Store(oh + 96);
+            Vector512.FusedMultiplyAdd(b7, w1, Vector512.FusedMultiplyAdd(a7, w0, Vector512.Load(oh + 112))).Store(oh + 112);
+        }
+    }
+
+    /// <summary>
+    /// s.Att row of each one-row sequence from its key chunks' partials (items[Part] in order): per head, with M the
+    /// largest chunk maximum, att = sum_c exp(m_c - M) o_c / sum_c exp(m_c - M) l_c (the online-softmax merge).
+    /// </summary>
+    private void MergeKeyChunks(TileItem[] items, int count, KvSource[] sources, Scratch s)
+    {
+        int heads = _nHeads, dh = _headDim, pf = PartFloats;
+        for (int i = 0; i < count;)
+        {
+            if (items[i].Part < 0)
+            {
+                i++;
+                continue;
+            }
+            int first = i, seq = items[i].Seq;
+            while (i < count && items[i].Part >= 0 && items[i].Seq == seq)
+            {
+                i++;
+            }
+            var att = s.Att.AsSpan((sources[seq].RowBase + items[first].I0) * _qDim, _qDim); // (Hq, Dh)
+            for (int h = 0; h < heads; h++)
+            {
+                float m = float.NegativeInfinity;
+                for (int c = first; c < i; c++)
+                {
+                    m = MathF.Max(m, _partials[items[c].Part * pf + heads * dh + h]);
+                }
+                var oh = att.Slice(h * dh, dh);
+                oh.Clear();
+                float total = 0;
+                for (int c = first; c < i; c++)
+                {
+                    int b = items[c].Part * pf;
+                    float w = MathF.Exp(_partials[b + heads * dh + h] - m);
+                    total += w * _partials[b + heads * dh + heads + h];
+                    TensorPrimitives.MultiplyAdd(_partials.AsSpan(b + h * dh, dh), w, oh, oh);
+                }
+                TensorPrimitives.Multiply(oh, 1f / total, oh);
+            }
+        }
+    }
+
+    /// <summary>Partial slots of the current layer's key chunks: (parts, <see cref="PartFloats"/>).</summary>
+    private float[] _partials = [];
+
+    /// <summary>Makes room for <paramref name="parts"/> partial slots.</summary>
+    private void EnsurePartials(int parts)
+    {
+        long needed = (long)parts * PartFloats;
+        if (_partials.Length < needed)
+        {
+            _partials = new float[Math.Max(needed, 2L * _partials.Length)];
+        }
+    }
+
+    /// <summary>a · b for lengths a multiple of 16 (one call per key and head in <see cref="AttendKeys"/>: no call overhead of the general primitive).</summary>
     private static float Dot512(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
     {
         ref float ra = ref MemoryMarshal.GetReference(a);
@@ -334,11 +555,6 @@ public sealed partial class Transformer
     /// </summary>
     private void AttendTile(int l, in KvSource src, TileItem item, Scratch s)
     {
-        if (item.I1 - item.I0 == 1)
-        {
-            AttendRow(l, src, item.I0, item.G, s);
-            return;
-        }
         int group = _group, dh = _headDim, kvOffset = item.G * dh;
         int p = src.P, rb = src.RowBase;
         int queries = (item.I1 - item.I0) * group;
