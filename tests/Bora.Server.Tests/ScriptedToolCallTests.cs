@@ -1,5 +1,4 @@
 using System.Net;
-using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -23,33 +22,28 @@ namespace Bora.Server.Tests;
 /// token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
 /// (<see cref="ScriptedTokens.Distinct"/>), which decode to the same text.
 /// </remarks>
-public class ScriptedServer : IAsyncLifetime
+public class ScriptedServer : LiveServerFixture
 {
     public const string CallJson = """{"name":"lookup","arguments":{"q":7}}""";
 
     private const int Dim = 64;
     private const float Gain = 10f;
 
-    public BoraServer? Server { get; private set; }
-
-    public ITokenizer? Tokenizer { get; private set; }
+    public ITokenizer? Tokenizer => Model?.Tokenizer;
 
     /// <summary>c1 .. c(n+1): what the model generates after [/INST].</summary>
     public TokenId[] Script { get; private set; } = [];
 
-    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
-
     /// <summary>Text (no spaces) the model writes before [TOOL_CALLS]; empty here.</summary>
     public virtual string Prefix => "";
 
-    public async Task InitializeAsync()
+    protected override LoadedModel? LoadModel()
     {
         if (!V3Server.Available)
         {
-            return;
+            return null;
         }
         var tok = SentencePieceTokenizer.Load(V3Server.TokenizerPath);
-        Tokenizer = tok;
         var controls = ControlTokens.Of(tok);
         var endInst = controls.Get("[/INST]", "the scripted model");
         var toolCalls = controls.Get("[TOOL_CALLS]", "the scripted model");
@@ -83,21 +77,10 @@ public class ScriptedServer : IAsyncLifetime
             }
         }
         var model = ScriptedTokens.Model(config, embedding, output);
-        var loaded = new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
-        Server = await BoraServer.StartAsync(new ServerOptions { Port = 0, ApiKey = "k", ModelId = "scripted" }, () => loaded, TextWriter.Null);
-        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
-        Client.BaseAddress = Server.BaseAddress;
-        Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k");
+        return new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
     }
 
-    public virtual async Task DisposeAsync()
-    {
-        Client.Dispose();
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
+    protected override ServerOptions Options() => new() { Port = 0, ApiKey = "k", ModelId = "scripted" };
 }
 
 public class ScriptedToolCallTests(ScriptedServer live) : IClassFixture<ScriptedServer>
