@@ -6,10 +6,13 @@ namespace Bora.Server;
 // Wire types of the OpenAI-compatible API. Requests keep polymorphic fields (prompt, stop) as
 // JsonElement and are validated by RequestValidation; unknown fields are ignored, as OpenAI does.
 
-public sealed partial class CompletionRequest
+/// <summary>
+/// The fields every generation request shares (completions, chat completions, FIM): model, max_tokens, temperature,
+/// top_p, seed / random_seed (OpenAI / Mistral names), stop, stream.
+/// </summary>
+public abstract class GenerationRequest
 {
     [JsonPropertyName("model")] public string? Model { get; set; }
-    [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
     [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
     [JsonPropertyName("temperature")] public double? Temperature { get; set; }
     [JsonPropertyName("top_p")] public double? TopP { get; set; }
@@ -17,6 +20,11 @@ public sealed partial class CompletionRequest
     [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
+}
+
+public sealed partial class CompletionRequest : GenerationRequest
+{
+    [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
     [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
     [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
@@ -29,18 +37,10 @@ public sealed partial class ChatMessage
     [JsonPropertyName("content")] public JsonElement Content { get; set; }
 }
 
-public sealed partial class ChatCompletionRequest
+public sealed partial class ChatCompletionRequest : GenerationRequest
 {
-    [JsonPropertyName("model")] public string? Model { get; set; }
     [JsonPropertyName("messages")] public List<ChatMessage>? Messages { get; set; }
-    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
     [JsonPropertyName("max_completion_tokens")] public int? MaxCompletionTokens { get; set; }
-    [JsonPropertyName("temperature")] public double? Temperature { get; set; }
-    [JsonPropertyName("top_p")] public double? TopP { get; set; }
-    [JsonPropertyName("seed")] public long? Seed { get; set; }
-    [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
-    [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
-    [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
     [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
     [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
