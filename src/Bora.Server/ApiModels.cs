@@ -61,52 +61,58 @@ public sealed record CompletionChoice(
     [property: JsonPropertyName("logprobs")] CompletionLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string? FinishReason);
 
+/// <summary>
+/// The fields every response object starts with: id, object ("text_completion", "chat.completion",
+/// "chat.completion.chunk"), created (Unix seconds), model. Ordered first: System.Text.Json writes a type's own
+/// properties before its base type's, so these carry JsonPropertyOrder -1 (the rest keep 0).
+/// </summary>
+public abstract record ResponseHead(
+    [property: JsonPropertyName("id"), JsonPropertyOrder(-1)] string Id,
+    [property: JsonPropertyName("object"), JsonPropertyOrder(-1)] string Object,
+    [property: JsonPropertyName("created"), JsonPropertyOrder(-1)] long Created,
+    [property: JsonPropertyName("model"), JsonPropertyOrder(-1)] string Model);
+
 public sealed record CompletionResponse(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<CompletionChoice> Choices,
-    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage) // left out when null: the Mistral SDK rejects "usage": null
+    : ResponseHead(Id, Object, Created, Model);
 
 public sealed record ChatMessageOut(
     [property: JsonPropertyName("role")] string? Role,
     [property: JsonPropertyName("content")] string? Content,
     [property: JsonPropertyName("tool_calls"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<ToolCallOut>? ToolCalls = null);
 
-public sealed record ChatChoice(
-    [property: JsonPropertyName("index")] int Index,
-    [property: JsonPropertyName("message")] ChatMessageOut Message,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+/// <summary>
+/// choices[].logprobs of a chat answer or chunk, written last (a base type's properties come after the type's own).
+/// Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+/// </summary>
+public abstract record ChatChoiceLogprobs
 {
-    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
     [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
 }
 
+public sealed record ChatChoice(
+    [property: JsonPropertyName("index")] int Index,
+    [property: JsonPropertyName("message")] ChatMessageOut Message,
+    [property: JsonPropertyName("finish_reason")] string? FinishReason) : ChatChoiceLogprobs;
+
 public sealed record ChatResponse(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage Usage);
+    [property: JsonPropertyName("usage")] Usage Usage)
+    : ResponseHead(Id, Object, Created, Model);
 
 public sealed record ChatChunkChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason)
-{
-    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
-    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
-}
+    [property: JsonPropertyName("finish_reason")] string? FinishReason) : ChatChoiceLogprobs;
 
 public sealed record ChatChunk(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
-    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage) // left out when null: the Mistral SDK rejects "usage": null
+    : ResponseHead(Id, Object, Created, Model);
 
 /// <summary>
 /// A model card: OpenAI's model object (id, object, created, owned_by) with the fields of Mistral's base model card
