@@ -54,18 +54,10 @@ public sealed record ToolCallFunctionOut(
     [property: JsonPropertyName("arguments"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Arguments);
 
 /// <summary>Mistral's POST /v1/fim/completions body.</summary>
-public sealed class FimCompletionRequest
+public sealed class FimCompletionRequest : GenerationRequest
 {
-    [JsonPropertyName("model")] public string? Model { get; set; }
     [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
     [JsonPropertyName("suffix")] public string? Suffix { get; set; }
-    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
-    [JsonPropertyName("temperature")] public double? Temperature { get; set; }
-    [JsonPropertyName("top_p")] public double? TopP { get; set; }
-    [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
-    [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
-    [JsonPropertyName("seed")] public long? Seed { get; set; }
-    [JsonPropertyName("stream")] public bool? Stream { get; set; }
 }
 
 /// <summary>vLLM's POST /v1/tokenize body: a prompt, or chat messages (rendered as a chat completion would be).</summary>

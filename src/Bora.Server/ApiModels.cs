@@ -6,10 +6,13 @@ namespace Bora.Server;
 // Wire types of the OpenAI-compatible API. Requests keep polymorphic fields (prompt, stop) as
 // JsonElement and are validated by RequestValidation; unknown fields are ignored, as OpenAI does.
 
-public sealed partial class CompletionRequest
+/// <summary>
+/// The fields every generation request shares (completions, chat completions, FIM): model, max_tokens, temperature,
+/// top_p, seed / random_seed (OpenAI / Mistral names), stop, stream.
+/// </summary>
+public abstract class GenerationRequest
 {
     [JsonPropertyName("model")] public string? Model { get; set; }
-    [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
     [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
     [JsonPropertyName("temperature")] public double? Temperature { get; set; }
     [JsonPropertyName("top_p")] public double? TopP { get; set; }
@@ -17,6 +20,11 @@ public sealed partial class CompletionRequest
     [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
     [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
+}
+
+public sealed partial class CompletionRequest : GenerationRequest
+{
+    [JsonPropertyName("prompt")] public JsonElement Prompt { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
     [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
     [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
@@ -29,18 +37,10 @@ public sealed partial class ChatMessage
     [JsonPropertyName("content")] public JsonElement Content { get; set; }
 }
 
-public sealed partial class ChatCompletionRequest
+public sealed partial class ChatCompletionRequest : GenerationRequest
 {
-    [JsonPropertyName("model")] public string? Model { get; set; }
     [JsonPropertyName("messages")] public List<ChatMessage>? Messages { get; set; }
-    [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
     [JsonPropertyName("max_completion_tokens")] public int? MaxCompletionTokens { get; set; }
-    [JsonPropertyName("temperature")] public double? Temperature { get; set; }
-    [JsonPropertyName("top_p")] public double? TopP { get; set; }
-    [JsonPropertyName("seed")] public long? Seed { get; set; }
-    [JsonPropertyName("random_seed")] public long? RandomSeed { get; set; }
-    [JsonPropertyName("stop")] public JsonElement Stop { get; set; }
-    [JsonPropertyName("stream")] public bool? Stream { get; set; }
     [JsonPropertyName("n")] public int? N { get; set; }
     [JsonPropertyName("presence_penalty")] public double? PresencePenalty { get; set; }
     [JsonPropertyName("frequency_penalty")] public double? FrequencyPenalty { get; set; }
@@ -61,52 +61,58 @@ public sealed record CompletionChoice(
     [property: JsonPropertyName("logprobs")] CompletionLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string? FinishReason);
 
+/// <summary>
+/// The fields every response object starts with: id, object ("text_completion", "chat.completion",
+/// "chat.completion.chunk"), created (Unix seconds), model. Ordered first: System.Text.Json writes a type's own
+/// properties before its base type's, so these carry JsonPropertyOrder -1 (the rest keep 0).
+/// </summary>
+public abstract record ResponseHead(
+    [property: JsonPropertyName("id"), JsonPropertyOrder(-1)] string Id,
+    [property: JsonPropertyName("object"), JsonPropertyOrder(-1)] string Object,
+    [property: JsonPropertyName("created"), JsonPropertyOrder(-1)] long Created,
+    [property: JsonPropertyName("model"), JsonPropertyOrder(-1)] string Model);
+
 public sealed record CompletionResponse(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<CompletionChoice> Choices,
-    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage) // left out when null: the Mistral SDK rejects "usage": null
+    : ResponseHead(Id, Object, Created, Model);
 
 public sealed record ChatMessageOut(
     [property: JsonPropertyName("role")] string? Role,
     [property: JsonPropertyName("content")] string? Content,
     [property: JsonPropertyName("tool_calls"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<ToolCallOut>? ToolCalls = null);
 
-public sealed record ChatChoice(
-    [property: JsonPropertyName("index")] int Index,
-    [property: JsonPropertyName("message")] ChatMessageOut Message,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason)
+/// <summary>
+/// choices[].logprobs of a chat answer or chunk, written last (a base type's properties come after the type's own).
+/// Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
+/// </summary>
+public abstract record ChatChoiceLogprobs
 {
-    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
     [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
 }
 
+public sealed record ChatChoice(
+    [property: JsonPropertyName("index")] int Index,
+    [property: JsonPropertyName("message")] ChatMessageOut Message,
+    [property: JsonPropertyName("finish_reason")] string? FinishReason) : ChatChoiceLogprobs;
+
 public sealed record ChatResponse(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChoice> Choices,
-    [property: JsonPropertyName("usage")] Usage Usage);
+    [property: JsonPropertyName("usage")] Usage Usage)
+    : ResponseHead(Id, Object, Created, Model);
 
 public sealed record ChatChunkChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("delta")] ChatMessageOut Delta,
-    [property: JsonPropertyName("finish_reason")] string? FinishReason)
-{
-    // Left out when not requested: strict client schemas (e.g. zod's optional object) reject an explicit null.
-    [JsonPropertyName("logprobs")][JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public ChatLogprobs? Logprobs { get; init; }
-}
+    [property: JsonPropertyName("finish_reason")] string? FinishReason) : ChatChoiceLogprobs;
 
 public sealed record ChatChunk(
-    [property: JsonPropertyName("id")] string Id,
-    [property: JsonPropertyName("object")] string Object,
-    [property: JsonPropertyName("created")] long Created,
-    [property: JsonPropertyName("model")] string Model,
+    string Id, string Object, long Created, string Model,
     [property: JsonPropertyName("choices")] IReadOnlyList<ChatChunkChoice> Choices,
-    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage); // left out when null: the Mistral SDK rejects "usage": null
+    [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage) // left out when null: the Mistral SDK rejects "usage": null
+    : ResponseHead(Id, Object, Created, Model);
 
 /// <summary>
 /// A model card: OpenAI's model object (id, object, created, owned_by) with the fields of Mistral's base model card

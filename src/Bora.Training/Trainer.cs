@@ -122,7 +122,7 @@ public sealed class Trainer
 {
     private readonly TrainingModel<float> _model;
     private readonly TrainingModel<float> _eval;
-    private readonly int[] _tokens, _targets;
+    private readonly AccumulatingStepper _stepper;
 
     public Trainer(ModelParameters<float> parameters, TokenDataset data, TrainingOptions options)
     {
@@ -136,10 +136,7 @@ public sealed class Trainer
         var modelOptions = new TrainingModelOptions { AuxLossCoefficient = options.AuxLossCoefficient, MaxThreads = options.MaxThreads };
         _model = new TrainingModel<float>(parameters, options.BatchSize, options.SeqLen, modelOptions);
         _eval = new TrainingModel<float>(parameters, 1, options.SeqLen, modelOptions);
-        Optimizer = new AdamW(parameters.All, options.Beta1, options.Beta2, options.AdamEps, options.WeightDecay);
-        Schedule = new CosineSchedule(options.MaxLr, options.MinLr, options.WarmupSteps, options.TotalSteps);
-        _tokens = new int[options.BatchSize * options.SeqLen];
-        _targets = new int[_tokens.Length];
+        _stepper = new AccumulatingStepper(parameters.All, options);
     }
 
     public ModelParameters<float> Parameters { get; }
@@ -148,32 +145,16 @@ public sealed class Trainer
 
     public TrainingOptions Options { get; }
 
-    public AdamW Optimizer { get; }
+    public AdamW Optimizer => _stepper.Optimizer;
 
-    public CosineSchedule Schedule { get; }
+    public CosineSchedule Schedule => _stepper.Schedule;
 
     /// <summary>Optimizer steps taken (equal to <see cref="AdamW.Steps"/>).</summary>
     public long Step => Optimizer.Steps;
 
     /// <summary>One optimizer step over <see cref="TrainingOptions.AccumulationSteps"/> micro-batches.</summary>
-    public StepResult TrainStep()
-    {
-        long step = Step;
-        int k = Options.AccumulationSteps;
-        Parameters.ZeroGrad();
-        double loss = 0, ce = 0;
-        for (int micro = 0; micro < k; micro++)
-        {
-            Data.Sample(Options.Seed, step, micro, Options.BatchSize, Options.SeqLen, _tokens, _targets);
-            loss += _model.Forward(_tokens, _targets);
-            ce += _model.CrossEntropy;
-            _model.Backward(1f / k);
-        }
-        double norm = AdamW.ClipGradients(Parameters.All, Options.GradClip);
-        double lr = Schedule.LearningRate(step);
-        Optimizer.Update(lr);
-        return new StepResult(Step, loss / k, ce / k, lr, norm, (long)k * _tokens.Length);
-    }
+    public StepResult TrainStep() => _stepper.Step(_model, (step, micro) =>
+        Data.Sample(Options.Seed, step, micro, Options.BatchSize, Options.SeqLen, _stepper.Tokens, _stepper.Targets));
 
     /// <summary>
     /// Mean cross-entropy over up to <paramref name="maxSequences"/> consecutive non-overlapping windows

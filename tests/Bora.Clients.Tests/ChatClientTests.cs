@@ -175,13 +175,10 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
     [Fact]
     public async Task UseFunctionInvocation_runs_a_parsed_tool_call_and_sends_its_result_back()
     {
-        if (!TestModels.V3Available)
+        if (V3ToolTokens() is not (var tok, var toolCalls))
         {
-            Console.WriteLine(TestModels.SkipMessage);
             return;
         }
-        var tok = TestModels.LoadTinyV3().Tokenizer;
-        var toolCalls = ControlTokens.Of(tok).Get("[TOOL_CALLS]", "test");
         var backend = new ScriptedBackend(tok,
             [toolCalls, .. tok.Encode("""[{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "abc123XYZ"}]""", addBos: false), tok.Eos],
             [.. tok.Encode("It is sunny in Paris.", addBos: false), tok.Eos]);
@@ -219,13 +216,10 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
     [Fact]
     public async Task Streamed_tool_calls_arrive_as_FunctionCallContent_with_finish_reason_tool_calls()
     {
-        if (!TestModels.V3Available)
+        if (V3ToolTokens() is not (var tok, var toolCalls))
         {
-            Console.WriteLine(TestModels.SkipMessage);
             return;
         }
-        var tok = TestModels.LoadTinyV3().Tokenizer;
-        var toolCalls = ControlTokens.Of(tok).Get("[TOOL_CALLS]", "test");
         var backend = new ScriptedBackend(tok,
             [.. tok.Encode("Let me check.", addBos: false), toolCalls,
              .. tok.Encode("""[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": "not json"}]""", addBos: false)]);
@@ -297,13 +291,10 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
     [Fact]
     public async Task Options_map_to_the_engine_constraints()
     {
-        if (!TestModels.V3Available)
+        if (V3ToolTokens() is not (var tok, var toolCalls))
         {
-            Console.WriteLine(TestModels.SkipMessage);
             return;
         }
-        var tok = TestModels.LoadTinyV3().Tokenizer;
-        var toolCalls = ControlTokens.Of(tok).Get("[TOOL_CALLS]", "test");
         var weather = AIFunctionFactory.Create((string city) => "sunny", "get_weather", "Current weather of a city");
         var time = AIFunctionFactory.Create(() => "noon", "get_time", "The time");
         var backend = new ScriptedBackend(tok, [tok.Eos], [tok.Eos], [tok.Eos], [tok.Eos], [tok.Eos]);
@@ -374,6 +365,18 @@ public class ChatClientTests(ChatClients clients) : IClassFixture<ChatClients>
     }
 
     /// <summary>A backend that answers the n-th request with the n-th token script (text decoded as the engine streams it).</summary>
+    /// <summary>The tiny v3 model's tokenizer and its [TOOL_CALLS] token; null (the skip message printed) when the shared test data is absent.</summary>
+    private static (ITokenizer Tok, TokenId ToolCalls)? V3ToolTokens()
+    {
+        if (!TestModels.V3Available)
+        {
+            Console.WriteLine(TestModels.SkipMessage);
+            return null;
+        }
+        var tok = TestModels.LoadTinyV3().Tokenizer;
+        return (tok, ControlTokens.Of(tok).Get("[TOOL_CALLS]", "test"));
+    }
+
     private sealed class ScriptedBackend(ITokenizer tokenizer, params TokenId[][] scripts) : IGenerationBackend
     {
         public List<TokenId[]> Prompts { get; } = [];

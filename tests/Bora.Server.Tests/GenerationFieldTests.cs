@@ -9,38 +9,24 @@ using Bora.Tokenizers;
 namespace Bora.Server.Tests;
 
 /// <summary>A live server over a random-weight model with Mistral's v3 tokenizer (it has [TOOL_CALLS]); null when the tokenizer is absent.</summary>
-public sealed class RandomV3Server : IAsyncLifetime
+public sealed class RandomV3Server() : LiveServerFixture(clientTimeoutSeconds: 120, readySeconds: 60)
 {
     public static string TokenizerPath => TestPaths.Shared("tokenizers", "mistral", "mistral_instruct_tokenizer_240323.model.v3");
 
-    public BoraServer? Server { get; private set; }
+    public ITokenizer? Tokenizer => Model?.Tokenizer;
 
-    public ITokenizer? Tokenizer { get; private set; }
-
-    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(120) };
-
-    public async Task InitializeAsync()
+    protected override LoadedModel? LoadModel()
     {
         if (!File.Exists(TokenizerPath))
         {
-            return;
+            return null;
         }
-        Tokenizer = SentencePieceTokenizer.Load(TokenizerPath);
-        var config = RandomModels.Dense() with { VocabSize = Tokenizer.VocabSize };
-        var loaded = new LoadedModel(new ModelSource("random-v3", CheckpointLayout.Gguf, "", "", null), config, RandomModels.Build(config, seed: 11), Tokenizer);
-        Server = await BoraServer.StartAsync(new ServerOptions { Port = 0, MaxTokensLimit = 200 }, () => loaded, TextWriter.Null);
-        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(60));
-        Client.BaseAddress = Server.BaseAddress;
+        var tokenizer = SentencePieceTokenizer.Load(TokenizerPath);
+        var config = RandomModels.Dense() with { VocabSize = tokenizer.VocabSize };
+        return new LoadedModel(new ModelSource("random-v3", CheckpointLayout.Gguf, "", "", null), config, RandomModels.Build(config, seed: 11), tokenizer);
     }
 
-    public async Task DisposeAsync()
-    {
-        Client.Dispose();
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
+    protected override ServerOptions Options() => new() { Port = 0, MaxTokensLimit = 200 };
 }
 
 /// <summary>presence/frequency penalties, n, logprobs, response_format, tools + tool_choice: validation and behaviour over HTTP.</summary>

@@ -1,11 +1,9 @@
 using System.Net;
-using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Bora.Chat;
 using Bora.Loading;
-using Bora.Model;
 using Bora.Tokenizers;
 
 namespace Bora.Server.Tests;
@@ -17,87 +15,45 @@ namespace Bora.Server.Tests;
 /// <see cref="CallJson"/> token by token, then EOS. The model really calls a tool, end to end over HTTP.
 /// </summary>
 /// <remarks>
-/// Chain tokens c0 = [/INST], c1 = [TOOL_CALLS], c2..cn (the JSON), c(n+1) = EOS. Embedding row of c_i is the
-/// one-hot e_i (D = <see cref="Dim"/>); RMSNorm turns it into sqrt(D) e_i; output row of c(i+1) is
-/// <see cref="Gain"/> e_i, so the logit of the successor is Gain sqrt(D) and every other logit is 0. Each JSON
-/// token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
+/// Chain tokens c0 = [/INST], c1 = [TOOL_CALLS], c2..cn (the JSON), then EOS, laid out by
+/// <see cref="ScriptedTokens.ChainModel"/>: the logit of each token's successor is Gain sqrt(D) and every other logit
+/// is 0. Each JSON token must appear once in the chain: a repeated piece is written with other pieces or byte tokens
 /// (<see cref="ScriptedTokens.Distinct"/>), which decode to the same text.
 /// </remarks>
-public class ScriptedServer : IAsyncLifetime
+public class ScriptedServer : LiveServerFixture
 {
     public const string CallJson = """{"name":"lookup","arguments":{"q":7}}""";
 
     private const int Dim = 64;
     private const float Gain = 10f;
 
-    public BoraServer? Server { get; private set; }
-
-    public ITokenizer? Tokenizer { get; private set; }
+    public ITokenizer? Tokenizer => Model?.Tokenizer;
 
     /// <summary>c1 .. c(n+1): what the model generates after [/INST].</summary>
     public TokenId[] Script { get; private set; } = [];
 
-    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
-
     /// <summary>Text (no spaces) the model writes before [TOOL_CALLS]; empty here.</summary>
     public virtual string Prefix => "";
 
-    public async Task InitializeAsync()
+    protected override LoadedModel? LoadModel()
     {
         if (!V3Server.Available)
         {
-            return;
+            return null;
         }
         var tok = SentencePieceTokenizer.Load(V3Server.TokenizerPath);
-        Tokenizer = tok;
         var controls = ControlTokens.Of(tok);
         var endInst = controls.Get("[/INST]", "the scripted model");
         var toolCalls = controls.Get("[TOOL_CALLS]", "the scripted model");
         var used = new HashSet<TokenId>();
         var prefix = ScriptedTokens.Distinct(tok, Prefix, used);
         Script = [.. prefix, toolCalls, .. ScriptedTokens.Distinct(tok, CallJson, used), tok.Eos];
-        TokenId[] chain = [endInst, .. Script];
-        Assert.Equal(chain.Length, chain.Distinct().Count());
-        Assert.True(chain.Length <= Dim);
-
-        var config = new ModelConfig
-        {
-            Dim = Dim,
-            NLayers = 1,
-            NHeads = 4,
-            NKvHeads = 2,
-            HeadDim = 16,
-            HiddenDim = 32,
-            VocabSize = tok.VocabSize,
-            MaxSeqLen = 512,
-        };
-        int v = config.VocabSize;
-        var embedding = new float[v * Dim];   // (V, D)
-        var output = new float[v * Dim];      // (V, D)
-        for (int i = 0; i < chain.Length; i++)
-        {
-            embedding[(chain[i].Value * Dim) + i] = 1f;
-            if (i + 1 < chain.Length)
-            {
-                output[(chain[i + 1].Value * Dim) + i] = Gain;
-            }
-        }
-        var model = ScriptedTokens.Model(config, embedding, output);
-        var loaded = new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
-        Server = await BoraServer.StartAsync(new ServerOptions { Port = 0, ApiKey = "k", ModelId = "scripted" }, () => loaded, TextWriter.Null);
-        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
-        Client.BaseAddress = Server.BaseAddress;
-        Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k");
+        // The chain [/INST] c1 .. cn; EOS follows cn.
+        var (config, model) = ScriptedTokens.ChainModel(tok, Dim, Gain, [endInst, .. Script[..^1]]);
+        return new LoadedModel(new ModelSource("scripted", CheckpointLayout.Mistral, "", "", V3Server.TokenizerPath), config, model, tok);
     }
 
-    public virtual async Task DisposeAsync()
-    {
-        Client.Dispose();
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
+    protected override ServerOptions Options() => new() { Port = 0, ApiKey = "k", ModelId = "scripted" };
 }
 
 public class ScriptedToolCallTests(ScriptedServer live) : IClassFixture<ScriptedServer>

@@ -1,5 +1,4 @@
 using System.Net;
-using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using Bora.Chat;
@@ -13,7 +12,7 @@ namespace Bora.Server.Tests;
 /// [TOOL_CALLS], [SUFFIX], ...): random weights never choose to call a tool, but prompts render exactly as
 /// for a real v3 model, so rendering and the routes can be checked end to end.
 /// </summary>
-public sealed class V3Server : IAsyncLifetime
+public sealed class V3Server : LiveServerFixture
 {
     public const string Key = "v3-key";
 
@@ -21,43 +20,24 @@ public sealed class V3Server : IAsyncLifetime
 
     public static bool Available => File.Exists(TokenizerPath);
 
-    public BoraServer? Server { get; private set; }
-
-    public LoadedModel? Model { get; private set; }
-
-    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
-
-    public StringWriter Log { get; } = new();
-
-    public async Task InitializeAsync()
+    protected override LoadedModel? LoadModel()
     {
         if (!Available)
         {
-            return;
+            return null;
         }
         var tokenizer = SentencePieceTokenizer.Load(TokenizerPath);
         var config = RandomModels.Dense() with { VocabSize = tokenizer.VocabSize, MaxSeqLen = 1024 };
-        Model = new LoadedModel(new ModelSource("tiny-v3", CheckpointLayout.Mistral, "", "", TokenizerPath), config, RandomModels.Build(config, 11), tokenizer);
-        Server = await BoraServer.StartAsync(new ServerOptions
-        {
-            Port = 0,
-            ApiKey = Key,
-            ModelId = "tiny-v3",
-            Engine = new Serving.EngineOptions { BlockSize = 16, MaxBatchTokens = 256, MaxChunkTokens = 256 },
-        }, () => Model, TextWriter.Synchronized(Log));
-        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
-        Client.BaseAddress = Server.BaseAddress;
-        Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", Key);
+        return new LoadedModel(new ModelSource("tiny-v3", CheckpointLayout.Mistral, "", "", TokenizerPath), config, RandomModels.Build(config, 11), tokenizer);
     }
 
-    public async Task DisposeAsync()
+    protected override ServerOptions Options() => new()
     {
-        Client.Dispose();
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
+        Port = 0,
+        ApiKey = Key,
+        ModelId = "tiny-v3",
+        Engine = new Serving.EngineOptions { BlockSize = 16, MaxBatchTokens = 256, MaxChunkTokens = 256 },
+    };
 }
 
 public class ServeApiTests(V3Server live) : IClassFixture<V3Server>

@@ -8,7 +8,7 @@ using Bora.Loading;
 namespace Bora.Server.Tests;
 
 /// <summary>One live server on 127.0.0.1 (a free port) over stories260K, shared by the tests of a class.</summary>
-public sealed class LiveServer : IAsyncLifetime
+public sealed class LiveServer : LiveServerFixture
 {
     public const string Key = "test-key-123";
 
@@ -16,42 +16,16 @@ public sealed class LiveServer : IAsyncLifetime
 
     public static bool Available => File.Exists(ModelPath);
 
-    public BoraServer? Server { get; private set; }
+    protected override LoadedModel? LoadModel() => Available ? ModelLoader.Load(ModelPath) : null;
 
-    public LoadedModel? Model { get; private set; }
-
-    public HttpClient Client { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
-
-    public StringWriter Log { get; } = new();
-
-    public async Task InitializeAsync()
+    protected override ServerOptions Options() => new()
     {
-        if (!Available)
-        {
-            return;
-        }
-        Model = ModelLoader.Load(ModelPath);
-        Server = await BoraServer.StartAsync(new ServerOptions
-        {
-            Port = 0,
-            ApiKey = Key,
-            MaxBodyBytes = 64 * 1024,
-            MaxTokensLimit = 400,
-            Engine = new Serving.EngineOptions { BlockSize = 8, MaxBatchTokens = 64, MaxChunkTokens = 32, MaxRunning = 16, MaxWaiting = 32 },
-        }, () => Model, TextWriter.Synchronized(Log));
-        await Server.Ready.WaitAsync(TimeSpan.FromSeconds(30));
-        Client.BaseAddress = Server.BaseAddress;
-        Client.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", Key);
-    }
-
-    public async Task DisposeAsync()
-    {
-        Client.Dispose();
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
+        Port = 0,
+        ApiKey = Key,
+        MaxBodyBytes = 64 * 1024,
+        MaxTokensLimit = 400,
+        Engine = new Serving.EngineOptions { BlockSize = 8, MaxBatchTokens = 64, MaxChunkTokens = 32, MaxRunning = 16, MaxWaiting = 32 },
+    };
 }
 
 public class ServerTests(LiveServer live) : IClassFixture<LiveServer>

@@ -48,6 +48,16 @@ public partial class ToolCallShapingTests
 
     private static JsonElement Parse(byte[] json) => JsonDocument.Parse(json).RootElement.Clone();
 
+    /// <summary>choices[0] of a response or chunk.</summary>
+    private static JsonElement Choice(byte[] json) => Parse(json).GetProperty("choices")[0];
+
+    /// <summary>choices[0].delta.content of a parsed chunk.</summary>
+    private static string? DeltaContent(JsonElement chunk) => chunk.GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString();
+
+    /// <summary>Feeds the deltas to the writer, in order; the chunks it streamed on the way, parsed.</summary>
+    private static List<JsonElement> Streamed(ChatAnswerWriter writer, IEnumerable<GenerationDelta> deltas) =>
+        [.. deltas.Select(d => writer.Delta(d)).Where(c => c is not null).Select(c => Parse(c!))];
+
     [Fact]
     public void Text_on_the_tool_calls_delta_is_content_released_before_the_call()
     {
@@ -60,10 +70,9 @@ public partial class ToolCallShapingTests
         int at = deltas.FindIndex(d => d.Token is { } t && Tok.IsControl(t));
         deltas[at] = deltas[at] with { Text = ", wor" };
         var writer = Writer(tools: true);
-        string streamed = string.Concat(deltas.Select(d => writer.Delta(d) is { } chunk
-            ? Parse(chunk).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString() : ""));
+        string streamed = string.Concat(Streamed(writer, deltas).Select(DeltaContent));
         Assert.Equal("Sure, wor", streamed);
-        var message = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0].GetProperty("message");
+        var message = Choice(writer.Whole(EosSummary, SomeUsage)).GetProperty("message");
         Assert.Equal("Sure, wor", message.GetProperty("content").GetString());
         Assert.Equal("f", Assert.Single(message.GetProperty("tool_calls").EnumerateArray()).GetProperty("function").GetProperty("name").GetString());
     }
@@ -103,15 +112,7 @@ public partial class ToolCallShapingTests
             return;
         }
         var writer = Writer(tools: true);
-        var streamed = new List<JsonElement>();
-        foreach (var d in Deltas("", """[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]"""))
-        {
-            if (writer.Delta(d) is { } chunk)
-            {
-                streamed.Add(Parse(chunk));
-            }
-        }
-        Assert.Empty(streamed);
+        Assert.Empty(Streamed(writer, Deltas("", """[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]""")));
         var end = writer.End(EosSummary, SomeUsage, includeUsage: true).Select(Parse).ToList();
         Assert.Equal(2 * 2 + 2, end.Count);
         for (int i = 0; i < 2; i++)
@@ -141,16 +142,9 @@ public partial class ToolCallShapingTests
             return;
         }
         var writer = Writer(tools: true);
-        var content = new List<string>();
-        foreach (var d in Deltas("Let me check.", """[{"name": "f", "arguments": {}}]"""))
-        {
-            if (writer.Delta(d) is { } chunk)
-            {
-                content.Add(Parse(chunk).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString()!);
-            }
-        }
+        var content = Streamed(writer, Deltas("Let me check.", """[{"name": "f", "arguments": {}}]""")).Select(DeltaContent);
         Assert.Equal("Let me check.", string.Concat(content));
-        var message = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0].GetProperty("message");
+        var message = Choice(writer.Whole(EosSummary, SomeUsage)).GetProperty("message");
         Assert.Equal("Let me check.", message.GetProperty("content").GetString());
         Assert.Equal("f", message.GetProperty("tool_calls")[0].GetProperty("function").GetProperty("name").GetString());
     }
@@ -174,18 +168,17 @@ public partial class ToolCallShapingTests
 
         var whole = Writer(tools: true);
         deltas.ForEach(d => whole.Delta(d));
-        var choice = Parse(whole.Whole(summary, SomeUsage)).GetProperty("choices")[0];
+        var choice = Choice(whole.Whole(summary, SomeUsage));
         Assert.Equal(finish, choice.GetProperty("finish_reason").GetString());
         Assert.Equal(generated, choice.GetProperty("message").GetProperty("content").GetString());
         Assert.False(choice.GetProperty("message").TryGetProperty("tool_calls", out _));
 
         // Streaming: the held-back text is sent as content at the end, before the finish chunk.
         var stream = Writer(tools: true);
-        var texts = deltas.Select(d => stream.Delta(d)).Where(c => c is not null).Select(c => Parse(c!)).ToList();
-        Assert.Empty(texts);
+        Assert.Empty(Streamed(stream, deltas));
         var end = stream.End(summary, SomeUsage, includeUsage: false).Select(Parse).ToList();
         Assert.Equal(2, end.Count);
-        Assert.Equal(generated, end[0].GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString());
+        Assert.Equal(generated, DeltaContent(end[0]));
         Assert.Equal(finish, end[1].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
     }
 
@@ -198,10 +191,9 @@ public partial class ToolCallShapingTests
         }
         var writer = Writer(tools: false);
         var deltas = Deltas("", """[{"name": "f", "arguments": {}}]""");
-        string streamed = string.Concat(deltas.Select(d => writer.Delta(d)).Where(c => c is not null)
-            .Select(c => Parse(c!).GetProperty("choices")[0].GetProperty("delta").GetProperty("content").GetString()));
+        string streamed = string.Concat(Streamed(writer, deltas).Select(DeltaContent));
         Assert.Equal(string.Concat(deltas.Select(d => d.Text)), streamed);
-        var choice = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0];
+        var choice = Choice(writer.Whole(EosSummary, SomeUsage));
         Assert.Equal("stop", choice.GetProperty("finish_reason").GetString());
         Assert.False(choice.GetProperty("message").TryGetProperty("tool_calls", out _));
     }
@@ -215,7 +207,7 @@ public partial class ToolCallShapingTests
         }
         var writer = Writer(tools: true);
         Deltas("", """[{"name": "f", "arguments": {}, "id": "short"}, {"name": "g", "arguments": {}, "id": "Zz9Zz9Zz9"}]""").ForEach(d => writer.Delta(d));
-        var calls = Parse(writer.Whole(EosSummary, SomeUsage)).GetProperty("choices")[0].GetProperty("message").GetProperty("tool_calls");
+        var calls = Choice(writer.Whole(EosSummary, SomeUsage)).GetProperty("message").GetProperty("tool_calls");
         string first = calls[0].GetProperty("id").GetString()!;
         Assert.NotEqual("short", first);
         Assert.Matches(NineAlphanumerics(), first);

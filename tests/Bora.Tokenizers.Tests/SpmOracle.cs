@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 
@@ -24,29 +23,13 @@ internal static class SpmOracle
             string request = Path.Combine(dir, "request.json");
             // Every non-ASCII character escaped as \uXXXX, so the lone surrogates of the corpus survive.
             File.WriteAllText(request, OracleJson.Request(texts, decodeIds), new UTF8Encoding(false));
-            var psi = new ProcessStartInfo(Python)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            };
-            psi.ArgumentList.Add(Script);
-            psi.ArgumentList.Add(modelPath);
-            psi.ArgumentList.Add(request);
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start " + Python);
-            var stderrTask = p.StandardError.ReadToEndAsync();
-            string stdout = p.StandardOutput.ReadToEnd();
-            if (!p.WaitForExit(TimeSpan.FromMinutes(2)))
-            {
-                p.Kill(entireProcessTree: true);
-                Assert.Fail($"the SentencePiece oracle did not finish within 2 minutes for {modelPath}");
-            }
-            string stderr = stderrTask.Result;
-            if (p.ExitCode == 3 || stderr.Contains("No module named", StringComparison.Ordinal))
+            var (code, stdout, stderr) = ExternalProcess.Run(Python, [Script, modelPath, request], TimeSpan.FromMinutes(2),
+                timeoutMessage: $"the SentencePiece oracle did not finish within 2 minutes for {modelPath}");
+            if (code == 3 || stderr.Contains("No module named", StringComparison.Ordinal))
             {
                 Assert.Fail($"{Python} lacks Google's sentencepiece module; install it with `{InstallHint}`. ({stderr.Trim()})");
             }
-            Assert.True(p.ExitCode == 0, $"spm_oracle.py failed with exit code {p.ExitCode} for {modelPath}: {stderr}");
+            Assert.True(code == 0, $"spm_oracle.py failed with exit code {code} for {modelPath}: {stderr}");
 
             using var doc = JsonDocument.Parse(stdout);
             var root = doc.RootElement;

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Bora.Cli;
 using Bora.Tokenizers;
@@ -35,7 +34,7 @@ public sealed class BpeTokenizerTrainerTests : IDisposable
     }
 
     [Fact]
-    public async Task Trained_model_loads_in_Bora_and_Google_sentencepiece_and_they_agree()
+    public void Trained_model_loads_in_Bora_and_Google_sentencepiece_and_they_agree()
     {
         var corpus = TestPaths.Shared("corpus", "tinystories_validation_100.txt");
         if (!File.Exists(corpus))
@@ -65,16 +64,8 @@ public sealed class BpeTokenizerTrainerTests : IDisposable
         }
         var request = Path.Combine(_dir, "request.json");
         File.WriteAllText(request, JsonSerializer.Serialize(new { encode = texts }));
-        var psi = new ProcessStartInfo(Python) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(Path.Combine(TestPaths.RepoRoot, "tests", "tools", "spm", "spm_oracle.py"));
-        psi.ArgumentList.Add(model);
-        psi.ArgumentList.Add(request);
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        var json = await p.StandardOutput.ReadToEndAsync();
-        Assert.True(p.WaitForExit(TimeSpan.FromMinutes(2)));
-        string stderr = await err;
-        Assert.True(p.ExitCode == 0, $"spm_oracle.py failed ({p.ExitCode}): {stderr}");
+        var (code, json, stderr) = ExternalProcess.Run(Python, [Path.Combine(TestPaths.RepoRoot, "tests", "tools", "spm", "spm_oracle.py"), model, request], TimeSpan.FromMinutes(2));
+        Assert.True(code == 0, $"spm_oracle.py failed ({code}): {stderr}");
         using var doc = JsonDocument.Parse(json);
         int i = 0;
         foreach (var e in doc.RootElement.GetProperty("encode").EnumerateArray())

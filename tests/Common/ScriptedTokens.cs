@@ -69,6 +69,57 @@ internal static class ScriptedTokens
     }
 
     /// <summary>
+    /// A scripted model over <paramref name="tok"/>'s vocabulary whose greedy successor of each token of
+    /// <paramref name="chains"/> is the next token of its chain, and of a chain's last token EOS. Config: D =
+    /// <paramref name="dim"/>, 1 layer, 4 query heads and 2 kv heads of 16, F 32, 512 positions.
+    /// </summary>
+    /// <remarks>
+    /// Chain tokens get dimensions 0, 1, 2, ... in order (legend: V = vocabulary, D = dim). The embedding row of the
+    /// token at dimension i is the one-hot e_i; RMSNorm turns it into sqrt(D) e_i; the output row of its successor
+    /// holds <paramref name="gain"/> at i, so the successor's logit is gain sqrt(D) and every other logit is 0.
+    /// Example: chain [/INST] → [TOOL_CALLS] → '[' puts e_0 in the row of [/INST], e_1 in the row of [TOOL_CALLS],
+    /// gain at column 0 of [TOOL_CALLS]'s output row and gain at column 1 of '['s. A token may appear only once over
+    /// all chains (EOS, only ever a successor, excepted): see <see cref="Distinct"/>.
+    /// </remarks>
+    /// <exception cref="InvalidOperationException">The chains need more than D dimensions, or a token appears twice.</exception>
+    public static (ModelConfig Config, Transformer Model) ChainModel(ITokenizer tok, int dim, float gain, params TokenId[][] chains)
+    {
+        var config = new ModelConfig
+        {
+            Dim = dim,
+            NLayers = 1,
+            NHeads = 4,
+            NKvHeads = 2,
+            HeadDim = 16,
+            HiddenDim = 32,
+            VocabSize = tok.VocabSize,
+            MaxSeqLen = 512,
+        };
+        int v = config.VocabSize;
+        var embedding = new float[v * dim]; // (V, D)
+        var output = new float[v * dim];    // (V, D)
+        int d = 0;
+        foreach (var chain in chains)
+        {
+            for (int i = 0; i < chain.Length; i++, d++)
+            {
+                if (d >= dim)
+                {
+                    throw new InvalidOperationException($"the scripted chains need more than {dim} dimensions");
+                }
+                embedding[(chain[i].Value * dim) + d] = 1f;
+                var next = i + 1 < chain.Length ? chain[i + 1] : tok.Eos;
+                output[(next.Value * dim) + d] = gain;
+            }
+        }
+        if (chains.SelectMany(c => c).Distinct().Count() != chains.Sum(c => c.Length))
+        {
+            throw new InvalidOperationException("a token appears twice in the scripted chains");
+        }
+        return (config, Model(config, embedding, output));
+    }
+
+    /// <summary>
     /// The one-layer transformer of a scripted model: every matrix but the embedding and the output head is zero and
     /// the norms are ones, so the residual stream stays the token's embedding row and the logits are output x that
     /// row. embedding: (V, D); output: (V, D); the config gives D, heads and F.

@@ -14,7 +14,7 @@ public sealed class LoraTrainer
     private readonly LoraModel<float> _model;
     private readonly IReadOnlyList<ChatExample> _data;
     private readonly int[] _order;
-    private readonly int[] _tokens, _targets;
+    private readonly AccumulatingStepper _stepper;
     private readonly int _pad;
     private long _orderEpoch = -1;
 
@@ -36,18 +36,15 @@ public sealed class LoraTrainer
         _data = data;
         _pad = padToken;
         Options = options;
-        Optimizer = new AdamW(model.Lora.All, options.Beta1, options.Beta2, options.AdamEps, options.WeightDecay);
-        Schedule = new CosineSchedule(options.MaxLr, options.MinLr, options.WarmupSteps, options.TotalSteps);
-        _tokens = new int[options.BatchSize * options.SeqLen];
-        _targets = new int[_tokens.Length];
+        _stepper = new AccumulatingStepper(model.Lora.All, options);
         _order = new int[data.Count];
     }
 
     public TrainingOptions Options { get; }
 
-    public AdamW Optimizer { get; }
+    public AdamW Optimizer => _stepper.Optimizer;
 
-    public CosineSchedule Schedule { get; }
+    public CosineSchedule Schedule => _stepper.Schedule;
 
     /// <summary>Optimizer steps taken.</summary>
     public long Step => Optimizer.Steps;
@@ -55,25 +52,15 @@ public sealed class LoraTrainer
     /// <summary>One optimizer step over AccumulationSteps micro-batches of B examples.</summary>
     public StepResult TrainStep()
     {
-        long step = Step;
         int k = Options.AccumulationSteps, b = Options.BatchSize, t = Options.SeqLen;
-        _model.Lora.ZeroGrad();
-        double loss = 0, ce = 0;
-        for (int micro = 0; micro < k; micro++)
+        return _stepper.Step(_model.Model, (step, micro) =>
         {
             for (int i = 0; i < b; i++)
             {
                 long slot = ((step * k) + micro) * b + i;
-                _data[ExampleAt(slot)].Fill(_tokens.AsSpan(i * t, t), _targets.AsSpan(i * t, t), _pad);
+                _data[ExampleAt(slot)].Fill(_stepper.Tokens.AsSpan(i * t, t), _stepper.Targets.AsSpan(i * t, t), _pad);
             }
-            loss += _model.Model.Forward(_tokens, _targets);
-            ce += _model.Model.CrossEntropy;
-            _model.Model.Backward(1f / k);
-        }
-        double norm = AdamW.ClipGradients(_model.Lora.All, Options.GradClip);
-        double lr = Schedule.LearningRate(step);
-        Optimizer.Update(lr);
-        return new StepResult(Step, loss / k, ce / k, lr, norm, (long)k * _tokens.Length);
+        });
     }
 
     /// <summary>

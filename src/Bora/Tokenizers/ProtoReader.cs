@@ -189,6 +189,23 @@ internal ref struct ProtoReader
         }
     }
 
+    /// <summary>
+    /// Reads an int32 varint field after checking its wire type; a value that does not fit names it
+    /// "{context}.{fieldName}" (e.g. "trainer_spec.unk_id").
+    /// </summary>
+    public int Int32Field(int field, WireType wireType, string fieldName)
+    {
+        Expect(field, wireType, WireType.Varint, fieldName);
+        return ReadInt32($"{_context}.{fieldName}");
+    }
+
+    /// <summary>Reads a bool varint field after checking its wire type.</summary>
+    public bool BoolField(int field, WireType wireType, string fieldName)
+    {
+        Expect(field, wireType, WireType.Varint, fieldName);
+        return ReadBool();
+    }
+
     /// <summary>An error at a file offset, naming the file and the message being read.</summary>
     public readonly ModelFormatException Error(long fileOffset, string problem) =>
         ModelFormatException.In(_source, $"{_context} at byte {fileOffset}: {problem}");

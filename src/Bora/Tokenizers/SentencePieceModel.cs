@@ -252,9 +252,8 @@ public sealed class SentencePieceModel
                     score = r.ReadFloat();
                     break;
                 case 3:
-                    r.Expect(field, wt, WireType.Varint, "type");
                     long at = r.FileOffset;
-                    type = r.ReadInt32($"{context}.type");
+                    type = r.Int32Field(field, wt, "type");
                     if (type is < 1 or > 6)
                     {
                         throw r.Error(at, $"{context}.type = {type}; expected 1 (NORMAL) .. 6 (BYTE)");
@@ -291,32 +290,25 @@ public sealed class SentencePieceModel
             switch (field)
             {
                 case 3:
-                    r.Expect(field, wt, WireType.Varint, "model_type");
-                    t.ModelType = r.ReadInt32("trainer_spec.model_type");
+                    t.ModelType = r.Int32Field(field, wt, "model_type");
                     break;
                 case 24:
-                    r.Expect(field, wt, WireType.Varint, "treat_whitespace_as_suffix");
-                    t.TreatWhitespaceAsSuffix = r.ReadBool();
+                    t.TreatWhitespaceAsSuffix = r.BoolField(field, wt, "treat_whitespace_as_suffix");
                     break;
                 case 35:
-                    r.Expect(field, wt, WireType.Varint, "byte_fallback");
-                    t.ByteFallback = r.ReadBool();
+                    t.ByteFallback = r.BoolField(field, wt, "byte_fallback");
                     break;
                 case 40:
-                    r.Expect(field, wt, WireType.Varint, "unk_id");
-                    t.UnkId = r.ReadInt32("trainer_spec.unk_id");
+                    t.UnkId = r.Int32Field(field, wt, "unk_id");
                     break;
                 case 41:
-                    r.Expect(field, wt, WireType.Varint, "bos_id");
-                    t.BosId = r.ReadInt32("trainer_spec.bos_id");
+                    t.BosId = r.Int32Field(field, wt, "bos_id");
                     break;
                 case 42:
-                    r.Expect(field, wt, WireType.Varint, "eos_id");
-                    t.EosId = r.ReadInt32("trainer_spec.eos_id");
+                    t.EosId = r.Int32Field(field, wt, "eos_id");
                     break;
                 case 43:
-                    r.Expect(field, wt, WireType.Varint, "pad_id");
-                    t.PadId = r.ReadInt32("trainer_spec.pad_id");
+                    t.PadId = r.Int32Field(field, wt, "pad_id");
                     break;
                 case 44:
                     r.Expect(field, wt, WireType.LengthDelimited, "unk_surface");
@@ -355,16 +347,13 @@ public sealed class SentencePieceModel
                     n.CharsMap = r.ReadBytes("normalizer_spec.precompiled_charsmap", int.MaxValue, out _).ToArray();
                     break;
                 case 3:
-                    r.Expect(field, wt, WireType.Varint, "add_dummy_prefix");
-                    n.AddDummyPrefix = r.ReadBool();
+                    n.AddDummyPrefix = r.BoolField(field, wt, "add_dummy_prefix");
                     break;
                 case 4:
-                    r.Expect(field, wt, WireType.Varint, "remove_extra_whitespaces");
-                    n.RemoveExtraWhitespaces = r.ReadBool();
+                    n.RemoveExtraWhitespaces = r.BoolField(field, wt, "remove_extra_whitespaces");
                     break;
                 case 5:
-                    r.Expect(field, wt, WireType.Varint, "escape_whitespaces");
-                    n.EscapeWhitespaces = r.ReadBool();
+                    n.EscapeWhitespaces = r.BoolField(field, wt, "escape_whitespaces");
                     break;
                 default:
                     r.Skip(field, wt);

@@ -100,35 +100,17 @@ public sealed class MoeExecutionTests
     [Fact]
     public void MergedGgufExpertsAreViewsIntoTheMappedFile()
     {
-        var vocab = TestPaths.Shared("models", "stories260K", "stories260K.gguf");
-        if (!File.Exists(vocab))
+        if (!File.Exists(SyntheticTestModels.StoriesVocabulary))
         {
             Console.WriteLine("skipped: shared test data is absent");
             return;
         }
-        var config = new ModelConfig
-        {
-            Dim = 64,
-            NLayers = 2,
-            NHeads = 4,
-            NKvHeads = 2,
-            HeadDim = 16,
-            HiddenDim = 96,
-            VocabSize = 512,
-            NormEps = 1e-5f,
-            RopeTheta = 10000f,
-            MaxSeqLen = 64,
-            NExperts = 4,
-            NExpertsPerToken = 2,
-        };
+        var config = SyntheticTestModels.TinyMoe;
         string dir = TestPaths.NewTempDir("moe-mapped");
         string path = Path.Combine(dir, "moe-q4_0.gguf");
         try
         {
-            using (var src = GgufFile.Open(vocab))
-            {
-                SyntheticGguf.Write(path, config, 3, DType.Q4_0, src);
-            }
+            SyntheticTestModels.WriteWithStoriesVocabulary(path, config, 3, DType.Q4_0);
             using var store = GgufFile.Open(path);
             using var mapper = new WeightMapper(packAtLoad: false);
             var w = WeightLoader.Load(store, config, mapper.Create);

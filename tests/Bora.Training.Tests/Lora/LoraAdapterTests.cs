@@ -1,6 +1,5 @@
 using System.Text.Json;
 using Bora.Formats;
-using Bora.Formats.Gguf;
 using Bora.Formats.Safetensors;
 using Bora.Model;
 using Bora.Model.Lora;
@@ -179,33 +178,15 @@ public sealed class LoraAdapterTests : IDisposable
     [Fact]
     public void Qlora_over_a_q4_0_base_matches_the_runtime_adapter_and_trains()
     {
-        var vocab = TestPaths.Shared("models", "stories260K", "stories260K.gguf");
-        if (!File.Exists(vocab))
+        if (!File.Exists(SyntheticTestModels.StoriesVocabulary))
         {
             Console.WriteLine("skipped: shared test data is absent");
             return;
         }
         Directory.CreateDirectory(_dir);
-        var config = new ModelConfig
-        {
-            Dim = 64,
-            NLayers = 2,
-            NHeads = 4,
-            NKvHeads = 2,
-            HeadDim = 16,
-            HiddenDim = 96,
-            VocabSize = 512,
-            NormEps = 1e-5f,
-            RopeTheta = 10000f,
-            MaxSeqLen = 64,
-            NExperts = 4,
-            NExpertsPerToken = 2,
-        };
+        var config = SyntheticTestModels.TinyMoe;
         var path = Path.Combine(_dir, "q4.gguf");
-        using (var src = GgufFile.Open(vocab))
-        {
-            SyntheticGguf.Write(path, config, 3, DType.Q4_0, src);
-        }
+        SyntheticTestModels.WriteWithStoriesVocabulary(path, config, 3, DType.Q4_0);
         var loaded = Bora.Loading.ModelLoader.Load(path);
         var weights = loaded.Model.Weights;
         Assert.IsType<QuantizedMatrix>(weights.Layers[0].Wq);

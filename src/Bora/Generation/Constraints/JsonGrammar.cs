@@ -187,18 +187,7 @@ public sealed class JsonGrammar : IByteGrammar<JsonState>
                 {
                     return true;
                 }
-                // UTF-8 lead byte (RFC 3629): C2-DF one continuation, E0-EF two, F0-F4 three; some leads narrow the next byte.
-                (int left, byte range) = b switch
-                {
-                    >= 0xC2 and <= 0xDF => (1, (byte)0),
-                    0xE0 => (2, (byte)1),
-                    0xED => (2, (byte)2),
-                    >= 0xE1 and <= 0xEF => (2, (byte)0),
-                    0xF0 => (3, (byte)3),
-                    0xF4 => (3, (byte)4),
-                    >= 0xF1 and <= 0xF3 => (3, (byte)0),
-                    _ => (0, (byte)0),
-                };
+                (int left, byte range) = JsonStringBytes.Utf8Lead(b);
                 if (left == 0)
                 {
                     return false;
@@ -209,14 +198,7 @@ public sealed class JsonGrammar : IByteGrammar<JsonState>
                 return true;
             case JsonMode.Utf8:
                 {
-                    bool ok = state.Sub switch
-                    {
-                        1 => b is >= 0xA0 and <= 0xBF,
-                        2 => b is >= 0x80 and <= 0x9F,
-                        3 => b is >= 0x90 and <= 0xBF,
-                        4 => b is >= 0x80 and <= 0x8F,
-                        _ => b is >= 0x80 and <= 0xBF,
-                    };
+                    bool ok = JsonStringBytes.Utf8Continuation(b, state.Sub);
                     if (!ok)
                     {
                         return false;
@@ -245,21 +227,13 @@ public sealed class JsonGrammar : IByteGrammar<JsonState>
                 return false;
             case JsonMode.Unicode:
                 {
-                    int h = Hex(b);
-                    if (h < 0 || (state.Count == 1 && state.Sub == 1 && h >= 8))
+                    if (!JsonStringBytes.UnicodeDigit(b, ref next.Count, ref next.Sub, out bool complete))
                     {
                         return false; // \uD800-\uDFFF: surrogates are refused
                     }
-                    if (state.Count == 0)
-                    {
-                        next.Sub = (byte)(h == 0xD ? 1 : 0);
-                    }
-                    next.Count++;
-                    if (next.Count == 4)
+                    if (complete)
                     {
                         next.Mode = JsonMode.String;
-                        next.Count = 0;
-                        next.Sub = 0;
                     }
                     return true;
                 }
@@ -435,14 +409,6 @@ public sealed class JsonGrammar : IByteGrammar<JsonState>
     }
 
     private static bool IsWs(byte b) => b is (byte)' ' or (byte)'\n' or (byte)'\t' or (byte)'\r';
-
-    private static int Hex(byte b) => b switch
-    {
-        >= (byte)'0' and <= (byte)'9' => b - '0',
-        >= (byte)'a' and <= (byte)'f' => b - 'a' + 10,
-        >= (byte)'A' and <= (byte)'F' => b - 'A' + 10,
-        _ => -1,
-    };
 }
 
 /// <summary>Ready-made JSON constraints with mask caches shared per tokenizer.</summary>

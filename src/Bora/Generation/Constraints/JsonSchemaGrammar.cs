@@ -501,35 +501,20 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
                 return;
             case SchemaMode.Unicode:
                 {
-                    int h = Hex(b);
-                    if (h < 0 || (t.Count == 1 && t.Sub == 1 && h >= 8))
+                    if (!JsonStringBytes.UnicodeDigit(b, ref t.Count, ref t.Sub, out bool complete))
                     {
                         return; // \uD800-\uDFFF: surrogates are refused
                     }
-                    if (t.Count == 0)
-                    {
-                        t.Sub = (byte)(h == 0xD ? 1 : 0);
-                    }
-                    t.Count++;
-                    if (t.Count == 4)
+                    if (complete)
                     {
                         t.Mode = SchemaMode.String;
-                        t.Count = 0;
-                        t.Sub = 0;
                     }
                     output.Add(t);
                     return;
                 }
             case SchemaMode.Utf8:
                 {
-                    bool ok = t.Sub switch
-                    {
-                        1 => b is >= 0xA0 and <= 0xBF,
-                        2 => b is >= 0x80 and <= 0x9F,
-                        3 => b is >= 0x90 and <= 0xBF,
-                        4 => b is >= 0x80 and <= 0x8F,
-                        _ => b is >= 0x80 and <= 0xBF,
-                    };
+                    bool ok = JsonStringBytes.Utf8Continuation(b, t.Sub);
                     if (!ok)
                     {
                         return;
@@ -700,18 +685,7 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         }
         else
         {
-            // UTF-8 lead byte (RFC 3629): C2-DF one continuation, E0-EF two, F0-F4 three; some leads narrow the next byte.
-            (int left, byte range) = b switch
-            {
-                >= 0xC2 and <= 0xDF => (1, (byte)0),
-                0xE0 => (2, (byte)1),
-                0xED => (2, (byte)2),
-                >= 0xE1 and <= 0xEF => (2, (byte)0),
-                0xF0 => (3, (byte)3),
-                0xF4 => (3, (byte)4),
-                >= 0xF1 and <= 0xF3 => (3, (byte)0),
-                _ => (0, (byte)0),
-            };
+            (int left, byte range) = JsonStringBytes.Utf8Lead(b);
             if (left == 0)
             {
                 return false;
@@ -848,12 +822,4 @@ public sealed class JsonSchemaGrammar : IByteGrammar<JsonSchemaState>
         t.IsKey = false;
         t.Len = 0;
     }
-
-    private static int Hex(byte b) => b switch
-    {
-        >= (byte)'0' and <= (byte)'9' => b - '0',
-        >= (byte)'a' and <= (byte)'f' => b - 'a' + 10,
-        >= (byte)'A' and <= (byte)'F' => b - 'A' + 10,
-        _ => -1,
-    };
 }
