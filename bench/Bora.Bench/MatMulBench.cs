@@ -5,7 +5,7 @@ using Bora.Numerics.Quant;
 namespace Bora.Bench;
 
 /// <summary>
-/// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K) and <see cref="F32Matrix"/>
+/// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K), <see cref="HalfMatrix"/> (f16, bf16) and <see cref="F32Matrix"/>
 /// on Mistral-7B layer shapes: (4096, 4096) = Wq / Wo and (14336, 4096) = W1 / W3.
 /// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T[,T...]] [--types q4_0,q8_0,f32]
 /// [--seconds S] [--shapes all|w1] [--compare-min M] [--compare-quad 1]
@@ -71,7 +71,14 @@ public static class MatMulBench
             var y = new float[tokens * n];
             foreach (var t in types)
             {
-                if (t == "f32")
+                if (t is "f16" or "bf16")
+                {
+                    var m = HalfMatrix.FromFloat32(t == "f16" ? DType.F16 : DType.BF16, w, n, k);
+                    long bytes = 2L * n * k;
+                    var (ms, cpuMs) = Measure([() => m.MatMul(x, y, tokens)], seconds)[0];
+                    Console.WriteLine($"{t,-6} {$"({n}, {k})",-14} {ms,9:F3} {bytes / ms / 1e6,8:F1} {2.0 * n * k * tokens / ms / 1e6,9:F1} {cpuMs,10:F3} {bytes / cpuMs / 1e6,8:F1}");
+                }
+                else if (t == "f32")
                 {
                     var m = new F32Matrix(w, n, k);
                     long bytes = 4L * n * k;

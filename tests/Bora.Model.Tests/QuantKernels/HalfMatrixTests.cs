@@ -159,6 +159,47 @@ public sealed class HalfMatrixTests
         }
     }
 
+    /// <summary>
+    /// Decode products on the AVX-512 unpack path, whose F16 kernel folds 2^112 into x: rows of subnormal halves (their
+    /// scaled widening is a float32 subnormal) match the scalar twin, and so do activations of 2^15 and more, which
+    /// switch the F16 product to the unscaled kernel (x times 2^112 would overflow).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Types))]
+    public void DecodeWithSubnormalHalvesAndLargeActivationsMatchesTheScalarTwin(DType type)
+    {
+        var rng = new Random(5);
+        const int rows = 6, cols = 96;
+        var bits = new ushort[rows * cols];
+        for (int i = 0; i < bits.Length; i++)
+        {
+            // F16: subnormals 0x0001..0x03FF of either sign; BF16: the same bits are float32 subnormals.
+            bits[i] = (ushort)(rng.Next(1, 0x400) | (rng.Next(2) << 15));
+        }
+        var bytes = GC.AllocateUninitializedArray<byte>(bits.Length * 2, pinned: true);
+        System.Runtime.InteropServices.MemoryMarshal.AsBytes(bits.AsSpan()).CopyTo(bytes);
+        var m = new HalfMatrix(type, WeightStorage.Pinned(bytes), 0, rows, cols);
+        foreach (float largest in new[] { 1f, 40000f })
+        {
+            var x = TestModels.Uniform(rng, cols, 1f);
+            x[17] = largest;
+            var expected = new float[rows];
+            HalfMatrix.MatMulScalar(type, bits, rows, cols, x, expected, 1);
+            var actual = new float[rows];
+            m.MatVec(x, actual);
+            for (int r = 0; r < rows; r++)
+            {
+                float magnitude = 0;
+                for (int c = 0; c < cols; c++)
+                {
+                    magnitude += MathF.Abs(HalfMatrix.ToSingle(type, bits[r * cols + c]) * x[c]);
+                }
+                Assert.True(magnitude > 0 && MathF.Abs(expected[r] - actual[r]) <= SumOrderTolerance * magnitude,
+                    $"{type}, largest |x| {largest}, row {r}: {actual[r]} vs scalar {expected[r]}");
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Types))]
     public void LargeProductsRunInParallelPanelsAndMatchTheScalarTwin(DType type)
