@@ -9,6 +9,7 @@ namespace Bora.Bench;
 /// batched decode (<see cref="ServeBench"/>); <c>bora bench serve</c> in the CLI is the same without llama.cpp.</item>
 /// <item><c>synthesize</c> — write a random-weight GGUF of a named shape (<see cref="SyntheticModels"/>).</item>
 /// <item><c>attention</c> — tiled against per-query attention on Mistral 7B's attention shape (<see cref="AttentionBench"/>).</item>
+/// <item><c>stream</c> — decode products against the machine's read bandwidth over the same bytes (<see cref="StreamBench"/>).</item>
 /// <item><c>matmul</c> (also the default when the first argument is an option) — the matrix micro-benchmark (<see cref="MatMulBench"/>).</item>
 /// </list>
 /// </summary>
@@ -30,6 +31,8 @@ public static class Program
                     return SyntheticModels.Run(args[1..]);
                 case "attention":
                     return AttentionBench.Run(args[1..]);
+                case "stream":
+                    return StreamBench.Run(args[1..]);
                 case "matmul":
                     MatMulBench.Run(args[1..]);
                     return 0;
@@ -38,7 +41,7 @@ public static class Program
                     MatMulBench.Run(args);
                     return 0;
                 default:
-                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, engine, synthesize, attention or matmul");
+                    Console.Error.WriteLine($"unknown verb '{args[0]}'; expected model, serve, engine, synthesize, attention, stream or matmul");
                     return 2;
             }
         }
