@@ -199,7 +199,7 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 }
                 else
                 {
-                    Parallel.For(0, blocks, NumericsThreads.Options, run);
+                    NumericsThreads.For(blocks, run);
                 }
             }
         }
