@@ -198,9 +198,7 @@ public sealed partial class Transformer : ICausalLM
             _kvSources[0] = new KvSource(cache, null, p, 0);
             int count = 0, parts = 0;
             AddTiles(ref _tileItems, ref count, 0, t, p, ref parts);
-            EnsurePartials(parts);
-            RunTiles(l, _kvSources, _tileItems, count, work, s);
-            MergeKeyChunks(_tileItems, count, _kvSources, s);
+            RunTiles(l, _kvSources, _tileItems, count, parts, work, s);
         }
         else if (work < ParallelAttentionThreshold || items == 1)
         {
@@ -394,9 +392,7 @@ public sealed partial class Transformer : ICausalLM
                 _kvSources[e] = new KvSource(null, batch[e].Cache, batch[e].Cache.Length, rowStart[e]);
                 AddTiles(ref _tileItems, ref count, e, batch[e].Tokens.Length, batch[e].Cache.Length, ref parts);
             }
-            EnsurePartials(parts);
-            RunTiles(l, _kvSources, _tileItems, count, work, s);
-            MergeKeyChunks(_tileItems, count, _kvSources, s);
+            RunTiles(l, _kvSources, _tileItems, count, parts, work, s);
         }
         else if (work < ParallelAttentionThreshold || items == 1)
         {

@@ -1,6 +1,5 @@
 using System.Numerics;
 using System.Numerics.Tensors;
-using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Bora.Numerics;
 
@@ -196,27 +195,37 @@ public sealed partial class Transformer
         }
     }
 
-    /// <summary>Runs the tiled kernel over <paramref name="items"/> (in parallel when the work is large).</summary>
-    private void RunTiles(int l, KvSource[] sources, TileItem[] items, int count, long work, Scratch s)
+    /// <summary>
+    /// Runs the work items (in parallel when the work is large); the key chunks among them write <paramref name="parts"/>
+    /// partial slots, merged into their rows afterwards (<see cref="MergeKeyChunks"/>).
+    /// </summary>
+    private void RunTiles(int l, KvSource[] sources, TileItem[] items, int count, int parts, long work, Scratch s)
     {
+        EnsurePartials(parts);
         if (work < ParallelAttentionThreshold || count == 1)
         {
             for (int i = 0; i < count; i++)
             {
                 AttendItem(l, sources[items[i].Seq], items[i], s);
             }
-            return;
         }
-        // The shared worker pool (no per-call Task or closure allocation): the items are claimed one by one, so the
-        // longer causal rows at the end of the pass even out between threads.
-        (_runLayer, _runSources, _runItems, _runScratch) = (l, sources, items, s);
-        try
+        else
         {
-            NumericsThreads.For(count, _runTile ??= RunTile);
+            // The shared worker pool (no per-call Task or closure allocation): the items are claimed one by one, so the
+            // longer causal rows at the end of the pass even out between threads.
+            (_runLayer, _runSources, _runItems, _runScratch) = (l, sources, items, s);
+            try
+            {
+                NumericsThreads.For(count, _runTile ??= RunTile);
+            }
+            finally
+            {
+                (_runSources, _runItems, _runScratch) = (null, null, null);
+            }
         }
-        finally
+        if (parts > 0)
         {
-            (_runSources, _runItems, _runScratch) = (null, null, null);
+            MergeKeyChunks(items, count, sources, s);
         }
     }
 
@@ -520,31 +529,6 @@ public sealed partial class Transformer
         if (_partials.Length < needed)
         {
             _partials = new float[Math.Max(needed, 2L * _partials.Length)];
-        }
-    }
-
-    /// <summary>a · b for lengths a multiple of 16 (one call per key and head in <see cref="AttendKeys"/>: no call overhead of the general primitive).</summary>
-    private static float Dot512(ReadOnlySpan<float> a, ReadOnlySpan<float> b)
-    {
-        ref float ra = ref MemoryMarshal.GetReference(a);
-        ref float rb = ref MemoryMarshal.GetReference(b);
-        var acc = Vector512<float>.Zero;
-        for (int c = 0; c < a.Length; c += Vector512<float>.Count)
-        {
-            acc = Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref ra, (nuint)c), Vector512.LoadUnsafe(ref rb, (nuint)c), acc);
-        }
-        return Vector512.Sum(acc);
-    }
-
-    /// <summary>o += w x for lengths a multiple of 16.</summary>
-    private static void Axpy512(float w, ReadOnlySpan<float> x, Span<float> o)
-    {
-        ref float rx = ref MemoryMarshal.GetReference(x);
-        ref float ro = ref MemoryMarshal.GetReference(o);
-        var vw = Vector512.Create(w);
-        for (int c = 0; c < x.Length; c += Vector512<float>.Count)
-        {
-            Vector512.FusedMultiplyAdd(Vector512.LoadUnsafe(ref rx, (nuint)c), vw, Vector512.LoadUnsafe(ref ro, (nuint)c)).StoreUnsafe(ref ro, (nuint)c);
         }
     }
 
