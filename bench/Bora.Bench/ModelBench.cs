@@ -233,29 +233,7 @@ public static class ModelBench
             for (int pass = 0; pass < 5; pass++)
             {
                 long t0 = Stopwatch.GetTimestamp();
-                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t =>
-                {
-                    var a0 = System.Runtime.Intrinsics.Vector256<long>.Zero;
-                    var a1 = a0;
-                    var a2 = a0;
-                    var a3 = a0;
-                    var a4 = a0;
-                    var a5 = a0;
-                    var a6 = a0;
-                    var a7 = a0;
-                    for (long* p = (long*)(buffer + t * per), end = (long*)(buffer + (t + 1) * per); p < end; p += 32)
-                    {
-                        a0 ^= System.Runtime.Intrinsics.Vector256.Load(p);
-                        a1 ^= System.Runtime.Intrinsics.Vector256.Load(p + 4);
-                        a2 ^= System.Runtime.Intrinsics.Vector256.Load(p + 8);
-                        a3 ^= System.Runtime.Intrinsics.Vector256.Load(p + 12);
-                        a4 ^= System.Runtime.Intrinsics.Vector256.Load(p + 16);
-                        a5 ^= System.Runtime.Intrinsics.Vector256.Load(p + 20);
-                        a6 ^= System.Runtime.Intrinsics.Vector256.Load(p + 24);
-                        a7 ^= System.Runtime.Intrinsics.Vector256.Load(p + 28);
-                    }
-                    sink[t * 8] = System.Runtime.Intrinsics.Vector256.GetElement(a0 ^ a1 ^ a2 ^ a3 ^ a4 ^ a5 ^ a6 ^ a7, 0);
-                });
+                Parallel.For(0, threads, new ParallelOptions { MaxDegreeOfParallelism = threads }, t => sink[t * 8] = StreamBench.Read(buffer + t * per, per));
                 best = Math.Max(best, per * threads / Stopwatch.GetElapsedTime(t0).TotalSeconds / 1e9);
             }
             GC.KeepAlive(sink);

@@ -99,8 +99,8 @@ public static unsafe class StreamBench
         }
     }
 
-    /// <summary>XOR of the first <paramref name="length"/> bytes (rounded down to 256) into 8 vector accumulators: a plain streaming read.</summary>
-    private static long Read(byte* start, long length)
+    /// <summary>XOR of the first <paramref name="length"/> bytes (rounded down to 256) into 8 vector accumulators: a plain streaming read (also <see cref="ModelBench"/>'s bandwidth probe).</summary>
+    internal static long Read(byte* start, long length)
     {
         var a0 = Vector256<long>.Zero;
         var a1 = a0;
