@@ -16,7 +16,7 @@ public static class AttentionBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window", "layers", "decode-steps"], []);
+        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window", "layers", "decode-steps", "baseline"], []);
         int tokens = a.GetInt("tokens", 1024), repeats = a.GetInt("repeats", 3);
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount);
         var config = new ModelConfig
@@ -98,26 +98,38 @@ public static class AttentionBench
                 $"attention decode after {tokens} tokens, {config.NLayers} layers, threads {NumericsThreads.MaxThreads}: step {med:F2} ms (median; process CPU time {cpuMs / st.Count:F2} ms), attention {attentionMs:F2} ms per step (mean) = {attentionMs / config.NLayers * 1000:F0} us per layer, KV read {kvBytes / attentionMs / 1e6:F1} GB/s"));
             return 0;
         }
-        var models = new[] { new Transformer(weights) { MaxTokensPerPass = tokens }, new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false } };
+        // --baseline portable: the portable tile (queries one by one) instead of the per-query kernel.
+        bool portable = a.Get("baseline") == "portable";
+        var models = new[]
+        {
+            new Transformer(weights) { MaxTokensPerPass = tokens },
+            portable ? new Transformer(weights) { MaxTokensPerPass = tokens, UseWideTiles = false } : new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false },
+        };
         var times = new[] { new List<double>(), new List<double>() };
+        var attention = new[] { new List<double>(), new List<double>() };
         var logits = new float[config.VocabSize];
         for (int r = 0; r <= repeats; r++)
         {
             for (int m = 0; m < 2; m++)
             {
                 var cache = models[m].CreateCache(tokens);
+                NumericsProfile.Reset();
+                NumericsProfile.Enabled = true;
                 long t0 = Stopwatch.GetTimestamp();
                 models[m].Forward(prompt, cache, logits);
                 double ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                NumericsProfile.Enabled = false;
                 if (r > 0)
                 {
                     times[m].Add(ms); // the first round warms up (JIT, buffers)
+                    attention[m].Add(NumericsProfile.Seconds(ProfileSection.Attention) * 1000);
                 }
             }
         }
         double tiled = Median(times[0]), perQuery = Median(times[1]);
+        string baselineName = portable ? "portable tile" : "per-query";
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"attention prefill, {tokens} tokens, Hq 32 / Hkv 8 / Dh 128, window {config.SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "none"}, threads {NumericsThreads.MaxThreads}, median of {repeats}: tiled {tiled:F1} ms, per-query {perQuery:F1} ms, ratio {perQuery / tiled:F2}x"));
+            $"attention prefill, {tokens} tokens, Hq 32 / Hkv 8 / Dh 128, window {config.SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "none"}, threads {NumericsThreads.MaxThreads}, median of {repeats}: tiled {tiled:F1} ms, {baselineName} {perQuery:F1} ms, ratio {perQuery / tiled:F2}x; attention alone (profile): tiled {Median(attention[0]):F1} ms, {baselineName} {Median(attention[1]):F1} ms"));
         return 0;
     }
 

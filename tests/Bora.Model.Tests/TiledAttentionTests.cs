@@ -72,6 +72,45 @@ public sealed class TiledAttentionTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>(query heads, KV heads, head width): G = 4 (Mistral's), 6 (a query block of 64 and two of 16 lanes), 1.</summary>
+    public static TheoryData<int, int, int, int?> WideShapes => new()
+    {
+        { 8, 2, 64, null }, { 8, 2, 64, 20 }, { 6, 1, 128, null }, { 6, 1, 128, 20 }, { 2, 2, 64, null }, { 2, 2, 64, 20 },
+    };
+
+    /// <summary>
+    /// The prefill tile with queries in vector lanes (<c>AttendTileWide</c>: 512-bit vectors, Dh a multiple of 64)
+    /// and the portable tile against the per-query kernel, one-shot prompts of 1..140 rows (query tiles of every
+    /// fill, partial key tiles) and passes of 37 rows that read earlier positions from the cache. On a machine
+    /// without AVX-512 both tiled models take the portable path and the test checks that path twice.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(WideShapes))]
+    public void WideTilesMatchThePerQueryKernel(int heads, int kvHeads, int headDim, int? window)
+    {
+        var config = TestModels.Dense(window, headDim: headDim) with { NHeads = heads, NKvHeads = kvHeads, MaxSeqLen = 512 };
+        var weights = TestModels.Random(config, seed: 38);
+        var wide = new Transformer(weights);
+        var portable = new Transformer(weights) { UseWideTiles = false };
+        var chunked = new Transformer(weights) { MaxTokensPerPass = 37 };
+        var reference = new Transformer(weights) { TiledAttention = false };
+        var all = TestModels.Tokens(140, config.VocabSize, seed: 39);
+        float worst = 0;
+        for (int t = 1; t <= all.Length; t += t < 20 ? 1 : 7)
+        {
+            var tokens = all[..t];
+            var expected = TestModels.Prefill(reference, tokens);
+            float tolerance = RelativeLogitTolerance * expected.Max(MathF.Abs);
+            foreach (var (model, name) in new[] { (wide, "wide"), (portable, "portable"), (chunked, "wide, passes of 37") })
+            {
+                var actual = TestModels.Prefill(model, tokens);
+                worst = MathF.Max(worst, TestModels.MaxAbsDiff(expected, actual) / expected.Max(MathF.Abs));
+                TestModels.AssertClose(expected, actual, tolerance, $"{name}, G = {heads / kvHeads}, Dh = {headDim}, window {window}, T = {t}");
+            }
+        }
+        output.WriteLine($"G = {heads / kvHeads}, Dh = {headDim}, window {window?.ToString() ?? "none"}: worst relative logit difference {worst:G3}");
+    }
+
     [Theory]
     [MemberData(nameof(Windows))]
     public void BatchedSequencesMatchThePerQueryKernel(int? window)

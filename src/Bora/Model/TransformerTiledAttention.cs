@@ -249,6 +249,10 @@ public sealed partial class Transformer
         {
             AttendKeys(l, src, item, s);
         }
+        else if (WideTiles)
+        {
+            AttendTileWide(l, src, item, s);
+        }
         else
         {
             AttendTile(l, src, item, s);

@@ -1,0 +1,367 @@
+using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace Bora.Model;
+
+/// <summary>
+/// The prefill query tile of <see cref="AttendTile"/> with queries in vector lanes (512-bit vectors, Dh a multiple of
+/// 64): the same online-softmax recurrence over the same key tiles, laid out so that no small per-query call remains.
+/// <para>
+/// The item's Qn = (I1 - I0) * G queries (query qi = row I0 + qi / G, head g * G + qi % G) are transposed once per item
+/// into qt (Dh, Qp), Qp = Qn rounded up to 16 (padding columns zero). Per key tile of n keys, copied as rows
+/// kb (n, Dh) and vb (n, Dh):
+/// <list type="number">
+/// <item>S (n, Qp) = kb qt, blocks of 4 keys x 64 queries (16 accumulators; each qt load feeds 4 keys, each key value
+/// is a broadcast): row j of S holds every query's score of key k0 + j, so the softmax below runs down the rows in
+/// vectors of 16 queries;</item>
+/// <item>S *= scale; where key k0 + j is outside query qi's causal / window range, S[j, qi] = -inf (only in tiles that
+/// reach a row's diagonal or window edge);</item>
+/// <item>per query: m_new = max(m, max_j S[j, qi]); S[j, qi] = exp(S[j, qi] - m_new) (one Exp over the whole block);
+/// l = l exp(m - m_new) + sum_j S[j, qi];</item>
+/// <item>o[qi] = o[qi] exp(m - m_new) + sum_j S[j, qi] vb[j], blocks of 4 queries x 64 columns of o (16 accumulators;
+/// each vb load feeds 4 queries).</item>
+/// </list>
+/// A query with no key of the tile in range keeps m (m_new = m; where m is still -inf the subtraction uses 0, so its
+/// weights are exp(-inf) = 0 and l, o stay 0).
+/// </para>
+/// <para>
+/// Worked example (G = 4, rows 16..31 of a pass at P = 0, key tile 64): Qn = 64, Qp = 64; the item visits the single
+/// tile of keys 0..31 (n = 32); query qi = 4 * 3 + 2 (row 19, head g * 4 + 2) has range 0..19, so S[20..31, 14] = -inf.
+/// With a window W = 8 the tile starts at key 16 - 8 + 1 = 9 and the same query's range is 12..19.
+/// </para>
+/// Letters: n = keys of the tile, Qn = queries of the item, Qp = Qn padded to 16, Dh = head width.
+/// </summary>
+public sealed partial class Transformer
+{
+    /// <summary>Per-thread buffers of the wide tile: qt (Dh, Qp), kb and vb (KeyTile, Dh), S (KeyTile, Qp), m, l (Qp), o (Qp, Dh), ranges (2, Qp).</summary>
+    private sealed class WideTileBuffers
+    {
+        public float[] Qt = [], Keys = [], Values = [], Scores = [], Max = [], Sum = [], Out = [], Alpha = [], Lo = [], Hi = [];
+
+        public void Ensure(int qp, int dh)
+        {
+            if (Qt.Length < qp * dh)
+            {
+                Qt = new float[qp * dh];
+                Out = new float[qp * dh];
+                Scores = new float[KeyTile * qp];
+                Max = new float[qp];
+                Sum = new float[qp];
+                Alpha = new float[qp];
+                Lo = new float[qp];
+                Hi = new float[qp];
+            }
+            if (Keys.Length < KeyTile * dh)
+            {
+                Keys = new float[KeyTile * dh];
+                Values = new float[KeyTile * dh];
+            }
+        }
+    }
+
+    [ThreadStatic]
+    private static WideTileBuffers? t_wide;
+
+    /// <summary>Whether <see cref="AttendTileWide"/> runs this model's prefill tiles: 512-bit vectors and Dh a multiple of 64.</summary>
+    private bool WideTiles => Vector512.IsHardwareAccelerated && _headDim % 64 == 0 && UseWideTiles;
+
+    /// <summary>
+    /// Whether prefill tiles put queries in vector lanes where the machine has 512-bit vectors and Dh is a multiple of
+    /// 64 (default); false keeps the portable tile, which scores one query at a time (tests and benchmarks compare the two).
+    /// </summary>
+    public bool UseWideTiles { get; init; } = true;
+
+    /// <summary>
+    /// s.Att rows RowBase + [I0, I1), heads g * G .. g * G + G - 1: <see cref="AttendTile"/>'s result with queries in
+    /// vector lanes (class summary). s.Q: (T, Hq * Dh); s.K, s.V: (T, Hkv * Dh) pass rows; the cache holds positions below P.
+    /// </summary>
+    private unsafe void AttendTileWide(int l, in KvSource src, TileItem item, Scratch s)
+    {
+        int group = _group, dh = _headDim, kvOffset = item.G * dh;
+        int p = src.P, rb = src.RowBase;
+        int qn = (item.I1 - item.I0) * group, qp = (qn + 15) & ~15;
+        var buf = t_wide ??= new WideTileBuffers();
+        buf.Ensure(qp, dh);
+        int first = p + item.I0, last = p + item.I1 - 1;
+        int lo = _window is { } w ? Math.Max(0, first - w + 1) : 0;
+        fixed (float* qt = buf.Qt)
+        fixed (float* kb = buf.Keys)
+        fixed (float* vb = buf.Values)
+        fixed (float* sc = buf.Scores)
+        fixed (float* mx = buf.Max)
+        fixed (float* sm = buf.Sum)
+        fixed (float* al = buf.Alpha)
+        fixed (float* o = buf.Out)
+        fixed (float* rlo = buf.Lo)
+        fixed (float* rhi = buf.Hi)
+        fixed (float* q = s.Q)
+        {
+            // qt (Dh, Qp): column qi = query qi; padding columns are zero and never in range (hi = -1).
+            new Span<float>(qt, qp * dh).Clear();
+            for (int qi = 0; qi < qp; qi++)
+            {
+                mx[qi] = float.NegativeInfinity;
+                sm[qi] = 0;
+                rlo[qi] = 0;
+                rhi[qi] = -1;
+            }
+            for (int qi = 0; qi < qn; qi++)
+            {
+                int i = item.I0 + qi / group, h = item.G * group + qi % group, pos = p + i;
+                float* qrow = q + (long)(rb + i) * _qDim + h * dh;
+                for (int c = 0; c < dh; c++)
+                {
+                    qt[c * qp + qi] = qrow[c];
+                }
+                rhi[qi] = pos;
+                rlo[qi] = _window is { } win ? Math.Max(0, pos - win + 1) : 0;
+            }
+            new Span<float>(o, qp * dh).Clear();
+            for (int k0 = lo; k0 <= last; k0 += KeyTile)
+            {
+                int k1 = Math.Min(last + 1, k0 + KeyTile), n = k1 - k0; // keys [k0, k1)
+                for (int j = 0; j < n; j++)
+                {
+                    int pos = k0 + j;
+                    var key = pos < p ? src.CachedKey(l, pos) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim);
+                    var value = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);
+                    key.Slice(kvOffset, dh).CopyTo(new Span<float>(kb + j * dh, dh));
+                    value.Slice(kvOffset, dh).CopyTo(new Span<float>(vb + j * dh, dh));
+                }
+                // Rows n .. n4 - 1 of kb hold an earlier tile's keys (or zeros): their scores are computed and never read.
+                int n4 = (n + 3) & ~3;
+                WideScores(kb, n4, dh, qt, qp, sc);
+                bool masked = k1 - 1 > first || (_window is { } ww && k0 < last - ww + 1); // some row's range ends or starts inside the tile
+                WideSoftmax(sc, n, qp, k0, masked, rlo, rhi, mx, sm, al);
+                WideValues(sc, vb, n, qp, dh, al, o);
+            }
+            for (int qi = 0; qi < qn; qi++)
+            {
+                int i = item.I0 + qi / group, h = item.G * group + qi % group;
+                TensorPrimitives.Multiply(new ReadOnlySpan<float>(o + qi * dh, dh), 1f / sm[qi], s.Att.AsSpan((rb + i) * _qDim + h * dh, dh));
+            }
+        }
+    }
+
+    /// <summary>
+    /// S (n4, Qp) = kb (n4, Dh) qt (Dh, Qp), n4 a multiple of 4, Qp of 16: blocks of 4 keys x 4 vectors of queries
+    /// (the last block of queries 1 vector at a time when Qp is not a multiple of 64).
+    /// </summary>
+    private static unsafe void WideScores(float* kb, int n4, int dh, float* qt, int qp, float* sc)
+    {
+        for (int j = 0; j < n4; j += 4)
+        {
+            float* k0 = kb + j * dh, k1 = k0 + dh, k2 = k1 + dh, k3 = k2 + dh;
+            int v = 0;
+            for (; v + 64 <= qp; v += 64)
+            {
+                Scores4x64(k0, k1, k2, k3, dh, qt + v, qp, sc + j * qp + v);
+            }
+            for (; v < qp; v += 16)
+            {
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int c = 0; c < dh; c++)
+                {
+                    var x = Vector512.Load(qt + c * qp + v);
+                    a0 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k0[c]), a0);
+                    a1 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k1[c]), a1);
+                    a2 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k2[c]), a2);
+                    a3 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k3[c]), a3);
+                }
+                float* d = sc + j * qp + v;
+                a0.Store(d);
+                a1.Store(d + qp);
+                a2.Store(d + 2 * qp);
+                a3.Store(d + 3 * qp);
+            }
+        }
+    }
+
+    /// <summary>S rows j..j+3 (keys k0..k3, Dh each) x 64 queries (qt columns from <paramref name="qt"/>, rows Qp apart) into d (rows Qp apart).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Scores4x64(float* k0, float* k1, float* k2, float* k3, int dh, float* qt, int qp, float* d)
+    {
+        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
+        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
+        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
+        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        for (int c = 0; c < dh; c++)
+        {
+            float* x = qt + c * qp;
+            var x0 = Vector512.Load(x);
+            var x1 = Vector512.Load(x + 16);
+            var x2 = Vector512.Load(x + 32);
+            var x3 = Vector512.Load(x + 48);
+            var b = Vector512.Create(k0[c]);
+            a00 = Vector512.FusedMultiplyAdd(x0, b, a00);
+            a01 = Vector512.FusedMultiplyAdd(x1, b, a01);
+            a02 = Vector512.FusedMultiplyAdd(x2, b, a02);
+            a03 = Vector512.FusedMultiplyAdd(x3, b, a03);
+            b = Vector512.Create(k1[c]);
+            a10 = Vector512.FusedMultiplyAdd(x0, b, a10);
+            a11 = Vector512.FusedMultiplyAdd(x1, b, a11);
+            a12 = Vector512.FusedMultiplyAdd(x2, b, a12);
+            a13 = Vector512.FusedMultiplyAdd(x3, b, a13);
+            b = Vector512.Create(k2[c]);
+            a20 = Vector512.FusedMultiplyAdd(x0, b, a20);
+            a21 = Vector512.FusedMultiplyAdd(x1, b, a21);
+            a22 = Vector512.FusedMultiplyAdd(x2, b, a22);
+            a23 = Vector512.FusedMultiplyAdd(x3, b, a23);
+            b = Vector512.Create(k3[c]);
+            a30 = Vector512.FusedMultiplyAdd(x0, b, a30);
+            a31 = Vector512.FusedMultiplyAdd(x1, b, a31);
+            a32 = Vector512.FusedMultiplyAdd(x2, b, a32);
+            a33 = Vector512.FusedMultiplyAdd(x3, b, a33);
+        }
+        a00.Store(d);
+        a01.Store(d + 16);
+        a02.Store(d + 32);
+        a03.Store(d + 48);
+        d += qp;
+        a10.Store(d);
+        a11.Store(d + 16);
+        a12.Store(d + 32);
+        a13.Store(d + 48);
+        d += qp;
+        a20.Store(d);
+        a21.Store(d + 16);
+        a22.Store(d + 32);
+        a23.Store(d + 48);
+        d += qp;
+        a30.Store(d);
+        a31.Store(d + 16);
+        a32.Store(d + 32);
+        a33.Store(d + 48);
+    }
+
+    /// <summary>
+    /// Steps 2 and 3 of the class summary on S (n, Qp): scale, mask (when <paramref name="masked"/>) keys k0 + j outside
+    /// [lo, hi] of each query, new maxima m, weights exp(S - m), l rescaled and increased; alpha = exp(m_old - m_new)
+    /// per query for the values step.
+    /// </summary>
+    private unsafe void WideSoftmax(float* sc, int n, int qp, int k0, bool masked, float* lo, float* hi, float* mx, float* sm, float* alpha)
+    {
+        var scale = Vector512.Create(_scale);
+        var ninf = Vector512.Create(float.NegativeInfinity);
+        for (int v = 0; v < qp; v += 16)
+        {
+            var m = Vector512.Load(mx + v);
+            var vlo = Vector512.Load(lo + v);
+            var vhi = Vector512.Load(hi + v);
+            var mt = ninf;
+            for (int j = 0; j < n; j++)
+            {
+                float* r = sc + j * qp + v;
+                var x = Vector512.Load(r) * scale;
+                if (masked)
+                {
+                    var key = Vector512.Create((float)(k0 + j));
+                    x = Vector512.ConditionalSelect(Vector512.GreaterThan(key, vhi) | Vector512.LessThan(key, vlo), ninf, x);
+                }
+                x.Store(r);
+                mt = Vector512.Max(mt, x);
+            }
+            var mNew = Vector512.Max(m, mt);
+            var safe = Vector512.ConditionalSelect(Vector512.Equals(mNew, ninf), Vector512<float>.Zero, mNew);
+            (m - safe).Store(alpha + v);
+            mNew.Store(mx + v);
+            for (int j = 0; j < n; j++)
+            {
+                float* r = sc + j * qp + v;
+                (Vector512.Load(r) - safe).Store(r);
+            }
+        }
+        TensorPrimitives.Exp(new ReadOnlySpan<float>(sc, n * qp), new Span<float>(sc, n * qp));
+        TensorPrimitives.Exp(new ReadOnlySpan<float>(alpha, qp), new Span<float>(alpha, qp));
+        for (int v = 0; v < qp; v += 16)
+        {
+            var sum = Vector512<float>.Zero;
+            for (int j = 0; j < n; j++)
+            {
+                sum += Vector512.Load(sc + j * qp + v);
+            }
+            Vector512.FusedMultiplyAdd(Vector512.Load(sm + v), Vector512.Load(alpha + v), sum).Store(sm + v);
+        }
+    }
+
+    /// <summary>
+    /// Step 4 of the class summary: o (Qp, Dh) = o alpha + S^T vb over the tile's n keys, blocks of 4 queries x 64
+    /// columns of o (the last queries of a Qp that is not a multiple of 4 do not occur: Qp is a multiple of 16).
+    /// </summary>
+    private static unsafe void WideValues(float* sc, float* vb, int n, int qp, int dh, float* alpha, float* o)
+    {
+        for (int qi = 0; qi < qp; qi += 4)
+        {
+            var al0 = Vector512.Create(alpha[qi]);
+            var al1 = Vector512.Create(alpha[qi + 1]);
+            var al2 = Vector512.Create(alpha[qi + 2]);
+            var al3 = Vector512.Create(alpha[qi + 3]);
+            for (int c = 0; c < dh; c += 64)
+            {
+                float* o0 = o + qi * dh + c, o1 = o0 + dh, o2 = o1 + dh, o3 = o2 + dh;
+                var a00 = Vector512.Load(o0) * al0;
+                var a01 = Vector512.Load(o0 + 16) * al0;
+                var a02 = Vector512.Load(o0 + 32) * al0;
+                var a03 = Vector512.Load(o0 + 48) * al0;
+                var a10 = Vector512.Load(o1) * al1;
+                var a11 = Vector512.Load(o1 + 16) * al1;
+                var a12 = Vector512.Load(o1 + 32) * al1;
+                var a13 = Vector512.Load(o1 + 48) * al1;
+                var a20 = Vector512.Load(o2) * al2;
+                var a21 = Vector512.Load(o2 + 16) * al2;
+                var a22 = Vector512.Load(o2 + 32) * al2;
+                var a23 = Vector512.Load(o2 + 48) * al2;
+                var a30 = Vector512.Load(o3) * al3;
+                var a31 = Vector512.Load(o3 + 16) * al3;
+                var a32 = Vector512.Load(o3 + 32) * al3;
+                var a33 = Vector512.Load(o3 + 48) * al3;
+                for (int j = 0; j < n; j++)
+                {
+                    float* vr = vb + j * dh + c;
+                    float* w = sc + j * qp + qi;
+                    var v0 = Vector512.Load(vr);
+                    var v1 = Vector512.Load(vr + 16);
+                    var v2 = Vector512.Load(vr + 32);
+                    var v3 = Vector512.Load(vr + 48);
+                    var b = Vector512.Create(w[0]);
+                    a00 = Vector512.FusedMultiplyAdd(v0, b, a00);
+                    a01 = Vector512.FusedMultiplyAdd(v1, b, a01);
+                    a02 = Vector512.FusedMultiplyAdd(v2, b, a02);
+                    a03 = Vector512.FusedMultiplyAdd(v3, b, a03);
+                    b = Vector512.Create(w[1]);
+                    a10 = Vector512.FusedMultiplyAdd(v0, b, a10);
+                    a11 = Vector512.FusedMultiplyAdd(v1, b, a11);
+                    a12 = Vector512.FusedMultiplyAdd(v2, b, a12);
+                    a13 = Vector512.FusedMultiplyAdd(v3, b, a13);
+                    b = Vector512.Create(w[2]);
+                    a20 = Vector512.FusedMultiplyAdd(v0, b, a20);
+                    a21 = Vector512.FusedMultiplyAdd(v1, b, a21);
+                    a22 = Vector512.FusedMultiplyAdd(v2, b, a22);
+                    a23 = Vector512.FusedMultiplyAdd(v3, b, a23);
+                    b = Vector512.Create(w[3]);
+                    a30 = Vector512.FusedMultiplyAdd(v0, b, a30);
+                    a31 = Vector512.FusedMultiplyAdd(v1, b, a31);
+                    a32 = Vector512.FusedMultiplyAdd(v2, b, a32);
+                    a33 = Vector512.FusedMultiplyAdd(v3, b, a33);
+                }
+                a00.Store(o0);
+                a01.Store(o0 + 16);
+                a02.Store(o0 + 32);
+                a03.Store(o0 + 48);
+                a10.Store(o1);
+                a11.Store(o1 + 16);
+                a12.Store(o1 + 32);
+                a13.Store(o1 + 48);
+                a20.Store(o2);
+                a21.Store(o2 + 16);
+                a22.Store(o2 + 32);
+                a23.Store(o2 + 48);
+                a30.Store(o3);
+                a31.Store(o3 + 16);
+                a32.Store(o3 + 32);
+                a33.Store(o3 + 48);
+            }
+        }
+    }
+}
