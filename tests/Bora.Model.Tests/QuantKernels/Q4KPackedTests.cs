@@ -47,7 +47,7 @@ public sealed class Q4KPackedTests
         {
             w.AsSpan(blk * 144 + 4, 140).Fill(0xFF);
         }
-        foreach (int tokens in new[] { 2, 16 })
+        foreach (int tokens in new[] { 2, Q4KPacked.ExpandMinTokens })
         {
             var x = new float[tokens * 256 * nb];
             for (int i = 0; i < x.Length; i++)

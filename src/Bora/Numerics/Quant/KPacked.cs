@@ -13,6 +13,12 @@ internal unsafe interface IKPackedKernel
     /// <summary>Bytes of one super-block of an expanded group (the per-thread buffer of <see cref="Expand"/>).</summary>
     static abstract long ExpandedStride { get; }
 
+    /// <summary>
+    /// Tokens from which a product expands each group once (<see cref="Expand"/>) instead of rebuilding the values
+    /// from the packed bytes in every tile of 8 tokens: the measured crossover of the two, per format.
+    /// </summary>
+    static abstract int ExpandMinTokens { get; }
+
     /// <summary>The per-token data a tile reads besides <see cref="Q8Row.Q"/> and <see cref="Q8Row.D"/> (after the format's Prepare).</summary>
     static abstract nint TokenData(Q8Activations act, int t);
 
@@ -30,17 +36,14 @@ internal unsafe interface IKPackedKernel
 
 /// <summary>
 /// The driver shared by the K-format packed kernels: groups of 16 rows in order, each swept by tiles of up to 8
-/// tokens (a short last tile repeats its last token, whose results are not stored); from
-/// <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread buffer
-/// that all its tiles read. Letters: N = rows (n), T = tokens, nb = super-blocks per row.
+/// tokens (a short last tile repeats its last token, whose results are not stored); from the format's
+/// <see cref="IKPackedKernel.ExpandMinTokens"/> tokens on, each group is first expanded once per product into a
+/// per-thread buffer that all its tiles read. Letters: N = rows (n), T = tokens, nb = super-blocks per row.
 /// </summary>
 internal static unsafe class KPacked
 {
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
     public const int GroupRows = 16;
-
-    /// <summary>Tokens from which <see cref="Run{TK}"/> expands each group once into a per-thread buffer.</summary>
-    public const int ExpandMinTokens = 16;
 
     private const int TileTokens = 8;
 
@@ -70,7 +73,7 @@ internal static unsafe class KPacked
         }
         long groupBytes = nb * TK.SuperBytes;
         byte* expanded = null;
-        if (tokens >= ExpandMinTokens)
+        if (tokens >= TK.ExpandMinTokens)
         {
             expanded = PinnedScratch.Get(ref t_expanded, nb * TK.ExpandedStride);
         }

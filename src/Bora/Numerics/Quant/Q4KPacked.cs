@@ -23,7 +23,7 @@ namespace Bora.Numerics.Quant;
 /// 4-byte groups add up in int16 (at most 8 * 2 * 15 * 127 = 30480), one vpmaddwd by the rows' sc[s] (in both int16
 /// halves, from one vpshufb of the unpacked scales) adds sc[s] (sum q x) to the int32 sum (exact: at most
 /// 8 * 63 * 60960 &lt; 2^31). The 6-bit scales and mins are unpacked per super-block in registers, 16 rows at once.</para>
-/// <para>From <see cref="KPacked.ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
 /// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
 /// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
 /// integers, same float products, same results.</para>
@@ -33,6 +33,13 @@ internal static unsafe class Q4KPacked
 {
     /// <summary>Rows per group: one per float lane of a 512-bit vector.</summary>
     internal const int GroupRows = KPacked.GroupRows;
+
+    /// <summary>
+    /// Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer. Measured as for
+    /// <see cref="Q6KPacked.ExpandMinTokens"/> (GFLOP/s expanded / packed tiles): T = 16: 372 / 381, 24: 419 / 403,
+    /// 32: 449 / 416.
+    /// </summary>
+    internal const int ExpandMinTokens = 24;
 
     /// <summary>Bytes of one GGUF Q4_K block (256 values).</summary>
     internal const int BlockBytes = 144;
@@ -144,6 +151,8 @@ internal static unsafe class Q4KPacked
         public static long SuperBytes => Q4KPacked.SuperBytes;
 
         public static long ExpandedStride => Expanded.Stride;
+
+        public static int ExpandMinTokens => Q4KPacked.ExpandMinTokens;
 
         public static nint TokenData(Q8Activations act, int t) => (nint)act.SubBlockSums(t);
 

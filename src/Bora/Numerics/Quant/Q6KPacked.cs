@@ -41,8 +41,14 @@ internal static unsafe class Q6KPacked
     /// <summary>Bytes of one super-block of a group: 16 rows' blocks (3360) and 32 bytes of alignment padding.</summary>
     internal const int SuperBytes = 3392;
 
-    /// <summary>Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer.</summary>
-    internal const int ExpandMinTokens = KPacked.ExpandMinTokens;
+    /// <summary>
+    /// Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer. Measured on the 2-core
+    /// AVX-512 box (<c>bench/Bora.Bench matmul --types q6_k --shapes w1 --compare-packed 1</c>, 2 threads, GFLOP/s
+    /// expanded / packed tiles): T = 16: 283 / 410, 24: 339 / 403, 32: 371 / 404, 48: 408 / 408, 64: 441 / 420,
+    /// 128: 466 / 410. Rebuilding u from ql and qh in every tile of 8 tokens is cheaper than writing and re-reading
+    /// the 5184-byte expanded super-blocks until about 48 tokens.
+    /// </summary>
+    internal const int ExpandMinTokens = 48;
 
     private const int DOffset = 0;
     private const int ScaleOffset = 64;
@@ -126,6 +132,8 @@ internal static unsafe class Q6KPacked
         public static long SuperBytes => Q6KPacked.SuperBytes;
 
         public static long ExpandedStride => Expanded.Stride;
+
+        public static int ExpandMinTokens => Q6KPacked.ExpandMinTokens;
 
         public static nint TokenData(Q8Activations act, int t) => (nint)act.Offsets16(t);
 
