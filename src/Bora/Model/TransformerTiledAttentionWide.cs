@@ -182,57 +182,54 @@ public sealed partial class Transformer
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Scores4x64(float* k0, float* k1, float* k2, float* k3, int dh, float* qt, int qp, float* d)
     {
-        Vector512<float> a00 = default, a01 = default, a02 = default, a03 = default;
-        Vector512<float> a10 = default, a11 = default, a12 = default, a13 = default;
-        Vector512<float> a20 = default, a21 = default, a22 = default, a23 = default;
-        Vector512<float> a30 = default, a31 = default, a32 = default, a33 = default;
+        Lanes64 s0 = default, s1 = default, s2 = default, s3 = default;
         for (int c = 0; c < dh; c++)
         {
-            float* x = qt + c * qp;
-            var x0 = Vector512.Load(x);
-            var x1 = Vector512.Load(x + 16);
-            var x2 = Vector512.Load(x + 32);
-            var x3 = Vector512.Load(x + 48);
-            var b = Vector512.Create(k0[c]);
-            a00 = Vector512.FusedMultiplyAdd(x0, b, a00);
-            a01 = Vector512.FusedMultiplyAdd(x1, b, a01);
-            a02 = Vector512.FusedMultiplyAdd(x2, b, a02);
-            a03 = Vector512.FusedMultiplyAdd(x3, b, a03);
-            b = Vector512.Create(k1[c]);
-            a10 = Vector512.FusedMultiplyAdd(x0, b, a10);
-            a11 = Vector512.FusedMultiplyAdd(x1, b, a11);
-            a12 = Vector512.FusedMultiplyAdd(x2, b, a12);
-            a13 = Vector512.FusedMultiplyAdd(x3, b, a13);
-            b = Vector512.Create(k2[c]);
-            a20 = Vector512.FusedMultiplyAdd(x0, b, a20);
-            a21 = Vector512.FusedMultiplyAdd(x1, b, a21);
-            a22 = Vector512.FusedMultiplyAdd(x2, b, a22);
-            a23 = Vector512.FusedMultiplyAdd(x3, b, a23);
-            b = Vector512.Create(k3[c]);
-            a30 = Vector512.FusedMultiplyAdd(x0, b, a30);
-            a31 = Vector512.FusedMultiplyAdd(x1, b, a31);
-            a32 = Vector512.FusedMultiplyAdd(x2, b, a32);
-            a33 = Vector512.FusedMultiplyAdd(x3, b, a33);
+            var x = Lanes64.Load(qt + c * qp);
+            s0 = s0.Add(x, k0[c]);
+            s1 = s1.Add(x, k1[c]);
+            s2 = s2.Add(x, k2[c]);
+            s3 = s3.Add(x, k3[c]);
         }
-        a00.Store(d);
-        a01.Store(d + 16);
-        a02.Store(d + 32);
-        a03.Store(d + 48);
-        d += qp;
-        a10.Store(d);
-        a11.Store(d + 16);
-        a12.Store(d + 32);
-        a13.Store(d + 48);
-        d += qp;
-        a20.Store(d);
-        a21.Store(d + 16);
-        a22.Store(d + 32);
-        a23.Store(d + 48);
-        d += qp;
-        a30.Store(d);
-        a31.Store(d + 16);
-        a32.Store(d + 32);
-        a33.Store(d + 48);
+        s0.Store(d);
+        s1.Store(d + qp);
+        s2.Store(d + 2 * qp);
+        s3.Store(d + 3 * qp);
+    }
+
+    /// <summary>64 consecutive floats in 4 vectors: one query's 64 scores, one key's 64 queries, or 64 columns of o.</summary>
+    private readonly unsafe struct Lanes64(Vector512<float> v0, Vector512<float> v1, Vector512<float> v2, Vector512<float> v3)
+    {
+        private readonly Vector512<float> _v0 = v0, _v1 = v1, _v2 = v2, _v3 = v3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Lanes64 Load(float* p) => new(Vector512.Load(p), Vector512.Load(p + 16), Vector512.Load(p + 32), Vector512.Load(p + 48));
+
+        /// <summary>this + x w (w broadcast).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Lanes64 Add(Lanes64 x, float w)
+        {
+            var b = Vector512.Create(w);
+            return new(Vector512.FusedMultiplyAdd(x._v0, b, _v0), Vector512.FusedMultiplyAdd(x._v1, b, _v1),
+                Vector512.FusedMultiplyAdd(x._v2, b, _v2), Vector512.FusedMultiplyAdd(x._v3, b, _v3));
+        }
+
+        /// <summary>this x w (w broadcast).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Lanes64 Scale(float w)
+        {
+            var b = Vector512.Create(w);
+            return new(_v0 * b, _v1 * b, _v2 * b, _v3 * b);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Store(float* p)
+        {
+            _v0.Store(p);
+            _v1.Store(p + 16);
+            _v2.Store(p + 32);
+            _v3.Store(p + 48);
+        }
     }
 
     /// <summary>
@@ -293,74 +290,26 @@ public sealed partial class Transformer
     {
         for (int qi = 0; qi < qp; qi += 4)
         {
-            var al0 = Vector512.Create(alpha[qi]);
-            var al1 = Vector512.Create(alpha[qi + 1]);
-            var al2 = Vector512.Create(alpha[qi + 2]);
-            var al3 = Vector512.Create(alpha[qi + 3]);
             for (int c = 0; c < dh; c += 64)
             {
                 float* o0 = o + qi * dh + c, o1 = o0 + dh, o2 = o1 + dh, o3 = o2 + dh;
-                var a00 = Vector512.Load(o0) * al0;
-                var a01 = Vector512.Load(o0 + 16) * al0;
-                var a02 = Vector512.Load(o0 + 32) * al0;
-                var a03 = Vector512.Load(o0 + 48) * al0;
-                var a10 = Vector512.Load(o1) * al1;
-                var a11 = Vector512.Load(o1 + 16) * al1;
-                var a12 = Vector512.Load(o1 + 32) * al1;
-                var a13 = Vector512.Load(o1 + 48) * al1;
-                var a20 = Vector512.Load(o2) * al2;
-                var a21 = Vector512.Load(o2 + 16) * al2;
-                var a22 = Vector512.Load(o2 + 32) * al2;
-                var a23 = Vector512.Load(o2 + 48) * al2;
-                var a30 = Vector512.Load(o3) * al3;
-                var a31 = Vector512.Load(o3 + 16) * al3;
-                var a32 = Vector512.Load(o3 + 32) * al3;
-                var a33 = Vector512.Load(o3 + 48) * al3;
+                var a0 = Lanes64.Load(o0).Scale(alpha[qi]);
+                var a1 = Lanes64.Load(o1).Scale(alpha[qi + 1]);
+                var a2 = Lanes64.Load(o2).Scale(alpha[qi + 2]);
+                var a3 = Lanes64.Load(o3).Scale(alpha[qi + 3]);
                 for (int j = 0; j < n; j++)
                 {
-                    float* vr = vb + j * dh + c;
+                    var v = Lanes64.Load(vb + j * dh + c);
                     float* w = sc + j * qp + qi;
-                    var v0 = Vector512.Load(vr);
-                    var v1 = Vector512.Load(vr + 16);
-                    var v2 = Vector512.Load(vr + 32);
-                    var v3 = Vector512.Load(vr + 48);
-                    var b = Vector512.Create(w[0]);
-                    a00 = Vector512.FusedMultiplyAdd(v0, b, a00);
-                    a01 = Vector512.FusedMultiplyAdd(v1, b, a01);
-                    a02 = Vector512.FusedMultiplyAdd(v2, b, a02);
-                    a03 = Vector512.FusedMultiplyAdd(v3, b, a03);
-                    b = Vector512.Create(w[1]);
-                    a10 = Vector512.FusedMultiplyAdd(v0, b, a10);
-                    a11 = Vector512.FusedMultiplyAdd(v1, b, a11);
-                    a12 = Vector512.FusedMultiplyAdd(v2, b, a12);
-                    a13 = Vector512.FusedMultiplyAdd(v3, b, a13);
-                    b = Vector512.Create(w[2]);
-                    a20 = Vector512.FusedMultiplyAdd(v0, b, a20);
-                    a21 = Vector512.FusedMultiplyAdd(v1, b, a21);
-                    a22 = Vector512.FusedMultiplyAdd(v2, b, a22);
-                    a23 = Vector512.FusedMultiplyAdd(v3, b, a23);
-                    b = Vector512.Create(w[3]);
-                    a30 = Vector512.FusedMultiplyAdd(v0, b, a30);
-                    a31 = Vector512.FusedMultiplyAdd(v1, b, a31);
-                    a32 = Vector512.FusedMultiplyAdd(v2, b, a32);
-                    a33 = Vector512.FusedMultiplyAdd(v3, b, a33);
+                    a0 = a0.Add(v, w[0]);
+                    a1 = a1.Add(v, w[1]);
+                    a2 = a2.Add(v, w[2]);
+                    a3 = a3.Add(v, w[3]);
                 }
-                a00.Store(o0);
-                a01.Store(o0 + 16);
-                a02.Store(o0 + 32);
-                a03.Store(o0 + 48);
-                a10.Store(o1);
-                a11.Store(o1 + 16);
-                a12.Store(o1 + 32);
-                a13.Store(o1 + 48);
-                a20.Store(o2);
-                a21.Store(o2 + 16);
-                a22.Store(o2 + 32);
-                a23.Store(o2 + 48);
-                a30.Store(o3);
-                a31.Store(o3 + 16);
-                a32.Store(o3 + 32);
-                a33.Store(o3 + 48);
+                a0.Store(o0);
+                a1.Store(o1);
+                a2.Store(o2);
+                a3.Store(o3);
             }
         }
     }
