@@ -77,7 +77,7 @@ public static class EngineBench
         int kvDim = c.NKvHeads * c.HeadDim, blockSize = 16;
         int ctx = prompt + repeats + 8;
         int blocksPer = (ctx + blockSize - 1) / blockSize;
-        var store = new PagedKvStore(c.NLayers, kvDim, n * blocksPer, blockSize);
+        var store = new PagedKvStore(c.NLayers, kvDim, n * blocksPer, blockSize, model.KvType);
         var caches = new PagedKvCache[n];
         var logits = new float[n * c.VocabSize];
         for (int s = 0; s < n; s++)

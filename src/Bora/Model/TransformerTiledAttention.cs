@@ -49,9 +49,11 @@ public sealed partial class Transformer
 
         public int RowBase => rowBase;
 
-        public ReadOnlySpan<float> CachedKey(int layer, int position) => cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
+        /// <summary>Key row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
+        public KvRow CachedKey(int layer, int position) => cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
 
-        public ReadOnlySpan<float> CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
+        /// <summary>Value row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
+        public KvRow CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
     }
 
     /// <summary>
@@ -325,6 +327,8 @@ public sealed partial class Transformer
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
     /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128"/>) and the values 2 keys per update of o
     /// (<see cref="Values2x128"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
+    /// Cached F16 rows are widened one row at a time into a per-thread buffer (3 rows of Hkv * Dh: a key, two values)
+    /// just before the same arithmetic reads them; F32 rows are read in place.
     /// </summary>
     private unsafe void AttendKeys(int l, in KvSource src, TileItem item, Scratch s)
     {
@@ -337,13 +341,17 @@ public sealed partial class Transformer
         var scores = t_chunkScores.AsSpan(0, heads * nk); // (nk, Hq): row j = every head's score of key k0 + j
         var q = s.Q.AsSpan(row * _qDim, _qDim);             // (Hq, Dh)
         bool fast = dh == 128 && Vector512.IsHardwareAccelerated;
+        var rowBuf = RowScratch(3 * _kvDim);
+        var keyBuf = rowBuf.AsSpan(0, _kvDim);              // (Hkv, Dh) a cached F16 key, widened
+        var value0Buf = rowBuf.AsSpan(_kvDim, _kvDim);      // (Hkv, Dh) cached F16 values, widened
+        var value1Buf = rowBuf.AsSpan(2 * _kvDim, _kvDim);
         fixed (float* pq = q)
         fixed (float* ps = scores)
         {
             for (int j = 0; j < nk; j++)
             {
                 int pos = k0 + j;
-                var keys = pos < p ? src.CachedKey(l, pos) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                var keys = pos < p ? src.CachedKey(l, pos).AsFloats(keyBuf) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
                 fixed (float* pk = keys)
                 {
                     float* sj = ps + (long)j * heads;
@@ -389,8 +397,8 @@ public sealed partial class Transformer
             for (; fast && j + 2 <= nk; j += 2)
             {
                 int pos = k0 + j;
-                var v0 = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
-                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
+                var v0 = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
+                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1).AsFloats(value1Buf) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
                 fixed (float* pv0 = v0)
                 fixed (float* pv1 = v1)
                 {
@@ -403,7 +411,7 @@ public sealed partial class Transformer
             for (; j < nk; j++)
             {
                 int pos = k0 + j;
-                var values = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                var values = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
                 for (int g = 0; g < hkv; g++)
                 {
                     var value = values.Slice(g * dh, dh);
@@ -562,15 +570,16 @@ public sealed partial class Transformer
             int cols = k1 - k0;
             var kt = buf.Keys.AsSpan(0, dh * KeyTile); // (Dh, KeyTile): column j is key k0 + j (transposed)
             var vt = buf.Values.AsSpan(0, cols * dh);  // (cols, Dh): row j is value k0 + j
+            var keyBuf = RowScratch(dh).AsSpan(0, dh);  // (Dh) a cached F16 key, widened
             for (int j = k0; j < k1; j++)
             {
-                var key = (j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
-                var value = j < p ? src.CachedValue(l, j) : s.V.AsSpan((rb + j - p) * _kvDim, _kvDim);
+                var key = j < p ? src.CachedKey(l, j).Slice(kvOffset, dh).AsFloats(keyBuf) : s.K.AsSpan((rb + j - p) * _kvDim + kvOffset, dh);
                 for (int c = 0; c < dh; c++)
                 {
                     kt[c * KeyTile + j - k0] = key[c];
                 }
-                value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh));
+                var value = j < p ? src.CachedValue(l, j) : new KvRow(s.V.AsSpan((rb + j - p) * _kvDim, _kvDim));
+                value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh)); // widened while copied for F16
             }
             for (int i = item.I0; i < item.I1; i++)
             {
