@@ -240,6 +240,12 @@ public sealed class InferenceEngine : IDisposable
     /// <summary>Sequences running (as of the last engine step).</summary>
     public int RunningCount => Volatile.Read(ref _runningSnapshot);
 
+    /// <summary>KV blocks of the pool (B positions each): an F16 pool holds twice the blocks of an F32 one in the same <see cref="EngineOptions.KvCacheMiB"/>.</summary>
+    public int KvBlockCount => _store.BlockCount;
+
+    /// <summary>Element type of the pool's rows: the model's <see cref="Transformer.KvType"/>.</summary>
+    public KvCacheType KvType => _store.KvType;
+
     /// <summary>KV blocks held by sequences (as of the last engine step; blocks kept only for the prefix cache count as free).</summary>
     public int KvBlocksUsed => Volatile.Read(ref _kvUsedSnapshot);
 
