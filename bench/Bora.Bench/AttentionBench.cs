@@ -7,17 +7,22 @@ using Bora.Tokenizers;
 namespace Bora.Bench;
 
 /// <summary>
-/// <c>attention [--tokens 1024] [--threads N] [--repeats 3] [--window W]</c>: prefill time of the tiled online-softmax
+/// <c>attention [--tokens 1024] [--threads N] [--repeats 3] [--window W] [--layers 1] [--kv-type f16|f32|both]</c>: prefill time of the tiled online-softmax
 /// attention against the per-query kernel (<see cref="Transformer.TiledAttention"/>) on Mistral 7B's attention shape
 /// (32 query heads, 8 KV heads of 128) in a one-layer model whose other matrices are tiny, so attention dominates.
 /// Both run in this process, alternating; prints the medians and their ratio.
+/// With <c>--decode-steps N</c>: decode steps after a prefill of --tokens, per KV cache type (<c>--kv-type both</c>:
+/// F16 and F32 side by side, rounds alternating, each type's cache prefilled once and decoded at the same positions).
 /// </summary>
 public static class AttentionBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window", "layers", "decode-steps", "baseline"], []);
+        var a = new BenchArgs(args, ["tokens", "threads", "repeats", "window", "layers", "decode-steps", "baseline", "kv-type"], []);
         int tokens = a.GetInt("tokens", 1024), repeats = a.GetInt("repeats", 3);
+        string kvArg = (a.Get("kv-type") ?? "f16").ToLowerInvariant();
+        KvCacheType[] kvTypes = kvArg == "both" ? [KvCacheType.F16, KvCacheType.F32]
+            : [KvCacheTypes.TryParse(kvArg) ?? throw new ArgumentException($"--kv-type '{kvArg}': expected f16, f32 or both")];
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount);
         var config = new ModelConfig
         {
@@ -30,7 +35,7 @@ public static class AttentionBench
             VocabSize = 64,
             NormEps = 1e-5f,
             RopeTheta = 10000f,
-            MaxSeqLen = tokens + a.GetInt("decode-steps", 0) + 1,
+            MaxSeqLen = tokens + (repeats + 1) * a.GetInt("decode-steps", 0) + 1,
             SlidingWindow = a.Get("window") is null ? null : a.GetInt("window", 1),
         };
         var rng = new Random(1);
@@ -68,42 +73,16 @@ public static class AttentionBench
         int steps = a.GetInt("decode-steps", 0);
         if (steps > 0)
         {
-            var model = new Transformer(weights) { MaxTokensPerPass = tokens };
-            var dl = new float[config.VocabSize];
-            var st = new List<double>();
-            double cpuMs = 0;
-            for (int r = 0; r <= repeats; r++)
-            {
-                var cache = model.CreateCache(tokens + steps + 1);
-                NumericsProfile.Enabled = false;
-                model.Forward(prompt, cache, dl);
-                NumericsProfile.Enabled = r > 0;
-                for (int i = 0; i < steps; i++)
-                {
-                    var c0 = Process.GetCurrentProcess().TotalProcessorTime;
-                    long t0 = Stopwatch.GetTimestamp();
-                    model.Forward([new TokenId(i % config.VocabSize)], cache, dl);
-                    if (r > 0)
-                    {
-                        st.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
-                        cpuMs += (Process.GetCurrentProcess().TotalProcessorTime - c0).TotalMilliseconds;
-                    }
-                }
-            }
-            NumericsProfile.Enabled = false;
-            double attentionMs = NumericsProfile.Seconds(ProfileSection.Attention) * 1000 / st.Count;
-            double med = Median(st);
-            long kvBytes = 2L * config.NLayers * tokens * kv * 4;
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"attention decode after {tokens} tokens, {config.NLayers} layers, threads {NumericsThreads.MaxThreads}: step {med:F2} ms (median; process CPU time {cpuMs / st.Count:F2} ms), attention {attentionMs:F2} ms per step (mean) = {attentionMs / config.NLayers * 1000:F0} us per layer, KV read {kvBytes / attentionMs / 1e6:F1} GB/s"));
+            DecodeSideBySide(weights, prompt, kvTypes, steps, repeats);
             return 0;
         }
         // --baseline portable: the portable tile (queries one by one) instead of the per-query kernel.
         bool portable = a.Get("baseline") == "portable";
+        var kvType = kvTypes[0];
         var models = new[]
         {
-            new Transformer(weights) { MaxTokensPerPass = tokens },
-            portable ? new Transformer(weights) { MaxTokensPerPass = tokens, UseWideTiles = false } : new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false },
+            new Transformer(weights) { MaxTokensPerPass = tokens, KvType = kvType },
+            portable ? new Transformer(weights) { MaxTokensPerPass = tokens, UseWideTiles = false, KvType = kvType } : new Transformer(weights) { MaxTokensPerPass = tokens, TiledAttention = false, KvType = kvType },
         };
         var times = new[] { new List<double>(), new List<double>() };
         var attention = new[] { new List<double>(), new List<double>() };
@@ -131,6 +110,63 @@ public static class AttentionBench
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"attention prefill, {tokens} tokens, Hq 32 / Hkv 8 / Dh 128, window {config.SlidingWindow?.ToString(CultureInfo.InvariantCulture) ?? "none"}, threads {NumericsThreads.MaxThreads}, median of {repeats}: tiled {tiled:F1} ms, {baselineName} {perQuery:F1} ms, ratio {perQuery / tiled:F2}x; attention alone (profile): tiled {Median(attention[0]):F1} ms, {baselineName} {Median(attention[1]):F1} ms"));
         return 0;
+    }
+
+    /// <summary>
+    /// Decode steps of one model per KV type: each type's cache is prefilled once with the prompt, then rounds of
+    /// <paramref name="steps"/> decode steps alternate between the types (round 0 warms up), so every type decodes at
+    /// the same positions. Prints per type the median step, the mean attention time per step and per layer, and the KV
+    /// bytes read per second of attention.
+    /// </summary>
+    private static void DecodeSideBySide(TransformerWeights weights, TokenId[] prompt, KvCacheType[] kvTypes, int steps, int repeats)
+    {
+        var config = weights.Config;
+        int tokens = prompt.Length, kv = config.NKvHeads * config.HeadDim;
+        var models = kvTypes.Select(t => new Transformer(weights) { MaxTokensPerPass = tokens, KvType = t }).ToArray();
+        var caches = models.Select(m => m.CreateCache(tokens + (repeats + 1) * steps + 1)).ToArray();
+        var dl = new float[config.VocabSize];
+        NumericsProfile.Enabled = false;
+        for (int m = 0; m < models.Length; m++)
+        {
+            models[m].Forward(prompt, caches[m], dl);
+        }
+        var stepMs = models.Select(_ => new List<double>()).ToArray();
+        var attentionMs = new double[models.Length];
+        var cpuMs = new double[models.Length];
+        for (int r = 0; r <= repeats; r++)
+        {
+            for (int m = 0; m < models.Length; m++)
+            {
+                NumericsProfile.Reset();
+                NumericsProfile.Enabled = r > 0;
+                for (int i = 0; i < steps; i++)
+                {
+                    var c0 = Process.GetCurrentProcess().TotalProcessorTime;
+                    long t0 = Stopwatch.GetTimestamp();
+                    models[m].Forward([new TokenId((r * steps + i) % config.VocabSize)], caches[m], dl);
+                    if (r > 0)
+                    {
+                        stepMs[m].Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+                        cpuMs[m] += (Process.GetCurrentProcess().TotalProcessorTime - c0).TotalMilliseconds;
+                    }
+                }
+                NumericsProfile.Enabled = false;
+                if (r > 0)
+                {
+                    attentionMs[m] += NumericsProfile.Seconds(ProfileSection.Attention) * 1000;
+                }
+            }
+        }
+        double first = 0;
+        for (int m = 0; m < models.Length; m++)
+        {
+            int n = stepMs[m].Count;
+            double att = attentionMs[m] / n, med = Median(stepMs[m]);
+            first = m == 0 ? att : first;
+            long kvBytes = 2L * config.NLayers * tokens * kv * kvTypes[m].ElementBytes();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"attention decode after {tokens} tokens, KV {kvTypes[m]}, {config.NLayers} layers, threads {NumericsThreads.MaxThreads}: step {med:F2} ms (median; process CPU time {cpuMs[m] / n:F2} ms), attention {att:F2} ms per step (mean) = {att / config.NLayers * 1000:F0} us per layer, KV read {kvBytes / att / 1e6:F1} GB/s{(m > 0 ? $", attention {att / first:F2}x the {kvTypes[0]}'s" : "")}"));
+        }
     }
 
     private static double Median(List<double> v)

@@ -32,6 +32,10 @@ internal sealed class BenchArgs
 
     public string? Get(string name) => _values.GetValueOrDefault(name);
 
+    /// <summary>--kv-type f16|f32 (default f16, llama.cpp's default, which LLamaSharp's runners keep).</summary>
+    public Bora.Model.KvCacheType GetKvType() => Get("kv-type") is not { } s ? Bora.Model.KvCacheType.F16
+        : Bora.Model.KvCacheTypes.TryParse(s) ?? throw new ArgumentException($"--kv-type '{s}' is not a KV cache type; expected f16 or f32");
+
     public int GetInt(string name, int fallback, int min = 1)
     {
         var s = Get(name);

@@ -12,7 +12,7 @@ using Bora.Tokenizers;
 namespace Bora.Bench;
 
 /// <summary>
-/// <c>engine --model M [--clients 1,4,16] [--prompt-tokens 32] [--gen-tokens 16] [--threads T] [--repeats 3]</c>: the
+/// <c>engine --model M [--clients 1,4,16] [--prompt-tokens 32] [--gen-tokens 16] [--threads T] [--repeats 3] [--kv-type f16|f32]</c>: the
 /// serving path without HTTP, split into its parts, for each N:
 /// <list type="bullet">
 /// <item><c>step</c>: one decode step of N sequences through <see cref="Transformer.ForwardBatch"/> (paged caches
@@ -28,7 +28,7 @@ public static class EngineBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["model", "clients", "prompt-tokens", "gen-tokens", "threads", "repeats", "interleaved-min"], []);
+        var a = new BenchArgs(args, ["model", "clients", "prompt-tokens", "gen-tokens", "threads", "repeats", "interleaved-min", "kv-type"], []);
         string path = a.Get("model") ?? throw new ArgumentException("--model PATH is required");
         var clients = (a.Get("clients") ?? "1,4,16").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
@@ -39,11 +39,11 @@ public static class EngineBench
             // Benchmarks of the dispatch: Q4_0 / Q8_0 rows-in-lanes from this many tokens (16 = the dispatch before small batches ran there).
             QuantDispatch.Q4_0InterleavedMinTokens = QuantDispatch.Q8_0InterleavedMinTokens = a.GetInt("interleaved-min", 1);
         }
-        using var loaded = ModelLoader.Load(path);
+        using var loaded = ModelLoader.Load(path, kvType: a.GetKvType());
         var model = loaded.Model;
         var c = model.Config;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{Path.GetFileName(path)}: threads {NumericsThreads.MaxThreads}, prompt {prompt}, gen {gen}; times are medians of {repeats} (ms)"));
+            $"{Path.GetFileName(path)}: threads {NumericsThreads.MaxThreads}, prompt {prompt}, gen {gen}, KV {model.KvType}; times are medians of {repeats} (ms)"));
         Console.WriteLine("   N   step ms  matmul ms  rest ms  fwd tok/s  x N=1  sample(T1) ms  sample(def) ms  engine tok/s  x N=1  ITL p50 ms");
         double fwd1 = 0, eng1 = 0;
         foreach (int n in clients)
@@ -77,7 +77,7 @@ public static class EngineBench
         int kvDim = c.NKvHeads * c.HeadDim, blockSize = 16;
         int ctx = prompt + repeats + 8;
         int blocksPer = (ctx + blockSize - 1) / blockSize;
-        var store = new PagedKvStore(c.NLayers, kvDim, n * blocksPer, blockSize);
+        var store = new PagedKvStore(c.NLayers, kvDim, n * blocksPer, blockSize, model.KvType);
         var caches = new PagedKvCache[n];
         var logits = new float[n * c.VocabSize];
         for (int s = 0; s < n; s++)

@@ -15,9 +15,14 @@ internal sealed class LlamaCppBatchedRunner : IDisposable
 {
     private readonly SafeLlamaModelHandle _model;
     private readonly int _threads;
+    private readonly bool _f16Cache;
 
-    public LlamaCppBatchedRunner(string path, int threads)
+    /// <param name="path">The GGUF file.</param>
+    /// <param name="threads">n_threads and n_threads_batch.</param>
+    /// <param name="f16Cache">llama.cpp's default f16 K/V cache (true) or f32.</param>
+    public LlamaCppBatchedRunner(string path, int threads, bool f16Cache = true)
     {
+        _f16Cache = f16Cache;
         LlamaCppRunner.EnsureLoaded();
         var modelParams = LLamaModelParams.Default();
         modelParams.n_gpu_layers = 0;
@@ -42,6 +47,11 @@ internal sealed class LlamaCppBatchedRunner : IDisposable
         ctx.n_threads = _threads;
         ctx.n_threads_batch = _threads;
         ctx.no_perf = true;
+        if (!_f16Cache)
+        {
+            ctx.type_k = GGMLType.GGML_TYPE_F32;
+            ctx.type_v = GGMLType.GGML_TYPE_F32;
+        }
         using var context = SafeLLamaContextHandle.Create(_model, ctx);
 
         long t0 = Stopwatch.GetTimestamp();

@@ -8,7 +8,8 @@ namespace Bora.Bench;
 /// llama.cpp (LLamaSharp's native CPU build) running the same measurement as <see cref="ThroughputBenchmark.Run"/>:
 /// the prompt in one llama_decode from an empty cache (logits of the last position only), then greedy decode steps
 /// of one token each. llama.cpp's defaults otherwise (memory-mapped weights, its default K/V cache type and
-/// attention path), with n_threads = n_threads_batch = the benchmark's thread count.
+/// attention path), with n_threads = n_threads_batch = the benchmark's thread count; the K/V cache is llama.cpp's
+/// default f16 unless <c>f16Cache</c> is false (then f32, like Bora's <c>--kv-type f32</c>).
 /// </summary>
 internal sealed class LlamaCppRunner : IDisposable
 {
@@ -16,7 +17,7 @@ internal sealed class LlamaCppRunner : IDisposable
     private readonly SafeLlamaModelHandle _model;
     private readonly SafeLLamaContextHandle _context;
 
-    public LlamaCppRunner(string path, int threads, int contextSize, int batch)
+    public LlamaCppRunner(string path, int threads, int contextSize, int batch, bool f16Cache = true)
     {
         EnsureLoaded();
         var modelParams = LLamaModelParams.Default();
@@ -30,6 +31,11 @@ internal sealed class LlamaCppRunner : IDisposable
         ctx.n_threads = threads;
         ctx.n_threads_batch = threads;
         ctx.no_perf = true;
+        if (!f16Cache)
+        {
+            ctx.type_k = GGMLType.GGML_TYPE_F32;
+            ctx.type_v = GGMLType.GGML_TYPE_F32;
+        }
         _context = SafeLLamaContextHandle.Create(_model, ctx);
         VocabSize = _model.Vocab.Count;
     }

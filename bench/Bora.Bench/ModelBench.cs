@@ -11,7 +11,7 @@ using Bora.Numerics.Quant;
 namespace Bora.Bench;
 
 /// <summary>
-/// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json] [--compare-llama-cpp]
+/// <c>model --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--kv-type f16|f32] [--json] [--compare-llama-cpp]
 /// [--synthesize mistral-7b|mixtral-8x7b --layers N --type q4_0|q8_0|q4_k|q4_k_m|f16 --out FILE] [--copy-weights] [--row-by-row-baseline] [--profile]</c>
 /// <para>
 /// Prefill and decode tokens per second of Bora (<see cref="ThroughputBenchmark"/>), the median of the repeats; with
@@ -24,7 +24,8 @@ namespace Bora.Bench;
 /// </para>
 /// <para>
 /// Memory: Bora's load time and the process's peak resident set (VmHWM of /proc/self/status) after loading and at the
-/// end, beside the file size and Bora's KV cache size (float32 K and V of every layer for prompt + gen positions), so
+/// end, beside the file size and Bora's KV cache size (K and V of every layer for prompt + gen positions, 2 bytes a
+/// value for --kv-type f16, the default, as llama.cpp's, which the --compare-llama-cpp runner keeps alike), so
 /// the goal "peak RSS &lt;= file + KV cache + 5%" can be read off (the peak is reset just before loading, so a
 /// --synthesize run in the same process does not count). Weights are read in place from the mapped file;
 /// --copy-weights loads them into private pinned copies instead (the behaviour before mapping), for comparison.
@@ -35,9 +36,10 @@ public static class ModelBench
 {
     public static int Run(string[] args)
     {
-        var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed"],
+        var a = new BenchArgs(args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "synthesize", "layers", "type", "out", "seed", "kv-type"],
             ["json", "compare-llama-cpp", "copy-weights", "row-by-row-baseline", "profile"]);
         bool baseline = a.Flag("row-by-row-baseline");
+        var kvType = a.GetKvType();
         int threads = a.GetInt("threads", Environment.ProcessorCount);
         int promptTokens = a.GetInt("prompt-tokens", 512), gen = a.GetInt("gen-tokens", 128), repeats = a.GetInt("repeats", 3);
         string? model = a.Get("model");
@@ -56,15 +58,15 @@ public static class ModelBench
         NumericsThreads.MaxThreads = threads;
         ResetPeakResident();
         long loadStart = Stopwatch.GetTimestamp();
-        using var bora = ModelLoader.Load(model, a.Flag("copy-weights") ? CopyWeights : null);
+        using var bora = ModelLoader.Load(model, a.Flag("copy-weights") ? CopyWeights : null, kvType);
         double loadSeconds = Stopwatch.GetElapsedTime(loadStart).TotalSeconds;
         long loadPeak = PeakResidentBytes();
         long fileBytes = new FileInfo(model).Length;
         var cfg = bora.Config;
-        long kvBytes = 2L * cfg.NLayers * (promptTokens + gen) * cfg.NKvHeads * cfg.HeadDim * sizeof(float);
+        long kvBytes = 2L * cfg.NLayers * (promptTokens + gen) * cfg.NKvHeads * cfg.HeadDim * kvType.ElementBytes();
         var prompt = ThroughputBenchmark.RandomPrompt(bora.Config.VocabSize, promptTokens, bora.Tokenizer.Bos);
         int[] promptIds = [.. prompt.Select(t => t.Value)];
-        using var llama = a.Flag("compare-llama-cpp") ? new LlamaCppRunner(model, threads, promptTokens + gen, promptTokens) : null;
+        using var llama = a.Flag("compare-llama-cpp") ? new LlamaCppRunner(model, threads, promptTokens + gen, promptTokens, f16Cache: kvType == KvCacheType.F16) : null;
 
         // Warm-up: JIT on Bora's side, first-touch of the mapped weights on llama.cpp's.
         ThroughputBenchmark.Run(bora.Model, prompt.AsSpan(0, Math.Min(32, promptTokens)), 2);
@@ -171,7 +173,7 @@ public static class ModelBench
         Console.WriteLine(string.Create(inv,
             $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}"));
         Console.WriteLine(string.Create(inv,
-            $"memory: file {fileBytes / 1e6:F1} MB, KV cache {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : bora.Mapper is { PackedBytes: > 0 } pm ? $" ({pm.PackedBytes / 1e6:F0} MB packed, {pm.MappedBytes / 1e6:F0} MB mapped)" : " (mapped weights)")}, " +
+            $"memory: file {fileBytes / 1e6:F1} MB, KV cache ({kvType}) {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : bora.Mapper is { PackedBytes: > 0 } pm ? $" ({pm.PackedBytes / 1e6:F0} MB packed, {pm.MappedBytes / 1e6:F0} MB mapped)" : " (mapped weights)")}, " +
             $"peak RSS after load {loadPeak / 1e6:F1} MB, at the end {endPeak / 1e6:F1} MB ({(double)endPeak / (fileBytes + kvBytes):P0} of file + KV cache)"));
         Console.WriteLine($"{"engine",-10} {"prefill tok/s",14} {"decode tok/s",13}");
         Console.WriteLine(string.Create(inv, $"{"bora",-10} {bp,14:F2} {bd,13:F2}"));

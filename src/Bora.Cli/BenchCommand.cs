@@ -7,7 +7,7 @@ using Bora.Numerics;
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora bench --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]</c>: Bora's
+/// <c>bora bench --model M [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--kv-type f16|f32] [--json]</c>: Bora's
 /// prefill and decode tokens per second (median of the repeats; see <see cref="ThroughputBenchmark"/>). The side-by-side
 /// comparison with llama.cpp needs LLamaSharp, which the CLI does not depend on: it is
 /// <c>dotnet run -c Release --project bench/Bora.Bench -- model</c> with the same options plus --compare-llama-cpp.
@@ -20,14 +20,14 @@ internal static class BenchCommand
         {
             return ServeBenchCommand.Run(args[1..], stdout, stderr);
         }
-        var a = new CliArguments("bench", args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats"], ["json", "compare-llama-cpp"]);
+        var a = new CliArguments("bench", args, ["model", "threads", "prompt-tokens", "gen-tokens", "repeats", "kv-type"], ["json", "compare-llama-cpp"]);
         if (a.Flag("compare-llama-cpp"))
         {
             throw new UsageException("'bench': --compare-llama-cpp lives in the benchmark project (the CLI does not ship llama.cpp): run `dotnet run -c Release --project bench/Bora.Bench -- model --model M --compare-llama-cpp [same options]`");
         }
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount, 1, 1024);
         int prompt = a.GetInt("prompt-tokens", 512, 1, 1 << 20), gen = a.GetInt("gen-tokens", 128, 1, 1 << 20), repeats = a.GetInt("repeats", 3, 1, 1000);
-        var model = ModelLoader.Load(a.Require("model"));
+        var model = ModelLoader.Load(a.Require("model"), kvType: a.GetKvType());
         var ids = ThroughputBenchmark.RandomPrompt(model.Config.VocabSize, prompt, model.Tokenizer.Bos);
         ThroughputBenchmark.Run(model.Model, ids.AsSpan(0, Math.Min(16, prompt)), 2); // warm-up (JIT)
         var samples = new List<ThroughputSample>();

@@ -17,7 +17,7 @@ internal static class ChatCommand
     {
         var a = new CliArguments("chat", args, [.. GenerationArgs.ValueOptions, "system"], []);
         var sampling = GenerationArgs.Sampling(a);
-        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr));
+        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr), kvType: a.GetKvType());
         var renderer = loaded.CreateChatRenderer();
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         var messages = new List<ChatMessage>();

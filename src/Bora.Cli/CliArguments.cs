@@ -1,4 +1,5 @@
 using System.Globalization;
+using Bora.Model;
 
 namespace Bora.Cli;
 
@@ -134,6 +135,20 @@ public sealed class CliArguments
             throw new UsageException($"'{_command}': --{name} '{s}' is not a non-negative integer");
         }
         return v;
+    }
+
+    /// <summary>
+    /// The KV cache element type of <c>--kv-type f16|f32</c> (any case), <see cref="KvCacheType.F16"/> when absent
+    /// (llama.cpp's default); any other value is a usage error naming the flag and the accepted values.
+    /// </summary>
+    public KvCacheType GetKvType(string name = "kv-type")
+    {
+        var s = Get(name);
+        if (s is null)
+        {
+            return KvCacheType.F16;
+        }
+        return KvCacheTypes.TryParse(s) ?? throw new UsageException($"'{_command}': --{name} '{s}' is not a KV cache type; expected f16 or f32");
     }
 
     public float GetFloat(string name, float fallback)

@@ -13,7 +13,7 @@ internal static class GenerateCommand
         var a = new CliArguments("generate", args, [.. GenerationArgs.ValueOptions, "prompt", "system", "lora"], ["json", "chat"]);
         var sampling = GenerationArgs.Sampling(a);
         var prompt = a.Get("prompt") ?? "";
-        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr));
+        var loaded = ModelLoader.Load(DefaultModel.Resolve(a, stderr), kvType: a.GetKvType());
         loaded = Training.Lora.LoraLoading.WithLora(loaded, a.Get("lora")); // --lora DIR: a PEFT adapter applied at run time
         var generator = new Generator(loaded.Model, loaded.Tokenizer, GenerationArgs.Context(a, loaded.Config));
         // --chat: the prompt is one user message in the model's chat format; otherwise raw text after BOS.

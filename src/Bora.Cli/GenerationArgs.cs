@@ -7,7 +7,7 @@ namespace Bora.Cli;
 internal static class GenerationArgs
 {
     public static readonly string[] ValueOptions =
-        ["model", "max-tokens", "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed", "stop", "context"];
+        ["model", "max-tokens", "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed", "stop", "context", "kv-type"];
 
     /// <summary>Largest default context for models without a sliding window (bounds KV-cache memory).</summary>
     public const int DefaultMaxContext = 4096;

@@ -6,7 +6,7 @@ using Bora.Numerics;
 namespace Bora.Cli;
 
 /// <summary>
-/// <c>bora perplexity --model M --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]</c>, computed as
+/// <c>bora perplexity --model M --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N] [--kv-type f16|f32]</c>, computed as
 /// llama.cpp's llama-perplexity (see <see cref="PerplexityEvaluator"/>), printing the running estimate after each
 /// chunk and the final estimate ± its standard error. KL-divergence modes:
 /// <c>--kl-reference M2</c> (run M2 on the same chunks), <c>--save-base FILE</c> (write the model's log-probabilities
@@ -17,7 +17,7 @@ internal static class PerplexityCommand
 {
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
-        var a = new CliArguments("perplexity", args, ["model", "file", "ctx", "batch", "chunks", "threads", "kl-reference", "kl-base", "save-base"], []);
+        var a = new CliArguments("perplexity", args, ["model", "file", "ctx", "batch", "chunks", "threads", "kl-reference", "kl-base", "save-base", "kv-type"], []);
         if (a.Positional.Count != 0)
         {
             throw new UsageException($"'perplexity': unexpected argument '{a.Positional[0]}'");
@@ -31,7 +31,8 @@ internal static class PerplexityCommand
         {
             throw new UsageException("'perplexity': --kl-reference, --kl-base and --save-base are exclusive");
         }
-        var model = ModelLoader.Load(a.Require("model"));
+        var kvType = a.GetKvType();
+        var model = ModelLoader.Load(a.Require("model"), kvType: kvType);
         int batch = a.GetInt("batch", 512, 1, 1 << 20);
         int? chunks = a.Get("chunks") is null ? null : a.GetInt("chunks", 0, 1);
         var inv = CultureInfo.InvariantCulture;
@@ -55,7 +56,7 @@ internal static class PerplexityCommand
         stderr.WriteLine(string.Create(inv, $"perplexity: {tokens.Length} tokens, {PerplexityEvaluator.ChunkCount(tokens.Length, opts)} chunks of {opts.Context}, scoring the last {PerplexityEvaluator.ScoredPerChunk(opts.Context)} tokens of each"));
         if (klRef is not null)
         {
-            var reference = ModelLoader.Load(klRef);
+            var reference = ModelLoader.Load(klRef, kvType: kvType);
             if (reference.Config.VocabSize != model.Config.VocabSize)
             {
                 throw new ArgumentException($"{klRef} has a vocabulary of {reference.Config.VocabSize}; the model has {model.Config.VocabSize}");

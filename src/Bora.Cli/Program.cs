@@ -10,7 +10,7 @@ public static class Program
 
         Commands:
           generate [--model PATH] --prompt TEXT [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-                   [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--json]
+                   [--min-p P] [--repeat-penalty R] [--seed S] [--stop TEXT] [--context N] [--kv-type f16|f32] [--json]
                    [--chat [--system TEXT]]   (the prompt as a user message in the model's chat format)
                    [--lora ADAPTER_DIR]       (a PEFT LoRA adapter applied at run time)
           tokenize --model PATH --text TEXT [--no-bos] [--json]
@@ -18,21 +18,23 @@ public static class Program
           inspect PATH [--json]
           chat [--model PATH] [--system TEXT] [generation options]
           serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N] [--kv-cache-mib N]
-                [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N] [--max-n N]
+                [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N] [--max-n N]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
           {FinetuneCommand.Usage}
           {MergeLoraCommand.Usage}
           quantize IN OUT --type q8_0|q4_0|q4_k|q4_k_m [--threads N] [--eval-file TEXT [--ctx N] [--chunks N]] [--quiet]
-          perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N]
+          perplexity --model PATH --file TEXT [--ctx N] [--batch N] [--chunks N] [--threads N] [--kv-type f16|f32]
                      [--kl-reference PATH | --save-base FILE | --kl-base FILE]
-          bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--json]
+          bench --model PATH [--threads N] [--prompt-tokens 512] [--gen-tokens 128] [--repeats 3] [--kv-type f16|f32] [--json]
           bench serve [--model PATH | --url URL [--api-key KEY] [--model-id ID]] [--clients 1,4,16,64]
-                      [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--kv-cache-mib N] [--json]
+                      [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--kv-cache-mib N] [--kv-type f16|f32] [--json]
 
         PATH is a .gguf file, a Hugging Face or Mistral model folder, or a repo id in the local Hugging Face cache.
         Without --model, generate, chat and serve use the embedded default model bora-kjv (a small Mixtral that
         Bora trained on the King James Bible; it continues text in King James English).
+        --kv-type: element type of the KV cache, f16 (default, as llama.cpp: half the memory, twice the positions per
+        --kv-cache-mib) or f32.
         """;
 
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error, Console.In);

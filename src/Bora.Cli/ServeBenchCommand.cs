@@ -9,7 +9,7 @@ namespace Bora.Cli;
 
 /// <summary>
 /// <c>bora bench serve [--model M | --url URL [--api-key K] [--model-id ID]] [--clients 1,4,16,64] [--prompt-tokens 128]
-/// [--gen-tokens 64] [--threads T] [--kv-cache-mib N] [--max-batch-tokens N] [--json]</c>: N concurrent streaming
+/// [--gen-tokens 64] [--threads T] [--kv-cache-mib N] [--kv-type f16|f32] [--max-batch-tokens N] [--json]</c>: N concurrent streaming
 /// clients over loopback against Bora served in process (or a running server at --url), reporting time to first
 /// token p50/p99, inter-token latency p50/p99 and aggregate output tokens/s per N (see <see cref="ServeBenchmark"/>).
 /// llama.cpp's batched decode side by side needs LLamaSharp, which the CLI does not ship:
@@ -20,7 +20,7 @@ internal static class ServeBenchCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var a = new CliArguments("bench serve", args,
-            ["model", "url", "api-key", "model-id", "clients", "prompt-tokens", "gen-tokens", "threads", "kv-cache-mib", "max-batch-tokens"], ["json", "compare-llama-cpp"]);
+            ["model", "url", "api-key", "model-id", "clients", "prompt-tokens", "gen-tokens", "threads", "kv-cache-mib", "kv-type", "max-batch-tokens"], ["json", "compare-llama-cpp"]);
         if (a.Flag("compare-llama-cpp"))
         {
             throw new UsageException("'bench serve': --compare-llama-cpp lives in the benchmark project (the CLI does not ship llama.cpp): run `dotnet run -c Release --project bench/Bora.Bench -- serve --model M --compare-llama-cpp [same options]`");
@@ -30,9 +30,9 @@ internal static class ServeBenchCommand
         IReadOnlyList<ServeLevelResult> results;
         if (a.Get("url") is { } url)
         {
-            if (a.Get("model") is not null || a.Get("threads") is not null || a.Get("kv-cache-mib") is not null)
+            if (a.Get("model") is not null || a.Get("threads") is not null || a.Get("kv-cache-mib") is not null || a.Get("kv-type") is not null)
             {
-                throw new UsageException("'bench serve': --url targets a running server; --model, --threads and --kv-cache-mib apply only to the in-process server");
+                throw new UsageException("'bench serve': --url targets a running server; --model, --threads, --kv-cache-mib and --kv-type apply only to the in-process server");
             }
             try
             {
@@ -48,7 +48,7 @@ internal static class ServeBenchCommand
         else
         {
             NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount, 1, 1024);
-            var model = ModelLoader.Load(DefaultModel.Resolve(a, stderr));
+            var model = ModelLoader.Load(DefaultModel.Resolve(a, stderr), kvType: a.GetKvType());
             long? kvMiB = a.Get("kv-cache-mib") is null ? null : a.GetInt("kv-cache-mib", 0, 1, 1 << 24);
             results = ServeBenchmark.RunInProcessAsync(model, clients, prompt, gen, stderr, kvMiB, a.GetInt("max-batch-tokens", 256, 1, 1 << 16)).GetAwaiter().GetResult();
         }

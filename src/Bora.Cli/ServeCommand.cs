@@ -1,4 +1,5 @@
 using Bora.Loading;
+using Bora.Model;
 using Bora.Numerics;
 using Bora.Server;
 using Bora.Serving;
@@ -7,7 +8,7 @@ namespace Bora.Cli;
 
 /// <summary>
 /// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N]
-/// [--kv-cache-mib N] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]
+/// [--kv-cache-mib N] [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]
 /// [--max-tokens-limit N] [--max-n N]</c> (--max-n: the most choices, n, one request may ask for; default 8):
 /// the OpenAI-compatible HTTP server until Ctrl+C, one log line per request on stderr. The key may also come
 /// from BORA_API_KEY; --threads bounds the threads of the numeric kernels (all cores by default). Without
@@ -18,8 +19,9 @@ internal static class ServeCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var a = new CliArguments("serve", args,
-            ["model", "host", "port", "api-key", "threads", "context", "kv-cache-mib", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit", "max-n"], []);
+            ["model", "host", "port", "api-key", "threads", "context", "kv-cache-mib", "kv-type", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit", "max-n"], []);
         string model = DefaultModel.Resolve(a, stderr);
+        var kvType = a.GetKvType();
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount, 1, 1024);
         var options = new ServerOptions
         {
@@ -47,7 +49,7 @@ internal static class ServeCommand
         Console.CancelKeyPress += onCancel;
         try
         {
-            return Serve(options, model, stdout, stderr, stop.Token).GetAwaiter().GetResult();
+            return Serve(options, model, kvType, stdout, stderr, stop.Token).GetAwaiter().GetResult();
         }
         finally
         {
@@ -55,9 +57,9 @@ internal static class ServeCommand
         }
     }
 
-    private static async Task<int> Serve(ServerOptions options, string model, TextWriter stdout, TextWriter stderr, CancellationToken stop)
+    private static async Task<int> Serve(ServerOptions options, string model, KvCacheType kvType, TextWriter stdout, TextWriter stderr, CancellationToken stop)
     {
-        await using var server = await BoraServer.StartAsync(options, () => ModelLoader.Load(model), stderr).ConfigureAwait(false);
+        await using var server = await BoraServer.StartAsync(options, () => ModelLoader.Load(model, kvType: kvType), stderr).ConfigureAwait(false);
         stdout.WriteLine($"bora: serving on {server.BaseAddress} (loading {model})");
         stdout.Flush();
         try

@@ -18,24 +18,26 @@ public sealed class DecodeAttentionTests
     /// </summary>
     private const float RelativeLogitTolerance = 1e-4f;
 
-    public static TheoryData<int, int, int, int?, int> Shapes => new()
+    public static TheoryData<int, int, int, int?, int, KvCacheType> Shapes => new()
     {
-        // heads, KV heads, Dh, window, prompt: 700 keys = 6 chunks of 128; window 300 = 3 chunks.
-        { 8, 2, 128, null, 700 },
-        { 8, 2, 128, 300, 700 },
-        { 12, 2, 128, null, 300 },   // G = 6: 4 heads on the vector path, 2 on the generic one
-        { 4, 2, 12, null, 700 },     // Dh = 12: the generic path only
-        { 4, 1, 128, null, 2100 },   // above 16 chunks of 128: 132 keys per chunk
+        // heads, KV heads, Dh, window, prompt, cache type: 700 keys = 6 chunks of 128; window 300 = 3 chunks.
+        { 8, 2, 128, null, 700, KvCacheType.F16 },
+        { 8, 2, 128, 300, 700, KvCacheType.F16 },
+        { 12, 2, 128, null, 300, KvCacheType.F16 },   // G = 6: 4 heads on the vector path, 2 on the generic one
+        { 4, 2, 12, null, 700, KvCacheType.F16 },     // Dh = 12: the generic path only
+        { 4, 1, 128, null, 2100, KvCacheType.F16 },   // above 16 chunks of 128: 132 keys per chunk
+        { 8, 2, 128, 300, 700, KvCacheType.F32 },
+        { 4, 2, 12, null, 700, KvCacheType.F32 },
     };
 
     [Theory]
     [MemberData(nameof(Shapes))]
-    public void DecodeStepsMatchThePerQueryKernel(int heads, int kvHeads, int headDim, int? window, int prompt)
+    public void DecodeStepsMatchThePerQueryKernel(int heads, int kvHeads, int headDim, int? window, int prompt, KvCacheType kvType)
     {
         var config = TestModels.Dense(window, headDim: headDim) with { NHeads = heads, NKvHeads = kvHeads, MaxSeqLen = prompt + 8 };
         var weights = TestModels.Random(config, seed: 41);
-        var tiled = new Transformer(weights);
-        var reference = new Transformer(weights) { TiledAttention = false };
+        var tiled = new Transformer(weights) { KvType = kvType };
+        var reference = new Transformer(weights) { TiledAttention = false, KvType = kvType };
         var tokens = TestModels.Tokens(prompt, config.VocabSize, seed: 42);
         var c1 = tiled.CreateCache(prompt + 8);
         var c2 = reference.CreateCache(prompt + 8);
@@ -52,19 +54,21 @@ public sealed class DecodeAttentionTests
         }
     }
 
-    [Fact]
-    public void ADecodeRowGivesTheSameBitsAloneAndBatched()
+    [Theory]
+    [InlineData(KvCacheType.F16)]
+    [InlineData(KvCacheType.F32)]
+    public void ADecodeRowGivesTheSameBitsAloneAndBatched(KvCacheType kvType)
     {
         const int BlockSize = 16, Blocks = 47;
         var config = TestModels.Dense(headDim: 128) with { NHeads = 8, NKvHeads = 2, MaxSeqLen = 640 };
         var weights = TestModels.Random(config, seed: 43);
-        var model = new Transformer(weights);
+        var model = new Transformer(weights) { KvType = kvType };
         var a = TestModels.Tokens(500, config.VocabSize, seed: 44);
         var b = TestModels.Tokens(200, config.VocabSize, seed: 45);
         var c = TestModels.Tokens(5, config.VocabSize, seed: 46);
         (PagedKvCache A, PagedKvCache B, PagedKvCache C) Prefilled()
         {
-            var store = new PagedKvStore(config.NLayers, config.NKvHeads * config.HeadDim, Blocks, BlockSize);
+            var store = new PagedKvStore(config.NLayers, config.NKvHeads * config.HeadDim, Blocks, BlockSize, model.KvType);
             var ca = new PagedKvCache(store, [.. Enumerable.Range(0, 32)], 0, 512);
             var cb = new PagedKvCache(store, [.. Enumerable.Range(32, 14)], 0, 224);
             var cc = new PagedKvCache(store, [.. Enumerable.Range(46, 1)], 0, 16);

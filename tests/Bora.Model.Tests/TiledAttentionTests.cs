@@ -19,6 +19,11 @@ public sealed class TiledAttentionTests(ITestOutputHelper output)
 
     public static TheoryData<int?> Windows => new() { null, 20 };
 
+    public static TheoryData<int?, KvCacheType> WindowsAndKvTypes => new()
+    {
+        { null, KvCacheType.F16 }, { 20, KvCacheType.F16 }, { null, KvCacheType.F32 }, { 20, KvCacheType.F32 },
+    };
+
     [Theory]
     [MemberData(nameof(Windows))]
     public void EveryPromptLengthUpTo300MatchesThePerQueryKernel(int? window)
@@ -43,14 +48,14 @@ public sealed class TiledAttentionTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [MemberData(nameof(Windows))]
-    public void ChunkedPrefillAndDecodeMatchThePerQueryKernel(int? window)
+    [MemberData(nameof(WindowsAndKvTypes))]
+    public void ChunkedPrefillAndDecodeMatchThePerQueryKernel(int? window, KvCacheType kvType)
     {
         var config = TestModels.Dense(window) with { MaxSeqLen = 512 };
         var weights = TestModels.Random(config, seed: 33);
         // Passes of 37 rows: later passes read the earlier positions from the cache (and, with a window, a rolling one).
-        var tiled = new Transformer(weights) { MaxTokensPerPass = 37 };
-        var reference = new Transformer(weights) { TiledAttention = false };
+        var tiled = new Transformer(weights) { MaxTokensPerPass = 37, KvType = kvType };
+        var reference = new Transformer(weights) { TiledAttention = false, KvType = kvType };
         var tokens = TestModels.Tokens(150, config.VocabSize, seed: 34);
         var expected = TestModels.Prefill(reference, tokens);
         var actual = TestModels.Prefill(tiled, tokens);
@@ -112,19 +117,19 @@ public sealed class TiledAttentionTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [MemberData(nameof(Windows))]
-    public void BatchedSequencesMatchThePerQueryKernel(int? window)
+    [MemberData(nameof(WindowsAndKvTypes))]
+    public void BatchedSequencesMatchThePerQueryKernel(int? window, KvCacheType kvType)
     {
         var config = TestModels.Dense(window) with { MaxSeqLen = 512 };
         var weights = TestModels.Random(config, seed: 35);
-        var tiled = new Transformer(weights);
-        var reference = new Transformer(weights) { TiledAttention = false };
+        var tiled = new Transformer(weights) { KvType = kvType };
+        var reference = new Transformer(weights) { TiledAttention = false, KvType = kvType };
         var a = TestModels.Tokens(45, config.VocabSize, seed: 36);
         var b = TestModels.Tokens(30, config.VocabSize, seed: 37);
         float[] Run(Transformer m)
         {
             const int BlockSize = 16;
-            var store = new PagedKvStore(config.NLayers, config.NKvHeads * config.HeadDim, blockCount: 16, BlockSize);
+            var store = new PagedKvStore(config.NLayers, config.NKvHeads * config.HeadDim, blockCount: 16, BlockSize, m.KvType);
             int[] tableA = [0, 1, 2, 3, 4, 5, 6, 7], tableB = [8, 9, 10, 11, 12, 13, 14, 15];
             var ca = new PagedKvCache(store, tableA, 0, 128);
             var cb = new PagedKvCache(store, tableB, 0, 128);

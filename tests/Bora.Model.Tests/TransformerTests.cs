@@ -11,7 +11,10 @@ public class TransformerTests
     /// </summary>
     private const float BatchingTolerance = 2e-4f;
 
-    /// <summary>float32 Transformer vs the double-precision naive reference, logits O(1-10) after 2 layers.</summary>
+    /// <summary>
+    /// float32 Transformer vs the double-precision naive reference, logits O(1-10) after 2 layers. The reference keeps
+    /// keys and values in full precision, so the tests against it run the Transformer with an F32 KV cache.
+    /// </summary>
     private const float ReferenceTolerance = 2e-3f;
 
     [Fact]
@@ -24,12 +27,14 @@ public class TransformerTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Decode_token_by_token_equals_prefill_and_uneven_chunks(bool moe)
+    [InlineData(false, KvCacheType.F16)]
+    [InlineData(true, KvCacheType.F16)]
+    [InlineData(false, KvCacheType.F32)]
+    [InlineData(true, KvCacheType.F32)]
+    public void Decode_token_by_token_equals_prefill_and_uneven_chunks(bool moe, KvCacheType kvType)
     {
         var config = moe ? TestModels.Moe() : TestModels.Dense();
-        var model = new Transformer(TestModels.Random(config, seed: 3));
+        var model = new Transformer(TestModels.Random(config, seed: 3)) { KvType = kvType };
         var tokens = TestModels.Tokens(40, config.VocabSize, 4);
         int v = config.VocabSize;
         var prefill = TestModels.Prefill(model, tokens);
@@ -54,7 +59,7 @@ public class TransformerTests
         }
 
         // The same model split internally into passes of 7 tokens.
-        var split = new Transformer(model.Weights) { MaxTokensPerPass = 7 };
+        var split = new Transformer(model.Weights) { MaxTokensPerPass = 7, KvType = kvType };
         TestModels.AssertClose(prefill, TestModels.Prefill(split, tokens), BatchingTolerance, "passes of 7");
 
         // Last-position logits only.
@@ -72,7 +77,7 @@ public class TransformerTests
         var w = TestModels.Random(config, seed: 5);
         var tokens = TestModels.Tokens(24, config.VocabSize, 6);
         var expected = NaiveReference.Forward(w, [.. tokens.Select(t => t.Value)]);
-        TestModels.AssertClose(expected, TestModels.Prefill(new Transformer(w), tokens), ReferenceTolerance, "prefill vs reference");
+        TestModels.AssertClose(expected, TestModels.Prefill(new Transformer(w) { KvType = KvCacheType.F32 }, tokens), ReferenceTolerance, "prefill vs reference");
     }
 
     [Fact]
@@ -81,20 +86,28 @@ public class TransformerTests
         var w = TestModels.Random(TestModels.Dense(layers: 1, headDim: 8), seed: 15, tied: true);
         Assert.Same(w.TokenEmbedding, w.Output);
         var tokens = TestModels.Tokens(10, 50, 16);
-        TestModels.AssertClose(NaiveReference.Forward(w, [.. tokens.Select(t => t.Value)]), TestModels.Prefill(new Transformer(w), tokens), ReferenceTolerance, "tied");
+        TestModels.AssertClose(NaiveReference.Forward(w, [.. tokens.Select(t => t.Value)]), TestModels.Prefill(new Transformer(w) { KvType = KvCacheType.F32 }, tokens), ReferenceTolerance, "tied");
     }
 
-    [Fact]
-    public void Sliding_window_of_16_over_100_tokens_equals_banded_reference()
+    /// <summary>
+    /// F32: every way of running the tokens against the double-precision banded reference. F16: the reference keeps
+    /// full-precision keys, so decode and chunks through the rolling cache are held to the model's own one-shot prefill
+    /// (its pass rows rounded to half exactly as the cache rounds them) at <see cref="BatchingTolerance"/>.
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheType.F32)]
+    [InlineData(KvCacheType.F16)]
+    public void Sliding_window_of_16_over_100_tokens_equals_banded_reference(KvCacheType kvType)
     {
         const int Window = 16;
         // Dh 16 so the longer passes take the parallel attention path too.
         var config = TestModels.Dense(window: Window, headDim: 16);
         var w = TestModels.Random(config, seed: 7);
-        var model = new Transformer(w);
+        var model = new Transformer(w) { KvType = kvType };
         var tokens = TestModels.Tokens(100, config.VocabSize, 8);
         int v = config.VocabSize;
-        var expected = NaiveReference.Forward(w, [.. tokens.Select(t => t.Value)]);
+        var expected = kvType == KvCacheType.F32 ? NaiveReference.Forward(w, [.. tokens.Select(t => t.Value)]) : TestModels.Prefill(model, tokens);
+        float tolerance = kvType == KvCacheType.F32 ? ReferenceTolerance : BatchingTolerance;
 
         // Token by token.
         var cache = model.CreateCache(128);
@@ -105,7 +118,7 @@ public class TransformerTests
         {
             model.Forward(tokens.AsSpan(i, 1), cache, step);
             Assert.True(rolling.HeldPositions <= Window);
-            TestModels.AssertClose(expected.AsSpan(i * v, v), step, ReferenceTolerance, $"decode position {i}");
+            TestModels.AssertClose(expected.AsSpan(i * v, v), step, tolerance, $"decode position {i}");
         }
         Assert.Equal(Window, rolling.HeldPositions);
         Assert.Equal(100 - Window, rolling.OldestPosition);
@@ -119,12 +132,12 @@ public class TransformerTests
             var chunk = new float[n * v];
             model.Forward(tokens.AsSpan(start, n), cache, chunk);
             Assert.True(rolling.HeldPositions <= Window);
-            TestModels.AssertClose(expected.AsSpan(start * v, n * v), chunk, ReferenceTolerance, $"chunk at {start}");
+            TestModels.AssertClose(expected.AsSpan(start * v, n * v), chunk, tolerance, $"chunk at {start}");
             start += n;
         }
 
         // One-shot 100-token prefill.
-        TestModels.AssertClose(expected, TestModels.Prefill(model, tokens), ReferenceTolerance, "one-shot prefill");
+        TestModels.AssertClose(expected, TestModels.Prefill(model, tokens), tolerance, "one-shot prefill");
 
         // The window really matters: full attention gives different logits past position W.
         var full = TestModels.Prefill(new Transformer(new TransformerWeights
@@ -134,8 +147,9 @@ public class TransformerTests
             Layers = w.Layers,
             FinalNorm = w.FinalNorm,
             Output = w.Output,
-        }), tokens);
-        TestModels.AssertClose(expected.AsSpan(0, Window * v), full.AsSpan(0, Window * v), ReferenceTolerance, "first W positions");
+        })
+        { KvType = kvType }, tokens);
+        TestModels.AssertClose(expected.AsSpan(0, Window * v), full.AsSpan(0, Window * v), tolerance, "first W positions");
         Assert.True(TestModels.MaxAbsDiff(expected.AsSpan(Window * v), full.AsSpan(Window * v)) > 100 * ReferenceTolerance);
     }
 
@@ -232,6 +246,11 @@ public class TransformerTests
         Assert.Throws<ArgumentException>(() => model.Forward([], cache, logits));
         var other = new Transformer(TestModels.Random(TestModels.Dense(layers: 1), 1)).CreateCache(8);
         Assert.Throws<ArgumentException>(() => model.Forward(TestModels.Tokens(1, 50, 1), other, logits));
+        // A cache of another element type than the model's KvType (F16 by default) is refused.
+        var f32 = new FullKvCache(model.Config.NLayers, model.Config.NKvHeads * model.Config.HeadDim, 8, KvCacheType.F32);
+        var typeError = Assert.Throws<ArgumentException>(() => model.Forward(TestModels.Tokens(1, 50, 1), f32, logits));
+        Assert.Contains("F32", typeError.Message, StringComparison.Ordinal);
+        Assert.Equal(0, f32.Length);
         Assert.Equal(0, cache.Length);
     }
 

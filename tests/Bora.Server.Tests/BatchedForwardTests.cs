@@ -16,7 +16,11 @@ public class BatchedForwardTests
 
     private const int BlockSize = 4;
 
-    public static TheoryData<string> Configs => ["dense", "window5", "moe"];
+    public static TheoryData<string, KvCacheType> Configs => new()
+    {
+        { "dense", KvCacheType.F16 }, { "window5", KvCacheType.F16 }, { "moe", KvCacheType.F16 },
+        { "dense", KvCacheType.F32 }, { "window5", KvCacheType.F32 }, { "moe", KvCacheType.F32 },
+    };
 
     private static ModelConfig ConfigOf(string name) => name switch
     {
@@ -44,13 +48,13 @@ public class BatchedForwardTests
 
     [Theory]
     [MemberData(nameof(Configs))]
-    public void Paged_cache_gives_the_logits_of_the_contiguous_cache_over_chunks_and_decodes(string name)
+    public void Paged_cache_gives_the_logits_of_the_contiguous_cache_over_chunks_and_decodes(string name, KvCacheType kvType)
     {
         var c = ConfigOf(name);
-        var model = RandomModels.Build(c, 11);
+        var model = RandomModels.Build(c, 11, kvType);
         var tokens = Tokens(40, 3);
         int[] chunks = [7, 1, 12, 1, 1, 9, 1, 8];
-        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 64, BlockSize);
+        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 64, BlockSize, model.KvType);
         var table = Enumerable.Range(0, 10).Select(i => 63 - i * 5).ToList(); // 63, 58, ...: scrambled blocks
         var contiguous = model.CreateCache(64);
         int pos = 0;
@@ -78,20 +82,20 @@ public class BatchedForwardTests
 
     [Theory]
     [MemberData(nameof(Configs))]
-    public void A_batch_of_sequences_gives_each_the_logits_it_gets_alone(string name) => BatchEqualsAlone(name, scale: 1);
+    public void A_batch_of_sequences_gives_each_the_logits_it_gets_alone(string name, KvCacheType kvType) => BatchEqualsAlone(name, scale: 1, kvType);
 
     [Fact]
-    public void A_large_batch_takes_the_parallel_paths_and_still_matches() => BatchEqualsAlone("dense", scale: 8);
+    public void A_large_batch_takes_the_parallel_paths_and_still_matches() => BatchEqualsAlone("dense", scale: 8, KvCacheType.F16);
 
-    private static void BatchEqualsAlone(string name, int scale)
+    private static void BatchEqualsAlone(string name, int scale, KvCacheType kvType)
     {
         var c = ConfigOf(name);
-        var model = RandomModels.Build(c, 5);
+        var model = RandomModels.Build(c, 5, kvType);
         int kv = c.NKvHeads * c.HeadDim;
         // (history already in the cache, tokens run in the batched step, wants logits)
         (int History, int Run, bool Logits)[] shape = [(0, 9 * scale, true), (13 * scale, 1, true), (6, 5 * scale, false), (20 * scale, 1, true), (0, 1, true)];
-        var store = new PagedKvStore(c.NLayers, kv, 512, BlockSize);
-        var aloneStore = new PagedKvStore(c.NLayers, kv, 512, BlockSize);
+        var store = new PagedKvStore(c.NLayers, kv, 512, BlockSize, model.KvType);
+        var aloneStore = new PagedKvStore(c.NLayers, kv, 512, BlockSize, model.KvType);
         var entries = new List<BatchEntry>();
         var expected = new List<float[]>();
         int nextBlock = 0;
@@ -139,7 +143,7 @@ public class BatchedForwardTests
     {
         var c = RandomModels.Dense();
         var model = RandomModels.Build(c, 9);
-        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 32, BlockSize);
+        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 32, BlockSize, model.KvType);
         var a = Tokens(12, 1);
         var b = a.Take(8).Concat(Tokens(5, 2)).ToArray();
         var tableA = new List<int> { 3, 1, 4 };
@@ -157,14 +161,14 @@ public class BatchedForwardTests
     {
         var c = RandomModels.Dense();
         var model = RandomModels.Build(c, 1);
-        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 8, BlockSize);
+        var store = new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 8, BlockSize, model.KvType);
         var cache = new PagedKvCache(store, [0, 1], 0, 8);
         Assert.Throws<ArgumentException>(() => model.ForwardBatch([new BatchEntry(Array.Empty<TokenId>(), cache, Memory<float>.Empty)]));
         Assert.Throws<ArgumentException>(() => model.ForwardBatch([new BatchEntry(Tokens(2, 1), cache, new float[3])]));
         Assert.Throws<ArgumentException>(() => model.ForwardBatch([new BatchEntry(Tokens(1, 1), cache, Memory<float>.Empty), new BatchEntry(Tokens(1, 1), cache, Memory<float>.Empty)]));
         Assert.Throws<ContextLengthExceededException>(() => model.ForwardBatch([new BatchEntry(Tokens(9, 1), cache, Memory<float>.Empty)]));
         Assert.Throws<ArgumentOutOfRangeException>(() => model.ForwardBatch([new BatchEntry(new[] { new TokenId(64) }, cache, Memory<float>.Empty)]));
-        var other = new PagedKvCache(new PagedKvStore(1, 24, 4, 4), [0], 0, 4);
+        var other = new PagedKvCache(new PagedKvStore(1, 24, 4, 4, model.KvType), [0], 0, 4);
         Assert.Throws<ArgumentException>(() => model.ForwardBatch([new BatchEntry(Tokens(1, 1), other, Memory<float>.Empty)]));
         // A write past the allocated blocks is an error, not silent corruption.
         Assert.Throws<InvalidOperationException>(() => model.ForwardBatch([new BatchEntry(Tokens(8, 1), new PagedKvCache(store, [0], 0, 8), Memory<float>.Empty)]));
@@ -174,9 +178,35 @@ public class BatchedForwardTests
     [Fact]
     public void Pool_sizing_from_MiB()
     {
-        // 2 (k, v) * 32 layers * 16 positions * 1024 * 4 bytes = 4 MiB per block: 1024 MiB hold 256 blocks.
-        Assert.Equal(4L * 1024 * 1024, PagedKvStore.BytesPerBlock(32, 1024, 16));
-        Assert.Equal(256, PagedKvStore.BlocksForMiB(1024, 32, 1024, 16));
-        Assert.Equal(1, PagedKvStore.BlocksForMiB(1, 32, 1024, 16));
+        // F32: 2 (k, v) * 32 layers * 16 positions * 1024 * 4 bytes = 4 MiB per block: 1024 MiB hold 256 blocks.
+        Assert.Equal(4L * 1024 * 1024, PagedKvStore.BytesPerBlock(32, 1024, 16, KvCacheType.F32));
+        Assert.Equal(256, PagedKvStore.BlocksForMiB(1024, 32, 1024, 16, KvCacheType.F32));
+        Assert.Equal(1, PagedKvStore.BlocksForMiB(1, 32, 1024, 16, KvCacheType.F32));
+        // F16: 2 bytes a value, 2 MiB per block: the same MiB hold twice the blocks.
+        Assert.Equal(2L * 1024 * 1024, PagedKvStore.BytesPerBlock(32, 1024, 16, KvCacheType.F16));
+        Assert.Equal(512, PagedKvStore.BlocksForMiB(1024, 32, 1024, 16, KvCacheType.F16));
+        Assert.Equal(1, PagedKvStore.BlocksForMiB(1, 32, 1024, 16, KvCacheType.F16));
+    }
+
+    [Fact]
+    public void An_F16_store_has_half_the_bytes_of_an_F32_store()
+    {
+        var f32 = new PagedKvStore(2, 24, 8, 4, KvCacheType.F32);
+        var f16 = new PagedKvStore(2, 24, 8, 4, KvCacheType.F16);
+        Assert.Equal(8 * PagedKvStore.BytesPerBlock(2, 24, 4, KvCacheType.F32), f32.Bytes);
+        Assert.Equal(f32.Bytes / 2, f16.Bytes);
+        Assert.Equal(KvCacheType.F16, f16.KvType);
+    }
+
+    [Fact]
+    public void A_store_of_another_KV_type_than_the_model_is_refused()
+    {
+        var c = RandomModels.Dense();
+        var model = RandomModels.Build(c, 1); // F16, the default
+        Assert.Equal(KvCacheType.F16, model.KvType);
+        var cache = new PagedKvCache(new PagedKvStore(c.NLayers, c.NKvHeads * c.HeadDim, 8, BlockSize, KvCacheType.F32), [0, 1], 0, 8);
+        var ex = Assert.Throws<ArgumentException>(() => model.ForwardBatch([new BatchEntry(Tokens(2, 1), cache, Memory<float>.Empty)]));
+        Assert.Contains("F32", ex.Message, StringComparison.Ordinal);
+        Assert.Equal(0, cache.Length);
     }
 }

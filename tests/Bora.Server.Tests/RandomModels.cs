@@ -22,7 +22,7 @@ internal static class RandomModels
 
     public static ModelConfig Moe() => Dense() with { NExperts = 4, NExpertsPerToken = 2 };
 
-    public static Transformer Build(ModelConfig c, int seed)
+    public static Transformer Build(ModelConfig c, int seed, KvCacheType kvType = KvCacheType.F16)
     {
         var rng = new Random(seed);
         float[] U(int n, float scale) => [.. Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale)];
@@ -48,6 +48,7 @@ internal static class RandomModels
             Layers = layers,
             FinalNorm = Norm(),
             Output = Lin(c.VocabSize, c.Dim),
-        });
+        })
+        { KvType = kvType };
     }
 }

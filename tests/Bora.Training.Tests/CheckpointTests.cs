@@ -1,4 +1,5 @@
 using Bora.Loading;
+using Bora.Model;
 using Bora.Tokenizers;
 
 namespace Bora.Training.Tests;
@@ -74,7 +75,7 @@ public sealed class CheckpointTests : IDisposable
         Checkpoint.Save(_dir, p, opt, tokenizer);
         Assert.False(Directory.GetFiles(_dir, "*.tmp").Any());
 
-        var loaded = ModelLoader.Load(_dir);
+        var loaded = ModelLoader.Load(_dir, kvType: KvCacheType.F32); // float32 keys and values, as the training forward
         Assert.Equal(config, loaded.Config);
         Assert.Equal(512, loaded.Tokenizer.VocabSize);
         var tokens = TrainingTestModels.Tokens(9, 512, 4);

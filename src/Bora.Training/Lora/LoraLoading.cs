@@ -19,7 +19,7 @@ public static class LoraLoading
             return model;
         }
         var adapter = LoraAdapter.Load(adapterFolder, model.Config);
-        var transformer = new Transformer(adapter.Apply(model.Model.Weights)) { MaxTokensPerPass = model.Model.MaxTokensPerPass };
+        var transformer = new Transformer(adapter.Apply(model.Model.Weights)) { MaxTokensPerPass = model.Model.MaxTokensPerPass, KvType = model.Model.KvType };
         return new LoadedModel(model.Source, model.Config, transformer, model.Tokenizer);
     }
 }

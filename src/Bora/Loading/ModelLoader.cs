@@ -57,9 +57,10 @@ public static class ModelLoader
     /// GGUF Q8_0 / Q4_0 / Q4_K / Q6_K and F16 / BF16 tensors in their stored type, read in place from a memory mapping
     /// of the file (no copy) or, for formats with a packed layout on an AVX-512 CPU, read once and packed into 16-row
     /// groups of the same size (<see cref="WeightMapper.PackAtLoad"/>), and converts the rest to float32 (pass <see cref="WeightLoader.ReadF32Matrix"/> to
-    /// expand everything). The tensor store itself is closed before returning.
+    /// expand everything). The tensor store itself is closed before returning. The transformer's KV caches store
+    /// <paramref name="kvType"/> rows (F16 by default, as llama.cpp; see <see cref="Transformer.KvType"/>).
     /// </summary>
-    public static LoadedModel Load(string path, WeightMatrixFactory? matrixFactory = null)
+    public static LoadedModel Load(string path, WeightMatrixFactory? matrixFactory = null, KvCacheType kvType = KvCacheType.F16)
     {
         var source = ModelSource.Resolve(path);
         using var store = OpenWeights(source);
@@ -76,7 +77,7 @@ public static class ModelLoader
             var weights = WeightLoader.Load(store, config, matrixFactory ?? mapper!.Create);
             mapper?.ReleaseStaging();
             // The loader may refine the config (e.g. tied embeddings when the output head is absent).
-            return new LoadedModel(source, weights.Config, new Transformer(weights), tokenizer, mapper);
+            return new LoadedModel(source, weights.Config, new Transformer(weights) { KvType = kvType }, tokenizer, mapper);
         }
         catch
         {

@@ -4,7 +4,8 @@ namespace Bora.Model;
 /// Keys and values of one sequence for every layer, in <see cref="Capacity"/> slots per layer;
 /// position p lives in slot p mod Capacity, so the cache holds positions
 /// max(0, Length - Capacity) .. Length - 1. Rows are (Hkv * Dh) = <see cref="KvDim"/> wide and hold
-/// keys after RoPE. Letters: L = layers, S = <see cref="Capacity"/>, Hkv, Dh as in <see cref="ModelConfig"/>.
+/// keys after RoPE, as float32 or IEEE halves (<see cref="KvType"/>). Letters: L = layers, S = <see cref="Capacity"/>,
+/// Hkv, Dh as in <see cref="ModelConfig"/>.
 /// Use <see cref="FullKvCache"/> (S = context) for full attention and <see cref="RollingKvCache"/>
 /// (S = window) for sliding-window attention; <see cref="ICausalLM.CreateCache"/> picks one.
 /// </summary>
@@ -12,10 +13,10 @@ public abstract class KvCache : IKvCache
 {
     private readonly KvRows _rows; // L x (S, Hkv * Dh) keys and values
 
-    protected KvCache(int layers, int kvDim, int capacity, int maxLength)
+    protected KvCache(int layers, int kvDim, int capacity, int maxLength, KvCacheType type)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxLength);
-        _rows = new KvRows(layers, capacity, kvDim, $"a KV cache of {capacity} positions");
+        _rows = new KvRows(layers, capacity, kvDim, type, $"a KV cache of {capacity} positions");
         Layers = layers;
         KvDim = kvDim;
         Capacity = capacity;
@@ -27,6 +28,12 @@ public abstract class KvCache : IKvCache
 
     /// <summary>Hkv * Dh: values per key (or value) row.</summary>
     public int KvDim { get; }
+
+    /// <summary>How the rows are stored.</summary>
+    public KvCacheType KvType => _rows.Type;
+
+    /// <summary>Bytes of the key and value arrays: 2 * L * S * KvDim * (4 for F32, 2 for F16).</summary>
+    public long Bytes => _rows.Bytes;
 
     /// <summary>S: slots per layer, the most positions held at once.</summary>
     public int Capacity { get; }
@@ -46,15 +53,15 @@ public abstract class KvCache : IKvCache
 
     public void Clear() => Length = 0;
 
-    /// <summary>Key row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
-    public ReadOnlySpan<float> KeyRow(int layer, int position) => _rows.Key(layer, Slot(position));
+    /// <summary>Key row (Hkv * Dh) of a held position of <paramref name="layer"/>, as stored (<see cref="KvRow"/>).</summary>
+    public KvRow KeyRow(int layer, int position) => _rows.Key(layer, Slot(position));
 
-    /// <summary>Value row (Hkv * Dh) of a held position of <paramref name="layer"/>.</summary>
-    public ReadOnlySpan<float> ValueRow(int layer, int position) => _rows.Value(layer, Slot(position));
+    /// <summary>Value row (Hkv * Dh) of a held position of <paramref name="layer"/>, as stored (<see cref="KvRow"/>).</summary>
+    public KvRow ValueRow(int layer, int position) => _rows.Value(layer, Slot(position));
 
     /// <summary>
     /// Writes the key and value rows of <paramref name="position"/> (Length &lt;= position &lt; Length + pending)
-    /// into its slot, overwriting position - Capacity.
+    /// into its slot, overwriting position - Capacity (rounded to half precision for an F16 cache).
     /// </summary>
     internal void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
@@ -62,9 +69,7 @@ public abstract class KvCache : IKvCache
         {
             throw new InvalidOperationException($"cache write at position {position}; expected {Length} .. {MaxLength - 1}");
         }
-        int slot = SlotOf(position);
-        key.CopyTo(_rows.Key(layer, slot));
-        value.CopyTo(_rows.Value(layer, slot));
+        _rows.Write(layer, SlotOf(position), key, value);
     }
 
     /// <summary>Marks <paramref name="tokens"/> more positions as processed (after every layer wrote them).</summary>
@@ -91,7 +96,11 @@ public abstract class KvCache : IKvCache
 /// <summary>A cache with one slot per position of the context (full attention).</summary>
 public sealed class FullKvCache : KvCache
 {
-    public FullKvCache(int layers, int kvDim, int contextLength) : base(layers, kvDim, contextLength, contextLength) { }
+    /// <param name="layers">L.</param>
+    /// <param name="kvDim">Hkv * Dh.</param>
+    /// <param name="contextLength">Positions (one slot each).</param>
+    /// <param name="type">Element type of the rows (F16 by default, as <see cref="Transformer.KvType"/>).</param>
+    public FullKvCache(int layers, int kvDim, int contextLength, KvCacheType type = KvCacheType.F16) : base(layers, kvDim, contextLength, contextLength, type) { }
 }
 
 /// <summary>
@@ -109,8 +118,13 @@ public sealed class FullKvCache : KvCache
 /// </summary>
 public sealed class RollingKvCache : KvCache
 {
-    public RollingKvCache(int layers, int kvDim, int window, int contextLength)
-        : base(layers, kvDim, Math.Min(CheckWindow(window), contextLength), contextLength)
+    /// <param name="layers">L.</param>
+    /// <param name="kvDim">Hkv * Dh.</param>
+    /// <param name="window">W.</param>
+    /// <param name="contextLength">Most positions run.</param>
+    /// <param name="type">Element type of the rows (F16 by default, as <see cref="Transformer.KvType"/>).</param>
+    public RollingKvCache(int layers, int kvDim, int window, int contextLength, KvCacheType type = KvCacheType.F16)
+        : base(layers, kvDim, Math.Min(CheckWindow(window), contextLength), contextLength, type)
     {
         Window = window;
     }

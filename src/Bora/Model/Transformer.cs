@@ -63,10 +63,20 @@ public sealed partial class Transformer : ICausalLM
     /// <summary>Most tokens run through the layers at once; longer calls are split (exactly: the cache carries the earlier ones).</summary>
     public int MaxTokensPerPass { get; init; } = DefaultMaxTokensPerPass;
 
-    /// <summary>A <see cref="RollingKvCache"/> when the model has a sliding window, else a <see cref="FullKvCache"/>.</summary>
+    /// <summary>
+    /// Element type of this model's KV caches (default <see cref="KvCacheType.F16"/>, llama.cpp's default): what
+    /// <see cref="CreateCache"/> makes and what <see cref="Forward"/> / <see cref="ForwardBatch"/> accept (a cache of
+    /// another type is refused). With F16 every pass rounds its keys (after RoPE) and values to half precision before
+    /// attention runs (float -> half -> float, as llama.cpp writes the batch into its cache first), so a position's key
+    /// is the same number read from the pass or from the cache: one-shot, chunked, decode, batched and solo runs agree
+    /// up to summation order, as with F32.
+    /// </summary>
+    public KvCacheType KvType { get; init; } = KvCacheType.F16;
+
+    /// <summary>A <see cref="RollingKvCache"/> when the model has a sliding window, else a <see cref="FullKvCache"/>, of <see cref="KvType"/> rows.</summary>
     public IKvCache CreateCache(int contextLength) => _window is { } w
-        ? new RollingKvCache(Config.NLayers, _kvDim, w, contextLength)
-        : new FullKvCache(Config.NLayers, _kvDim, contextLength);
+        ? new RollingKvCache(Config.NLayers, _kvDim, w, contextLength, KvType)
+        : new FullKvCache(Config.NLayers, _kvDim, contextLength, KvType);
 
     public void Forward(ReadOnlySpan<TokenId> tokens, IKvCache cache, Span<float> logits)
     {
@@ -112,6 +122,10 @@ public sealed partial class Transformer : ICausalLM
         if (cache is not KvCache kv || kv.Layers != Config.NLayers || kv.KvDim != _kvDim)
         {
             throw new ArgumentException($"the cache was not made by this model's CreateCache (expected {Config.NLayers} layers of {_kvDim}-wide rows)", nameof(cache));
+        }
+        if (kv.KvType != KvType)
+        {
+            throw new ArgumentException($"the cache stores {kv.KvType} rows; this model's KvType is {KvType} (make the cache with its CreateCache)", nameof(cache));
         }
         if (kv.Capacity < Math.Min(_window ?? int.MaxValue, kv.MaxLength))
         {
@@ -184,6 +198,7 @@ public sealed partial class Transformer : ICausalLM
         layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
         ApplyRope(s.Q, _qDim, t, s);
         ApplyRope(s.K, _kvDim, t, s);
+        RoundToKvType(t, s);
 
         long attentionStart = NumericsProfile.Start();
         long keys = Math.Min(_window ?? int.MaxValue, p + t);
@@ -267,6 +282,10 @@ public sealed partial class Transformer : ICausalLM
             if (cache.Layers != Config.NLayers || cache.KvDim != _kvDim)
             {
                 throw new ArgumentException($"batch entry {e}: the cache has {cache.Layers} layers of {cache.KvDim}-wide rows; this model needs {Config.NLayers} of {_kvDim}", nameof(batch));
+            }
+            if (cache.KvType != KvType)
+            {
+                throw new ArgumentException($"batch entry {e}: the cache stores {cache.KvType} rows; this model's KvType is {KvType}", nameof(batch));
             }
             if (!seen.Add(cache))
             {
@@ -370,6 +389,7 @@ public sealed partial class Transformer : ICausalLM
         layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
         ApplyRope(s.Q, _qDim, t, s);
         ApplyRope(s.K, _kvDim, t, s);
+        RoundToKvType(t, s);
 
         long maxKeys = 1, work = 0;
         for (int e = 0; e < batch.Count; e++)
@@ -439,9 +459,10 @@ public sealed partial class Transformer : ICausalLM
         int kvOffset = h / _group * _headDim;
         var q = s.Q.AsSpan(r * _qDim + h * _headDim, _headDim);
         var scores = scoreBuffer.AsSpan(0, n);
+        var row = RowScratch(_headDim).AsSpan(0, _headDim); // (Dh) a cached F16 row, widened
         for (int j = lo; j <= pos; j++)
         {
-            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim) : s.K.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
+            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim).AsFloats(row) : s.K.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
             scores[j - lo] = Kernels.Dot(q, key) * _scale;
         }
         Kernels.Softmax(scores);
@@ -449,9 +470,37 @@ public sealed partial class Transformer : ICausalLM
         o.Clear();
         for (int j = lo; j <= pos; j++)
         {
-            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim) : s.V.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
+            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim).AsFloats(row) : s.V.AsSpan((r0 + j - p) * _kvDim + kvOffset, _headDim);
             Kernels.Axpy(scores[j - lo], value, o);
         }
+    }
+
+    /// <summary>
+    /// For an F16 <see cref="KvType"/>, rounds the pass's keys and values s.K, s.V (T, Hkv * Dh) to half precision in
+    /// place, so attention reads from the pass exactly the numbers the cache will hold; nothing for F32.
+    /// </summary>
+    private void RoundToKvType(int t, Scratch s)
+    {
+        if (KvType == KvCacheType.F16)
+        {
+            long start = NumericsProfile.Start();
+            HalfConversion.RoundToHalf(s.K.AsSpan(0, t * _kvDim));
+            HalfConversion.RoundToHalf(s.V.AsSpan(0, t * _kvDim));
+            NumericsProfile.Stop(ProfileSection.Other, start);
+        }
+    }
+
+    [ThreadStatic]
+    private static float[]? t_rowScratch;
+
+    /// <summary>A per-thread buffer of at least <paramref name="n"/> floats that cached F16 rows are widened into.</summary>
+    private static float[] RowScratch(int n)
+    {
+        if (t_rowScratch is null || t_rowScratch.Length < n)
+        {
+            t_rowScratch = new float[n];
+        }
+        return t_rowScratch;
     }
 
     /// <summary>RoPE on every head of every row of x (T, width), width = heads * Dh.</summary>
@@ -479,9 +528,10 @@ public sealed partial class Transformer : ICausalLM
         int kvOffset = h / _group * _headDim;
         var q = s.Q.AsSpan(ti * _qDim + h * _headDim, _headDim);
         var scores = scoreBuffer.AsSpan(0, n);
+        var row = RowScratch(_headDim).AsSpan(0, _headDim); // (Dh) a cached F16 row, widened
         for (int j = lo; j <= pos; j++)
         {
-            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim) : s.K.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
+            var key = j < p ? cache.KeyRow(l, j).Slice(kvOffset, _headDim).AsFloats(row) : s.K.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
             scores[j - lo] = Kernels.Dot(q, key) * _scale;
         }
         Kernels.Softmax(scores);
@@ -489,7 +539,7 @@ public sealed partial class Transformer : ICausalLM
         o.Clear();
         for (int j = lo; j <= pos; j++)
         {
-            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim) : s.V.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
+            var value = j < p ? cache.ValueRow(l, j).Slice(kvOffset, _headDim).AsFloats(row) : s.V.AsSpan((j - p) * _kvDim + kvOffset, _headDim);
             Kernels.Axpy(scores[j - lo], value, o);
         }
     }
@@ -759,13 +809,16 @@ public interface IPositionalKvCache : IKvCache
     /// <summary>Hkv * Dh.</summary>
     int KvDim { get; }
 
-    /// <summary>Key row of a held position below <see cref="IKvCache.Length"/>.</summary>
-    ReadOnlySpan<float> KeyRow(int layer, int position);
+    /// <summary>How the rows are stored (must match the model's <see cref="Transformer.KvType"/>).</summary>
+    KvCacheType KvType { get; }
 
-    /// <summary>Value row of a held position below <see cref="IKvCache.Length"/>.</summary>
-    ReadOnlySpan<float> ValueRow(int layer, int position);
+    /// <summary>Key row of a held position below <see cref="IKvCache.Length"/>, as stored.</summary>
+    KvRow KeyRow(int layer, int position);
 
-    /// <summary>Stores the rows of a position being run (at or after Length, before the matching <see cref="Advance"/>).</summary>
+    /// <summary>Value row of a held position below <see cref="IKvCache.Length"/>, as stored.</summary>
+    KvRow ValueRow(int layer, int position);
+
+    /// <summary>Stores the rows of a position being run (at or after Length, before the matching <see cref="Advance"/>), rounded to <see cref="KvType"/>.</summary>
     void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value);
 
     /// <summary>Marks <paramref name="tokens"/> more positions as computed (after every layer wrote them).</summary>

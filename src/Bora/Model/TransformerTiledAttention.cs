@@ -49,9 +49,11 @@ public sealed partial class Transformer
 
         public int RowBase => rowBase;
 
-        public ReadOnlySpan<float> CachedKey(int layer, int position) => cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
+        /// <summary>Key row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
+        public KvRow CachedKey(int layer, int position) => cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
 
-        public ReadOnlySpan<float> CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
+        /// <summary>Value row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
+        public KvRow CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
     }
 
     /// <summary>
@@ -325,6 +327,10 @@ public sealed partial class Transformer
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
     /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128"/>) and the values 2 keys per update of o
     /// (<see cref="Values2x128"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
+    /// Cached F16 rows: on that AVX-512 path (for keys when G is a multiple of 4) each 16 halves are widened in registers
+    /// as they are loaded (<see cref="Scores4x128Half"/>, <see cref="Values2x128Half"/>: the same sums over the same
+    /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (3 rows of Hkv * Dh: a key, two
+    /// values) just before the arithmetic reads it. F32 rows are read in place.
     /// </summary>
     private unsafe void AttendKeys(int l, in KvSource src, TileItem item, Scratch s)
     {
@@ -336,14 +342,43 @@ public sealed partial class Transformer
         }
         var scores = t_chunkScores.AsSpan(0, heads * nk); // (nk, Hq): row j = every head's score of key k0 + j
         var q = s.Q.AsSpan(row * _qDim, _qDim);             // (Hq, Dh)
-        bool fast = dh == 128 && Vector512.IsHardwareAccelerated;
+        bool fast = dh == 128 && Vector512.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
+        bool fusedKeys = fast && group % 4 == 0;
+        var rowBuf = RowScratch(3 * _kvDim);
+        var keyBuf = rowBuf.AsSpan(0, _kvDim);              // (Hkv, Dh) a cached F16 key, widened
+        var value0Buf = rowBuf.AsSpan(_kvDim, _kvDim);      // (Hkv, Dh) cached F16 values, widened
+        var value1Buf = rowBuf.AsSpan(2 * _kvDim, _kvDim);
         fixed (float* pq = q)
         fixed (float* ps = scores)
         {
             for (int j = 0; j < nk; j++)
             {
                 int pos = k0 + j;
-                var keys = pos < p ? src.CachedKey(l, pos) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                ReadOnlySpan<float> keys; // (Hkv, Dh)
+                if (pos < p)
+                {
+                    var cached = src.CachedKey(l, pos);
+                    if (fusedKeys && cached.TryGetHalves(out var halves))
+                    {
+                        fixed (Half* ph = halves)
+                        {
+                            float* sj = ps + (long)j * heads;
+                            for (int g = 0; g < hkv; g++)
+                            {
+                                for (int h = g * group; h < (g + 1) * group; h += 4)
+                                {
+                                    Scores4x128Half(pq + h * 128, (short*)ph + g * 128, sj + h);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    keys = cached.AsFloats(keyBuf);
+                }
+                else
+                {
+                    keys = s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim);
+                }
                 fixed (float* pk = keys)
                 {
                     float* sj = ps + (long)j * heads;
@@ -389,8 +424,20 @@ public sealed partial class Transformer
             for (; fast && j + 2 <= nk; j += 2)
             {
                 int pos = k0 + j;
-                var v0 = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
-                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
+                if (pos + 1 < p && src.CachedValue(l, pos).TryGetHalves(out var h0) && src.CachedValue(l, pos + 1).TryGetHalves(out var h1))
+                {
+                    fixed (Half* ph0 = h0)
+                    fixed (Half* ph1 = h1)
+                    {
+                        for (int g = 0; g < hkv; g++)
+                        {
+                            Values2x128Half((short*)ph0 + g * 128, (short*)ph1 + g * 128, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                        }
+                    }
+                    continue;
+                }
+                var v0 = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
+                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1).AsFloats(value1Buf) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
                 fixed (float* pv0 = v0)
                 fixed (float* pv1 = v1)
                 {
@@ -403,7 +450,7 @@ public sealed partial class Transformer
             for (; j < nk; j++)
             {
                 int pos = k0 + j;
-                var values = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                var values = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
                 for (int g = 0; g < hkv; g++)
                 {
                     var value = values.Slice(g * dh, dh);
@@ -439,6 +486,68 @@ public sealed partial class Transformer
         var h23 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
         var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(h01, h23);
         (h.GetLower() + h.GetUpper()).Store(dst);
+    }
+
+    /// <summary>
+    /// <see cref="Scores4x128"/> over an F16 key: each 16 halves are widened exactly in registers as loaded
+    /// (<see cref="HalfConversion.Widen512"/>), then the same multiply-adds and reduction.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static unsafe void Scores4x128Half(float* q, short* k, float* dst)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int c = 0; c < 128; c += 16)
+        {
+            var kc = HalfConversion.Widen512(Vector256.Load(k + c));
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 384 + c), kc, a3);
+        }
+        var h01 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a0.GetLower() + a0.GetUpper(), a1.GetLower() + a1.GetUpper());
+        var h23 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
+        var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(h01, h23);
+        (h.GetLower() + h.GetUpper()).Store(dst);
+    }
+
+    /// <summary>
+    /// <see cref="Values2x128"/> over two F16 value rows: the 16 vectors of both rows are widened exactly in registers
+    /// once (<see cref="HalfConversion.Widen512"/>) and serve all <paramref name="group"/> heads. Not inlined: inside
+    /// <see cref="AttendKeys"/> the JIT runs out of inlining budget and would call the 16 widenings instead.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static unsafe void Values2x128Half(short* v0, short* v1, float* w, int heads, float* o, int group)
+    {
+        var a0 = HalfConversion.Widen512(Vector256.Load(v0));
+        var a1 = HalfConversion.Widen512(Vector256.Load(v0 + 16));
+        var a2 = HalfConversion.Widen512(Vector256.Load(v0 + 32));
+        var a3 = HalfConversion.Widen512(Vector256.Load(v0 + 48));
+        var a4 = HalfConversion.Widen512(Vector256.Load(v0 + 64));
+        var a5 = HalfConversion.Widen512(Vector256.Load(v0 + 80));
+        var a6 = HalfConversion.Widen512(Vector256.Load(v0 + 96));
+        var a7 = HalfConversion.Widen512(Vector256.Load(v0 + 112));
+        var b0 = HalfConversion.Widen512(Vector256.Load(v1));
+        var b1 = HalfConversion.Widen512(Vector256.Load(v1 + 16));
+        var b2 = HalfConversion.Widen512(Vector256.Load(v1 + 32));
+        var b3 = HalfConversion.Widen512(Vector256.Load(v1 + 48));
+        var b4 = HalfConversion.Widen512(Vector256.Load(v1 + 64));
+        var b5 = HalfConversion.Widen512(Vector256.Load(v1 + 80));
+        var b6 = HalfConversion.Widen512(Vector256.Load(v1 + 96));
+        var b7 = HalfConversion.Widen512(Vector256.Load(v1 + 112));
+        for (int h = 0; h < group; h++)
+        {
+            var w0 = Vector512.Create(w[h]);
+            var w1 = Vector512.Create(w[heads + h]);
+            float* oh = o + h * 128;
+            Vector512.FusedMultiplyAdd(b0, w1, Vector512.FusedMultiplyAdd(a0, w0, Vector512.Load(oh))).Store(oh);
+            Vector512.FusedMultiplyAdd(b1, w1, Vector512.FusedMultiplyAdd(a1, w0, Vector512.Load(oh + 16))).Store(oh + 16);
+            Vector512.FusedMultiplyAdd(b2, w1, Vector512.FusedMultiplyAdd(a2, w0, Vector512.Load(oh + 32))).Store(oh + 32);
+            Vector512.FusedMultiplyAdd(b3, w1, Vector512.FusedMultiplyAdd(a3, w0, Vector512.Load(oh + 48))).Store(oh + 48);
+            Vector512.FusedMultiplyAdd(b4, w1, Vector512.FusedMultiplyAdd(a4, w0, Vector512.Load(oh + 64))).Store(oh + 64);
+            Vector512.FusedMultiplyAdd(b5, w1, Vector512.FusedMultiplyAdd(a5, w0, Vector512.Load(oh + 80))).Store(oh + 80);
+            Vector512.FusedMultiplyAdd(b6, w1, Vector512.FusedMultiplyAdd(a6, w0, Vector512.Load(oh + 96))).Store(oh + 96);
+            Vector512.FusedMultiplyAdd(b7, w1, Vector512.FusedMultiplyAdd(a7, w0, Vector512.Load(oh + 112))).Store(oh + 112);
+        }
     }
 
     /// <summary>
@@ -562,15 +671,16 @@ public sealed partial class Transformer
             int cols = k1 - k0;
             var kt = buf.Keys.AsSpan(0, dh * KeyTile); // (Dh, KeyTile): column j is key k0 + j (transposed)
             var vt = buf.Values.AsSpan(0, cols * dh);  // (cols, Dh): row j is value k0 + j
+            var keyBuf = RowScratch(dh).AsSpan(0, dh);  // (Dh) a cached F16 key, widened
             for (int j = k0; j < k1; j++)
             {
-                var key = (j < p ? src.CachedKey(l, j) : s.K.AsSpan((rb + j - p) * _kvDim, _kvDim)).Slice(kvOffset, dh);
-                var value = j < p ? src.CachedValue(l, j) : s.V.AsSpan((rb + j - p) * _kvDim, _kvDim);
+                var key = j < p ? src.CachedKey(l, j).Slice(kvOffset, dh).AsFloats(keyBuf) : s.K.AsSpan((rb + j - p) * _kvDim + kvOffset, dh);
                 for (int c = 0; c < dh; c++)
                 {
                     kt[c * KeyTile + j - k0] = key[c];
                 }
-                value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh));
+                var value = j < p ? src.CachedValue(l, j) : new KvRow(s.V.AsSpan((rb + j - p) * _kvDim, _kvDim));
+                value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh)); // widened while copied for F16
             }
             for (int i = item.I0; i < item.I1; i++)
             {

@@ -124,8 +124,9 @@ public sealed partial class Transformer
                 for (int j = 0; j < n; j++)
                 {
                     int pos = k0 + j;
-                    var key = pos < p ? src.CachedKey(l, pos) : s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim);
-                    var value = pos < p ? src.CachedValue(l, pos) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);
+                    // Cached F16 rows are widened while copied into the tile.
+                    var key = pos < p ? src.CachedKey(l, pos) : new KvRow(s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim));
+                    var value = pos < p ? src.CachedValue(l, pos) : new KvRow(s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim));
                     key.Slice(kvOffset, dh).CopyTo(new Span<float>(kb + j * dh, dh));
                     value.Slice(kvOffset, dh).CopyTo(new Span<float>(vb + j * dh, dh));
                 }

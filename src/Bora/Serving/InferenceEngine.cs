@@ -17,7 +17,7 @@ public sealed record EngineOptions
     /// <summary>B: positions per KV block.</summary>
     public int BlockSize { get; init; } = 16;
 
-    /// <summary>KV pool size in MiB; when null, <see cref="KvCacheTokens"/> decides.</summary>
+    /// <summary>KV pool size in MiB (rows of the model's <see cref="Transformer.KvType"/>: an F16 pool holds twice the positions of an F32 one); when null, <see cref="KvCacheTokens"/> decides.</summary>
     public long? KvCacheMiB { get; init; }
 
     /// <summary>KV pool size in positions when <see cref="KvCacheMiB"/> is null; 0 = 2 x context length.</summary>
@@ -203,9 +203,9 @@ public sealed class InferenceEngine : IDisposable
         ContextLength = o.ContextLength > 0 ? Math.Min(o.ContextLength, c.MaxSeqLen) : c.MaxSeqLen;
         int kvDim = c.NKvHeads * c.HeadDim;
         int blocks = o.KvCacheMiB is { } mib
-            ? PagedKvStore.BlocksForMiB(mib, c.NLayers, kvDim, o.BlockSize)
+            ? PagedKvStore.BlocksForMiB(mib, c.NLayers, kvDim, o.BlockSize, model.KvType)
             : (int)Math.Max(1, ((long)(o.KvCacheTokens > 0 ? o.KvCacheTokens : 2L * ContextLength) + o.BlockSize - 1) / o.BlockSize);
-        _store = new PagedKvStore(c.NLayers, kvDim, blocks, o.BlockSize);
+        _store = new PagedKvStore(c.NLayers, kvDim, blocks, o.BlockSize, model.KvType); // the model's KV type: F16 holds twice the positions per MiB
         _scheduler = new Scheduler(new SchedulerOptions
         {
             MaxBatchTokens = o.MaxBatchTokens,
@@ -239,6 +239,12 @@ public sealed class InferenceEngine : IDisposable
 
     /// <summary>Sequences running (as of the last engine step).</summary>
     public int RunningCount => Volatile.Read(ref _runningSnapshot);
+
+    /// <summary>KV blocks of the pool (B positions each): an F16 pool holds twice the blocks of an F32 one in the same <see cref="EngineOptions.KvCacheMiB"/>.</summary>
+    public int KvBlockCount => _store.BlockCount;
+
+    /// <summary>Element type of the pool's rows: the model's <see cref="Transformer.KvType"/>.</summary>
+    public KvCacheType KvType => _store.KvType;
 
     /// <summary>KV blocks held by sequences (as of the last engine step; blocks kept only for the prefix cache count as free).</summary>
     public int KvBlocksUsed => Volatile.Read(ref _kvUsedSnapshot);

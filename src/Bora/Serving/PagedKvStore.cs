@@ -4,8 +4,8 @@ namespace Bora.Serving;
 
 /// <summary>
 /// The tensor data of a paged KV cache: for every layer, N blocks of B positions of (Hkv * Dh) keys
-/// and as many values. Block b, offset o holds a row at [(b * B + o) * KvDim, +KvDim) of the layer's
-/// arrays. Which block holds which positions of which sequence is the business of
+/// and as many values, as float32 or IEEE halves (<see cref="KvType"/>). Block b, offset o holds a row at
+/// [(b * B + o) * KvDim, +KvDim) of the layer's arrays. Which block holds which positions of which sequence is the business of
 /// <see cref="KvBlockPool"/> / <see cref="KvBlockManager"/>; a <see cref="PagedKvCache"/> is one
 /// sequence's view. Letters: L = layers, N = blocks, B = block size.
 /// </summary>
@@ -13,11 +13,16 @@ public sealed class PagedKvStore
 {
     private readonly KvRows _rows; // L x (N * B, KvDim) keys and values; block b, offset o is row b * B + o
 
-    public PagedKvStore(int layers, int kvDim, int blockCount, int blockSize)
+    /// <param name="layers">L.</param>
+    /// <param name="kvDim">Hkv * Dh.</param>
+    /// <param name="blockCount">N.</param>
+    /// <param name="blockSize">B.</param>
+    /// <param name="type">Element type of the rows; must match the model's <see cref="Transformer.KvType"/>.</param>
+    public PagedKvStore(int layers, int kvDim, int blockCount, int blockSize, KvCacheType type)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockCount);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blockSize);
-        _rows = new KvRows(layers, (long)blockCount * blockSize, kvDim, $"a paged KV store of {blockCount} blocks of {blockSize} positions");
+        _rows = new KvRows(layers, (long)blockCount * blockSize, kvDim, type, $"a paged KV store of {blockCount} blocks of {blockSize} positions");
         Layers = layers;
         KvDim = kvDim;
         BlockCount = blockCount;
@@ -32,20 +37,28 @@ public sealed class PagedKvStore
 
     public int BlockSize { get; }
 
-    /// <summary>Bytes of one block over all layers: 2 (keys, values) * L * B * KvDim * 4.</summary>
-    public static long BytesPerBlock(int layers, int kvDim, int blockSize) => 2L * layers * blockSize * kvDim * sizeof(float);
+    /// <summary>How the rows are stored.</summary>
+    public KvCacheType KvType => _rows.Type;
 
-    /// <summary>Blocks that fit in <paramref name="mib"/> MiB (at least 1).</summary>
-    public static int BlocksForMiB(long mib, int layers, int kvDim, int blockSize)
+    /// <summary>Bytes of all key and value arrays: N * <see cref="BytesPerBlock"/>.</summary>
+    public long Bytes => _rows.Bytes;
+
+    /// <summary>Bytes of one block over all layers: 2 (keys, values) * L * B * KvDim * element size (4 for F32, 2 for F16).</summary>
+    public static long BytesPerBlock(int layers, int kvDim, int blockSize, KvCacheType type) => 2L * layers * blockSize * kvDim * type.ElementBytes();
+
+    /// <summary>Blocks that fit in <paramref name="mib"/> MiB (at least 1): twice as many for F16 as for F32.</summary>
+    public static int BlocksForMiB(long mib, int layers, int kvDim, int blockSize, KvCacheType type)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(mib);
-        long blocks = mib * 1024 * 1024 / BytesPerBlock(layers, kvDim, blockSize);
+        long blocks = mib * 1024 * 1024 / BytesPerBlock(layers, kvDim, blockSize, type);
         return (int)Math.Clamp(blocks, 1, int.MaxValue / Math.Max(1, blockSize));
     }
 
-    internal Span<float> Key(int layer, int block, int offset) => _rows.Key(layer, block * BlockSize + offset);
+    internal KvRow Key(int layer, int block, int offset) => _rows.Key(layer, block * BlockSize + offset);
 
-    internal Span<float> Value(int layer, int block, int offset) => _rows.Value(layer, block * BlockSize + offset);
+    internal KvRow Value(int layer, int block, int offset) => _rows.Value(layer, block * BlockSize + offset);
+
+    internal void Write(int layer, int block, int offset, ReadOnlySpan<float> key, ReadOnlySpan<float> value) => _rows.Write(layer, block * BlockSize + offset, key, value);
 }
 
 /// <summary>
@@ -83,16 +96,18 @@ public sealed class PagedKvCache : IPositionalKvCache
 
     public int KvDim => _store.KvDim;
 
+    public KvCacheType KvType => _store.KvType;
+
     /// <summary>Forgets the computed positions (the blocks stay with their owner).</summary>
     public void Clear() => Length = 0;
 
-    public ReadOnlySpan<float> KeyRow(int layer, int position)
+    public KvRow KeyRow(int layer, int position)
     {
         int b = BlockOf(position, write: false);
         return _store.Key(layer, b, position % _store.BlockSize);
     }
 
-    public ReadOnlySpan<float> ValueRow(int layer, int position)
+    public KvRow ValueRow(int layer, int position)
     {
         int b = BlockOf(position, write: false);
         return _store.Value(layer, b, position % _store.BlockSize);
@@ -101,8 +116,7 @@ public sealed class PagedKvCache : IPositionalKvCache
     public void Write(int layer, int position, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         int b = BlockOf(position, write: true);
-        key.CopyTo(_store.Key(layer, b, position % _store.BlockSize));
-        value.CopyTo(_store.Value(layer, b, position % _store.BlockSize));
+        _store.Write(layer, b, position % _store.BlockSize, key, value);
     }
 
     public void Advance(int tokens)

@@ -45,6 +45,26 @@ public sealed class CliTests(ITestOutputHelper output)
         Assert.Equal(expected, root.GetProperty("text").GetString());
     }
 
+    /// <summary>--kv-type f32 and f16 both run; 32 greedy tokens of this model agree (its logit gaps are far above half rounding).</summary>
+    [Fact]
+    public void Generate_TakesEitherKvType()
+    {
+        if (Absent())
+        {
+            return;
+        }
+        string[] Tokens(string kvType)
+        {
+            var (code, stdout, stderr) = Bora("generate", "--model", Gguf, "--prompt", "Once upon a time", "--temperature", "0", "--max-tokens", "32", "--kv-type", kvType, "--json");
+            Assert.True(code == 0, stderr);
+            using var json = JsonDocument.Parse(stdout);
+            return [.. json.RootElement.GetProperty("tokens").EnumerateArray().Select(e => e.GetRawText())];
+        }
+        var f32 = Tokens("f32");
+        Assert.Equal(32, f32.Length);
+        Assert.Equal(f32, Tokens("F16"));
+    }
+
     [Fact]
     public void Generate_StreamsTextToStdout_AndSummaryToStderr()
     {
@@ -198,6 +218,11 @@ public sealed class CliTests(ITestOutputHelper output)
         var badNumber = Bora("generate", "--model", Gguf, "--top-p", "2");
         Assert.Equal(2, badNumber.Code);
         Assert.Contains("top", badNumber.Err, StringComparison.OrdinalIgnoreCase);
+
+        var badKvType = Bora("generate", "--model", Gguf, "--prompt", "hi", "--kv-type", "q8_0");
+        Assert.Equal(2, badKvType.Code);
+        Assert.Contains("--kv-type 'q8_0'", badKvType.Err, StringComparison.Ordinal);
+        Assert.Contains("f16 or f32", badKvType.Err, StringComparison.Ordinal);
 
         Assert.Equal(2, Bora("frobnicate").Code);
         Directory.Delete(dir, recursive: true);

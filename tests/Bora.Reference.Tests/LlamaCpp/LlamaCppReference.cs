@@ -52,8 +52,11 @@ public sealed class LlamaCppReference : IDisposable
     /// <summary>End-of-sequence token id.</summary>
     public int Eos { get; }
 
-    /// <summary>Loads <paramref name="ggufPath"/> and creates one context of <paramref name="contextSize"/> positions.</summary>
-    public LlamaCppReference(string ggufPath, int contextSize = 256, int threads = 1)
+    /// <summary>
+    /// Loads <paramref name="ggufPath"/> and creates one context of <paramref name="contextSize"/> positions, with an
+    /// F32 KV cache (exact reference arithmetic), or F16 (llama.cpp's own default) when <paramref name="f16Cache"/>.
+    /// </summary>
+    public LlamaCppReference(string ggufPath, int contextSize = 256, int threads = 1, bool f16Cache = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(contextSize, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(threads, 1);
@@ -88,8 +91,8 @@ public sealed class LlamaCppReference : IDisposable
             ctxParams.n_threads = threads;
             ctxParams.n_threads_batch = threads;
             ctxParams.llama_flash_attn_type = LLamaFlashAttentionType.LLAMA_FLASH_ATTENTION_TYPE_DISABLED;
-            ctxParams.type_k = GGMLType.GGML_TYPE_F32;
-            ctxParams.type_v = GGMLType.GGML_TYPE_F32;
+            ctxParams.type_k = f16Cache ? GGMLType.GGML_TYPE_F16 : GGMLType.GGML_TYPE_F32;
+            ctxParams.type_v = f16Cache ? GGMLType.GGML_TYPE_F16 : GGMLType.GGML_TYPE_F32;
             ctxParams.no_perf = true;
             try
             {

@@ -25,10 +25,13 @@ internal static class LoraTestHelpers
         }
     }
 
-    /// <summary>The logits of a Bora inference <see cref="Transformer"/> at every position of one sequence, (T, V).</summary>
+    /// <summary>
+    /// The logits of a Bora inference <see cref="Transformer"/> at every position of one sequence, (T, V), with an F32 KV
+    /// cache (the training forward it is compared with keeps keys and values in float32).
+    /// </summary>
     public static float[] InferenceLogits(TransformerWeights weights, int[] tokens)
     {
-        var model = new Transformer(weights);
+        var model = new Transformer(weights) { KvType = KvCacheType.F32 };
         var cache = model.CreateCache(tokens.Length);
         int v = weights.Config.VocabSize;
         var logits = new float[tokens.Length * v];
