@@ -35,11 +35,12 @@ internal static unsafe class Q4KPacked
     internal const int GroupRows = KPacked.GroupRows;
 
     /// <summary>
-    /// Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer. Measured as for
-    /// <see cref="Q6KPacked.ExpandMinTokens"/> (GFLOP/s expanded / packed tiles): T = 16: 372 / 381, 24: 419 / 403,
-    /// 32: 449 / 416.
+    /// Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer. Measured on the 2-core
+    /// AVX-512 box (<c>bench/Bora.Bench matmul --types q4_k --shapes w1 --compare-packed 1</c>, 2 threads, GFLOP/s
+    /// expanded / packed tiles, the packed tiles prefetching the super-block 2 ahead): T = 24: 369 / 443, 32: 397 / 450,
+    /// 48: 419 / 454, 64: 455 / 451; at 512 tokens the expanded groups run at 532-543.
     /// </summary>
-    internal const int ExpandMinTokens = 24;
+    internal const int ExpandMinTokens = 64;
 
     /// <summary>Bytes of one GGUF Q4_K block (256 values).</summary>
     internal const int BlockBytes = 144;
@@ -212,6 +213,14 @@ internal static unsafe class Q4KPacked
             Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
             for (int c = 0; c < 4; c++)
             {
+                if (TSrc.Prefetch && TN.Value > 1)
+                {
+                    byte* ahead = sb + 2 * TSrc.Stride + 576 * c; // a quarter (9 lines) of the super-block 2 ahead
+                    for (int line = 0; line < 576; line += 64)
+                    {
+                        Sse.Prefetch0(ahead + line);
+                    }
+                }
                 var src = c < 2 ? scales.Low : scales.High;
                 long xo = 256L * b + 64 * c;
                 for (int half = 0; half < 2; half++)
@@ -348,6 +357,12 @@ internal static unsafe class Q4KPacked
         /// <summary>Bytes from one super-block to the next.</summary>
         static abstract long Stride { get; }
 
+        /// <summary>
+        /// Whether tiles of 2 tokens and more prefetch the super-block 2 ahead (the packed group, read from memory by
+        /// its first tile; a 1-token tile streams at memory speed without, and the expanded buffer is in L2).
+        /// </summary>
+        static abstract bool Prefetch { get; }
+
         /// <summary>Vector k (0..7) of sub-block 2c + half: its values 4k..4k+3 as bytes 0..15 of the 16 rows.</summary>
         static abstract Vector512<byte> Plane(byte* sb, int c, int half, int k);
 
@@ -371,6 +386,8 @@ internal static unsafe class Q4KPacked
     private readonly struct Packed : ISource
     {
         public static long Stride => SuperBytes;
+
+        public static bool Prefetch => true;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> Plane(byte* sb, int c, int half, int k) =>
@@ -416,6 +433,8 @@ internal static unsafe class Q4KPacked
     /// </summary>
     private readonly struct Expanded : ISource
     {
+        public static bool Prefetch => false;
+
         public const long ScaleOffset = 8 * 512;
         public const long MinOffset = ScaleOffset + 512;
         public const long DOffset = MinOffset + 512;
