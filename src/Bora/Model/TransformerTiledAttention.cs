@@ -325,10 +325,10 @@ public sealed partial class Transformer
     /// exp(score - m) and the unnormalised o = sum of exp(score - m) v, into partial slot Part (o (Hq, Dh), m (Hq),
     /// l (Hq)). <see cref="MergeKeyChunks"/> combines the chunks of the row.
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
-    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128"/>) and the values 2 keys per update of o
-    /// (<see cref="Values2x128"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
+    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 2 keys per update of o
+    /// (<see cref="Values2x128{TRow}"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
     /// Cached F16 rows: on that AVX-512 path (for keys when G is a multiple of 4) each 16 halves are widened in registers
-    /// as they are loaded (<see cref="Scores4x128Half"/>, <see cref="Values2x128Half"/>: the same sums over the same
+    /// as they are loaded (<see cref="Scores4x128{TRow}"/>, <see cref="Values2x128{TRow}"/>: the same sums over the same
     /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (3 rows of Hkv * Dh: a key, two
     /// values) just before the arithmetic reads it. F32 rows are read in place.
     /// </summary>
@@ -367,7 +367,7 @@ public sealed partial class Transformer
                             {
                                 for (int h = g * group; h < (g + 1) * group; h += 4)
                                 {
-                                    Scores4x128Half(pq + h * 128, (short*)ph + g * 128, sj + h);
+                                    Scores4x128<F16Row>(pq + h * 128, (nint)((short*)ph + g * 128), sj + h);
                                 }
                             }
                         }
@@ -387,7 +387,7 @@ public sealed partial class Transformer
                         int h = g * group, end = h + group;
                         for (; fast && h + 4 <= end; h += 4)
                         {
-                            Scores4x128(pq + h * 128, pk + g * 128, sj + h);
+                            Scores4x128<F32Row>(pq + h * 128, (nint)(pk + g * 128), sj + h);
                         }
                         for (; h < end; h++)
                         {
@@ -417,7 +417,7 @@ public sealed partial class Transformer
                     {
                         for (int g = 0; g < hkv; g++)
                         {
-                            Values2x128Half((short*)ph0 + g * 128, (short*)ph1 + g * 128, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            Values2x128<F16Row>((nint)((short*)ph0 + g * 128), (nint)((short*)ph1 + g * 128), ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
                         }
                     }
                     continue;
@@ -429,7 +429,7 @@ public sealed partial class Transformer
                 {
                     for (int g = 0; g < hkv; g++)
                     {
-                        Values2x128(pv0 + g * 128, pv1 + g * 128, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                        Values2x128<F32Row>((nint)(pv0 + g * 128), (nint)(pv1 + g * 128), ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
                     }
                 }
             }
@@ -508,17 +508,38 @@ public sealed partial class Transformer
         }
     }
 
+    /// <summary>How a decode kernel reads 16 consecutive values of a cache row as floats: F32 rows load them, F16 rows widen them exactly in registers.</summary>
+    private interface IRowElement
+    {
+        /// <summary>Values c .. c + 15 of the row at <paramref name="row"/> (floats or halves by the implementation).</summary>
+        static abstract Vector512<float> Load16(nint row, int c);
+    }
+
+    private readonly unsafe struct F32Row : IRowElement
+    {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(nint row, int c) => Vector512.Load((float*)row + c);
+    }
+
+    private readonly unsafe struct F16Row : IRowElement
+    {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(nint row, int c) => HalfConversion.Widen512(Vector256.Load((short*)row + c));
+    }
+
     /// <summary>
-    /// dst[0..3] = q_i · k for the 4 query heads q (4, 128) sharing the key k (128): the key is loaded once, the 4
-    /// dot products run as independent chains, and the 4 sums are reduced together (halves, then horizontal adds).
+    /// dst[0..3] = q_i · k for the 4 query heads q (4, 128) sharing the key k (128 floats or halves, <typeparamref name="TRow"/>):
+    /// the key is loaded once, the 4 dot products run as independent chains, and the 4 sums are reduced together
+    /// (halves, then horizontal adds).
     /// </summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Scores4x128(float* q, float* k, float* dst)
+    private static unsafe void Scores4x128<TRow>(float* q, nint k, float* dst)
+        where TRow : struct, IRowElement
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int c = 0; c < 128; c += 16)
         {
-            var kc = Vector512.Load(k + c);
+            var kc = TRow.Load16(k, c);
             a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
             a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
             a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
@@ -533,91 +554,32 @@ public sealed partial class Transformer
     }
 
     /// <summary>
-    /// <see cref="Scores4x128"/> over an F16 key: each 16 halves are widened exactly in registers as loaded
-    /// (<see cref="HalfConversion.Widen512"/>), then the same multiply-adds and reduction.
-    /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Scores4x128Half(float* q, short* k, float* dst)
-    {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int c = 0; c < 128; c += 16)
-        {
-            var kc = HalfConversion.Widen512(Vector256.Load(k + c));
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
-            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
-            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 384 + c), kc, a3);
-        }
-        var h01 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a0.GetLower() + a0.GetUpper(), a1.GetLower() + a1.GetUpper());
-        var h23 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
-        var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(h01, h23);
-        (h.GetLower() + h.GetUpper()).Store(dst);
-    }
-
-    /// <summary>
-    /// <see cref="Values2x128"/> over two F16 value rows: the 16 vectors of both rows are widened exactly in registers
-    /// once (<see cref="HalfConversion.Widen512"/>) and serve all <paramref name="group"/> heads. Not inlined: inside
-    /// <see cref="AttendKeys"/> the JIT runs out of inlining budget and would call the 16 widenings instead.
+    /// o_h += w[h] v0 + w[heads + h] v1 for the <paramref name="group"/> heads h sharing the value rows v0, v1 (128
+    /// floats or halves each, <typeparamref name="TRow"/>) of two consecutive keys; w points at the first head's weight
+    /// of key 0, the weights of key 1 are one score row (<paramref name="heads"/>) further; o: (group, 128). The value
+    /// rows are loaded (or widened) once and stay in registers across the heads. Not inlined: inside
+    /// <see cref="AttendKeys"/> the JIT runs out of inlining budget and would call the 16 widenings of F16 rows instead.
     /// </summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
-    private static unsafe void Values2x128Half(short* v0, short* v1, float* w, int heads, float* o, int group)
+    private static unsafe void Values2x128<TRow>(nint v0, nint v1, float* w, int heads, float* o, int group)
+        where TRow : struct, IRowElement
     {
-        var a0 = HalfConversion.Widen512(Vector256.Load(v0));
-        var a1 = HalfConversion.Widen512(Vector256.Load(v0 + 16));
-        var a2 = HalfConversion.Widen512(Vector256.Load(v0 + 32));
-        var a3 = HalfConversion.Widen512(Vector256.Load(v0 + 48));
-        var a4 = HalfConversion.Widen512(Vector256.Load(v0 + 64));
-        var a5 = HalfConversion.Widen512(Vector256.Load(v0 + 80));
-        var a6 = HalfConversion.Widen512(Vector256.Load(v0 + 96));
-        var a7 = HalfConversion.Widen512(Vector256.Load(v0 + 112));
-        var b0 = HalfConversion.Widen512(Vector256.Load(v1));
-        var b1 = HalfConversion.Widen512(Vector256.Load(v1 + 16));
-        var b2 = HalfConversion.Widen512(Vector256.Load(v1 + 32));
-        var b3 = HalfConversion.Widen512(Vector256.Load(v1 + 48));
-        var b4 = HalfConversion.Widen512(Vector256.Load(v1 + 64));
-        var b5 = HalfConversion.Widen512(Vector256.Load(v1 + 80));
-        var b6 = HalfConversion.Widen512(Vector256.Load(v1 + 96));
-        var b7 = HalfConversion.Widen512(Vector256.Load(v1 + 112));
-        for (int h = 0; h < group; h++)
-        {
-            var w0 = Vector512.Create(w[h]);
-            var w1 = Vector512.Create(w[heads + h]);
-            float* oh = o + h * 128;
-            Vector512.FusedMultiplyAdd(b0, w1, Vector512.FusedMultiplyAdd(a0, w0, Vector512.Load(oh))).Store(oh);
-            Vector512.FusedMultiplyAdd(b1, w1, Vector512.FusedMultiplyAdd(a1, w0, Vector512.Load(oh + 16))).Store(oh + 16);
-            Vector512.FusedMultiplyAdd(b2, w1, Vector512.FusedMultiplyAdd(a2, w0, Vector512.Load(oh + 32))).Store(oh + 32);
-            Vector512.FusedMultiplyAdd(b3, w1, Vector512.FusedMultiplyAdd(a3, w0, Vector512.Load(oh + 48))).Store(oh + 48);
-            Vector512.FusedMultiplyAdd(b4, w1, Vector512.FusedMultiplyAdd(a4, w0, Vector512.Load(oh + 64))).Store(oh + 64);
-            Vector512.FusedMultiplyAdd(b5, w1, Vector512.FusedMultiplyAdd(a5, w0, Vector512.Load(oh + 80))).Store(oh + 80);
-            Vector512.FusedMultiplyAdd(b6, w1, Vector512.FusedMultiplyAdd(a6, w0, Vector512.Load(oh + 96))).Store(oh + 96);
-            Vector512.FusedMultiplyAdd(b7, w1, Vector512.FusedMultiplyAdd(a7, w0, Vector512.Load(oh + 112))).Store(oh + 112);
-        }
-    }
-
-    /// <summary>
-    /// o_h += w[h] v0 + w[heads + h] v1 for the <paramref name="group"/> heads h sharing the value rows v0, v1 (128 each)
-    /// of two consecutive keys; w points at the first head's weight of key 0, the weights of key 1 are one score row
-    /// (<paramref name="heads"/>) further; o: (group, 128). The value rows stay in registers across the heads.
-    /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Values2x128(float* v0, float* v1, float* w, int heads, float* o, int group)
-    {
-        var a0 = Vector512.Load(v0);
-        var a1 = Vector512.Load(v0 + 16);
-        var a2 = Vector512.Load(v0 + 32);
-        var a3 = Vector512.Load(v0 + 48);
-        var a4 = Vector512.Load(v0 + 64);
-        var a5 = Vector512.Load(v0 + 80);
-        var a6 = Vector512.Load(v0 + 96);
-        var a7 = Vector512.Load(v0 + 112);
-        var b0 = Vector512.Load(v1);
-        var b1 = Vector512.Load(v1 + 16);
-        var b2 = Vector512.Load(v1 + 32);
-        var b3 = Vector512.Load(v1 + 48);
-        var b4 = Vector512.Load(v1 + 64);
-        var b5 = Vector512.Load(v1 + 80);
-        var b6 = Vector512.Load(v1 + 96);
-        var b7 = Vector512.Load(v1 + 112);
+        var a0 = TRow.Load16(v0, 0);
+        var a1 = TRow.Load16(v0, 16);
+        var a2 = TRow.Load16(v0, 32);
+        var a3 = TRow.Load16(v0, 48);
+        var a4 = TRow.Load16(v0, 64);
+        var a5 = TRow.Load16(v0, 80);
+        var a6 = TRow.Load16(v0, 96);
+        var a7 = TRow.Load16(v0, 112);
+        var b0 = TRow.Load16(v1, 0);
+        var b1 = TRow.Load16(v1, 16);
+        var b2 = TRow.Load16(v1, 32);
+        var b3 = TRow.Load16(v1, 48);
+        var b4 = TRow.Load16(v1, 64);
+        var b5 = TRow.Load16(v1, 80);
+        var b6 = TRow.Load16(v1, 96);
+        var b7 = TRow.Load16(v1, 112);
         for (int h = 0; h < group; h++)
         {
             var w0 = Vector512.Create(w[h]);
