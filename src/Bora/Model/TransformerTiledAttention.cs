@@ -49,11 +49,18 @@ public sealed partial class Transformer
 
         public int RowBase => rowBase;
 
-        /// <summary>Key row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
-        public KvRow CachedKey(int layer, int position) => cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
+        /// <summary>
+        /// Key row (Hkv * Dh) of <paramref name="position"/>: from the cache as stored (F32 or F16) below P, else the
+        /// pass's row RowBase + position - P of <paramref name="passKeys"/> (T, <paramref name="kvDim"/>).
+        /// </summary>
+        public KvRow Key(int layer, int position, float[] passKeys, int kvDim) => position >= p
+            ? new KvRow(passKeys.AsSpan((rowBase + position - p) * kvDim, kvDim))
+            : cache is not null ? cache.KeyRow(layer, position) : paged!.KeyRow(layer, position);
 
-        /// <summary>Value row (Hkv * Dh) of a cached position, as stored (F32 or F16).</summary>
-        public KvRow CachedValue(int layer, int position) => cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
+        /// <summary>Value row (Hkv * Dh) of <paramref name="position"/>, as <see cref="Key"/> reads keys.</summary>
+        public KvRow Value(int layer, int position, float[] passValues, int kvDim) => position >= p
+            ? new KvRow(passValues.AsSpan((rowBase + position - p) * kvDim, kvDim))
+            : cache is not null ? cache.ValueRow(layer, position) : paged!.ValueRow(layer, position);
     }
 
     /// <summary>
@@ -354,31 +361,23 @@ public sealed partial class Transformer
             for (int j = 0; j < nk; j++)
             {
                 int pos = k0 + j;
-                ReadOnlySpan<float> keys; // (Hkv, Dh)
-                if (pos < p)
+                var keyRow = src.Key(l, pos, s.K, _kvDim); // (Hkv, Dh)
+                if (fusedKeys && keyRow.TryGetHalves(out var halves))
                 {
-                    var cached = src.CachedKey(l, pos);
-                    if (fusedKeys && cached.TryGetHalves(out var halves))
+                    fixed (Half* ph = halves)
                     {
-                        fixed (Half* ph = halves)
+                        float* sj = ps + (long)j * heads;
+                        for (int g = 0; g < hkv; g++)
                         {
-                            float* sj = ps + (long)j * heads;
-                            for (int g = 0; g < hkv; g++)
+                            for (int h = g * group; h < (g + 1) * group; h += 4)
                             {
-                                for (int h = g * group; h < (g + 1) * group; h += 4)
-                                {
-                                    Scores4x128<F16Row>(pq + h * 128, (nint)((short*)ph + g * 128), sj + h);
-                                }
+                                Scores4x128<F16Row>(pq + h * 128, (nint)((short*)ph + g * 128), sj + h);
                             }
                         }
-                        continue;
                     }
-                    keys = cached.AsFloats(keyBuf);
+                    continue;
                 }
-                else
-                {
-                    keys = s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim);
-                }
+                var keys = keyRow.AsFloats(keyBuf);
                 fixed (float* pk = keys)
                 {
                     float* sj = ps + (long)j * heads;
@@ -410,7 +409,9 @@ public sealed partial class Transformer
             for (; fast && j + 2 <= nk; j += 2)
             {
                 int pos = k0 + j;
-                if (pos + 1 < p && src.CachedValue(l, pos).TryGetHalves(out var h0) && src.CachedValue(l, pos + 1).TryGetHalves(out var h1))
+                var row0 = src.Value(l, pos, s.V, _kvDim); // (Hkv, Dh)
+                var row1 = src.Value(l, pos + 1, s.V, _kvDim);
+                if (row0.TryGetHalves(out var h0) && row1.TryGetHalves(out var h1))
                 {
                     fixed (Half* ph0 = h0)
                     fixed (Half* ph1 = h1)
@@ -422,8 +423,8 @@ public sealed partial class Transformer
                     }
                     continue;
                 }
-                var v0 = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim);         // (Hkv, Dh)
-                var v1 = pos + 1 < p ? src.CachedValue(l, pos + 1).AsFloats(value1Buf) : s.V.AsSpan((rb + pos + 1 - p) * _kvDim, _kvDim);
+                var v0 = row0.AsFloats(value0Buf);
+                var v1 = row1.AsFloats(value1Buf);
                 fixed (float* pv0 = v0)
                 fixed (float* pv1 = v1)
                 {
@@ -436,7 +437,7 @@ public sealed partial class Transformer
             for (; j < nk; j++)
             {
                 int pos = k0 + j;
-                var values = pos < p ? src.CachedValue(l, pos).AsFloats(value0Buf) : s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim); // (Hkv, Dh)
+                var values = src.Value(l, pos, s.V, _kvDim).AsFloats(value0Buf); // (Hkv, Dh)
                 for (int g = 0; g < hkv; g++)
                 {
                     var value = values.Slice(g * dh, dh);
@@ -680,13 +681,12 @@ public sealed partial class Transformer
             var keyBuf = RowScratch(dh).AsSpan(0, dh);  // (Dh) a cached F16 key, widened
             for (int j = k0; j < k1; j++)
             {
-                var key = j < p ? src.CachedKey(l, j).Slice(kvOffset, dh).AsFloats(keyBuf) : s.K.AsSpan((rb + j - p) * _kvDim + kvOffset, dh);
+                var key = src.Key(l, j, s.K, _kvDim).Slice(kvOffset, dh).AsFloats(keyBuf);
                 for (int c = 0; c < dh; c++)
                 {
                     kt[c * KeyTile + j - k0] = key[c];
                 }
-                var value = j < p ? src.CachedValue(l, j) : new KvRow(s.V.AsSpan((rb + j - p) * _kvDim, _kvDim));
-                value.Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh)); // widened while copied for F16
+                src.Value(l, j, s.V, _kvDim).Slice(kvOffset, dh).CopyTo(vt.Slice((j - k0) * dh, dh)); // widened while copied for F16
             }
             for (int i = item.I0; i < item.I1; i++)
             {

@@ -125,10 +125,8 @@ public sealed partial class Transformer
                 {
                     int pos = k0 + j;
                     // Cached F16 rows are widened while copied into the tile.
-                    var key = pos < p ? src.CachedKey(l, pos) : new KvRow(s.K.AsSpan((rb + pos - p) * _kvDim, _kvDim));
-                    var value = pos < p ? src.CachedValue(l, pos) : new KvRow(s.V.AsSpan((rb + pos - p) * _kvDim, _kvDim));
-                    key.Slice(kvOffset, dh).CopyTo(new Span<float>(kb + j * dh, dh));
-                    value.Slice(kvOffset, dh).CopyTo(new Span<float>(vb + j * dh, dh));
+                    src.Key(l, pos, s.K, _kvDim).Slice(kvOffset, dh).CopyTo(new Span<float>(kb + j * dh, dh));
+                    src.Value(l, pos, s.V, _kvDim).Slice(kvOffset, dh).CopyTo(new Span<float>(vb + j * dh, dh));
                 }
                 // Rows n .. n4 - 1 of kb hold an earlier tile's keys (or zeros): their scores are computed and never read.
                 int n4 = (n + 3) & ~3;
