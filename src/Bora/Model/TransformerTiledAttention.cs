@@ -332,11 +332,12 @@ public sealed partial class Transformer
     /// exp(score - m) and the unnormalised o = sum of exp(score - m) v, into partial slot Part (o (Hq, Dh), m (Hq),
     /// l (Hq)). <see cref="MergeKeyChunks"/> combines the chunks of the row.
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
-    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 2 keys per update of o
-    /// (<see cref="Values2x128{TRow}"/>); otherwise the same sums go through <see cref="TensorPrimitives"/>.
+    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 4 keys per update of o
+    /// (<see cref="Values4x128{TRow}"/>; a chunk's last 2 or 3 keys 2 (<see cref="Values2x128{TRow}"/>) and 1); otherwise
+    /// the same sums go through <see cref="TensorPrimitives"/>.
     /// Cached F16 rows: on that AVX-512 path (for keys when G is a multiple of 4) each 16 halves are widened in registers
-    /// as they are loaded (<see cref="Scores4x128{TRow}"/>, <see cref="Values2x128{TRow}"/>: the same sums over the same
-    /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (3 rows of Hkv * Dh: a key, two
+    /// as they are loaded (<see cref="Scores4x128{TRow}"/>, <see cref="Values4x128{TRow}"/>: the same sums over the same
+    /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (5 rows of Hkv * Dh: a key, four
     /// values) just before the arithmetic reads it. F32 rows are read in place.
     /// </summary>
     private unsafe void AttendKeys(int l, in KvSource src, TileItem item, Scratch s)
@@ -351,10 +352,12 @@ public sealed partial class Transformer
         var q = s.Q.AsSpan(row * _qDim, _qDim);             // (Hq, Dh)
         bool fast = dh == 128 && Vector512.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
         bool fusedKeys = fast && group % 4 == 0;
-        var rowBuf = RowScratch(3 * _kvDim);
+        var rowBuf = RowScratch(5 * _kvDim);
         var keyBuf = rowBuf.AsSpan(0, _kvDim);              // (Hkv, Dh) a cached F16 key, widened
         var value0Buf = rowBuf.AsSpan(_kvDim, _kvDim);      // (Hkv, Dh) cached F16 values, widened
         var value1Buf = rowBuf.AsSpan(2 * _kvDim, _kvDim);
+        var value2Buf = rowBuf.AsSpan(3 * _kvDim, _kvDim);
+        var value3Buf = rowBuf.AsSpan(4 * _kvDim, _kvDim);
         fixed (float* pq = q)
         fixed (float* ps = scores)
         {
@@ -406,6 +409,44 @@ public sealed partial class Transformer
         fixed (float* ps = scores)
         {
             int j = 0;
+            for (; fast && j + 4 <= nk; j += 4)
+            {
+                int pos = k0 + j;
+                var row0 = src.Value(l, pos, s.V, _kvDim); // (Hkv, Dh)
+                var row1 = src.Value(l, pos + 1, s.V, _kvDim);
+                var row2 = src.Value(l, pos + 2, s.V, _kvDim);
+                var row3 = src.Value(l, pos + 3, s.V, _kvDim);
+                if (row0.TryGetHalves(out var h0) && row1.TryGetHalves(out var h1) && row2.TryGetHalves(out var h2) && row3.TryGetHalves(out var h3))
+                {
+                    fixed (Half* ph0 = h0)
+                    fixed (Half* ph1 = h1)
+                    fixed (Half* ph2 = h2)
+                    fixed (Half* ph3 = h3)
+                    {
+                        for (int g = 0; g < hkv; g++)
+                        {
+                            Values4x128<F16Row>((nint)((short*)ph0 + g * 128), (nint)((short*)ph1 + g * 128), (nint)((short*)ph2 + g * 128),
+                                (nint)((short*)ph3 + g * 128), ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                        }
+                    }
+                    continue;
+                }
+                var v0 = row0.AsFloats(value0Buf);
+                var v1 = row1.AsFloats(value1Buf);
+                var v2 = row2.AsFloats(value2Buf);
+                var v3 = row3.AsFloats(value3Buf);
+                fixed (float* pv0 = v0)
+                fixed (float* pv1 = v1)
+                fixed (float* pv2 = v2)
+                fixed (float* pv3 = v3)
+                {
+                    for (int g = 0; g < hkv; g++)
+                    {
+                        Values4x128<F32Row>((nint)(pv0 + g * 128), (nint)(pv1 + g * 128), (nint)(pv2 + g * 128), (nint)(pv3 + g * 128),
+                            ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                    }
+                }
+            }
             for (; fast && j + 2 <= nk; j += 2)
             {
                 int pos = k0 + j;
@@ -595,6 +636,57 @@ public sealed partial class Transformer
             Vector512.FusedMultiplyAdd(b6, w1, Vector512.FusedMultiplyAdd(a6, w0, Vector512.Load(oh + 96))).Store(oh + 96);
             Vector512.FusedMultiplyAdd(b7, w1, Vector512.FusedMultiplyAdd(a7, w0, Vector512.Load(oh + 112))).Store(oh + 112);
         }
+    }
+
+    /// <summary>
+    /// o_h += w[h] v0 + w[heads + h] v1 + w[2 heads + h] v2 + w[3 heads + h] v3 (added in that order, as two
+    /// <see cref="Values2x128{TRow}"/> would) for the <paramref name="group"/> heads h sharing the value rows v0..v3
+    /// (128 floats or halves each, <typeparamref name="TRow"/>) of four consecutive keys; w: the first head's weight of
+    /// key 0 in a score row of <paramref name="heads"/>; o: (group, 128). Runs in two halves of 64 columns: the 4 rows'
+    /// 16 vectors of a half stay in registers across the heads, so each o vector is loaded and stored once per 4 keys
+    /// (4 multiply-adds per load and store, against 2 in <see cref="Values2x128{TRow}"/>).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static unsafe void Values4x128<TRow>(nint v0, nint v1, nint v2, nint v3, float* w, int heads, float* o, int group)
+        where TRow : struct, IRowElement
+    {
+        for (int c = 0; c < 128; c += 64)
+        {
+            var a0 = TRow.Load16(v0, c);
+            var a1 = TRow.Load16(v0, c + 16);
+            var a2 = TRow.Load16(v0, c + 32);
+            var a3 = TRow.Load16(v0, c + 48);
+            var b0 = TRow.Load16(v1, c);
+            var b1 = TRow.Load16(v1, c + 16);
+            var b2 = TRow.Load16(v1, c + 32);
+            var b3 = TRow.Load16(v1, c + 48);
+            var d0 = TRow.Load16(v2, c);
+            var d1 = TRow.Load16(v2, c + 16);
+            var d2 = TRow.Load16(v2, c + 32);
+            var d3 = TRow.Load16(v2, c + 48);
+            var e0 = TRow.Load16(v3, c);
+            var e1 = TRow.Load16(v3, c + 16);
+            var e2 = TRow.Load16(v3, c + 32);
+            var e3 = TRow.Load16(v3, c + 48);
+            for (int h = 0; h < group; h++)
+            {
+                var w0 = Vector512.Create(w[h]);
+                var w1 = Vector512.Create(w[heads + h]);
+                var w2 = Vector512.Create(w[2 * heads + h]);
+                var w3 = Vector512.Create(w[3 * heads + h]);
+                float* oh = o + h * 128 + c;
+                Add4(oh, a0, b0, d0, e0, w0, w1, w2, w3);
+                Add4(oh + 16, a1, b1, d1, e1, w0, w1, w2, w3);
+                Add4(oh + 32, a2, b2, d2, e2, w0, w1, w2, w3);
+                Add4(oh + 48, a3, b3, d3, e3, w0, w1, w2, w3);
+            }
+        }
+
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        static void Add4(float* oc, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2, Vector512<float> x3,
+            Vector512<float> w0, Vector512<float> w1, Vector512<float> w2, Vector512<float> w3) =>
+            Vector512.FusedMultiplyAdd(x3, w3, Vector512.FusedMultiplyAdd(x2, w2, Vector512.FusedMultiplyAdd(x1, w1,
+                Vector512.FusedMultiplyAdd(x0, w0, Vector512.Load(oc))))).Store(oc);
     }
 
     /// <summary>
