@@ -193,9 +193,7 @@ public sealed partial class Transformer : ICausalLM
     /// </summary>
     private void Attention(LayerWeights layer, int l, KvCache cache, int p, int t, Scratch s)
     {
-        layer.Wq.MatMul(s.Xn.AsSpan(0, t * _dim), s.Q.AsSpan(0, t * _qDim), t);
-        layer.Wk.MatMul(s.Xn.AsSpan(0, t * _dim), s.K.AsSpan(0, t * _kvDim), t);
-        layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
+        ProjectQkv(layer, t, s);
         ApplyRope(s.Q, _qDim, t, s);
         ApplyRope(s.K, _kvDim, t, s);
         RoundToKvType(t, s);
@@ -379,14 +377,26 @@ public sealed partial class Transformer : ICausalLM
     }
 
     /// <summary>
+    /// q = Wq xn (T, Hq Dh), k = Wk xn, v = Wv xn (T, Hkv Dh) of s.Xn (T, D) into s.Q, s.K, s.V: quantized matrices run
+    /// as one parallel job, sharing one activation quantization where their formats match (the same results as three
+    /// products one after the other).
+    /// </summary>
+    private static void ProjectQkv(LayerWeights layer, int t, Scratch s)
+    {
+        var batch = s.Products;
+        Product(batch, layer.Wq, s.Xn, 0, t, s.Q, 0);
+        Product(batch, layer.Wk, s.Xn, 0, t, s.K, 0);
+        Product(batch, layer.Wv, s.Xn, 0, t, s.V, 0);
+        batch.Run();
+    }
+
+    /// <summary>
     /// <see cref="Attention"/> over the stacked rows of several entries: one Wq/Wk/Wv/Wo product for
     /// all T rows; stacked row r belongs to entry rowEntry[r] at position cache.Length + r - rowStart[entry].
     /// </summary>
     private void BatchAttention(LayerWeights layer, int l, IReadOnlyList<BatchEntry> batch, int[] rowEntry, int[] rowStart, int t, Scratch s)
     {
-        layer.Wq.MatMul(s.Xn.AsSpan(0, t * _dim), s.Q.AsSpan(0, t * _qDim), t);
-        layer.Wk.MatMul(s.Xn.AsSpan(0, t * _dim), s.K.AsSpan(0, t * _kvDim), t);
-        layer.Wv.MatMul(s.Xn.AsSpan(0, t * _dim), s.V.AsSpan(0, t * _kvDim), t);
+        ProjectQkv(layer, t, s);
         ApplyRope(s.Q, _qDim, t, s);
         ApplyRope(s.K, _kvDim, t, s);
         RoundToKvType(t, s);
@@ -563,18 +573,21 @@ public sealed partial class Transformer : ICausalLM
         AddInPlace(s.X, s.Out, t * _dim);
     }
 
-    /// <summary>SwiGLU: y = W2 (silu(W1 x) * (W3 x)) for n rows. x: (n, D), y: (n, D); uses s.H1, s.H3 (n, F).</summary>
+    /// <summary>
+    /// SwiGLU: y = W2 (silu(W1 x) * (W3 x)) for n rows. x: (n, D), y: (n, D); uses s.H1, s.H3 (n, F).
+    /// W1 and W3 run as one parallel job (one activation quantization when both are quantized alike), then
+    /// silu(h1) * h3 in parallel ranges, then W2.
+    /// </summary>
     private void FeedForward(FeedForwardWeights ffn, float[] x, float[] y, int n, Scratch s)
     {
-        var xs = x.AsSpan(0, n * _dim);
-        var h1 = s.H1.AsSpan(0, n * _hidden);
-        var h3 = s.H3.AsSpan(0, n * _hidden);
-        ffn.W1.MatMul(xs, h1, n);
-        ffn.W3.MatMul(xs, h3, n);
+        var batch = s.Products;
+        Product(batch, ffn.W1, x, 0, n, s.H1, 0);
+        Product(batch, ffn.W3, x, 0, n, s.H3, 0);
+        batch.Run();
         long start = NumericsProfile.Start();
-        Kernels.SiluMul(h1, h3);
+        s.SwiGluDense(n * _hidden);
         NumericsProfile.Stop(ProfileSection.SwiGlu, start);
-        ffn.W2.MatMul(h1, y.AsSpan(0, n * _dim), n);
+        ffn.W2.MatMul(s.H1.AsSpan(0, n * _hidden), y.AsSpan(0, n * _dim), n);
     }
 
     /// <summary>
@@ -617,7 +630,7 @@ public sealed partial class Transformer : ICausalLM
             {
                 s.Xn.AsSpan(s.RoutedToken[r0 + j] * d, d).CopyTo(s.Gathered.AsSpan(j * d, d));
             }
-            var batch = s.MoeBatch;
+            var batch = s.Products;
             for (int x = e0; x < e1; x++)
             {
                 int off = s.ExpertStart[x] - r0, n = s.ExpertStart[x + 1] - s.ExpertStart[x];
@@ -753,7 +766,7 @@ public sealed partial class Transformer : ICausalLM
         public int[] RoutedToken { get; } = [];  // (T * A) token of each routed row, sorted by expert
         public float[] RoutedWeight { get; } = []; // (T * A) its routing weight
         public int[] ExpertStart { get; } = [];  // (E + 1) expert e's rows are [ExpertStart[e], ExpertStart[e + 1])
-        public QuantizedProductBatch MoeBatch { get; } = new();
+        public QuantizedProductBatch Products { get; } = new();
 
         private readonly Action<int> _swiGluItem = null!;
         private int _swiGluBase, _swiGluHidden;
@@ -774,6 +787,31 @@ public sealed partial class Transformer : ICausalLM
             (_swiGluBase, _swiGluHidden, _swiGluCount) = (r0, hidden, starts.Length - 1);
             NumericsThreads.For(_swiGluCount, _swiGluItem);
         }
+
+        /// <summary>
+        /// H1[i] = silu(H1[i]) * H3[i] for i &lt; <paramref name="count"/> (a dense FFN's n F values): on the calling
+        /// thread below <see cref="SwiGluParallelValues"/>, else in ranges of whole 16-float lines on the worker pool
+        /// (<see cref="SwiGlu"/> with starts in values: unit hidden size).
+        /// </summary>
+        public void SwiGluDense(int count)
+        {
+            int threads = NumericsThreads.MaxThreads;
+            if (threads == 1 || count < SwiGluParallelValues)
+            {
+                Kernels.SiluMul(H1.AsSpan(0, count), H3.AsSpan(0, count));
+                return;
+            }
+            int items = 2 * threads;
+            Span<int> starts = stackalloc int[items + 1];
+            for (int i = 0; i <= items; i++)
+            {
+                starts[i] = i == items ? count : (int)((long)i * count / items) & ~15;
+            }
+            SwiGlu(starts, 0, 1);
+        }
+
+        /// <summary>Values from which <see cref="SwiGluDense"/> splits the work (a decode step's 14336 run inline).</summary>
+        private const int SwiGluParallelValues = 1 << 16;
 
         private void SwiGluItem(int x)
         {

@@ -458,14 +458,17 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             }
         }
         GC.KeepAlive(_storage);
-        NumericsProfile.Stop(Type switch
-        {
-            DType.Q8_0 => ProfileSection.MatMulQ8_0,
-            DType.Q4_0 => ProfileSection.MatMulQ4_0,
-            DType.Q4_K => ProfileSection.MatMulQ4_K,
-            _ => ProfileSection.MatMulQ6_K,
-        }, profileStart);
+        NumericsProfile.Stop(ProfileSection, profileStart);
     }
+
+    /// <summary>The <see cref="NumericsProfile"/> section of this matrix's whole products.</summary>
+    internal ProfileSection ProfileSection => Type switch
+    {
+        DType.Q8_0 => ProfileSection.MatMulQ8_0,
+        DType.Q4_0 => ProfileSection.MatMulQ4_0,
+        DType.Q4_K => ProfileSection.MatMulQ4_K,
+        _ => ProfileSection.MatMulQ6_K,
+    };
 
     /// <summary>
     /// One product's arguments, shared by the worker threads (y is pinned by the caller for the whole call).

@@ -4,10 +4,10 @@ using Bora.Numerics.Quant;
 namespace Bora.Numerics;
 
 /// <summary>
-/// Several quantized products y_j = W_j x_j run as one parallel job, for the sparse MoE (the lead may move it next to
-/// <see cref="QuantizedMatrix"/>): one worker-pool dispatch for all of them instead of one per product (threads
+/// Several quantized products y_j = W_j x_j run as one parallel job (a layer's Wq / Wk / Wv, a dense FFN's W1 / W3, the
+/// experts of a sparse MoE): one worker-pool dispatch for all of them instead of one per product (threads
 /// balance across the products, one barrier), and products that read the same input rows (the same array, offset,
-/// token count and activation format: an expert's W1 and W3) share one activation quantization.
+/// token count and activation format: Wq and Wk, an expert's W1 and W3) share one activation quantization.
 /// <para>Each (row, token) result is bit-identical to <see cref="QuantizedMatrix.MatMul(ReadOnlySpan{float}, Span{float}, int)"/>
 /// of that product alone: the same activation quantization and the same <see cref="QuantGemm"/> kernel per row
 /// range, whose results depend neither on the row range nor on the thread. Products the tiled kernels do not cover
@@ -75,8 +75,12 @@ public sealed unsafe class QuantizedProductBatch
                 _acts.Add(new Q8Activations());
             }
             var act = _acts[input];
+            long start = NumericsProfile.Start();
             act.Quantize(x.AsSpan(xOffset, (int)inLength), tokens, w.Cols, QuantizedMatrix.ActivationBlock(w.Type));
+            NumericsProfile.Stop(ProfileSection.QuantizeActivations, start);
+            start = NumericsProfile.Start();
             w.PrepareKernels(_isa, act);
+            NumericsProfile.Stop(ProfileSection.PrepareActivations, start);
             _inputs.Add(key);
         }
         _products.Add(new Product(w, input, y, yOffset, tokens));
@@ -91,19 +95,21 @@ public sealed unsafe class QuantizedProductBatch
             {
                 return;
             }
-            long totalRows = 0;
+            double totalWork = 0;
             foreach (var p in _products)
             {
-                totalRows += p.W.Rows;
+                totalWork += Work(p);
             }
             int threads = Math.Max(1, NumericsThreads.MaxThreads);
-            int target = threads == 1 ? _products.Count : threads * ItemsPerThread;
+            // ItemsPerThread items per thread and product, as many as the products would get one by one, dealt out
+            // by work (N K T) so that the items are of about one size and the last ones claimed are short.
+            int target = threads == 1 ? _products.Count : threads * ItemsPerThread * _products.Count;
             for (int pi = 0; pi < _products.Count; pi++)
             {
                 var p = _products[pi];
-                // Items of this product: its share of the target, at least one, whole RowAlign-row ranges.
+                // Items of this product: its share of the target rounded up, whole RowAlign-row ranges.
                 int groups = (p.W.Rows + RowAlign - 1) / RowAlign;
-                int k = (int)Math.Clamp((long)target * p.W.Rows / totalRows, 1, groups);
+                int k = (int)Math.Clamp(Math.Ceiling(target * Work(p) / totalWork), 1, groups);
                 for (int i = 0; i < k; i++)
                 {
                     int r0 = Boundary(i, k, p.W.Rows), r1 = Boundary(i + 1, k, p.W.Rows);
@@ -114,10 +120,15 @@ public sealed unsafe class QuantizedProductBatch
                 }
                 _pins.Add(GCHandle.Alloc(p.Y, GCHandleType.Pinned));
             }
+            long start = NumericsProfile.Start();
             NumericsThreads.For(_items.Count, _runItem);
             foreach (var p in _products)
             {
                 GC.KeepAlive(p.W.Storage);
+            }
+            if (start != 0)
+            {
+                Profile(System.Diagnostics.Stopwatch.GetTimestamp() - start, Math.Min(_items.Count, threads));
             }
         }
         finally
@@ -133,6 +144,27 @@ public sealed unsafe class QuantizedProductBatch
         }
     }
 
+    /// <summary>
+    /// Records a run of <paramref name="ticks"/> on <paramref name="threads"/> threads: the capacity, and each product's
+    /// share of the run's wall time (by its N K T) in its format's section (its quantization is in
+    /// <see cref="Add"/>'s section, not there).
+    /// </summary>
+    private void Profile(long ticks, int threads)
+    {
+        NumericsProfile.Add(ProfileSection.KernelCapacity, threads * ticks);
+        double total = 0;
+        foreach (var p in _products)
+        {
+            total += Work(p);
+        }
+        foreach (var p in _products)
+        {
+            NumericsProfile.Add(p.W.ProfileSection, (long)(ticks * (Work(p) / total)));
+        }
+    }
+
+    private static double Work(Product p) => (double)p.W.Rows * p.W.Cols * p.Tokens;
+
     /// <summary>Row i n / k rounded down to a multiple of <see cref="RowAlign"/> (n for i = k).</summary>
     private static int Boundary(int i, int k, int n) => i >= k ? n : (int)((long)i * n / k) / RowAlign * RowAlign;
 
@@ -141,7 +173,9 @@ public sealed unsafe class QuantizedProductBatch
         var item = _items[index];
         var p = _products[item.Product];
         float* y = (float*)_pins[item.Product].AddrOfPinnedObject() + p.YOffset;
+        long start = NumericsProfile.Start();
         p.W.RunKernels(_isa, _acts[p.Input], p.Tokens, y, item.R0, item.R1);
+        NumericsProfile.Stop(ProfileSection.KernelBusy, start);
     }
 
     /// <summary>What makes two products' quantized inputs the same.</summary>

@@ -56,6 +56,45 @@ public sealed class QuantizedProductBatchTests
         }
     }
 
+    /// <summary>
+    /// A Q4_K_M layer's projections: Wq and Wk (Q4_K) and Wv (Q6_K) read the same rows; the two Q4_K products share one
+    /// quantization, the Q6_K one gets its own, and all three equal their MatMul alone, on both sides of the K formats'
+    /// expansion thresholds (48 and 64 tokens).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void MixedFormatsReadingOneInputEqualEachMatMulAlone(bool packed)
+    {
+        const int k = 512;
+        var rng = new Random(17);
+        var q = QuantizedMatrix.Quantize(DType.Q4_K, TestModels.Uniform(rng, 64 * k, 1f), 64, k);  // (64, K)
+        var kk = QuantizedMatrix.Quantize(DType.Q4_K, TestModels.Uniform(rng, 32 * k, 1f), 32, k); // (32, K)
+        var v = QuantizedMatrix.Quantize(DType.Q6_K, TestModels.Uniform(rng, 32 * k, 1f), 32, k);  // (32, K)
+        if (packed && QuantizedMatrix.CanPack(DType.Q4_K) && QuantizedMatrix.CanPack(DType.Q6_K))
+        {
+            (q, kk, v) = (q.Pack(), kk.Pack(), v.Pack());
+        }
+        var batch = new QuantizedProductBatch();
+        foreach (int tokens in new[] { 1, 5, 47, 48, 64, 70 })
+        {
+            var x = TestModels.Uniform(rng, tokens * k, 2f);
+            var (yq, yk, yv) = (new float[tokens * 64], new float[tokens * 32], new float[tokens * 32]);
+            batch.Add(q, x, 0, tokens, yq, 0);
+            batch.Add(kk, x, 0, tokens, yk, 0);
+            batch.Add(v, x, 0, tokens, yv, 0);
+            batch.Run();
+            var (eq, ek, ev) = (new float[tokens * 64], new float[tokens * 32], new float[tokens * 32]);
+            q.MatMul(x, eq, tokens);
+            kk.MatMul(x, ek, tokens);
+            v.MatMul(x, ev, tokens);
+            Assert.Equal(eq, yq);
+            Assert.Equal(ek, yk);
+            Assert.Equal(ev, yv);
+            Assert.Contains(yv, y => y != 0);
+        }
+    }
+
     [Fact]
     public void BatchWithManyThreadsEqualsOneThread()
     {
