@@ -24,6 +24,31 @@ internal static unsafe class PackedLayouts
     /// <summary>Rows per group.</summary>
     public const int GroupRows = 16;
 
+    /// <summary>
+    /// Software prefetch (into every cache level) of the 64-byte lines of [p, p + bytes): what a packed tile of 2 or
+    /// more tokens asks for a few blocks ahead, so that the first tile over a group does not wait on memory for each
+    /// block (a 1-token tile streams the group once and the hardware prefetcher keeps up; prefetching there cost decode
+    /// 8%). Each format picks the distance and the share of a block per call.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    public static void PrefetchLines(byte* p, int bytes)
+    {
+        // Four lines per step (bytes is a constant at every call site): a plain loop of one line per step measured 2%
+        // slower on the Q6_K tiles, which prefetch 16 times per super-block.
+        int line = 0;
+        for (; line + 256 <= bytes; line += 256)
+        {
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + line);
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + line + 64);
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + line + 128);
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + line + 192);
+        }
+        for (; line < bytes; line += 64)
+        {
+            System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + line);
+        }
+    }
+
     /// <summary>Whether <paramref name="type"/> has a packed layout.</summary>
     public static bool Supports(DType type) => type is DType.Q4_0 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
 

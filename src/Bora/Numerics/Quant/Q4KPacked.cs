@@ -215,11 +215,7 @@ internal static unsafe class Q4KPacked
             {
                 if (TSrc.Prefetch && TN.Value > 1)
                 {
-                    byte* ahead = sb + 2 * TSrc.Stride + 576 * c; // a quarter (9 lines) of the super-block 2 ahead
-                    for (int line = 0; line < 576; line += 64)
-                    {
-                        Sse.Prefetch0(ahead + line);
-                    }
+                    PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 576 * c, 576); // a quarter of the super-block 2 ahead
                 }
                 var src = c < 2 ? scales.Low : scales.High;
                 long xo = 256L * b + 64 * c;

@@ -137,12 +137,7 @@ internal static unsafe class Q4_0Packed
             byte* wb = g + (long)b * BlockGroupBytes;
             if (TN.Value > 1)
             {
-                byte* ahead = wb + PrefetchBlocks * BlockGroupBytes;
-                Sse.Prefetch0(ahead);
-                Sse.Prefetch0(ahead + 64);
-                Sse.Prefetch0(ahead + 128);
-                Sse.Prefetch0(ahead + 192);
-                Sse.Prefetch0(ahead + 256);
+                PackedLayouts.PrefetchLines(wb + PrefetchBlocks * BlockGroupBytes, BlockGroupBytes);
             }
             var v0 = Vector512.Load(wb);
             var v1 = Vector512.Load(wb + 64);

@@ -191,11 +191,7 @@ internal static unsafe class Q6KPacked
             {
                 if (TSrc.Prefetch)
                 {
-                    byte* ahead = sb + 2 * TSrc.Stride + 256 * j;
-                    Sse.Prefetch0(ahead);
-                    Sse.Prefetch0(ahead + 64);
-                    Sse.Prefetch0(ahead + 128);
-                    Sse.Prefetch0(ahead + 192);
+                    PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 256 * j, 256);
                 }
                 var w0 = TSrc.U(sb, j, 0);
                 var w1 = TSrc.U(sb, j, 1);

@@ -173,11 +173,7 @@ internal static unsafe class Q8_0Packed
             {
                 // The block 2 ahead (9 lines cover its 544 bytes): the first tile of a sweep reads the group from
                 // memory; a 1-token tile streams at memory speed without.
-                byte* ahead = g + (long)(b + 2) * BlockGroupBytes;
-                for (int line = 0; line < 576; line += 64)
-                {
-                    Sse.Prefetch0(ahead + line);
-                }
+                PackedLayouts.PrefetchLines(g + (long)(b + 2) * BlockGroupBytes, 576);
             }
             var u0 = Vector512.Load(q);
             var u1 = Vector512.Load(q + 64);
