@@ -219,49 +219,12 @@ internal static unsafe class Q4KPacked
                 }
                 var src = c < 2 ? scales.Low : scales.High;
                 long xo = 256L * b + 64 * c;
-                for (int half = 0; half < 2; half++)
-                {
-                    // Sub-block s = 2c + half: the low (half 0) or high (half 1) nibbles of chunk c.
-                    var p0 = TSrc.Plane(sb, c, half, 0);
-                    var p1 = TSrc.Plane(sb, c, half, 1);
-                    var p2 = TSrc.Plane(sb, c, half, 2);
-                    var p3 = TSrc.Plane(sb, c, half, 3);
-                    var p4 = TSrc.Plane(sb, c, half, 4);
-                    var p5 = TSrc.Plane(sb, c, half, 5);
-                    var p6 = TSrc.Plane(sb, c, half, 6);
-                    var p7 = TSrc.Plane(sb, c, half, 7);
-                    var scv = TSrc.ScalePair(sb, src, 2 * c + half, ctrl);
-                    long o = xo + 32 * half;
-                    i0 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x0 + o), scv);
-                    if (TN.Value > 1)
-                    {
-                        i1 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x1 + o), scv);
-                    }
-                    if (TN.Value > 2)
-                    {
-                        i2 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x2 + o), scv);
-                    }
-                    if (TN.Value > 3)
-                    {
-                        i3 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x3 + o), scv);
-                    }
-                    if (TN.Value > 4)
-                    {
-                        i4 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x4 + o), scv);
-                    }
-                    if (TN.Value > 5)
-                    {
-                        i5 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x5 + o), scv);
-                    }
-                    if (TN.Value > 6)
-                    {
-                        i6 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x6 + o), scv);
-                    }
-                    if (TN.Value > 7)
-                    {
-                        i7 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x7 + o), scv);
-                    }
-                }
+                // Sub-block 2c (the low nibbles of chunk c), then 2c + 1 (the high ones): two calls, so that each
+                // half's shift is a constant (none for the low nibbles) rather than a loop variable.
+                SubBlock<TN, TSrc>(sb, c, 0, TSrc.ScalePair(sb, src, 2 * c, ctrl), xo, x0, x1, x2, x3, x4, x5, x6, x7,
+                    ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
+                SubBlock<TN, TSrc>(sb, c, 1, TSrc.ScalePair(sb, src, 2 * c + 1, ctrl), xo + 32, x0, x1, x2, x3, x4, x5, x6, x7,
+                    ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
             }
             var d = TSrc.D(sb);
             c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
@@ -386,8 +349,11 @@ internal static unsafe class Q4KPacked
         public static bool Prefetch => true;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> Plane(byte* sb, int c, int half, int k) =>
-            Vector512.ShiftRightLogical(Vector512.Load((ushort*)(sb + QuantOffset + c * 512L + 64 * k)), 4 * half).AsByte() & Vector512.Create((byte)0x0F);
+        public static Vector512<byte> Plane(byte* sb, int c, int half, int k)
+        {
+            var u = Vector512.Load(sb + QuantOffset + c * 512L + 64 * k);
+            return (half == 0 ? u : Vector512.ShiftRightLogical(u.AsUInt16(), 4).AsByte()) & Vector512.Create((byte)0x0F);
+        }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static ScaleBytes Scales(byte* sb)
@@ -454,6 +420,58 @@ internal static unsafe class Q4KPacked
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
+    }
+
+    /// <summary>
+    /// One sub-block (2c + <paramref name="half"/>) of a tile: for each of the TN.Value tokens, i_t += sc (sum of the
+    /// sub-block's 8 q x products in int16), with the sub-block's 8 planes loaded once for all tokens. o: the sub-block's
+    /// offset in each token's quants; scv: sc of the 16 rows (<see cref="ISource.ScalePair"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SubBlock<TN, TSrc>(byte* sb, int c, int half, Vector512<short> scv, long o,
+        sbyte* x0, sbyte* x1, sbyte* x2, sbyte* x3, sbyte* x4, sbyte* x5, sbyte* x6, sbyte* x7,
+        ref Vector512<int> i0, ref Vector512<int> i1, ref Vector512<int> i2, ref Vector512<int> i3,
+        ref Vector512<int> i4, ref Vector512<int> i5, ref Vector512<int> i6, ref Vector512<int> i7)
+        where TN : struct, ITokenCount
+        where TSrc : struct, ISource
+    {
+        var p0 = TSrc.Plane(sb, c, half, 0);
+        var p1 = TSrc.Plane(sb, c, half, 1);
+        var p2 = TSrc.Plane(sb, c, half, 2);
+        var p3 = TSrc.Plane(sb, c, half, 3);
+        var p4 = TSrc.Plane(sb, c, half, 4);
+        var p5 = TSrc.Plane(sb, c, half, 5);
+        var p6 = TSrc.Plane(sb, c, half, 6);
+        var p7 = TSrc.Plane(sb, c, half, 7);
+        i0 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x0 + o), scv);
+        if (TN.Value > 1)
+        {
+            i1 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x1 + o), scv);
+        }
+        if (TN.Value > 2)
+        {
+            i2 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x2 + o), scv);
+        }
+        if (TN.Value > 3)
+        {
+            i3 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x3 + o), scv);
+        }
+        if (TN.Value > 4)
+        {
+            i4 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x4 + o), scv);
+        }
+        if (TN.Value > 5)
+        {
+            i5 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x5 + o), scv);
+        }
+        if (TN.Value > 6)
+        {
+            i6 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x6 + o), scv);
+        }
+        if (TN.Value > 7)
+        {
+            i7 += Avx512BW.MultiplyAddAdjacent(Sum(p0, p1, p2, p3, p4, p5, p6, p7, x7 + o), scv);
+        }
     }
 
     /// <summary>The int16 sums (2 per row, 16 products each) of one sub-block's 8 nibble vectors with a token's 32 activations at <paramref name="x"/>.</summary>
