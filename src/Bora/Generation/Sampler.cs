@@ -152,14 +152,19 @@ public sealed class Sampler
         bool sorted = SortsCandidates;
         if (sorted)
         {
-            for (int i = 0; i < _vocab; i++)
+            if (o.TopK > 0 && o.TopK < _vocab)
             {
-                _keys[i] = SortKey(_work[i], i);
+                // Only the k first of the sorted order survive: select them, then sort those (the same k keys in the
+                // same order as a full sort's prefix, the keys being distinct).
+                n = SelectTopKeys(o.TopK);
             }
-            SortKeys(_keys, _sortBuffer);
-            if (o.TopK > 0)
+            else
             {
-                n = Math.Min(n, o.TopK);
+                for (int i = 0; i < _vocab; i++)
+                {
+                    _keys[i] = SortKey(_work[i], i);
+                }
+                SortKeys(_keys, _sortBuffer);
             }
             if (o.TopP < 1)
             {
@@ -510,6 +515,58 @@ public sealed class Sampler
     }
 
     private int IdAt(int i, bool sorted) => sorted ? (int)(uint)_keys[i] : i;
+
+    /// <summary>
+    /// Puts the <paramref name="k"/> smallest sort keys of _work (the k largest logits, ties by id) in ascending order
+    /// into _keys[0 .. k) and returns k: a max-heap of k keys over the V logits (most keys are turned away by one
+    /// comparison with its root), then a sort of the k. Example, k = 2, logits (1, 5, 3, 5): the heap ends holding
+    /// tokens 1 and 3 (logit 5), sorted by id: 1, 3.
+    /// </summary>
+    private int SelectTopKeys(int k)
+    {
+        var heap = _keys.AsSpan(0, k); // max-heap: heap[0] is the largest key kept so far
+        for (int i = 0; i < k; i++)
+        {
+            heap[i] = SortKey(_work[i], i);
+        }
+        for (int i = k / 2 - 1; i >= 0; i--)
+        {
+            SiftDown(heap, i);
+        }
+        for (int i = k; i < _vocab; i++)
+        {
+            ulong key = SortKey(_work[i], i);
+            if (key < heap[0])
+            {
+                heap[0] = key;
+                SiftDown(heap, 0);
+            }
+        }
+        heap.Sort();
+        return k;
+
+        static void SiftDown(Span<ulong> h, int i)
+        {
+            while (true)
+            {
+                int l = 2 * i + 1, r = l + 1, largest = i;
+                if (l < h.Length && h[l] > h[largest])
+                {
+                    largest = l;
+                }
+                if (r < h.Length && h[r] > h[largest])
+                {
+                    largest = r;
+                }
+                if (largest == i)
+                {
+                    return;
+                }
+                (h[i], h[largest]) = (h[largest], h[i]);
+                i = largest;
+            }
+        }
+    }
 
     /// <summary>
     /// A 64-bit key whose ascending order is descending logit then ascending id: high 32 bits are the

@@ -81,6 +81,34 @@ public sealed class SamplerTests
         Assert.Equal([1, 3, 2], Ids(c));
     }
 
+    /// <summary>
+    /// Top-k selects its k survivors without sorting the whole vocabulary: for many ties, -0 / +0 and -infinity, and k
+    /// from 1 to V - 1, the survivors are exactly the first k of the order written out here (logit descending, then id).
+    /// </summary>
+    [Fact]
+    public void TopK_Selection_EqualsThePrefixOfTheFullOrder()
+    {
+        const int vocab = 300;
+        var rng = new Random(8);
+        var logits = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            logits[i] = (i % 23) switch
+            {
+                0 => float.NegativeInfinity,
+                1 => -0f,
+                2 => 0f,
+                _ => rng.Next(-6, 7) / 2f, // 13 values: many ties
+            };
+        }
+        int[] order = [.. Enumerable.Range(0, vocab).OrderByDescending(i => logits[i] + 0f).ThenBy(i => i)];
+        foreach (int k in new[] { 1, 2, 5, 40, 64, 299 })
+        {
+            var s = new Sampler(vocab, NoFilters with { TopK = k });
+            Assert.Equal(order[..k], Ids(s.Candidates(logits, [])));
+        }
+    }
+
     [Fact]
     public void SameSeed_SameTokens_DifferentSeed_DifferentTokens()
     {
