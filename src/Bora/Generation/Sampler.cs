@@ -1,4 +1,6 @@
 using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using Bora.Generation.Constraints;
 using Bora.Tokenizers;
 
@@ -60,7 +62,7 @@ public sealed class Sampler
         _counts = options.PresencePenalty != 0 || options.FrequencyPenalty != 0 ? new int[vocabSize] : [];
         _touched = _counts.Length > 0 ? new int[vocabSize] : [];
         _candidates = new TokenProbability[vocabSize];
-        _probs = sorts ? [] : new float[vocabSize];
+        _probs = new float[vocabSize];
         Seed = options.Seed ?? BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
         _rng = new Xoshiro256StarStar(Seed);
     }
@@ -157,6 +159,14 @@ public sealed class Sampler
                 // Only the k first of the sorted order survive: select them, then sort those (the same k keys in the
                 // same order as a full sort's prefix, the keys being distinct).
                 n = SelectTopKeys(o.TopK);
+                if (o.TopP < 1)
+                {
+                    n = TopPCount(n, o.TopP);
+                }
+            }
+            else if (o.TopP < 1 && NucleusCount(o.TopP) is int nucleus and > 0)
+            {
+                n = nucleus;
             }
             else
             {
@@ -165,10 +175,10 @@ public sealed class Sampler
                     _keys[i] = SortKey(_work[i], i);
                 }
                 SortKeys(_keys, _sortBuffer);
-            }
-            if (o.TopP < 1)
-            {
-                n = TopPCount(n, o.TopP);
+                if (o.TopP < 1)
+                {
+                    n = TopPCount(n, o.TopP);
+                }
             }
             if (o.MinP > 0)
             {
@@ -515,6 +525,103 @@ public sealed class Sampler
     }
 
     private int IdAt(int i, bool sorted) => sorted ? (int)(uint)_keys[i] : i;
+
+    /// <summary>
+    /// Top-p without top-k, without sorting the whole vocabulary; returns the nucleus size n with _keys[0 .. n) holding
+    /// it in order, or 0 to fall back to the full sort (every logit -infinity, or rounding). Steps:
+    /// e = exp(logit - max) for every token (in vectors) and Z = their sum (double); a bisection on a threshold t over
+    /// log2 e finds one whose tokens (e &gt;= t) hold at least p Z (1 + 1e-4) (float sums in vectors, about 30 passes
+    /// over e); only those m tokens are keyed and sorted, then their mass is added in sorted order as
+    /// <see cref="TopPCount"/> does until it reaches p Z. Every token outside has e below all of theirs, so the first
+    /// n of the m are the first n of the full order.
+    /// </summary>
+    private int NucleusCount(float p)
+    {
+        var e = _probs.AsSpan(0, _vocab); // (V) exp(logit - max)
+        float max = TensorPrimitives.Max(_work);
+        if (float.IsNegativeInfinity(max))
+        {
+            return 0;
+        }
+        TensorPrimitives.Subtract(_work, max, e);
+        TensorPrimitives.Exp(e, e);
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        int j = 0;
+        for (; j + 4 <= e.Length; j += 4)
+        {
+            s0 += e[j];
+            s1 += e[j + 1];
+            s2 += e[j + 2];
+            s3 += e[j + 3];
+        }
+        for (; j < e.Length; j++)
+        {
+            s0 += e[j];
+        }
+        double z = s0 + s1 + (s2 + s3), target = p * z;
+        // Bisection on log2 t in [lo, 0]: mass(t) = sum of e >= t grows as t falls; keep the largest t found with
+        // mass(t) >= target (1 + 1e-4). t = 2^-150 keeps every token with e > 0.
+        double lo = -150, hi = 0, bestLog = -150;
+        for (int iter = 0; iter < 32 && hi - lo > 1e-3; iter++)
+        {
+            double mid = 0.5 * (lo + hi);
+            if (MassAtLeast(e, (float)Math.Pow(2, mid)) >= target * (1 + 1e-4))
+            {
+                (bestLog, lo) = (mid, mid);
+            }
+            else
+            {
+                hi = mid;
+            }
+        }
+        float t = (float)Math.Pow(2, bestLog);
+        int m = 0;
+        for (int i = 0; i < e.Length; i++)
+        {
+            if (e[i] >= t)
+            {
+                _keys[m++] = SortKey(_work[i], i);
+            }
+        }
+        if (m >= _vocab / 2)
+        {
+            return 0; // a broad distribution: the full sort costs no more
+        }
+        _keys.AsSpan(0, m).Sort();
+        double cumulative = 0;
+        for (int i = 0; i < m; i++)
+        {
+            cumulative += Math.Exp(_work[IdAt(i, sorted: true)] - max);
+            if (cumulative >= target)
+            {
+                return i + 1;
+            }
+        }
+        return 0;
+    }
+
+    /// <summary>Sum of the values of <paramref name="e"/> that are at least <paramref name="t"/>, in float vectors.</summary>
+    private static double MassAtLeast(ReadOnlySpan<float> e, float t)
+    {
+        var acc = Vector512<float>.Zero;
+        var tv = Vector512.Create(t);
+        ref float e0 = ref MemoryMarshal.GetReference(e);
+        int i = 0;
+        for (; i + 16 <= e.Length; i += 16)
+        {
+            var v = Vector512.LoadUnsafe(ref e0, (nuint)i);
+            acc += Vector512.ConditionalSelect(Vector512.GreaterThanOrEqual(v, tv), v, Vector512<float>.Zero);
+        }
+        double sum = Vector512.Sum(acc);
+        for (; i < e.Length; i++)
+        {
+            if (e[i] >= t)
+            {
+                sum += e[i];
+            }
+        }
+        return sum;
+    }
 
     /// <summary>
     /// Puts the <paramref name="k"/> smallest sort keys of _work (the k largest logits, ties by id) in ascending order

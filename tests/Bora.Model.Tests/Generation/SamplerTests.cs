@@ -85,6 +85,40 @@ public sealed class SamplerTests
     /// Top-k selects its k survivors without sorting the whole vocabulary: for many ties, -0 / +0 and -infinity, and k
     /// from 1 to V - 1, the survivors are exactly the first k of the order written out here (logit descending, then id).
     /// </summary>
+    /// <summary>
+    /// Top-p without top-k finds its nucleus among the tokens above a bisected threshold instead of sorting the whole
+    /// vocabulary: the survivors are the first tokens of the order written out here (logit descending, then id) until
+    /// their mass, computed here in double, reaches p times the total. Covered: peaked and broad distributions with many
+    /// ties and -infinity, and flat ones (more than half the vocabulary: the full-sort fallback).
+    /// </summary>
+    [Theory]
+    [InlineData(0.5f, 3.0)]
+    [InlineData(0.95f, 3.0)]
+    [InlineData(0.9f, 0.3)]
+    [InlineData(0.99f, 0.05)]
+    [InlineData(0.9f, 0.0)]
+    [InlineData(0.1f, 0.0)]
+    public void TopP_Nucleus_EqualsThePrefixOfTheFullOrder(float topP, double spread)
+    {
+        const int vocab = 1000;
+        var rng = new Random(21);
+        var logits = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            logits[i] = i % 97 == 3 ? float.NegativeInfinity : (float)(Math.Round(rng.NextDouble() * 40) * spread / 4);
+        }
+        int[] order = [.. Enumerable.Range(0, vocab).OrderByDescending(i => logits[i]).ThenBy(i => i)];
+        double max = logits[order[0]];
+        double total = logits.Sum(l => Math.Exp(l - max)), cumulative = 0;
+        int n = 0;
+        while (n < vocab && cumulative < topP * total)
+        {
+            cumulative += Math.Exp(logits[order[n++]] - max);
+        }
+        var s = new Sampler(vocab, NoFilters with { TopP = topP });
+        Assert.Equal(order[..n], Ids(s.Candidates(logits, [])));
+    }
+
     [Fact]
     public void TopK_Selection_EqualsThePrefixOfTheFullOrder()
     {
