@@ -530,7 +530,7 @@ public sealed class Sampler
     /// Top-p without top-k, without sorting the whole vocabulary; returns the nucleus size n with _keys[0 .. n) holding
     /// it in order, or 0 to fall back to the full sort (every logit -infinity, or rounding). Steps:
     /// e = exp(logit - max) for every token (in vectors) and Z = their sum (double); a bisection on a threshold t over
-    /// log2 e finds one whose tokens (e &gt;= t) hold at least p Z (1 + 1e-4) (float sums in vectors, about 30 passes
+    /// log2 e finds one whose tokens (e &gt;= t) hold at least p Z (1 + 1e-4) (float sums in vectors, about 18 passes
     /// over e); only those m tokens are keyed and sorted, then their mass is added in sorted order as
     /// <see cref="TopPCount"/> does until it reaches p Z. Every token outside has e below all of theirs, so the first
     /// n of the m are the first n of the full order.
