@@ -98,39 +98,12 @@ public sealed class Sampler
             }
             return candidates[0].Id;
         }
-        double u = _rng.NextDouble();
-        double target = u * SumProbabilities(candidates);
-        // The first candidate whose cumulative probability passes target: whole blocks are skipped by their sums (added
-        // in 4 independent chains, not one add per candidate in a row), then the block that passes is walked.
-        const int Block = 64;
-        double cumulative = 0;
-        int start = 0;
-        for (; start + Block <= candidates.Length; start += Block)
+        var p = _probs.AsSpan(0, candidates.Length);
+        for (int i = 0; i < p.Length; i++)
         {
-            double block = SumProbabilities(candidates.Slice(start, Block));
-            if (cumulative + block > target)
-            {
-                break;
-            }
-            cumulative += block;
+            p[i] = candidates[i].Probability;
         }
-        for (int i = start; i < candidates.Length; i++)
-        {
-            cumulative += candidates[i].Probability;
-            if (target < cumulative)
-            {
-                return candidates[i].Id;
-            }
-        }
-        // Rounding left target at or above the last cumulative sum: the last candidate with mass wins.
-        for (int i = candidates.Length - 1; i > 0; i--)
-        {
-            if (candidates[i].Probability > 0)
-            {
-                return candidates[i].Id;
-            }
-        }
-        return candidates[0].Id;
+        return candidates[PickIndex(p, _rng.NextDouble() * SumInFourChains(p))].Id;
     }
 
     /// <summary>
@@ -269,46 +242,48 @@ public sealed class Sampler
         return _candidates.AsSpan(0, _vocab);
     }
 
-    /// <summary>
-    /// _probs[i] = exp((_work[i] - max) / T) for every token (in vectors); returns their sum, in double (4 independent
-    /// chains: one chain of V dependent adds took ~35 us at V = 32000).
-    /// </summary>
+    /// <summary>_probs[i] = exp((_work[i] - max) / T) for every token; returns their sum (<see cref="ExpMasses"/>).</summary>
     private double Unnormalised(float invT)
     {
-        var p = _probs.AsSpan(0, _vocab); // (V)
         float max = TensorPrimitives.Max(_work);
         if (float.IsNegativeInfinity(max))
         {
             throw new InvalidOperationException("every candidate logit is -infinity; nothing can be sampled");
         }
-        TensorPrimitives.Subtract(_work, max, p);
-        TensorPrimitives.Multiply(p, invT, p);
-        TensorPrimitives.Exp(p, p);
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int j = 0;
-        for (; j + 4 <= p.Length; j += 4)
-        {
-            s0 += p[j];
-            s1 += p[j + 1];
-            s2 += p[j + 2];
-            s3 += p[j + 3];
-        }
-        for (; j < p.Length; j++)
-        {
-            s0 += p[j];
-        }
-        return s0 + s1 + (s2 + s3);
+        return ExpMasses(max, invT);
     }
 
     /// <summary>
-    /// Sampling when no filter sorts: the first token whose cumulative unnormalised probability passes u times their
-    /// total, without building the candidate list; whole blocks of 64 are skipped by their sums, then the block that
-    /// passes is walked. The last token with mass when rounding leaves the target beyond the end.
+    /// _probs[i] = exp((_work[i] - max) * scale) for every token, in vectors (the multiply skipped for scale 1); returns
+    /// their sum in double (<see cref="SumInFourChains"/>). max: the largest logit, finite.
     /// </summary>
+    private double ExpMasses(float max, float scale)
+    {
+        var e = _probs.AsSpan(0, _vocab); // (V)
+        TensorPrimitives.Subtract(_work, max, e);
+        if (scale != 1f)
+        {
+            TensorPrimitives.Multiply(e, scale, e);
+        }
+        TensorPrimitives.Exp(e, e);
+        return SumInFourChains(e);
+    }
+
+    /// <summary>Sampling when no filter sorts: <see cref="PickIndex"/> over every token's unnormalised probability, without building the candidate list.</summary>
     private TokenId SampleUnsorted(float invT)
     {
-        double target = _rng.NextDouble() * Unnormalised(invT);
-        var p = _probs.AsSpan(0, _vocab);
+        double total = Unnormalised(invT);
+        return new TokenId(PickIndex(_probs.AsSpan(0, _vocab), _rng.NextDouble() * total));
+    }
+
+    /// <summary>
+    /// The first index whose cumulative mass p[0] + .. + p[i] passes <paramref name="target"/> (u times the total):
+    /// whole blocks of 64 are skipped by their sums (float, in vectors: not one add per value in a row), then the block
+    /// that passes is walked in double. When rounding leaves the target at or beyond the last cumulative sum, the
+    /// last index with mass (0 if none).
+    /// </summary>
+    private static int PickIndex(ReadOnlySpan<float> p, double target)
+    {
         const int Block = 64;
         double cumulative = 0;
         int start = 0;
@@ -326,34 +301,34 @@ public sealed class Sampler
             cumulative += p[i];
             if (target < cumulative)
             {
-                return new TokenId(i);
+                return i;
             }
         }
         for (int i = p.Length - 1; i > 0; i--)
         {
             if (p[i] > 0)
             {
-                return new TokenId(i);
+                return i;
             }
         }
-        return new TokenId(0);
+        return 0;
     }
 
-    /// <summary>Sum of the candidates' probabilities in double, in 4 independent chains.</summary>
-    private static double SumProbabilities(ReadOnlySpan<TokenProbability> c)
+    /// <summary>Sum of <paramref name="v"/> in double, in 4 independent chains (one chain of 32000 dependent adds took ~35 us).</summary>
+    private static double SumInFourChains(ReadOnlySpan<float> v)
     {
         double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         int i = 0;
-        for (; i + 4 <= c.Length; i += 4)
+        for (; i + 4 <= v.Length; i += 4)
         {
-            s0 += c[i].Probability;
-            s1 += c[i + 1].Probability;
-            s2 += c[i + 2].Probability;
-            s3 += c[i + 3].Probability;
+            s0 += v[i];
+            s1 += v[i + 1];
+            s2 += v[i + 2];
+            s3 += v[i + 3];
         }
-        for (; i < c.Length; i++)
+        for (; i < v.Length; i++)
         {
-            s0 += c[i].Probability;
+            s0 += v[i];
         }
         return s0 + s1 + (s2 + s3);
     }
@@ -537,28 +512,13 @@ public sealed class Sampler
     /// </summary>
     private int NucleusCount(float p)
     {
-        var e = _probs.AsSpan(0, _vocab); // (V) exp(logit - max)
         float max = TensorPrimitives.Max(_work);
         if (float.IsNegativeInfinity(max))
         {
             return 0;
         }
-        TensorPrimitives.Subtract(_work, max, e);
-        TensorPrimitives.Exp(e, e);
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int j = 0;
-        for (; j + 4 <= e.Length; j += 4)
-        {
-            s0 += e[j];
-            s1 += e[j + 1];
-            s2 += e[j + 2];
-            s3 += e[j + 3];
-        }
-        for (; j < e.Length; j++)
-        {
-            s0 += e[j];
-        }
-        double z = s0 + s1 + (s2 + s3), target = p * z;
+        double target = p * ExpMasses(max, 1f);
+        var e = _probs.AsSpan(0, _vocab); // (V) exp(logit - max)
         // Bisection on log2 t in [lo, 0]: mass(t) = sum of e >= t grows as t falls; keep the largest t found with
         // mass(t) >= target (1 + 1e-4). t = 2^-150 keeps every token with e > 0.
         double lo = -150, hi = 0, bestLog = -150;

@@ -128,7 +128,7 @@ public sealed unsafe class QuantizedProductBatch
             }
             if (start != 0)
             {
-                Profile(System.Diagnostics.Stopwatch.GetTimestamp() - start, Math.Min(_items.Count, threads));
+                Profile(System.Diagnostics.Stopwatch.GetTimestamp() - start, Math.Min(_items.Count, threads), totalWork);
             }
         }
         finally
@@ -146,20 +146,15 @@ public sealed unsafe class QuantizedProductBatch
 
     /// <summary>
     /// Records a run of <paramref name="ticks"/> on <paramref name="threads"/> threads: the capacity, and each product's
-    /// share of the run's wall time (by its N K T) in its format's section (its quantization is in
+    /// share of the run's wall time (its N K T over <paramref name="totalWork"/>, the sum Run dealt items by) in its format's section (its quantization is in
     /// <see cref="Add"/>'s section, not there).
     /// </summary>
-    private void Profile(long ticks, int threads)
+    private void Profile(long ticks, int threads, double totalWork)
     {
         NumericsProfile.Add(ProfileSection.KernelCapacity, threads * ticks);
-        double total = 0;
         foreach (var p in _products)
         {
-            total += Work(p);
-        }
-        foreach (var p in _products)
-        {
-            NumericsProfile.Add(p.W.ProfileSection, (long)(ticks * (Work(p) / total)));
+            NumericsProfile.Add(p.W.ProfileSection, (long)(ticks * (Work(p) / totalWork)));
         }
     }
 
