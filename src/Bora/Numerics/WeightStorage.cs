@@ -27,7 +27,10 @@ public abstract unsafe class WeightStorage : IDisposable
     /// <summary>Where the file came from (for a mapping), else null.</summary>
     public virtual string? Path => null;
 
-    /// <summary>A pinned array of <paramref name="bytes"/> uninitialised bytes.</summary>
+    /// <summary>
+    /// A pinned array of <paramref name="bytes"/> uninitialised bytes, advised for huge pages on Linux
+    /// (<see cref="HugePages"/>).
+    /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Negative, or more than <see cref="Array.MaxLength"/>.</exception>
     public static WeightStorage Allocate(long bytes)
     {
@@ -35,7 +38,9 @@ public abstract unsafe class WeightStorage : IDisposable
         {
             throw new ArgumentOutOfRangeException(nameof(bytes), bytes, "a weight buffer is one array of at most Array.MaxLength bytes");
         }
-        return new PinnedStorage(GC.AllocateUninitializedArray<byte>((int)bytes, pinned: true));
+        var array = GC.AllocateUninitializedArray<byte>((int)bytes, pinned: true);
+        HugePages.Advise(array);
+        return new PinnedStorage(array);
     }
 
     /// <summary>
