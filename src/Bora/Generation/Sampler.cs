@@ -1,3 +1,4 @@
+using System.Numerics;
 using System.Numerics.Tensors;
 using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
@@ -140,6 +141,10 @@ public sealed class Sampler
             else if (o.TopP < 1 && NucleusCount(o.TopP) is int nucleus and > 0)
             {
                 n = nucleus;
+            }
+            else if (o.TopP >= 1 && MinPSurvivors(o.MinP) is int survivors and > 0)
+            {
+                n = survivors;
             }
             else
             {
@@ -558,6 +563,50 @@ public sealed class Sampler
             }
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Min-p alone (no top-k, no top-p), without sorting the whole vocabulary: keys and sorts only the m tokens with
+    /// logit &gt;= max + ln(minP) (found 16 logits per compare), which are exactly the first m of the full order, so
+    /// <see cref="MinPCount"/> then keeps all m. Returns m, or 0 to fall back to the full sort (every logit -infinity,
+    /// or half the vocabulary or more surviving, where the full sort costs no more).
+    /// Example, minP = 0.5 (ln = -0.69), logits (1, 3, 2.5, 3): max 3, threshold 2.31, survivors 1, 3 (logit 3, by id),
+    /// then 2.
+    /// </summary>
+    private int MinPSurvivors(float minP)
+    {
+        float max = TensorPrimitives.Max(_work);
+        if (float.IsNegativeInfinity(max))
+        {
+            return 0;
+        }
+        float threshold = max + MathF.Log(minP);
+        var tv = Vector512.Create(threshold);
+        ref float w0 = ref MemoryMarshal.GetArrayDataReference(_work);
+        int m = 0, i = 0;
+        for (; i + 16 <= _vocab; i += 16)
+        {
+            ulong mask = Vector512.GreaterThanOrEqual(Vector512.LoadUnsafe(ref w0, (nuint)i), tv).ExtractMostSignificantBits();
+            while (mask != 0)
+            {
+                int id = i + BitOperations.TrailingZeroCount(mask);
+                _keys[m++] = SortKey(_work[id], id);
+                mask &= mask - 1;
+            }
+        }
+        for (; i < _vocab; i++)
+        {
+            if (_work[i] >= threshold)
+            {
+                _keys[m++] = SortKey(_work[i], i);
+            }
+        }
+        if (m >= _vocab / 2)
+        {
+            return 0;
+        }
+        _keys.AsSpan(0, m).Sort();
+        return m;
     }
 
     /// <summary>Sum of the values of <paramref name="e"/> that are at least <paramref name="t"/>, in float vectors.</summary>

@@ -119,6 +119,36 @@ public sealed class SamplerTests
         Assert.Equal(order[..n], Ids(s.Candidates(logits, [])));
     }
 
+    /// <summary>
+    /// Min-p alone keys and sorts only the tokens above its threshold; they must be the same tokens in the same order as
+    /// the full order cut at logit &gt;= max + ln(minP) (written out here with LINQ), on peaked and broad logits with
+    /// ties and -infinity, a vocabulary that is not a multiple of 16 (the vector loop's tail), and flat ones (more than
+    /// half the vocabulary survives: the full-sort fallback).
+    /// </summary>
+    [Theory]
+    [InlineData(0.05f, 3.0)]
+    [InlineData(0.5f, 3.0)]
+    [InlineData(0.05f, 0.3)]
+    [InlineData(0.9f, 0.05)]
+    [InlineData(0.05f, 0.0)]
+    [InlineData(1f, 1.0)]
+    public void MinP_Alone_EqualsTheCutOfTheFullOrder(float minP, double spread)
+    {
+        const int vocab = 1009;
+        var rng = new Random(5);
+        var logits = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            logits[i] = i % 89 == 7 ? float.NegativeInfinity : (float)(Math.Round(rng.NextDouble() * 40) * spread / 4);
+        }
+        logits[vocab - 1] = logits.Max(); // a survivor in the tail, tied with the maximum
+        int[] order = [.. Enumerable.Range(0, vocab).OrderByDescending(i => logits[i]).ThenBy(i => i)];
+        float threshold = logits[order[0]] + MathF.Log(minP);
+        int[] expected = [.. order.TakeWhile(i => logits[i] >= threshold)];
+        var s = new Sampler(vocab, NoFilters with { MinP = minP });
+        Assert.Equal(expected, Ids(s.Candidates(logits, [])));
+    }
+
     [Fact]
     public void TopK_Selection_EqualsThePrefixOfTheFullOrder()
     {
