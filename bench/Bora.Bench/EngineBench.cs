@@ -44,6 +44,7 @@ public static class EngineBench
         var c = model.Config;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{Path.GetFileName(path)}: threads {NumericsThreads.MaxThreads}, prompt {prompt}, gen {gen}, KV {model.KvType}; times are medians of {repeats} (ms)"));
+        WarmUp(loaded, clients.Max(), prompt);
         Console.WriteLine("   N   step ms  matmul ms  rest ms  fwd tok/s  x N=1  sample(T1) ms  sample(def) ms  engine tok/s  x N=1  ITL p50 ms");
         double fwd1 = 0, eng1 = 0;
         foreach (int n in clients)
@@ -68,6 +69,24 @@ public static class EngineBench
                 $"{n,4} {step,9:F1} {matmul,10:F1} {step - matmul,8:F1} {fwd,10:F1} {fwd / fwd1,6:F2} {sampleT1,14:F2} {sampleDef,15:F2} {engTokS,13:F1} {engTokS / eng1,6:F2} {itl,11:F1}"));
         }
         return 0;
+    }
+
+    /// <summary>
+    /// Runs every measured path unmeasured first, long enough for .NET's tiered JIT to recompile the hot methods with
+    /// optimizations: otherwise the first N measured pays for it (a 2-layer Q4_0 file's one-sequence step measured
+    /// 16.3 ms first and 10.7 ms after 384 steps). The server does the same with <see cref="InferenceEngine.WarmUp"/>.
+    /// </summary>
+    private static void WarmUp(LoadedModel loaded, int n, int prompt)
+    {
+        using (var engine = new InferenceEngine(loaded.Model, loaded.Tokenizer, new EngineOptions { ContextLength = prompt + 64 }))
+        {
+            engine.WarmUp(TimeSpan.FromSeconds(2));
+        }
+        StepTimes(loaded.Model, 1, prompt, 40);
+        StepTimes(loaded.Model, n, prompt, 8);
+        var logits = new float[n * loaded.Config.VocabSize];
+        SampleTime(logits, n, loaded.Config.VocabSize, new SamplingOptions { Temperature = 1, TopP = 1, TopK = 0, MinP = 0, Seed = 1 }, 40);
+        SampleTime(logits, n, loaded.Config.VocabSize, new SamplingOptions { Seed = 1 }, 40);
     }
 
     /// <summary>Median ms of one decode step of n sequences, and of its weight products alone.</summary>

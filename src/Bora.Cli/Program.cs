@@ -19,6 +19,7 @@ public static class Program
           chat [--model PATH] [--system TEXT] [generation options]
           serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N] [--kv-cache-mib N]
                 [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N] [--max-tokens-limit N] [--max-n N]
+                [--no-warmup]
           {TrainCommand.Usage}
           {TokenizerCommand.Usage}
           {FinetuneCommand.Usage}

@@ -9,7 +9,8 @@ namespace Bora.Cli;
 /// <summary>
 /// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N]
 /// [--kv-cache-mib N] [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]
-/// [--max-tokens-limit N] [--max-n N]</c> (--max-n: the most choices, n, one request may ask for; default 8):
+/// [--max-tokens-limit N] [--max-n N] [--no-warmup]</c> (--max-n: the most choices, n, one request may ask for; default 8;
+/// --no-warmup: skip the second of throwaway generations that runs before /health answers 200):
 /// the OpenAI-compatible HTTP server until Ctrl+C, one log line per request on stderr. The key may also come
 /// from BORA_API_KEY; --threads bounds the threads of the numeric kernels (all cores by default). Without
 /// --model, it serves the embedded <see cref="DefaultModel"/>.
@@ -19,7 +20,7 @@ internal static class ServeCommand
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var a = new CliArguments("serve", args,
-            ["model", "host", "port", "api-key", "threads", "context", "kv-cache-mib", "kv-type", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit", "max-n"], []);
+            ["model", "host", "port", "api-key", "threads", "context", "kv-cache-mib", "kv-type", "max-batch-tokens", "max-running", "max-queue", "max-body-bytes", "max-tokens-limit", "max-n"], ["no-warmup"]);
         string model = DefaultModel.Resolve(a, stderr);
         var kvType = a.GetKvType();
         NumericsThreads.MaxThreads = a.GetInt("threads", Environment.ProcessorCount, 1, 1024);
@@ -31,6 +32,7 @@ internal static class ServeCommand
             MaxBodyBytes = a.GetInt("max-body-bytes", 1 << 20, 1024, int.MaxValue),
             MaxTokensLimit = a.GetInt("max-tokens-limit", 4096, 1, 1 << 20),
             MaxChoices = a.GetInt("max-n", 8, 1, 128),
+            WarmUp = a.Flag("no-warmup") ? TimeSpan.Zero : new ServerOptions().WarmUp,
             Engine = new EngineOptions
             {
                 ContextLength = a.GetInt("context", 0, 0, 1 << 24),

@@ -120,7 +120,22 @@ public sealed partial class BoraServer : IAsyncDisposable
                 {
                     server._renderer = new MistralChatRenderer(loaded.ChatVersion);
                 }
-                server._engine = new InferenceEngine(loaded.Model, loaded.Tokenizer, options.Engine);
+                var engine = new InferenceEngine(loaded.Model, loaded.Tokenizer, options.Engine);
+                if (options.WarmUp > TimeSpan.Zero)
+                {
+                    try
+                    {
+                        var clock = Stopwatch.StartNew();
+                        int rounds = engine.WarmUp(options.WarmUp);
+                        server.Log(string.Create(CultureInfo.InvariantCulture, $"warmed up in {clock.ElapsedMilliseconds} ms ({rounds} rounds of 2 throwaway generations)"));
+                    }
+                    catch
+                    {
+                        engine.Dispose();
+                        throw;
+                    }
+                }
+                server._engine = engine;
                 server.Log($"model {server._modelId} ready: context {server._engine.ContextLength}, KV pool {server._engine.KvPool.Blocks} blocks of {server._engine.KvPool.BlockSize}");
             }
             catch (Exception e)

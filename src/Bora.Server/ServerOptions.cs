@@ -37,6 +37,13 @@ public sealed record ServerOptions
     /// <summary>Model id reported by /v1/models and accepted in requests; null = the model file's name.</summary>
     public string? ModelId { get; init; }
 
+    /// <summary>
+    /// How long the engine runs throwaway generations after loading, before /health answers 200
+    /// (<see cref="InferenceEngine.WarmUp"/>), so that the first requests run optimized code; zero: none
+    /// (<c>bora serve --no-warmup</c>).
+    /// </summary>
+    public TimeSpan WarmUp { get; init; } = TimeSpan.FromSeconds(1);
+
     /// <summary>Engine sizes (KV cache, batch budget, queue).</summary>
     public EngineOptions Engine { get; init; } = new();
 }

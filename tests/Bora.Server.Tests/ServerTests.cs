@@ -129,6 +129,9 @@ public class ServerTests(LiveServer live) : IClassFixture<LiveServer>
         Assert.False(caps.GetProperty("function_calling").GetBoolean());
         Assert.False(caps.GetProperty("completion_fim").GetBoolean());
         Assert.Contains("GET /health 200", live.Log.ToString(), StringComparison.Ordinal);
+        // The default ServerOptions warm the engine up before /health answers 200, and say so once.
+        Assert.Matches(@"warmed up in \d+ ms \(\d+ rounds of 2 throwaway generations\)", live.Log.ToString());
+        Assert.Equal(0, live.Server.Engine!.RunningCount);
     }
 
     [Fact]
