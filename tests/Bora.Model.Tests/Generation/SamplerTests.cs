@@ -82,10 +82,6 @@ public sealed class SamplerTests
     }
 
     /// <summary>
-    /// Top-k selects its k survivors without sorting the whole vocabulary: for many ties, -0 / +0 and -infinity, and k
-    /// from 1 to V - 1, the survivors are exactly the first k of the order written out here (logit descending, then id).
-    /// </summary>
-    /// <summary>
     /// Top-p without top-k finds its nucleus among the tokens above a bisected threshold instead of sorting the whole
     /// vocabulary: the survivors are the first tokens of the order written out here (logit descending, then id) until
     /// their mass, computed here in double, reaches p times the total. Covered: peaked and broad distributions with many
@@ -101,13 +97,8 @@ public sealed class SamplerTests
     public void TopP_Nucleus_EqualsThePrefixOfTheFullOrder(float topP, double spread)
     {
         const int vocab = 1000;
-        var rng = new Random(21);
-        var logits = new float[vocab];
-        for (int i = 0; i < vocab; i++)
-        {
-            logits[i] = i % 97 == 3 ? float.NegativeInfinity : (float)(Math.Round(rng.NextDouble() * 40) * spread / 4);
-        }
-        int[] order = [.. Enumerable.Range(0, vocab).OrderByDescending(i => logits[i]).ThenBy(i => i)];
+        var logits = TiedLogits(vocab, seed: 21, spread, infinityEvery: 97);
+        int[] order = FullOrder(logits);
         double max = logits[order[0]];
         double total = logits.Sum(l => Math.Exp(l - max)), cumulative = 0;
         int n = 0;
@@ -135,20 +126,37 @@ public sealed class SamplerTests
     public void MinP_Alone_EqualsTheCutOfTheFullOrder(float minP, double spread)
     {
         const int vocab = 1009;
-        var rng = new Random(5);
-        var logits = new float[vocab];
-        for (int i = 0; i < vocab; i++)
-        {
-            logits[i] = i % 89 == 7 ? float.NegativeInfinity : (float)(Math.Round(rng.NextDouble() * 40) * spread / 4);
-        }
+        var logits = TiedLogits(vocab, seed: 5, spread, infinityEvery: 89);
         logits[vocab - 1] = logits.Max(); // a survivor in the tail, tied with the maximum
-        int[] order = [.. Enumerable.Range(0, vocab).OrderByDescending(i => logits[i]).ThenBy(i => i)];
+        int[] order = FullOrder(logits);
         float threshold = logits[order[0]] + MathF.Log(minP);
         int[] expected = [.. order.TakeWhile(i => logits[i] >= threshold)];
         var s = new Sampler(vocab, NoFilters with { MinP = minP });
         Assert.Equal(expected, Ids(s.Candidates(logits, [])));
     }
 
+    /// <summary>
+    /// Logits on a grid of 41 levels spread * (0, 1/4, .., 10) (so many ties; spread 0: all equal, a flat distribution),
+    /// with -infinity at every <paramref name="infinityEvery"/>-th id from 3.
+    /// </summary>
+    private static float[] TiedLogits(int vocab, int seed, double spread, int infinityEvery)
+    {
+        var rng = new Random(seed);
+        var logits = new float[vocab];
+        for (int i = 0; i < vocab; i++)
+        {
+            logits[i] = i % infinityEvery == 3 ? float.NegativeInfinity : (float)(Math.Round(rng.NextDouble() * 40) * spread / 4);
+        }
+        return logits;
+    }
+
+    /// <summary>Every id in the samplers' order, written out with LINQ: logit descending, then id ascending.</summary>
+    private static int[] FullOrder(float[] logits) => [.. Enumerable.Range(0, logits.Length).OrderByDescending(i => logits[i]).ThenBy(i => i)];
+
+    /// <summary>
+    /// Top-k selects its k survivors without sorting the whole vocabulary: for many ties, -0 / +0 and -infinity, and k
+    /// from 1 to V - 1, the survivors are exactly the first k of the order written out here (logit descending, then id).
+    /// </summary>
     [Fact]
     public void TopK_Selection_EqualsThePrefixOfTheFullOrder()
     {
