@@ -10,7 +10,7 @@ namespace Bora.Cli;
 /// <c>bora serve [--model PATH] [--host 127.0.0.1] [--port 8080] [--api-key KEY] [--threads N] [--context N]
 /// [--kv-cache-mib N] [--kv-type f16|f32] [--max-batch-tokens N] [--max-running N] [--max-queue N] [--max-body-bytes N]
 /// [--max-tokens-limit N] [--max-n N] [--no-warmup]</c> (--max-n: the most choices, n, one request may ask for; default 8;
-/// --no-warmup: skip the second of throwaway generations that runs before /health answers 200):
+/// --no-warmup: skip the second or so of throwaway generations that runs before /health answers 200):
 /// the OpenAI-compatible HTTP server until Ctrl+C, one log line per request on stderr. The key may also come
 /// from BORA_API_KEY; --threads bounds the threads of the numeric kernels (all cores by default). Without
 /// --model, it serves the embedded <see cref="DefaultModel"/>.

@@ -37,6 +37,29 @@ public class EngineWarmUpTests
         Assert.Equal(1, warm.PeakBatchSequences);
     }
 
+    [Fact]
+    public async Task Warm_up_fits_a_short_context_and_stops_quietly_when_the_pool_cannot_hold_it()
+    {
+        string path = RandomV3Server.TokenizerPath;
+        if (!File.Exists(path))
+        {
+            return;
+        }
+        var tok = SentencePieceTokenizer.Load(path);
+        var config = RandomModels.Dense() with { VocabSize = tok.VocabSize };
+        // A 6-position context: 3 prompt + 3 generated positions per warm-up sequence.
+        using (var shortContext = new InferenceEngine(RandomModels.Build(config, seed: 5), tok, new EngineOptions { ContextLength = 6, BlockSize = 2 }))
+        {
+            Assert.InRange(shortContext.WarmUp(TimeSpan.FromMilliseconds(50)), 1, InferenceEngine.MaxWarmUpRounds);
+        }
+        // A pool of 4 positions cannot hold 8 + 8: the engine refuses the warm-up sequences, WarmUp returns 0, and a
+        // request that fits is served.
+        using var tiny = new InferenceEngine(RandomModels.Build(config, seed: 5), tok, new EngineOptions { BlockSize = 2, KvCacheTokens = 4 });
+        Assert.Equal(0, tiny.WarmUp(TimeSpan.FromMilliseconds(50)));
+        var ids = await Tokens(tiny.Submit([tok.Bos], new SamplingOptions { Temperature = 0, MaxTokens = 3 }));
+        Assert.InRange(ids.Count, 1, 3);
+    }
+
     private static async Task<List<int>> Tokens(GenerationHandle h)
     {
         var ids = new List<int>();

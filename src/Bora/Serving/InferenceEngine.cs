@@ -331,27 +331,33 @@ public sealed class InferenceEngine : IDisposable
     /// temperature alone (an OpenAI-style request), so that the one-sequence and the batched paths both run. The
     /// prompts are shorter than a KV block unless blocks are tiny, so they leave nothing of note in the prefix cache,
     /// and <see cref="PeakBatchSequences"/> starts again from 0. Call it before submitting requests. Returns the
-    /// rounds run.
+    /// rounds run (0 when the engine refused the warm-up sequences: a KV pool too small for them).
     /// </summary>
     public int WarmUp(TimeSpan budget, CancellationToken cancellationToken = default)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var prompt = new TokenId[8];
+        // 8 prompt + 8 generated positions, less in a context shorter than 16.
+        int promptLength = Math.Clamp(ContextLength / 2, 1, 8), maxTokens = Math.Clamp(ContextLength - promptLength, 1, 8);
+        var prompt = new TokenId[promptLength];
         prompt[0] = _tokenizer.Bos;
         for (int i = 1; i < prompt.Length; i++)
         {
             prompt[i] = new TokenId((_tokenizer.Bos.Value + i) % _vocab);
         }
-        var filtered = new SamplingOptions { MaxTokens = 8, Seed = 1 };
-        var plain = new SamplingOptions { MaxTokens = 4, Seed = 2, TopK = 0, TopP = 1f, MinP = 0f, Temperature = 1f };
+        var filtered = new SamplingOptions { MaxTokens = maxTokens, Seed = 1 };
+        var plain = new SamplingOptions { MaxTokens = Math.Max(1, maxTokens / 2), Seed = 2, TopK = 0, TopP = 1f, MinP = 0f, Temperature = 1f };
         int rounds = 0;
         do
         {
             var a = Submit(prompt, filtered, cancellationToken);
             var b = Submit(prompt, plain, cancellationToken);
-            foreach (var h in (ReadOnlySpan<GenerationHandle>)[a, b])
+            try
             {
-                h.Completion.Wait(cancellationToken);
+                Task.WaitAll([a.Completion, b.Completion], cancellationToken);
+            }
+            catch (AggregateException e) when (e.InnerExceptions.All(x => x is EngineRefusedException))
+            {
+                break; // a KV pool too small for even these few positions: the first requests warm up instead
             }
             rounds++;
         }
