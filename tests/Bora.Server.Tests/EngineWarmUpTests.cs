@@ -1,4 +1,5 @@
 using Bora.Generation;
+using Bora.Model;
 using Bora.Serving;
 using Bora.Tokenizers;
 
@@ -10,13 +11,10 @@ public class EngineWarmUpTests
     [Fact]
     public async Task Warm_up_runs_rounds_leaves_the_engine_idle_and_changes_no_request_s_tokens()
     {
-        string path = RandomV3Server.TokenizerPath;
-        if (!File.Exists(path))
+        if (Setup() is not var (tok, config))
         {
             return;
         }
-        var tok = SentencePieceTokenizer.Load(path);
-        var config = RandomModels.Dense() with { VocabSize = tok.VocabSize };
         // Blocks of 4 positions: the warm-up's 8-token prompt fills two, so they do enter the prefix cache, and the
         // request below starts with the same tokens to hit them.
         var options = new EngineOptions { BlockSize = 4 };
@@ -40,13 +38,10 @@ public class EngineWarmUpTests
     [Fact]
     public async Task Warm_up_fits_a_short_context_and_stops_quietly_when_the_pool_cannot_hold_it()
     {
-        string path = RandomV3Server.TokenizerPath;
-        if (!File.Exists(path))
+        if (Setup() is not var (tok, config))
         {
             return;
         }
-        var tok = SentencePieceTokenizer.Load(path);
-        var config = RandomModels.Dense() with { VocabSize = tok.VocabSize };
         // A 6-position context: 3 prompt + 3 generated positions per warm-up sequence.
         using (var shortContext = new InferenceEngine(RandomModels.Build(config, seed: 5), tok, new EngineOptions { ContextLength = 6, BlockSize = 2 }))
         {
@@ -58,6 +53,18 @@ public class EngineWarmUpTests
         Assert.Equal(0, tiny.WarmUp(TimeSpan.FromMilliseconds(50)));
         var ids = await Tokens(tiny.Submit([tok.Bos], new SamplingOptions { Temperature = 0, MaxTokens = 3 }));
         Assert.InRange(ids.Count, 1, 3);
+    }
+
+    /// <summary>Mistral's v3 tokenizer and a small random dense config over its vocabulary; null without the shared test data.</summary>
+    private static (ITokenizer Tokenizer, ModelConfig Config)? Setup()
+    {
+        string path = RandomV3Server.TokenizerPath;
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+        var tok = SentencePieceTokenizer.Load(path);
+        return (tok, RandomModels.Dense() with { VocabSize = tok.VocabSize });
     }
 
     private static async Task<List<int>> Tokens(GenerationHandle h)
