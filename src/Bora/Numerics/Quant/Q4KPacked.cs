@@ -256,44 +256,61 @@ internal static unsafe class Q4KPacked
             {
                 c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(tok[7].D[b]), c7);
             }
-            // The min term, sub-block by sub-block: acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
+            // The min term, sub-block by sub-block: acc = fma(-(dmin m[s]), d_x sum(x of s), acc); one call per s, so
+            // that each s is a constant (no loop, no branch on s < 4).
             var mins = TSrc.Mins(sb);
-            for (int s = 0; s < 8; s++)
-            {
-                var dm = TSrc.MinScale(sb, mins, s, ctrl);
-                long so = 8L * b + s;
-                c0 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[0][so]), c0);
-                if (TN.Value > 1)
-                {
-                    c1 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[1][so]), c1);
-                }
-                if (TN.Value > 2)
-                {
-                    c2 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[2][so]), c2);
-                }
-                if (TN.Value > 3)
-                {
-                    c3 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[3][so]), c3);
-                }
-                if (TN.Value > 4)
-                {
-                    c4 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[4][so]), c4);
-                }
-                if (TN.Value > 5)
-                {
-                    c5 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[5][so]), c5);
-                }
-                if (TN.Value > 6)
-                {
-                    c6 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[6][so]), c6);
-                }
-                if (TN.Value > 7)
-                {
-                    c7 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[7][so]), c7);
-                }
-            }
+            long so = 8L * b;
+            MinTerm<TN, TSrc>(sb, mins, 0, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 1, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 2, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 3, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 4, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 5, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 6, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
+            MinTerm<TN, TSrc>(sb, mins, 7, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
         }
         Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
+    }
+
+    /// <summary>Sub-block <paramref name="s"/>'s min term for each of the TN.Value tokens: c_t = fma(-(dmin m[s]), d_x sum(x of s), c_t).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void MinTerm<TN, TSrc>(byte* sb, MinBytes mins, int s, long so, float** sums, byte* ctrl,
+        ref Vector512<float> c0, ref Vector512<float> c1, ref Vector512<float> c2, ref Vector512<float> c3,
+        ref Vector512<float> c4, ref Vector512<float> c5, ref Vector512<float> c6, ref Vector512<float> c7)
+        where TN : struct, ITokenCount
+        where TSrc : struct, ISource
+    {
+        var dm = TSrc.MinScale(sb, mins, s, ctrl);
+        so += s;
+        c0 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[0][so]), c0);
+        if (TN.Value > 1)
+        {
+            c1 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[1][so]), c1);
+        }
+        if (TN.Value > 2)
+        {
+            c2 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[2][so]), c2);
+        }
+        if (TN.Value > 3)
+        {
+            c3 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[3][so]), c3);
+        }
+        if (TN.Value > 4)
+        {
+            c4 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[4][so]), c4);
+        }
+        if (TN.Value > 5)
+        {
+            c5 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[5][so]), c5);
+        }
+        if (TN.Value > 6)
+        {
+            c6 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[6][so]), c6);
+        }
+        if (TN.Value > 7)
+        {
+            c7 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[7][so]), c7);
+        }
     }
 
     /// <summary>A super-block's 6-bit scales (or mins), bytewise: Low = values 0..3, High = values 4..7 of each row's dword.</summary>
