@@ -539,20 +539,7 @@ public sealed class Sampler
                 hi = mid;
             }
         }
-        float t = (float)Math.Pow(2, bestLog);
-        int m = 0;
-        for (int i = 0; i < e.Length; i++)
-        {
-            if (e[i] >= t)
-            {
-                _keys[m++] = SortKey(_work[i], i);
-            }
-        }
-        if (m >= _vocab / 2)
-        {
-            return 0; // a broad distribution: the full sort costs no more
-        }
-        _keys.AsSpan(0, m).Sort();
+        int m = SortedKeysAtLeast(_probs, (float)Math.Pow(2, bestLog));
         double cumulative = 0;
         for (int i = 0; i < m; i++)
         {
@@ -580,13 +567,23 @@ public sealed class Sampler
         {
             return 0;
         }
-        float threshold = max + MathF.Log(minP);
-        var tv = Vector512.Create(threshold);
-        ref float w0 = ref MemoryMarshal.GetArrayDataReference(_work);
+        return SortedKeysAtLeast(_work, max + MathF.Log(minP));
+    }
+
+    /// <summary>
+    /// Keys the tokens whose value in <paramref name="v"/> is at least <paramref name="t"/> (16 values per compare) into
+    /// _keys[0 .. m), sorted (descending logit, then id), and returns m; returns 0 instead when m &gt;= V / 2 (a broad
+    /// distribution: the caller's full sort costs no more). v: (V) the logits (_work) or their exp masses (_probs),
+    /// which rank the tokens alike, so the m are the first m of the full order.
+    /// </summary>
+    private int SortedKeysAtLeast(float[] v, float t)
+    {
+        var tv = Vector512.Create(t);
+        ref float v0 = ref MemoryMarshal.GetArrayDataReference(v);
         int m = 0, i = 0;
         for (; i + 16 <= _vocab; i += 16)
         {
-            ulong mask = Vector512.GreaterThanOrEqual(Vector512.LoadUnsafe(ref w0, (nuint)i), tv).ExtractMostSignificantBits();
+            ulong mask = Vector512.GreaterThanOrEqual(Vector512.LoadUnsafe(ref v0, (nuint)i), tv).ExtractMostSignificantBits();
             while (mask != 0)
             {
                 int id = i + BitOperations.TrailingZeroCount(mask);
@@ -596,7 +593,7 @@ public sealed class Sampler
         }
         for (; i < _vocab; i++)
         {
-            if (_work[i] >= threshold)
+            if (v[i] >= t)
             {
                 _keys[m++] = SortKey(_work[i], i);
             }
