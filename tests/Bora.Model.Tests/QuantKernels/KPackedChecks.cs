@@ -141,18 +141,39 @@ internal static unsafe class KPackedChecks
         act.Quantize(x, tokens, cols, 256);
         var expected = new float[tokens * rows];
         var scalar = new float[tokens * rows];
-        var wide = new float[tokens * rows];
         scalar.AsSpan().Fill(float.NaN);
-        wide.AsSpan().Fill(float.NaN);
+        // The AVX-512 kernels: managed, then generated (VNNI) where this machine runs them; both must equal the twins.
+        var kernels = new List<(string Name, bool Generated, float[] Y)>();
+        if (Wide)
+        {
+            kernels.Add(("AVX-512", false, new float[tokens * rows]));
+        }
+        if (QuantDispatch.GeneratedKernelsSupported)
+        {
+            kernels.Add(("generated VNNI", true, new float[tokens * rows]));
+        }
         fixed (byte* pw = w, pp = packed)
-        fixed (float* pe = expected, ps = scalar, pv = wide)
+        fixed (float* pe = expected, ps = scalar)
         {
             f.Reference(pw, (long)nb * f.BlockBytes, nb, rows, act, tokens, pe, 0, rows);
             f.Prepare(act);
             f.RunScalar(pp, nb, rows, act, tokens, ps, r0, r1);
-            if (Wide)
+            foreach (var (_, generated, y) in kernels)
             {
-                f.Run(pp, nb, rows, act, tokens, pv, r0, r1);
+                y.AsSpan().Fill(float.NaN);
+                fixed (float* py = y)
+                {
+                    bool before = QuantDispatch.GeneratedKernels;
+                    QuantDispatch.GeneratedKernels = generated; // both paths give the same bits, so other tests are unaffected
+                    try
+                    {
+                        f.Run(pp, nb, rows, act, tokens, py, r0, r1);
+                    }
+                    finally
+                    {
+                        QuantDispatch.GeneratedKernels = before;
+                    }
+                }
             }
         }
         for (int i = 0; i < expected.Length; i++)
@@ -162,15 +183,15 @@ internal static unsafe class KPackedChecks
             string where = $"{f.Type} rows {rows}, nb {nb}, tokens {tokens}, range [{r0}, {r1}): token {t}, row {r}";
             if (!inRange)
             {
-                Assert.True(float.IsNaN(scalar[i]) && (!Wide || float.IsNaN(wide[i])), $"{where} outside the range was written");
+                Assert.True(float.IsNaN(scalar[i]) && kernels.All(k => float.IsNaN(k.Y[i])), $"{where} outside the range was written");
                 continue;
             }
             Assert.True(BitConverter.SingleToInt32Bits(scalar[i]) == BitConverter.SingleToInt32Bits(expected[i]),
                 $"{where}: packed scalar twin {scalar[i]} vs rows scalar twin {expected[i]}");
-            if (Wide)
+            foreach (var (name, _, y) in kernels)
             {
-                Assert.True(BitConverter.SingleToInt32Bits(wide[i]) == BitConverter.SingleToInt32Bits(expected[i]),
-                    $"{where}: AVX-512 {wide[i]} vs rows scalar twin {expected[i]}");
+                Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
+                    $"{where}: {name} {y[i]} vs rows scalar twin {expected[i]}");
             }
         }
     }
@@ -192,7 +213,7 @@ internal static unsafe class KPackedChecks
         {
             Products(f, rng, rows: 33, nb: 2, tokens);
         }
-        foreach (int tokens in new[] { 31, 64 })
+        foreach (int tokens in new[] { 31, 64, 75 }) // 75: expanded groups with a short last tile
         {
             Products(f, rng, rows: 35, nb: 2, tokens);
         }
@@ -200,6 +221,7 @@ internal static unsafe class KPackedChecks
         {
             Products(f, rng, rows: 67, nb: 3, tokens: 10, r0, r1);
         }
+        Products(f, rng, rows: 67, nb: 3, tokens: 70, 16, 67); // expanded groups, a partial last group, a sub-range
     }
 }
 

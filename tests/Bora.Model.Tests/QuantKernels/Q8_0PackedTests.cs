@@ -4,7 +4,7 @@ namespace Bora.Model.Tests.QuantKernels;
 
 /// <summary>
 /// The packed 16-row Q8_0 layout (<see cref="Q8_0Packed"/>): packing round-trips byte for byte, and its AVX-512
-/// kernel, its scalar twin over the packed layout and the rows-in-lanes scalar twin over the GGUF rows
+/// kernel, the generated AVX-512 VNNI kernel (<see cref="Q8_0Vnni"/>, where the CPU has it), its scalar twin over the packed layout and the rows-in-lanes scalar twin over the GGUF rows
 /// (<see cref="Q8_0Interleaved.RunScalar"/>) agree bit for bit over group tails (rows 1..67), blocks per row 1..9, token
 /// counts 0..20 and larger ones, sweeps of the tiles over several groups, row sub-ranges, and the int16 extremes of the kernel's sums.
 /// Weights are random bytes (every quant value, -128 included; f16 scales normal and subnormal, both signs), not only
@@ -16,6 +16,19 @@ public sealed unsafe class Q8_0PackedTests
     private const int BlockBytes = 34;
 
     private static bool HasKernel => QuantDot.IsSupported(QuantIsa.Avx512);
+
+    /// <summary>The kernels over the packed layout that this machine runs: the scalar twin, AVX-512, generated VNNI.</summary>
+    private static string[] Kernels => [.. new[] { "RunScalar", "Run", "Vnni" }.Where(k => k == "RunScalar" || (k == "Run" ? HasKernel : QuantDispatch.GeneratedKernelsSupported))];
+
+    private static void RunKernel(string kernel, byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        switch (kernel)
+        {
+            case "Run": Q8_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
+            case "Vnni": Q8_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;
+            default: Q8_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
+        }
+    }
 
     [Fact]
     public void PackGroupAndUnpackRowRoundTripByteForByte()
@@ -121,20 +134,13 @@ public sealed unsafe class Q8_0PackedTests
                 for (int r1 = r0 + 16; ; r1 += 16)
                 {
                     int end = Math.Min(r1, n);
-                    foreach (bool kernel in HasKernel ? new[] { false, true } : [false])
+                    foreach (string kernel in Kernels)
                     {
                         var y = new float[tokens * n];
                         Array.Fill(y, float.NaN);
                         fixed (float* py = y)
                         {
-                            if (kernel)
-                            {
-                                Q8_0Packed.Run(pp, nb, n, act, tokens, py, r0, end);
-                            }
-                            else
-                            {
-                                Q8_0Packed.RunScalar(pp, nb, n, act, tokens, py, r0, end);
-                            }
+                            RunKernel(kernel, pp, nb, n, act, tokens, py, r0, end);
                         }
                         for (int i = 0; i < y.Length; i++)
                         {
@@ -142,7 +148,7 @@ public sealed unsafe class Q8_0PackedTests
                             bool inside = r >= r0 && r < end;
                             Assert.True(inside
                                 ? BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(whole[i])
-                                : float.IsNaN(y[i]), $"{(kernel ? "Run" : "RunScalar")} rows [{r0}, {end}): output {i} (token {i / n}, row {r}) {y[i]}");
+                                : float.IsNaN(y[i]), $"{kernel} rows [{r0}, {end}): output {i} (token {i / n}, row {r}) {y[i]}");
                         }
                     }
                     if (end == n)
@@ -188,33 +194,31 @@ public sealed unsafe class Q8_0PackedTests
     }
 
     /// <summary>
-    /// Run (when the CPU has it), RunScalar over the packed layout and Q8_0Interleaved.RunScalar over the rows, for rows
+    /// Run and the generated VNNI kernel (when the CPU has them), RunScalar over the packed layout and Q8_0Interleaved.RunScalar over the rows, for rows
     /// [r0, n): equal bits.
     /// </summary>
     private static void Compare(byte[] w, int n, int nb, Q8Activations act, int tokens, string what, int r0 = 0)
     {
         byte[] packed = Pack(w, n, nb);
         var expected = new float[tokens * n];
-        var scalar = new float[tokens * n];
-        var kernel = new float[tokens * n];
         fixed (byte* pw = w, pp = packed)
-        fixed (float* pe = expected, ps = scalar, pk = kernel)
+        fixed (float* pe = expected)
         {
             Q8_0Interleaved.RunScalar(pw, nb * BlockBytes, nb, n, act, tokens, pe, r0, n);
             Q8_0Packed.Prepare(act);
-            Q8_0Packed.RunScalar(pp, nb, n, act, tokens, ps, r0, n);
-            if (HasKernel)
+            foreach (string kernel in Kernels)
             {
-                Q8_0Packed.Run(pp, nb, n, act, tokens, pk, r0, n);
+                var y = new float[tokens * n];
+                fixed (float* py = y)
+                {
+                    RunKernel(kernel, pp, nb, n, act, tokens, py, r0, n);
+                }
+                for (int i = 0; i < expected.Length; i++)
+                {
+                    Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(y[i]),
+                        $"{what}: output {i} (token {i / Math.Max(1, n)}, row {i % n}): packed {kernel} {y[i]} vs rows scalar twin {expected[i]}");
+                }
             }
-        }
-        for (int i = 0; i < expected.Length; i++)
-        {
-            int e = BitConverter.SingleToInt32Bits(expected[i]);
-            Assert.True(e == BitConverter.SingleToInt32Bits(scalar[i]),
-                $"{what}: output {i} (token {i / Math.Max(1, n)}, row {i % n}): packed scalar twin {scalar[i]} vs rows scalar twin {expected[i]}");
-            Assert.True(!HasKernel || e == BitConverter.SingleToInt32Bits(kernel[i]),
-                $"{what}: output {i} (token {i / Math.Max(1, n)}, row {i % n}): packed kernel {kernel[i]} vs scalar twin {expected[i]}");
         }
     }
 

@@ -109,6 +109,7 @@ internal static unsafe class PackedLayouts
         {
             case DType.Q4_0 when wide: Q4_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_0: Q4_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
+            case DType.Q8_0 when wide && QuantDispatch.UseGeneratedKernels: Q8_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q8_0 when wide: Q8_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q8_0: Q8_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_K when wide: Q4KPacked.Run(packed, nb, n, act, tokens, y, r0, r1); break;

@@ -122,8 +122,23 @@ internal static unsafe class Q4KPacked
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
     /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
     /// </summary>
-    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
-        KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        if (QuantDispatch.UseGeneratedKernels)
+        {
+            KPacked.Run<Q4KVnni.Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+        }
+        else
+        {
+            KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+        }
+    }
+
+    /// <summary>Bytes of one super-block of an expanded group.</summary>
+    internal const long ExpandedStride = Expanded.Stride;
+
+    /// <summary>Offsets in an expanded super-block: the 8 sub-blocks' scales (16 rows each), dmin m[s] floats, d floats.</summary>
+    internal const long ExpandedScaleOffset = Expanded.ScaleOffset, ExpandedMinOffset = Expanded.MinOffset, ExpandedDOffset = Expanded.DOffset;
 
     private static byte[] BuildControls()
     {
@@ -147,7 +162,7 @@ internal static unsafe class Q4KPacked
     }
 
     /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: the sub-block sums (d_x sum x).</summary>
-    private readonly struct Kernel : IKPackedKernel
+    internal readonly struct Kernel : IKPackedKernel
     {
         public static long SuperBytes => Q4KPacked.SuperBytes;
 
@@ -157,7 +172,7 @@ internal static unsafe class Q4KPacked
 
         public static nint TokenData(Q8Activations act, int t) => (nint)act.SubBlockSums(t);
 
-        public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, Controls, dst);
+        public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, dst);
 
         public static void Tile<TN>(bool expanded, byte* src, int nb, Q8Row* tok, nint* data, float* y, int n, int rows, float* partial)
             where TN : struct, ITokenCount
@@ -173,9 +188,14 @@ internal static unsafe class Q4KPacked
         }
     }
 
-    /// <summary>Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>.</summary>
-    private static void Expand(byte* g, int nb, byte* ctrl, byte* dst)
+    /// <summary>
+    /// Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>; with
+    /// <paramref name="plainScales"/>, each sc[s] as one int32 per row instead of a pair of int16 (the layout of
+    /// <see cref="Q4KVnni"/>, whose vpmulld takes the scale whole).
+    /// </summary>
+    internal static void Expand(byte* g, int nb, byte* dst, bool plainScales = false)
     {
+        byte* ctrl = Controls;
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + (long)b * SuperBytes;
@@ -188,7 +208,8 @@ internal static unsafe class Q4KPacked
                 {
                     Packed.Plane(sb, s / 2, s % 2, k).Store(eb + s * 512L + 64 * k);
                 }
-                Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl).Store((short*)(eb + Expanded.ScaleOffset + s * 64L));
+                var pair = Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl);
+                (plainScales ? pair.AsInt32() & Vector512.Create(0xFFFF) : pair.AsInt32()).Store((int*)(eb + Expanded.ScaleOffset + s * 64L));
                 Packed.MinScale(sb, mins, s, ctrl).Store((float*)(eb + Expanded.MinOffset + s * 64L));
             }
             Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
@@ -418,7 +439,9 @@ internal static unsafe class Q4KPacked
         public const long MinOffset = ScaleOffset + 512;
         public const long DOffset = MinOffset + 512;
 
-        public static long Stride => DOffset + 64;
+        public const long Stride = DOffset + 64;
+
+        static long ISource.Stride => Stride;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> Plane(byte* sb, int c, int half, int k) => Vector512.Load(sb + (2 * c + half) * 512L + 64 * k);

@@ -53,4 +53,15 @@ public static class QuantDispatch
     /// than a block pair (QuantGemm.Gemv512, the previous kernel; benchmarks compare the two).
     /// </summary>
     public static bool Q4_0QuadDecode { get; set; } = true;
+
+    /// <summary>
+    /// Whether products run Bora's generated AVX-512 VNNI kernels where <see cref="GeneratedKernelsSupported"/> (the
+    /// default there); false runs the managed AVX-512 kernels, which tests and benchmarks compare them with.
+    /// </summary>
+    public static bool GeneratedKernels { get; set; } = true;
+
+    /// <summary>Whether this process can run the generated kernels (see <see cref="Jit.GeneratedKernels.IsSupported"/>).</summary>
+    public static bool GeneratedKernelsSupported => Jit.GeneratedKernels.IsSupported;
+
+    internal static bool UseGeneratedKernels => GeneratedKernels && Jit.GeneratedKernels.IsSupported;
 }

@@ -1,0 +1,50 @@
+using System.Collections.Concurrent;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Jit;
+
+/// <summary>
+/// Whether this process can run Bora's generated AVX-512 VNNI kernels, and the cache of the generated functions (one
+/// per kernel and shape, made at first use and kept for the life of the process).
+/// </summary>
+internal static unsafe class GeneratedKernels
+{
+    private static readonly ConcurrentDictionary<(string Kernel, int Tokens, int Blocks), nint> s_functions = new();
+
+    /// <summary>
+    /// x64 Linux, AVX-512 BW and VNNI reported by the CPU and enabled in .NET (so <c>DOTNET_EnableAVX512F=0</c> or
+    /// <c>DOTNET_EnableHWIntrinsic=0</c> turn the generated kernels off), executable pages granted, and the environment
+    /// variable <c>BORA_GENERATED_KERNELS</c> not set to 0.
+    /// </summary>
+    public static bool IsSupported { get; } = Detect();
+
+    private static bool Detect()
+    {
+        if (!OperatingSystem.IsLinux() || !X86Base.X64.IsSupported || !Avx512BW.IsSupported
+            || Environment.GetEnvironmentVariable("BORA_GENERATED_KERNELS") == "0")
+        {
+            return false;
+        }
+        (_, _, int ecx, _) = X86Base.CpuId(7, 0);
+        if ((ecx & (1 << 11)) == 0)
+        {
+            return false; // no AVX512_VNNI
+        }
+        return ExecutableMemory.TryCreate([0xC3]) != null; // a lone ret: may this process have executable pages?
+    }
+
+    /// <summary>The function <paramref name="emit"/>(tokens, blocks) assembles for <paramref name="kernel"/>, generated once.</summary>
+    public static nint Get(string kernel, int tokens, int blocks, Func<int, int, X64Emitter> emit)
+    {
+        if (s_functions.TryGetValue((kernel, tokens, blocks), out nint f))
+        {
+            return f;
+        }
+        byte* p = ExecutableMemory.TryCreate(emit(tokens, blocks).Code);
+        if (p == null)
+        {
+            throw new InvalidOperationException($"the pages for generated kernel {kernel} were refused after earlier ones were granted; set BORA_GENERATED_KERNELS=0 to run the managed kernels");
+        }
+        return s_functions.GetOrAdd((kernel, tokens, blocks), (nint)p);
+    }
+}

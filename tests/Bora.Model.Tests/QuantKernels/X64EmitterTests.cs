@@ -1,0 +1,109 @@
+using Bora.Numerics.Jit;
+
+namespace Bora.Model.Tests.QuantKernels;
+
+/// <summary>
+/// <see cref="X64Emitter"/>'s encodings against GNU objdump's decoding of the same bytes (binutils 2.4x,
+/// <c>objdump -D -b binary -m i386:x86-64</c>; the instruction each line decodes to is beside it): the register numbers
+/// 8..31 (EVEX R, R', X, B, V' bits), embedded broadcasts, memory bases r8 / r9 and the backward branch.
+/// </summary>
+[Trait("Category", "Kernels")]
+public sealed class X64EmitterTests
+{
+    public static TheoryData<string, string> Encodings => new()
+    {
+        { "vpxord %zmm0,%zmm0,%zmm0", "62 f1 7d 48 ef c0" },
+        { "vpxord %zmm8,%zmm8,%zmm8", "62 51 3d 48 ef c0" },
+        { "vpxord %zmm9,%zmm17,%zmm31", "62 41 75 40 ef f9" },
+        { "vmovups 0x40(%rdi),%zmm24", "62 61 7c 48 10 87 40 00 00 00" },
+        { "vmovups 0x3e8(%r9),%zmm3", "62 d1 7c 48 10 99 e8 03 00 00" },
+        { "vmovups %zmm7,0x40(%r9)", "62 d1 7c 48 11 b9 40 00 00 00" },
+        { "vpdpbusd 0x101c(%rsi){1to16},%zmm24,%zmm8", "62 72 3d 50 50 86 1c 10 00 00" },
+        { "vpdpbusd 0x4(%r8){1to16},%zmm31,%zmm15", "62 52 05 50 50 b8 04 00 00 00" },
+        { "vcvtdq2ps %zmm9,%zmm9", "62 51 7c 48 5b c9" },
+        { "vcvtdq2ps %zmm3,%zmm20", "62 e1 7c 48 5b e3" },
+        { "vcvtph2ps 0x200(%rdi),%zmm16", "62 e2 7d 48 13 87 00 02 00 00" },
+        { "vbroadcastss 0xc(%rdx),%zmm17", "62 e2 7d 48 18 8a 0c 00 00 00" },
+        { "vfmsub213ps 0x4(%rcx){1to16},%zmm17,%zmm8", "62 72 75 50 aa 81 04 00 00 00" },
+        { "vfmadd231ps %zmm8,%zmm16,%zmm0", "62 d2 7d 40 b8 c0" },
+        { "vfmadd231ps %zmm15,%zmm16,%zmm7", "62 d2 7d 40 b8 ff" },
+        { "vpmulld 0x1040(%rdi),%zmm16,%zmm16", "62 e2 7d 40 40 87 40 10 00 00" },
+        { "vpmulld 0x1000(%rdi),%zmm23,%zmm23", "62 e2 45 40 40 bf 00 10 00 00" },
+        { "vpaddd %zmm16,%zmm8,%zmm8", "62 31 3d 48 fe c0" },
+        { "vpaddd %zmm23,%zmm15,%zmm15", "62 31 05 48 fe ff" },
+        { "vmulps 0x600(%rdx){1to16},%zmm9,%zmm9", "62 71 34 58 59 8a 00 06 00 00" },
+        { "vfnmadd231ps 0x1c(%rcx){1to16},%zmm17,%zmm7", "62 f2 75 50 bc b9 1c 00 00 00" },
+        { "prefetcht0 0x880(%rdi)", "0f 18 8f 80 08 00 00" },
+        { "prefetcht0 0x40(%r9)", "41 0f 18 89 40 00 00 00" },
+        { "add $0x440,%rdi", "48 81 c7 40 04 00 00" },
+        { "add $0x8,%r8", "49 81 c0 08 00 00 00" },
+        { "dec %r8", "49 ff c8" },
+        { "vzeroupper; ret", "c5 f8 77 c3" },
+    };
+
+    [Theory]
+    [MemberData(nameof(Encodings))]
+    public void EncodesAsObjdumpDecodes(string instruction, string hex)
+    {
+        var e = new X64Emitter();
+        Emit(e, instruction);
+        Assert.Equal(hex, string.Join(' ', e.Code.ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture))));
+    }
+
+    [Fact]
+    public void BackwardBranchLandsOnItsTarget()
+    {
+        // objdump: "89: add $0x440,%rdi ... 9a: 0f 85 e9 ff ff ff  jne 0x89": the rel32 counts from the branch's end.
+        var e = new X64Emitter();
+        int target = e.Position;
+        e.AddImm(Gpr.Rdi, 1088);
+        e.Dec(Gpr.R8);
+        e.JnzBack(target);
+        Assert.Equal("0f 85 f0 ff ff ff", string.Join(' ', e.Code[^6..].ToArray().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture))));
+        Assert.Equal(16, e.Position); // 7 + 3 + 6 bytes: -16 = 0xfffffff0
+    }
+
+    [Fact]
+    public void BasesThatNeedOtherModRmFormsAreRefused()
+    {
+        var e = new X64Emitter();
+        Assert.Throws<ArgumentOutOfRangeException>(() => e.LoadPs(0, Gpr.Rsp, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => e.LoadPs(0, Gpr.Rbp, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => e.LoadPs(32, Gpr.Rdi, 0));
+    }
+
+    private static void Emit(X64Emitter e, string instruction)
+    {
+        switch (instruction)
+        {
+            case "vpxord %zmm0,%zmm0,%zmm0": e.Pxord(0, 0, 0); break;
+            case "vpxord %zmm8,%zmm8,%zmm8": e.Pxord(8, 8, 8); break;
+            case "vpxord %zmm9,%zmm17,%zmm31": e.Pxord(31, 17, 9); break;
+            case "vmovups 0x40(%rdi),%zmm24": e.LoadPs(24, Gpr.Rdi, 64); break;
+            case "vmovups 0x3e8(%r9),%zmm3": e.LoadPs(3, Gpr.R9, 1000); break;
+            case "vmovups %zmm7,0x40(%r9)": e.StorePs(Gpr.R9, 64, 7); break;
+            case "vpdpbusd 0x101c(%rsi){1to16},%zmm24,%zmm8": e.DpbusdBroadcast(8, 24, Gpr.Rsi, 4096 + 28); break;
+            case "vpdpbusd 0x4(%r8){1to16},%zmm31,%zmm15": e.DpbusdBroadcast(15, 31, Gpr.R8, 4); break;
+            case "vcvtdq2ps %zmm9,%zmm9": e.CvtDqToPs(9, 9); break;
+            case "vcvtdq2ps %zmm3,%zmm20": e.CvtDqToPs(20, 3); break;
+            case "vcvtph2ps 0x200(%rdi),%zmm16": e.CvtPhToPs(16, Gpr.Rdi, 512); break;
+            case "vbroadcastss 0xc(%rdx),%zmm17": e.BroadcastSs(17, Gpr.Rdx, 12); break;
+            case "vfmsub213ps 0x4(%rcx){1to16},%zmm17,%zmm8": e.FmsubBroadcast(8, 17, Gpr.Rcx, 4); break;
+            case "vfmadd231ps %zmm8,%zmm16,%zmm0": e.Fmadd231(0, 16, 8); break;
+            case "vfmadd231ps %zmm15,%zmm16,%zmm7": e.Fmadd231(7, 16, 15); break;
+            case "vpmulld 0x1040(%rdi),%zmm16,%zmm16": e.PmulldMem(16, 16, Gpr.Rdi, 4096 + 64); break;
+            case "vpmulld 0x1000(%rdi),%zmm23,%zmm23": e.PmulldMem(23, 23, Gpr.Rdi, 4096); break;
+            case "vpaddd %zmm16,%zmm8,%zmm8": e.Paddd(8, 8, 16); break;
+            case "vpaddd %zmm23,%zmm15,%zmm15": e.Paddd(15, 15, 23); break;
+            case "vmulps 0x600(%rdx){1to16},%zmm9,%zmm9": e.MulPsBroadcast(9, 9, Gpr.Rdx, 4 * 128 * 3); break;
+            case "vfnmadd231ps 0x1c(%rcx){1to16},%zmm17,%zmm7": e.FnmaddBroadcast231(7, 17, Gpr.Rcx, 28); break;
+            case "prefetcht0 0x880(%rdi)": e.Prefetch(Gpr.Rdi, 2176); break;
+            case "prefetcht0 0x40(%r9)": e.Prefetch(Gpr.R9, 64); break;
+            case "add $0x440,%rdi": e.AddImm(Gpr.Rdi, 1088); break;
+            case "add $0x8,%r8": e.AddImm(Gpr.R8, 8); break;
+            case "dec %r8": e.Dec(Gpr.R8); break;
+            case "vzeroupper; ret": e.VzeroupperRet(); break;
+            default: throw new ArgumentException(instruction);
+        }
+    }
+}
