@@ -171,7 +171,7 @@ public static class ModelBench
             return 0;
         }
         Console.WriteLine(string.Create(inv,
-            $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}"));
+            $"{Path.GetFileName(model)}: threads {threads} (of {Environment.ProcessorCount} processors), prompt {promptTokens}, gen {gen}, median of {repeats}, Bora ISA {QuantDot.Best}{(QuantDispatch.GeneratedKernels && QuantDispatch.GeneratedKernelsSupported ? " + generated VNNI tiles" : "")}"));
         Console.WriteLine(string.Create(inv,
             $"memory: file {fileBytes / 1e6:F1} MB, KV cache ({kvType}) {kvBytes / 1e6:F1} MB, load {loadSeconds:F2} s{(a.Flag("copy-weights") ? " (copied weights)" : bora.Mapper is { PackedBytes: > 0 } pm ? $" ({pm.PackedBytes / 1e6:F0} MB packed, {pm.MappedBytes / 1e6:F0} MB mapped)" : " (mapped weights)")}, " +
             $"peak RSS after load {loadPeak / 1e6:F1} MB, at the end {endPeak / 1e6:F1} MB ({(double)endPeak / (fileBytes + kvBytes):P0} of file + KV cache)"));
