@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 
 namespace Bora.Numerics.Jit;
@@ -46,5 +47,24 @@ internal static unsafe class GeneratedKernels
             throw new InvalidOperationException($"the pages for generated kernel {kernel} were refused after earlier ones were granted; set BORA_GENERATED_KERNELS=0 to run the managed kernels");
         }
         return s_functions.GetOrAdd((kernel, tokens, blocks), (nint)p);
+    }
+
+    /// <summary>
+    /// A generated tile's results (token t's 16 row values at results + 16 t) to y: the first <paramref name="rows"/> of
+    /// each of <paramref name="tokens"/> tokens, token t at y + t n.
+    /// </summary>
+    public static void CopyResults(float* results, int tokens, float* y, int n, int rows)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            if (rows == 16)
+            {
+                Vector512.Load(results + 16 * t).Store(y + (long)t * n);
+            }
+            else
+            {
+                new ReadOnlySpan<float>(results + 16 * t, rows).CopyTo(new Span<float>(y + (long)t * n, rows));
+            }
+        }
     }
 }

@@ -26,7 +26,8 @@ namespace Bora.Numerics.Quant;
 /// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
 /// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
 /// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
-/// integers, same float products, same results.</para>
+/// integers, same float products, same results. Where the CPU has AVX-512 VNNI, <see cref="Q4KVnni"/>'s generated tiles
+/// read the expanded groups instead (with each sc[s] stored as one int32).</para>
 /// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
 /// </summary>
 internal static unsafe class Q4KPacked

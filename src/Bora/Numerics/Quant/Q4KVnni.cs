@@ -1,4 +1,3 @@
-using System.Runtime.Intrinsics;
 using Bora.Numerics.Jit;
 
 namespace Bora.Numerics.Quant;
@@ -48,17 +47,7 @@ internal static unsafe class Q4KVnni
             var tile = (delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void>)GeneratedKernels.Get(nameof(Q4KVnni), TN.Value, nb, Emit);
             float* results = stackalloc float[8 * 16];
             tile(src, tok[0].Q, tok[0].D, (float*)data[0], nb, results);
-            for (int t = 0; t < TN.Value; t++)
-            {
-                if (rows == 16)
-                {
-                    Vector512.Load(results + 16 * t).Store(y + (long)t * n);
-                }
-                else
-                {
-                    new ReadOnlySpan<float>(results + 16 * t, rows).CopyTo(new Span<float>(y + (long)t * n, rows));
-                }
-            }
+            GeneratedKernels.CopyResults(results, TN.Value, y, n, rows);
         }
     }
 

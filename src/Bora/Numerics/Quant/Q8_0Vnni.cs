@@ -1,4 +1,3 @@
-using System.Runtime.Intrinsics;
 using Bora.Numerics.Jit;
 
 namespace Bora.Numerics.Quant;
@@ -58,18 +57,7 @@ internal static unsafe class Q8_0Vnni
                 {
                     int rows = Math.Min(Q8_0Packed.GroupRows, s1 - g0);
                     tile(packed + g0 / Q8_0Packed.GroupRows * groupBytes, row.Q, row.D, ds, nb / 2, results);
-                    float* yt = y + (long)t0 * n + g0;
-                    for (int t = 0; t < tt; t++)
-                    {
-                        if (rows == Q8_0Packed.GroupRows)
-                        {
-                            Vector512.Load(results + 16 * t).Store(yt + (long)t * n);
-                        }
-                        else
-                        {
-                            new ReadOnlySpan<float>(results + 16 * t, rows).CopyTo(new Span<float>(yt + (long)t * n, rows));
-                        }
-                    }
+                    GeneratedKernels.CopyResults(results, tt, y + (long)t0 * n + g0, n, rows);
                 }
             }
         }
