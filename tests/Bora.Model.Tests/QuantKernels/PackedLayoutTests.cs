@@ -6,7 +6,7 @@ namespace Bora.Model.Tests.QuantKernels;
 /// <summary>
 /// The packed 16-row group layouts (<see cref="QuantizedMatrix.Pack"/>): packing loses nothing (every row's GGUF blocks
 /// come back byte for byte), and products over the packed groups, for every token count (decode included) and at
-/// every ISA (the AVX-512 kernel above, the scalar twin over the packed bytes below), equal the rows-in-lanes scalar
+/// every ISA (the AVX-512 kernels above, managed and generated, the scalar twin over the packed bytes below), equal the rows-in-lanes scalar
 /// twin over the unpacked GGUF rows bit for bit.
 /// </summary>
 [Trait("Category", "Kernels")]
@@ -73,12 +73,25 @@ public sealed unsafe class PackedLayoutTests
                 var expected = RowsInLanesScalar(q, x, tokens);
                 foreach (var isa in isas)
                 {
-                    var y = new float[tokens * rows];
-                    p.MatMul(x, y, tokens, isa);
-                    for (int i = 0; i < y.Length; i++)
+                    // At AVX-512: the managed kernels, then the generated VNNI ones where this machine runs them.
+                    foreach (bool generated in isa == QuantIsa.Avx512 && QuantDispatch.GeneratedKernelsSupported ? new[] { false, true } : [false])
                     {
-                        Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
-                            $"{type} ({rows}, {cols}) x {tokens} at {isa}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+                        var y = new float[tokens * rows];
+                        bool before = QuantDispatch.GeneratedKernels;
+                        QuantDispatch.GeneratedKernels = generated; // both give the same bits: other tests are unaffected
+                        try
+                        {
+                            p.MatMul(x, y, tokens, isa);
+                        }
+                        finally
+                        {
+                            QuantDispatch.GeneratedKernels = before;
+                        }
+                        for (int i = 0; i < y.Length; i++)
+                        {
+                            Assert.True(BitConverter.SingleToInt32Bits(y[i]) == BitConverter.SingleToInt32Bits(expected[i]),
+                                $"{type} ({rows}, {cols}) x {tokens} at {isa}{(generated ? " (generated)" : "")}: output {i} (token {i / rows}, row {i % rows}) {y[i]} vs scalar twin {expected[i]}");
+                        }
                     }
                 }
             }

@@ -58,6 +58,24 @@ internal sealed class X64Emitter
     /// <summary>vfnmadd231ps acc, a, [base + disp]{1to16}: acc = -(a * m) + acc (one rounding).</summary>
     public void FnmaddBroadcast231(int acc, int a, Gpr b, int disp) => EvexMem(Map.M0F38, Pp.P66, 0xBC, acc, a, b, disp, broadcast: true);
 
+    /// <summary>vpandd dst, a, b.</summary>
+    public void Pandd(int dst, int a, int b) => EvexReg(Map.M0F, Pp.P66, 0xDB, dst, a, b);
+
+    /// <summary>vpsrlw dst, src, imm (each int16 lane shifted right, zeros in).</summary>
+    public void PsrlwImm(int dst, int src, byte imm)
+    {
+        EvexReg(Map.M0F, Pp.P66, 0x71, 2, dst, src); // the shift-by-immediate group: destination in vvvv, /2 in ModRM.reg
+        Byte(imm);
+    }
+
+    /// <summary>mov eax, imm32 then vpbroadcastd zmm, eax: a constant in every int32 lane (eax is clobbered).</summary>
+    public void BroadcastConstant(int zmm, int value)
+    {
+        Byte(0xB8); // mov eax, imm32
+        Int(value);
+        EvexReg(Map.M0F38, Pp.P66, 0x7C, zmm, -1, 0); // vpbroadcastd zmm, r32 (rm = eax)
+    }
+
     /// <summary>vcvtdq2ps dst, src.</summary>
     public void CvtDqToPs(int dst, int src) => EvexReg(Map.M0F, Pp.None, 0x5B, dst, -1, src);
 

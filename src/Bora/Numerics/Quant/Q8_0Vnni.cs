@@ -121,6 +121,17 @@ internal static unsafe class Q8_0Vnni
         {
             e.LoadPs(24 + j, Gpr.Rdi, quants + 64 * j);
         }
+        e.CvtPhToPs(16, Gpr.Rdi, scales);
+        Tokens(e, tokens, qStride, dStride, x, d);
+    }
+
+    /// <summary>
+    /// The tokens' part of a block, shared with <see cref="Q4_0Vnni"/>: per token t, p = 8 vpdpbusd of zmm24..31 (vector j:
+    /// values 4j..4j+3 of the 16 rows, unsigned) with t's 4-byte groups at rsi + t qStride + x + 4j, then
+    /// acc_t = fma(d_w (zmm16), fms(float(p), d_x, ds), acc_t) with d_x at rdx + t dStride + d and ds at rcx + the same.
+    /// </summary>
+    internal static void Tokens(X64Emitter e, int tokens, int qStride, int dStride, int x, int d)
+    {
         for (int t = 0; t < tokens; t++)
         {
             e.Pxord(8 + t, 8 + t, 8 + t);
@@ -132,7 +143,6 @@ internal static unsafe class Q8_0Vnni
                 e.DpbusdBroadcast(8 + t, 24 + j, Gpr.Rsi, t * qStride + x + 4 * j);
             }
         }
-        e.CvtPhToPs(16, Gpr.Rdi, scales);
         for (int t = 0; t < tokens; t++)
         {
             int dx = 17 + (t & 3);
