@@ -67,4 +67,29 @@ internal static unsafe class GeneratedKernels
             }
         }
     }
+
+    /// <summary>
+    /// The end of a tile's loop body, in the calling convention every tile shares (rdi = weights, rsi = token 0's
+    /// quants, rdx = its scales, rcx = its per-block data, r8 = steps left): advance the four pointers by one step's
+    /// bytes, count r8 down and branch back to <paramref name="loop"/> while steps are left.
+    /// </summary>
+    public static void NextStep(X64Emitter e, int loop, int weights, int quants, int scales, int data)
+    {
+        e.AddImm(Gpr.Rdi, weights);
+        e.AddImm(Gpr.Rsi, quants);
+        e.AddImm(Gpr.Rdx, scales);
+        e.AddImm(Gpr.Rcx, data);
+        e.Dec(Gpr.R8);
+        e.JnzBack(loop);
+    }
+
+    /// <summary>A tile's epilogue: the accumulators zmm0..tokens-1 to r9 (token t's 16 rows at r9 + 64 t), then return.</summary>
+    public static void StoreAndReturn(X64Emitter e, int tokens)
+    {
+        for (int t = 0; t < tokens; t++)
+        {
+            e.StorePs(Gpr.R9, 64 * t, t);
+        }
+        e.VzeroupperRet();
+    }
 }

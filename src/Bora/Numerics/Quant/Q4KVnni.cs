@@ -107,17 +107,8 @@ internal static unsafe class Q4KVnni
                 e.FnmaddBroadcast231(t, 17, Gpr.Rcx, t * sumStride + 4 * s);
             }
         }
-        e.AddImm(Gpr.Rdi, (int)Q4KPacked.ExpandedStride);
-        e.AddImm(Gpr.Rsi, 256);
-        e.AddImm(Gpr.Rdx, 4);
-        e.AddImm(Gpr.Rcx, 32);
-        e.Dec(Gpr.R8);
-        e.JnzBack(loop);
-        for (int t = 0; t < tokens; t++)
-        {
-            e.StorePs(Gpr.R9, 64 * t, t);
-        }
-        e.VzeroupperRet();
+        GeneratedKernels.NextStep(e, loop, weights: (int)Q4KPacked.ExpandedStride, quants: 256, scales: 4, data: 32);
+        GeneratedKernels.StoreAndReturn(e, tokens);
         return e;
     }
 }

@@ -92,17 +92,8 @@ internal static unsafe class Q4_0Vnni
         }
         e.CvtPhToPs(16, Gpr.Rdi, 256);
         Q8_0Vnni.Tokens(e, tokens, qStride: 32 * nb, dStride: 4 * nb, x: 0, d: 0);
-        e.AddImm(Gpr.Rdi, Block);
-        e.AddImm(Gpr.Rsi, 32);
-        e.AddImm(Gpr.Rdx, 4);
-        e.AddImm(Gpr.Rcx, 4);
-        e.Dec(Gpr.R8);
-        e.JnzBack(loop);
-        for (int t = 0; t < tokens; t++)
-        {
-            e.StorePs(Gpr.R9, 64 * t, t);
-        }
-        e.VzeroupperRet();
+        GeneratedKernels.NextStep(e, loop, weights: Block, quants: 32, scales: 4, data: 4);
+        GeneratedKernels.StoreAndReturn(e, tokens);
         return e;
     }
 }

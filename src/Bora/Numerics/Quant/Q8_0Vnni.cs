@@ -92,22 +92,13 @@ internal static unsafe class Q8_0Vnni
             }
             Block(e, tokens, qStride, dStride, quants: 0, scales: 512, x: 0, d: 0);
             Block(e, tokens, qStride, dStride, quants: 544 + 32, scales: 544, x: 32, d: 4);
-            e.AddImm(Gpr.Rdi, 1088);
-            e.AddImm(Gpr.Rsi, 64);
-            e.AddImm(Gpr.Rdx, 8);
-            e.AddImm(Gpr.Rcx, 8);
-            e.Dec(Gpr.R8);
-            e.JnzBack(loop);
+            GeneratedKernels.NextStep(e, loop, weights: 1088, quants: 64, scales: 8, data: 8);
         }
         if (nb % 2 == 1)
         {
             Block(e, tokens, qStride, dStride, quants: 0, scales: 512, x: 0, d: 0);
         }
-        for (int t = 0; t < tokens; t++)
-        {
-            e.StorePs(Gpr.R9, 64 * t, t);
-        }
-        e.VzeroupperRet();
+        GeneratedKernels.StoreAndReturn(e, tokens);
         return e;
     }
 
