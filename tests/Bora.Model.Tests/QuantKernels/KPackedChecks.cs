@@ -163,16 +163,8 @@ internal static unsafe class KPackedChecks
                 y.AsSpan().Fill(float.NaN);
                 fixed (float* py = y)
                 {
-                    bool before = QuantDispatch.GeneratedKernels;
-                    QuantDispatch.GeneratedKernels = generated; // both paths give the same bits, so other tests are unaffected
-                    try
-                    {
-                        f.Run(pp, nb, rows, act, tokens, py, r0, r1);
-                    }
-                    finally
-                    {
-                        QuantDispatch.GeneratedKernels = before;
-                    }
+                    using var _ = GeneratedKernelsSwitch.Set(generated);
+                    f.Run(pp, nb, rows, act, tokens, py, r0, r1);
                 }
             }
         }

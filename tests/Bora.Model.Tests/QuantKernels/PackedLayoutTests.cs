@@ -77,15 +77,9 @@ public sealed unsafe class PackedLayoutTests
                     foreach (bool generated in isa == QuantIsa.Avx512 && QuantDispatch.GeneratedKernelsSupported ? new[] { false, true } : [false])
                     {
                         var y = new float[tokens * rows];
-                        bool before = QuantDispatch.GeneratedKernels;
-                        QuantDispatch.GeneratedKernels = generated; // both give the same bits: other tests are unaffected
-                        try
+                        using (GeneratedKernelsSwitch.Set(generated))
                         {
                             p.MatMul(x, y, tokens, isa);
-                        }
-                        finally
-                        {
-                            QuantDispatch.GeneratedKernels = before;
                         }
                         for (int i = 0; i < y.Length; i++)
                         {

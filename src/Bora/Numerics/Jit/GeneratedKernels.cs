@@ -4,13 +4,21 @@ using System.Runtime.Intrinsics.X86;
 
 namespace Bora.Numerics.Jit;
 
+/// <summary>The generated tiles, as keys of <see cref="GeneratedKernels"/>'s cache.</summary>
+internal enum GeneratedKernel
+{
+    Q8_0,
+    Q4_0,
+    Q4K,
+}
+
 /// <summary>
 /// Whether this process can run Bora's generated AVX-512 VNNI kernels, and the cache of the generated functions (one
 /// per kernel and shape, made at first use and kept for the life of the process).
 /// </summary>
 internal static unsafe class GeneratedKernels
 {
-    private static readonly ConcurrentDictionary<(string Kernel, int Tokens, int Blocks), nint> s_functions = new();
+    private static readonly ConcurrentDictionary<(GeneratedKernel Kernel, int Tokens, int Blocks), nint> s_functions = new();
 
     /// <summary>
     /// x64 Linux, AVX-512 BW and VNNI reported by the CPU and enabled in .NET (so <c>DOTNET_EnableAVX512F=0</c> or
@@ -34,19 +42,25 @@ internal static unsafe class GeneratedKernels
         return ExecutableMemory.TryCreate([0xC3]) != null; // a lone ret: may this process have executable pages?
     }
 
-    /// <summary>The function <paramref name="emit"/>(tokens, blocks) assembles for <paramref name="kernel"/>, generated once.</summary>
-    public static nint Get(string kernel, int tokens, int blocks, Func<int, int, X64Emitter> emit)
+    /// <summary>
+    /// The tile <paramref name="emit"/>(tokens, blocks) assembles for <paramref name="kernel"/>, generated at first use
+    /// (two threads asking at once may both assemble it; one copy is kept, the other's page is left unused). Every tile
+    /// takes the arguments of <see cref="NextStep"/>'s convention: weights, token 0's quants, its scales, its per-block
+    /// data, the step count and the 16 T floats out.
+    /// </summary>
+    public static delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void> Get(
+        GeneratedKernel kernel, int tokens, int blocks, Func<int, int, X64Emitter> emit)
     {
-        if (s_functions.TryGetValue((kernel, tokens, blocks), out nint f))
+        if (!s_functions.TryGetValue((kernel, tokens, blocks), out nint f))
         {
-            return f;
+            byte* p = ExecutableMemory.TryCreate(emit(tokens, blocks).Code);
+            if (p == null)
+            {
+                throw new InvalidOperationException($"the pages for generated kernel {kernel} were refused after earlier ones were granted; set BORA_GENERATED_KERNELS=0 to run the managed kernels");
+            }
+            f = s_functions.GetOrAdd((kernel, tokens, blocks), (nint)p);
         }
-        byte* p = ExecutableMemory.TryCreate(emit(tokens, blocks).Code);
-        if (p == null)
-        {
-            throw new InvalidOperationException($"the pages for generated kernel {kernel} were refused after earlier ones were granted; set BORA_GENERATED_KERNELS=0 to run the managed kernels");
-        }
-        return s_functions.GetOrAdd((kernel, tokens, blocks), (nint)p);
+        return (delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void>)f;
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Bora.Numerics.Jit;
 
 namespace Bora.Numerics.Quant;
@@ -22,6 +23,9 @@ namespace Bora.Numerics.Quant;
 /// </summary>
 internal static unsafe class Q4KVnni
 {
+    /// <summary>Most tokens of a tile: KPacked's tiles of 8, 8 accumulators and 8 sums beside 8 nibble vectors.</summary>
+    private const int TileTokens = 8;
+
     /// <summary><see cref="KPacked"/>'s view of this kernel: expanded groups run the generated tile, packed ones the managed tile.</summary>
     internal readonly struct Kernel : IKPackedKernel
     {
@@ -35,6 +39,7 @@ internal static unsafe class Q4KVnni
 
         public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, dst, plainScales: true);
 
+        [SkipLocalsInit] // the tile writes every result it reads back
         public static void Tile<TN>(bool expanded, byte* src, int nb, Q8Row* tok, nint* data, float* y, int n, int rows, float* partial)
             where TN : struct, ITokenCount
         {
@@ -44,8 +49,8 @@ internal static unsafe class Q4KVnni
                 return;
             }
             // KPacked's tiles hold tokens t0..t0 + TN - 1 in order (the repeated last entries only fill a short tile).
-            var tile = (delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void>)GeneratedKernels.Get(nameof(Q4KVnni), TN.Value, nb, Emit);
-            float* results = stackalloc float[8 * 16];
+            var tile = GeneratedKernels.Get(GeneratedKernel.Q4K, TN.Value, nb, Emit);
+            float* results = stackalloc float[TileTokens * 16];
             tile(src, tok[0].Q, tok[0].D, (float*)data[0], nb, results);
             GeneratedKernels.CopyResults(results, TN.Value, y, n, rows);
         }
@@ -55,7 +60,7 @@ internal static unsafe class Q4KVnni
     internal static X64Emitter Emit(int tokens, int nb)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(tokens, 1);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(tokens, 8);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(tokens, TileTokens);
         ArgumentOutOfRangeException.ThrowIfLessThan(nb, 1);
         int qStride = 256 * nb, dStride = 4 * nb, sumStride = 32 * nb; // bytes from token t's rows to token t + 1's
         int scales = (int)Q4KPacked.ExpandedScaleOffset, mins = (int)Q4KPacked.ExpandedMinOffset, d = (int)Q4KPacked.ExpandedDOffset;

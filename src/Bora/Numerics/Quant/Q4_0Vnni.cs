@@ -45,8 +45,8 @@ internal static unsafe class Q4_0Vnni
         }
         float* results = stackalloc float[TileTokens * Q4_0Packed.GroupRows];
         // The two tiles this product needs, looked up once (a tile call is only a few microseconds).
-        nint full = tokens >= TileTokens ? GeneratedKernels.Get(nameof(Q4_0Vnni), TileTokens, nb, Emit) : 0;
-        nint tail = tokens % TileTokens != 0 ? GeneratedKernels.Get(nameof(Q4_0Vnni), tokens % TileTokens, nb, Emit) : 0;
+        var full = tokens >= TileTokens ? GeneratedKernels.Get(GeneratedKernel.Q4_0, TileTokens, nb, Emit) : null;
+        var tail = tokens % TileTokens != 0 ? GeneratedKernels.Get(GeneratedKernel.Q4_0, tokens % TileTokens, nb, Emit) : null;
         for (int g0 = r0; g0 < r1; g0 += Q4_0Packed.GroupRows)
         {
             int rows = Math.Min(Q4_0Packed.GroupRows, r1 - g0);
@@ -54,7 +54,7 @@ internal static unsafe class Q4_0Vnni
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
                 int tt = Math.Min(TileTokens, tokens - t0);
-                var tile = (delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void>)(tt == TileTokens ? full : tail);
+                var tile = tt == TileTokens ? full : tail;
                 var row = act.Row(t0);
                 tile(g, row.Q, row.D, act.OffsetSums(t0), nb, results);
                 GeneratedKernels.CopyResults(results, tt, y + (long)t0 * n + g0, n, rows);

@@ -50,7 +50,7 @@ internal static unsafe class Q8_0Vnni
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
                 int tt = Math.Min(TileTokens, tokens - t0);
-                var tile = (delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void>)Tile(tt, nb);
+                var tile = GeneratedKernels.Get(GeneratedKernel.Q8_0, tt, nb, Emit);
                 var row = act.Row(t0);
                 float* ds = act.OffsetSums(t0);
                 for (int g0 = s0; g0 < s1; g0 += Q8_0Packed.GroupRows)
@@ -62,9 +62,6 @@ internal static unsafe class Q8_0Vnni
             }
         }
     }
-
-    /// <summary>The generated tile for <paramref name="tokens"/> tokens and <paramref name="nb"/> blocks per row (made once).</summary>
-    private static nint Tile(int tokens, int nb) => GeneratedKernels.Get(nameof(Q8_0Vnni), tokens, nb, Emit);
 
     /// <summary>The tile's code (see the class summary for its registers and arguments).</summary>
     internal static X64Emitter Emit(int tokens, int nb)
