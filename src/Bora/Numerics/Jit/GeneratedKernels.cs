@@ -21,9 +21,10 @@ internal static unsafe class GeneratedKernels
     private static readonly ConcurrentDictionary<(GeneratedKernel Kernel, int Tokens, int Blocks), nint> s_functions = new();
 
     /// <summary>
-    /// x64 Linux, AVX-512 BW and VNNI reported by the CPU and enabled in .NET (so <c>DOTNET_EnableAVX512F=0</c> or
-    /// <c>DOTNET_EnableHWIntrinsic=0</c> turn the generated kernels off), executable pages granted, and the environment
-    /// variable <c>BORA_GENERATED_KERNELS</c> not set to 0.
+    /// x64 Linux, AVX-512 BW and VNNI reported by the CPU and enabled in .NET (so <c>DOTNET_EnableAVX512=0</c>,
+    /// <c>DOTNET_EnableAVX2=0</c> or <c>DOTNET_EnableHWIntrinsic=0</c> turn the generated kernels off; .NET 10 ignores
+    /// <c>DOTNET_EnableAVX512F</c>), executable pages granted, and the environment variable <c>BORA_GENERATED_KERNELS</c>
+    /// not set to 0.
     /// </summary>
     public static bool IsSupported { get; } = Detect();
 

@@ -107,7 +107,7 @@ internal static unsafe class PackedLayouts
         bool wide = isa == QuantIsa.Avx512;
         switch (type)
         {
-            case DType.Q4_0 when wide && tokens >= Q4_0Vnni.MinTokens && QuantDispatch.UseGeneratedKernels: Q4_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;
+            case DType.Q4_0 when wide && QuantDispatch.UseGeneratedKernels: Q4_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_0 when wide: Q4_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q4_0: Q4_0Packed.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q8_0 when wide && QuantDispatch.UseGeneratedKernels: Q8_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;

@@ -15,19 +15,17 @@ namespace Bora.Numerics.Quant;
 /// t 32 nb and t 4 nb bytes), r8 = nb, r9 = 16 T floats out. Registers: zmm0..7 the accumulators, 8..15 the int32 sums,
 /// 16 d_w, 17..20 broadcast d_x, 21 and 22 a stored vector and its shifted copy, 23 the nibble mask, 24..31 the planes
 /// (plane j: values 4j..4j+3 of the 16 rows: the low nibbles of vector j for j &lt; 4, the high ones of vector j - 4).</para>
+/// <para>1-token products (decode) take these tiles too since session 9. Session 8 had kept them on the managed tile
+/// (<c>matmul --types q4_0 --shapes w1 --compare-packed 1</c>, 1 thread: 1.05-1.17 ms managed / 1.16-1.24 generated),
+/// but that matrix (33 MB) sits half in the 32 MB L3, and those runs may have timed callers still at tier 0. Measured again
+/// with <c>DOTNET_TieredCompilation=0</c>, 1 thread, alternating (managed / generated): the same product 1.05-1.14 /
+/// 1.01-1.07 ms (3 pairs); in L2 (a (352, 4096) product less a (32, 4096) one) 55 / 87-95 GB/s; streamed from memory
+/// (18 matrices of (16384, 4096), 690 MB) 92-95 % / 98-100 % of a plain read of the same bytes (2 pairs).</para>
 /// Letters: T = tokens, nb = K / 32 blocks per row.
 /// </summary>
 internal static unsafe class Q4_0Vnni
 {
     private const int TileTokens = 8;
-
-    /// <summary>
-    /// Tokens from which products take these tiles; a 1-token product keeps <see cref="Q4_0Packed"/>'s managed tile.
-    /// Measured (<c>bench/Bora.Bench matmul --types q4_0 --shapes w1 --compare-packed 1</c>, 1 thread, alternating
-    /// BORA_GENERATED_KERNELS=0 / 1, 3 pairs): T = 1: 1.05-1.17 / 1.16-1.24 ms (the generated tile slower, with or without
-    /// its sums split into 4 partial sums), T = 2: 1.88-2.02 / 1.65-1.78 ms.
-    /// </summary>
-    internal const int MinTokens = 2;
 
     /// <summary>Blocks ahead that tiles of 2 tokens or more prefetch, as <see cref="Q4_0Packed"/>'s tiles (its measurements).</summary>
     private const int PrefetchBlocks = 4;
