@@ -160,16 +160,27 @@ internal static unsafe class Q6KPacked
         {
             byte* sb = g + (long)b * SuperBytes;
             byte* eb = dst + (long)b * Expanded.Stride;
-            for (int j = 0; j < 16; j++)
+            for (int hp = 0; hp < 4; hp++)
             {
-                Packed.U(sb, j, 0).Store(eb + j * 256L);
-                Packed.U(sb, j, 1).Store(eb + j * 256L + 64);
-                Packed.U(sb, j, 2).Store(eb + j * 256L + 128);
-                Packed.U(sb, j, 3).Store(eb + j * 256L + 192);
-                Packed.ScalePair(sb, j).Store((short*)(eb + Expanded.ScaleOffset + j * 64L));
+                ExpandSubBlock(sb, eb, hp >> 1, hp & 1, 0);
+                ExpandSubBlock(sb, eb, hp >> 1, hp & 1, 1);
+                ExpandSubBlock(sb, eb, hp >> 1, hp & 1, 2);
+                ExpandSubBlock(sb, eb, hp >> 1, hp & 1, 3);
             }
             Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
         }
+    }
+
+    /// <summary>Sub-block j = 8h + 2k + p of one packed super-block into its expanded super-block (k a constant at each call).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ExpandSubBlock(byte* sb, byte* eb, int h, int p, int k)
+    {
+        int j = 8 * h + 2 * k + p;
+        Packed.U(sb, h, p, k, 0).Store(eb + j * 256L);
+        Packed.U(sb, h, p, k, 1).Store(eb + j * 256L + 64);
+        Packed.U(sb, h, p, k, 2).Store(eb + j * 256L + 128);
+        Packed.U(sb, h, p, k, 3).Store(eb + j * 256L + 192);
+        Packed.ScalePair(sb, j).Store((short*)(eb + Expanded.ScaleOffset + j * 64L));
     }
 
     /// <summary>
@@ -182,51 +193,34 @@ internal static unsafe class Q6KPacked
         where TSrc : struct, ISource
     {
         Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, c4 = default, c5 = default, c6 = default, c7 = default;
-        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q, x4 = tok[4].Q, x5 = tok[5].Q, x6 = tok[6].Q, x7 = tok[7].Q;
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + b * TSrc.Stride;
             Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
-            for (int j = 0; j < 16; j++)
+            if (TSrc.BuildsU)
             {
-                if (TSrc.Prefetch)
+                // Sub-block j = 8h + 2k + p in the order (h, p) then k = 0..3, one call per k: the four sub-blocks of one
+                // (h, p) share their ql and qh vectors, and each call's shifts are constants (a loop over j chose them by
+                // branches at run time). The int32 sums are exact, so the order does not change them.
+                for (int hp = 0; hp < 4; hp++)
                 {
-                    PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 256 * j, 256);
+                    if (TSrc.Prefetch)
+                    {
+                        PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 1024 * hp, 1024);
+                    }
+                    int h = hp >> 1, p = hp & 1;
+                    SubBlock<TN, TSrc>(sb, b, h, p, 0, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
+                    SubBlock<TN, TSrc>(sb, b, h, p, 1, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
+                    SubBlock<TN, TSrc>(sb, b, h, p, 2, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
+                    SubBlock<TN, TSrc>(sb, b, h, p, 3, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
                 }
-                var w0 = TSrc.U(sb, j, 0);
-                var w1 = TSrc.U(sb, j, 1);
-                var w2 = TSrc.U(sb, j, 2);
-                var w3 = TSrc.U(sb, j, 3);
-                var sc = TSrc.ScalePair(sb, j);
-                long xo = 256L * b + 16 * j, oo = 16L * b + j;
-                i0 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x0 + xo, offs[0][oo]), sc);
-                if (TN.Value > 1)
+            }
+            else
+            {
+                // Ready u vectors: sub-blocks in memory order.
+                for (int j = 0; j < 16; j++)
                 {
-                    i1 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x1 + xo, offs[1][oo]), sc);
-                }
-                if (TN.Value > 2)
-                {
-                    i2 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x2 + xo, offs[2][oo]), sc);
-                }
-                if (TN.Value > 3)
-                {
-                    i3 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x3 + xo, offs[3][oo]), sc);
-                }
-                if (TN.Value > 4)
-                {
-                    i4 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x4 + xo, offs[4][oo]), sc);
-                }
-                if (TN.Value > 5)
-                {
-                    i5 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x5 + xo, offs[5][oo]), sc);
-                }
-                if (TN.Value > 6)
-                {
-                    i6 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x6 + xo, offs[6][oo]), sc);
-                }
-                if (TN.Value > 7)
-                {
-                    i7 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, x7 + xo, offs[7][oo]), sc);
+                    SubBlock<TN, TSrc>(sb, b, j >> 3, j & 1, (j >> 1) & 3, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
                 }
             }
             var d = TSrc.D(sb);
@@ -264,6 +258,55 @@ internal static unsafe class Q6KPacked
     }
 
     /// <summary>
+    /// Sub-block j = 8h + 2k + p of super-block <paramref name="b"/> for the TN.Value tokens: i_t += sc[j] x (the exact
+    /// int16 pair sums of (u - 32) x). <paramref name="k"/> is a constant at every call, so the shifts that build u are too.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SubBlock<TN, TSrc>(byte* sb, int b, int h, int p, int k, Q8Row* tok, int** offs,
+        ref Vector512<int> i0, ref Vector512<int> i1, ref Vector512<int> i2, ref Vector512<int> i3,
+        ref Vector512<int> i4, ref Vector512<int> i5, ref Vector512<int> i6, ref Vector512<int> i7)
+        where TN : struct, ITokenCount
+        where TSrc : struct, ISource
+    {
+        int j = 8 * h + 2 * k + p;
+        var w0 = TSrc.U(sb, h, p, k, 0);
+        var w1 = TSrc.U(sb, h, p, k, 1);
+        var w2 = TSrc.U(sb, h, p, k, 2);
+        var w3 = TSrc.U(sb, h, p, k, 3);
+        var sc = TSrc.ScalePair(sb, j);
+        long xo = 256L * b + 16 * j, oo = 16L * b + j;
+        i0 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[0].Q + xo, offs[0][oo]), sc);
+        if (TN.Value > 1)
+        {
+            i1 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[1].Q + xo, offs[1][oo]), sc);
+        }
+        if (TN.Value > 2)
+        {
+            i2 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[2].Q + xo, offs[2][oo]), sc);
+        }
+        if (TN.Value > 3)
+        {
+            i3 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[3].Q + xo, offs[3][oo]), sc);
+        }
+        if (TN.Value > 4)
+        {
+            i4 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[4].Q + xo, offs[4][oo]), sc);
+        }
+        if (TN.Value > 5)
+        {
+            i5 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[5].Q + xo, offs[5][oo]), sc);
+        }
+        if (TN.Value > 6)
+        {
+            i6 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[6].Q + xo, offs[6][oo]), sc);
+        }
+        if (TN.Value > 7)
+        {
+            i7 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[7].Q + xo, offs[7][oo]), sc);
+        }
+    }
+
+    /// <summary>
     /// One sub-block of 16 values for the 16 rows (u vectors w0..w3) and one token (quants x, offset pair off): per row
     /// the int16 pair (sum of (u - 32) x over values 0, 1, 4, 5, 8, 9, 12, 13; over 2, 3, 6, 7, 10, 11, 14, 15), exact.
     /// </summary>
@@ -284,8 +327,14 @@ internal static unsafe class Q6KPacked
         /// <summary>Whether the tile prefetches the super-block two ahead (the packed layout, read from memory).</summary>
         static abstract bool Prefetch { get; }
 
-        /// <summary>Vector i (0..3) of sub-block j (0..15): u of values 16j + 4i .. 16j + 4i + 3 of the 16 rows (dword r = row r).</summary>
-        static abstract Vector512<byte> U(byte* sb, int j, int i);
+        /// <summary>Whether <see cref="U"/> builds u in registers (from ql and qh), with shifts that depend on k.</summary>
+        static abstract bool BuildsU { get; }
+
+        /// <summary>
+        /// Vector i (0..3) of sub-block j = 8h + 2k + p (h 0..1, k 0..3, p 0..1): u of values 16j + 4i .. 16j + 4i + 3
+        /// of the 16 rows (dword r = row r).
+        /// </summary>
+        static abstract Vector512<byte> U(byte* sb, int h, int p, int k, int i);
 
         /// <summary>sc[j] of the 16 rows in both int16 halves of lane r.</summary>
         static abstract Vector512<short> ScalePair(byte* sb, int j);
@@ -301,11 +350,13 @@ internal static unsafe class Q6KPacked
 
         public static bool Prefetch => true;
 
+        public static bool BuildsU => true;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> U(byte* sb, int j, int i)
+        public static Vector512<byte> U(byte* sb, int h, int p, int k, int i)
         {
-            // Values 16j + 4i.. : h = j / 8, k = j % 8 / 2, l = 16 (j % 2) + 4i, so dword q = l / 4 = 4 (j % 2) + i of the half.
-            int h = j >> 3, k = (j >> 1) & 3, q = 4 * (j & 1) + i;
+            // Values 16j + 4i.. of sub-block j = 8h + 2k + p: l = 16p + 4i, so dword q = l / 4 = 4p + i of the half.
+            int q = 4 * p + i;
             var ql = Vector512.Load(sb + LowOffset + 64L * (16 * h + 8 * (k & 1) + q));
             var low = k >= 2 ? Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() : ql;
             var qh = Vector512.Load(sb + HighOffset + 64L * (8 * h + q)).AsUInt16();
@@ -355,8 +406,10 @@ internal static unsafe class Q6KPacked
 
         public static bool Prefetch => false;
 
+        public static bool BuildsU => false;
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<byte> U(byte* sb, int j, int i) => Vector512.Load(sb + j * 256L + 64 * i);
+        public static Vector512<byte> U(byte* sb, int h, int p, int k, int i) => Vector512.Load(sb + (8 * h + 2 * k + p) * 256L + 64 * i);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<short> ScalePair(byte* sb, int j) => Vector512.Load((short*)(sb + ScaleOffset + j * 64L));
