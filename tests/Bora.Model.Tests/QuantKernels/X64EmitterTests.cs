@@ -33,6 +33,14 @@ public sealed class X64EmitterTests
         { "vpaddd %zmm23,%zmm15,%zmm15", "62 31 05 48 fe ff" },
         { "vmulps 0x600(%rdx){1to16},%zmm9,%zmm9", "62 71 34 58 59 8a 00 06 00 00" },
         { "vfnmadd231ps 0x1c(%rcx){1to16},%zmm17,%zmm7", "62 f2 75 50 bc b9 1c 00 00 00" },
+        { "vpsrld $0x8,%zmm20,%zmm24", "62 b1 3d 40 72 d4 08" },
+        { "vpsrld $0x1e,%zmm9,%zmm3", "62 d1 65 48 72 d1 1e" },
+        { "vpord %zmm27,%zmm24,%zmm24", "62 01 3d 40 eb c3" },
+        { "vpord %zmm12,%zmm15,%zmm15", "62 51 05 48 eb fc" },
+        { "vpmulld %zmm24,%zmm8,%zmm8", "62 12 3d 48 40 c0" },
+        { "vpmulld %zmm23,%zmm11,%zmm11", "62 32 25 48 40 df" },
+        { "vmulps %zmm24,%zmm19,%zmm24", "62 01 64 40 59 c0" },
+        { "vmulps %zmm15,%zmm13,%zmm15", "62 51 14 48 59 ff" },
         { "prefetcht0 0x880(%rdi)", "0f 18 8f 80 08 00 00" },
         { "prefetcht0 0x40(%r9)", "41 0f 18 89 40 00 00 00" },
         { "add $0x440,%rdi", "48 81 c7 40 04 00 00" },
@@ -97,6 +105,14 @@ public sealed class X64EmitterTests
             case "vpaddd %zmm23,%zmm15,%zmm15": e.Paddd(15, 15, 23); break;
             case "vmulps 0x600(%rdx){1to16},%zmm9,%zmm9": e.MulPsBroadcast(9, 9, Gpr.Rdx, 4 * 128 * 3); break;
             case "vfnmadd231ps 0x1c(%rcx){1to16},%zmm17,%zmm7": e.FnmaddBroadcast231(7, 17, Gpr.Rcx, 28); break;
+            case "vpsrld $0x8,%zmm20,%zmm24": e.PsrldImm(24, 20, 8); break;
+            case "vpsrld $0x1e,%zmm9,%zmm3": e.PsrldImm(3, 9, 30); break;
+            case "vpord %zmm27,%zmm24,%zmm24": e.Pord(24, 24, 27); break;
+            case "vpord %zmm12,%zmm15,%zmm15": e.Pord(15, 15, 12); break;
+            case "vpmulld %zmm24,%zmm8,%zmm8": e.Pmulld(8, 8, 24); break;
+            case "vpmulld %zmm23,%zmm11,%zmm11": e.Pmulld(11, 11, 23); break;
+            case "vmulps %zmm24,%zmm19,%zmm24": e.MulPs(24, 19, 24); break;
+            case "vmulps %zmm15,%zmm13,%zmm15": e.MulPs(15, 13, 15); break;
             case "prefetcht0 0x880(%rdi)": e.Prefetch(Gpr.Rdi, 2176); break;
             case "prefetcht0 0x40(%r9)": e.Prefetch(Gpr.R9, 64); break;
             case "add $0x440,%rdi": e.AddImm(Gpr.Rdi, 1088); break;

@@ -10,6 +10,7 @@ internal enum GeneratedKernel
     Q8_0,
     Q4_0,
     Q4K,
+    Q4KPacked1,
 }
 
 /// <summary>

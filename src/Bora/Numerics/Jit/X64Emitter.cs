@@ -68,6 +68,22 @@ internal sealed class X64Emitter
         Byte(imm);
     }
 
+    /// <summary>vpsrld dst, src, imm (each int32 lane shifted right, zeros in).</summary>
+    public void PsrldImm(int dst, int src, byte imm)
+    {
+        EvexReg(Map.M0F, Pp.P66, 0x72, 2, dst, src); // the shift-by-immediate group, as vpsrlw
+        Byte(imm);
+    }
+
+    /// <summary>vpord dst, a, b.</summary>
+    public void Pord(int dst, int a, int b) => EvexReg(Map.M0F, Pp.P66, 0xEB, dst, a, b);
+
+    /// <summary>vpmulld dst, a, b (the low 32 bits of each int32 product).</summary>
+    public void Pmulld(int dst, int a, int b) => EvexReg(Map.M0F38, Pp.P66, 0x40, dst, a, b);
+
+    /// <summary>vmulps dst, a, b.</summary>
+    public void MulPs(int dst, int a, int b) => EvexReg(Map.M0F, Pp.None, 0x59, dst, a, b);
+
     /// <summary>mov eax, imm32 then vpbroadcastd zmm, eax: a constant in every int32 lane (eax is clobbered).</summary>
     public void BroadcastConstant(int zmm, int value)
     {
