@@ -18,7 +18,9 @@ namespace Bora.Numerics;
 /// <list type="bullet">
 /// <item>One token (<see cref="MatVec"/>): each row is widened in registers as it is read and multiplied with x at
 /// once (one pass over the weights, which is what decode is bound by; no intermediate buffer). On AVX-512 x is first
-/// rearranged once per product (<see cref="UnpackOrder"/>) so that the widening is one vpunpck per 16 values.</item>
+/// rearranged once per product (<see cref="UnpackOrder"/>) so that the widening is one vpunpck per 16 values; F16 rows
+/// of a multiple of 64 values take the generated tile of <see cref="HalfRowTile"/> instead (vcvtph2ps) where the
+/// generated kernels run.</item>
 /// <item>Many tokens (<see cref="MatMul"/>): a panel of <see cref="PanelRows"/> rows is converted to float32 once
 /// (it stays in L2), then multiplied with every token, four rows by two tokens per step, so each loaded weight vector
 /// serves two tokens and each loaded x vector four rows.</item>
@@ -183,7 +185,8 @@ public sealed unsafe class HalfMatrix : WeightMatrix
             int blocks = (n + blockRows - 1) / blockRows;
             nint aw = (nint)w, ax = (nint)px, ay = (nint)py;
             DType type = Type;
-            float[]? xs = tokens == 1 ? UnpackOrder(Type, x[..k]) : null;
+            // x in the unpack kernels' order, unless every row takes the generated tile (F16, K a multiple of 64).
+            float[]? xs = tokens == 1 && !(type == DType.F16 && HalfRowTile.Covers(k)) ? UnpackOrder(Type, x[..k]) : null;
             fixed (float* pxs = xs)
             {
                 nint axs = (nint)pxs;
@@ -213,6 +216,10 @@ public sealed unsafe class HalfMatrix : WeightMatrix
     /// </summary>
     private static void RowsMatVec(DType type, ushort* w, float* x, float* xs, float* y, int k, int r0, int r1)
     {
+        if (type == DType.F16 && HalfRowTile.Covers(k))
+        {
+            r0 = HalfRowTile.Run(w, x, y, k, r0, r1); // whole tiles of 4 rows; the rest below
+        }
         for (int r = r0; r < r1; r++)
         {
             ushort* row = w + (long)r * k;

@@ -45,6 +45,7 @@ public sealed class X64EmitterTests
         { "prefetcht0 0x40(%r9)", "41 0f 18 89 40 00 00 00" },
         { "add $0x440,%rdi", "48 81 c7 40 04 00 00" },
         { "add $0x8,%r8", "49 81 c0 08 00 00 00" },
+        { "add $0xffffffffffff0000,%rsi", "48 81 c6 00 00 ff ff" },
         { "dec %r8", "49 ff c8" },
         { "vzeroupper; ret", "c5 f8 77 c3" },
     };
@@ -117,6 +118,7 @@ public sealed class X64EmitterTests
             case "prefetcht0 0x40(%r9)": e.Prefetch(Gpr.R9, 64); break;
             case "add $0x440,%rdi": e.AddImm(Gpr.Rdi, 1088); break;
             case "add $0x8,%r8": e.AddImm(Gpr.R8, 8); break;
+            case "add $0xffffffffffff0000,%rsi": e.AddImm(Gpr.Rsi, -65536); break;
             case "dec %r8": e.Dec(Gpr.R8); break;
             case "vzeroupper; ret": e.VzeroupperRet(); break;
             default: throw new ArgumentException(instruction);

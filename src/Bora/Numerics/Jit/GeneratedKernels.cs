@@ -11,6 +11,7 @@ internal enum GeneratedKernel
     Q4_0,
     Q4K,
     Q4KPacked1,
+    F16Rows4,
 }
 
 /// <summary>

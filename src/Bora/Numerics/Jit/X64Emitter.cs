@@ -120,7 +120,7 @@ internal sealed class X64Emitter
         ModRmMem(1, b, disp);
     }
 
-    /// <summary>add r, imm32 (64-bit).</summary>
+    /// <summary>add r, imm32 (64-bit; the immediate is sign-extended, so a negative one subtracts).</summary>
     public void AddImm(Gpr r, int imm)
     {
         Rex(w: true, r: 0, b: (int)r);
