@@ -185,13 +185,15 @@ public sealed unsafe class HalfMatrix : WeightMatrix
             int blocks = (n + blockRows - 1) / blockRows;
             nint aw = (nint)w, ax = (nint)px, ay = (nint)py;
             DType type = Type;
-            // x in the unpack kernels' order, unless every row takes the generated tile (F16, K a multiple of 64).
-            float[]? xs = tokens == 1 && !(type == DType.F16 && HalfRowTile.Covers(k)) ? UnpackOrder(Type, x[..k]) : null;
+            // One token: F16 rows of a multiple of 64 values take the generated tile (decided once per product); the
+            // other kernels read x in their unpack order.
+            bool tile = tokens == 1 && type == DType.F16 && HalfRowTile.Covers(k);
+            float[]? xs = tokens == 1 && !tile ? UnpackOrder(Type, x[..k]) : null;
             fixed (float* pxs = xs)
             {
                 nint axs = (nint)pxs;
                 Action<int> run = tokens == 1
-                    ? b => RowsMatVec(type, (ushort*)aw, (float*)ax, (float*)axs, (float*)ay, k, b * blockRows, Math.Min(n, (b + 1) * blockRows))
+                    ? b => RowsMatVec(type, tile, (ushort*)aw, (float*)ax, (float*)axs, (float*)ay, k, b * blockRows, Math.Min(n, (b + 1) * blockRows))
                     : b => Panel(type, (ushort*)aw, (float*)ax, (float*)ay, n, k, tokens, b * blockRows, Math.Min(n, (b + 1) * blockRows));
                 if (blocks == 1 || work < ParallelThreshold || threads == 1)
                 {
@@ -211,14 +213,15 @@ public sealed unsafe class HalfMatrix : WeightMatrix
 
     /// <summary>
     /// y[r] = W[r] · x for r in [r0, r1), each row widened in registers and multiplied as it is read (one pass over
-    /// the weights, which decode is bound by). w: (N, K), x: (K), y: (N); xs: x in the unpack kernels' order
+    /// the weights, which decode is bound by). w: (N, K), x: (K), y: (N); tile: F16 rows that take
+    /// <see cref="HalfRowTile"/> (whole tiles of 4 rows; the rest below); xs: x in the unpack kernels' order
     /// (<see cref="UnpackOrder"/>; null: the portable kernels).
     /// </summary>
-    private static void RowsMatVec(DType type, ushort* w, float* x, float* xs, float* y, int k, int r0, int r1)
+    private static void RowsMatVec(DType type, bool tile, ushort* w, float* x, float* xs, float* y, int k, int r0, int r1)
     {
-        if (type == DType.F16 && HalfRowTile.Covers(k))
+        if (tile)
         {
-            r0 = HalfRowTile.Run(w, x, y, k, r0, r1); // whole tiles of 4 rows; the rest below
+            r0 = HalfRowTile.Run(w, x, y, k, r0, r1);
         }
         for (int r = r0; r < r1; r++)
         {

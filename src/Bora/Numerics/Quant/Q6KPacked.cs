@@ -197,17 +197,14 @@ internal static unsafe class Q6KPacked
         {
             byte* sb = g + b * TSrc.Stride;
             Vector512<int> i0 = default, i1 = default, i2 = default, i3 = default, i4 = default, i5 = default, i6 = default, i7 = default;
-            if (TSrc.BuildsU)
+            if (TSrc.IsPacked)
             {
                 // Sub-block j = 8h + 2k + p in the order (h, p) then k = 0..3, one call per k: the four sub-blocks of one
                 // (h, p) share their ql and qh vectors, and each call's shifts are constants (a loop over j chose them by
                 // branches at run time). The int32 sums are exact, so the order does not change them.
                 for (int hp = 0; hp < 4; hp++)
                 {
-                    if (TSrc.Prefetch)
-                    {
-                        PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 1024 * hp, 1024);
-                    }
+                    PackedLayouts.PrefetchLines(sb + 2 * TSrc.Stride + 1024 * hp, 1024);
                     int h = hp >> 1, p = hp & 1;
                     SubBlock<TN, TSrc>(sb, b, h, p, 0, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
                     SubBlock<TN, TSrc>(sb, b, h, p, 1, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
@@ -324,11 +321,11 @@ internal static unsafe class Q6KPacked
         /// <summary>Bytes from one super-block to the next.</summary>
         static abstract long Stride { get; }
 
-        /// <summary>Whether the tile prefetches the super-block two ahead (the packed layout, read from memory).</summary>
-        static abstract bool Prefetch { get; }
-
-        /// <summary>Whether <see cref="U"/> builds u in registers (from ql and qh), with shifts that depend on k.</summary>
-        static abstract bool BuildsU { get; }
+        /// <summary>
+        /// Whether this is the packed layout, read from memory: the tile prefetches the super-block two ahead and walks
+        /// the sub-blocks so that the shifts of <see cref="U"/> are constants; the expanded layout needs neither.
+        /// </summary>
+        static abstract bool IsPacked { get; }
 
         /// <summary>
         /// Vector i (0..3) of sub-block j = 8h + 2k + p (h 0..1, k 0..3, p 0..1): u of values 16j + 4i .. 16j + 4i + 3
@@ -348,9 +345,7 @@ internal static unsafe class Q6KPacked
     {
         public static long Stride => SuperBytes;
 
-        public static bool Prefetch => true;
-
-        public static bool BuildsU => true;
+        public static bool IsPacked => true;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> U(byte* sb, int h, int p, int k, int i)
@@ -404,9 +399,7 @@ internal static unsafe class Q6KPacked
 
         public static long Stride => DOffset + 64;
 
-        public static bool Prefetch => false;
-
-        public static bool BuildsU => false;
+        public static bool IsPacked => false;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> U(byte* sb, int h, int p, int k, int i) => Vector512.Load(sb + (8 * h + 2 * k + p) * 256L + 64 * i);
