@@ -25,6 +25,19 @@ public sealed class Q6KPackedTests
         Assert.Equal(0, Q6KPacked.GroupBytes(1) % 64); // every super-block keeps its vectors 64-byte aligned
     }
 
+    /// <summary>The 48 quant vectors fill [320, 3392) once each, and the layout's worked example holds.</summary>
+    [Fact]
+    public void QuantVectorsTileTheSuperBlockInReadingOrder()
+    {
+        var offsets = Enumerable.Range(0, 32).Select(Q6KPacked.LowVectorOffset)
+            .Concat(Enumerable.Range(0, 16).Select(Q6KPacked.HighVectorOffset)).Order().ToArray();
+        Assert.Equal(Enumerable.Range(0, 48).Select(v => 320 + 64 * v), offsets);
+        Assert.Equal(320 + 30 * 64, Q6KPacked.LowVectorOffset(18)); // the summary's example: ql vector 18, the 30th
+        Assert.Equal(320 + 32 * 64, Q6KPacked.HighVectorOffset(10)); // qh vector 10, the 32nd
+        // (h, p) = (0, 1), i = 2: ql vectors 6 and 14, then qh vector 6, one after the other.
+        Assert.Equal([320 + 64 * 18, 320 + 64 * 19, 320 + 64 * 20], new[] { Q6KPacked.LowVectorOffset(6), Q6KPacked.LowVectorOffset(14), Q6KPacked.HighVectorOffset(6) });
+    }
+
     [Theory]
     [InlineData(1, 1)]
     [InlineData(15, 2)]
@@ -44,6 +57,41 @@ public sealed class Q6KPackedTests
         KPackedChecks.Sweep(Format, seed: 6);
     }
 
+    /// <summary>
+    /// The generated 1-token tile (decode) has two forms, the qh bits moved by GFNI's vgf2p8affineqb or by shifts and
+    /// masks (CPUs with VNNI but no GFNI); the sweep runs whichever this CPU takes, this runs the other one too.
+    /// </summary>
+    [Fact]
+    public void OneTokenTileWithAndWithoutGfniEqualsTheScalarTwins()
+    {
+        if (!QuantDispatch.GeneratedKernelsSupported)
+        {
+            Console.WriteLine("no generated kernels on this machine: the 1-token tile is not checked");
+            return;
+        }
+        bool before = Q6KVnni.UseGfni;
+        try
+        {
+            foreach (bool gfni in Q6KVnni.HasGfni ? new[] { true, false } : [false])
+            {
+                Q6KVnni.UseGfni = gfni;
+                var rng = new Random(gfni ? 61 : 62);
+                foreach (var (rows, nb) in new[] { (1, 1), (16, 1), (17, 2), (48, 3), (67, 9) })
+                {
+                    KPackedChecks.Products(Format, rng, rows, nb, tokens: 1);
+                    KPackedChecks.Products(Format, rng, rows, nb, tokens: 1, r0: 16, r1: rows);
+                }
+                ExtremeQuantsAndScalesStayExact(0x00, 1f);
+                ExtremeQuantsAndScalesStayExact(0xFF, 1f);
+                ExtremeQuantsAndScalesStayExact(0x80, -1f);
+            }
+        }
+        finally
+        {
+            Q6KVnni.UseGfni = before;
+        }
+    }
+
     [Theory]
     [InlineData(0x00, 1f)] // u = 0 (q = -32), scales 0
     [InlineData(0xFF, 1f)] // u = 63 (q = 31), scales -1
@@ -57,7 +105,7 @@ public sealed class Q6KPackedTests
         {
             w.AsSpan(blk * 210, 208).Fill(fill);
         }
-        foreach (int tokens in new[] { 2, Q6KPacked.ExpandMinTokens })
+        foreach (int tokens in new[] { 1, 2, Q6KPacked.ExpandMinTokens })
         {
             var x = new float[tokens * 256 * nb];
             for (int i = 0; i < x.Length; i++)

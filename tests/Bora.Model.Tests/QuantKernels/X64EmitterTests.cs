@@ -41,6 +41,16 @@ public sealed class X64EmitterTests
         { "vpmulld %zmm23,%zmm11,%zmm11", "62 32 25 48 40 df" },
         { "vmulps %zmm24,%zmm19,%zmm24", "62 01 64 40 59 c0" },
         { "vmulps %zmm15,%zmm13,%zmm15", "62 51 14 48 59 ff" },
+        { "vpslld $0x4,%zmm10,%zmm16", "62 d1 7d 40 72 f2 04" },
+        { "vpslld $0x2,%zmm9,%zmm3", "62 d1 65 48 72 f1 02" },
+        { "vpsrad $0x18,%zmm20,%zmm24", "62 b1 3d 40 72 e4 18" },
+        { "vpsrad $0x18,%zmm24,%zmm24", "62 91 3d 40 72 e0 18" },
+        { "vpandd 0x140(%rdi),%zmm2,%zmm24", "62 61 6d 48 db 87 40 01 00 00" },
+        { "vpandd 0x8c0(%rdi),%zmm3,%zmm25", "62 61 65 48 db 8f c0 08 00 00" },
+        { "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11", "62 73 3d 48 25 da d8" },
+        { "vpternlogd $0xd8,%zmm2,%zmm15,%zmm14", "62 73 05 48 25 f2 d8" },
+        { "vgf2p8affineqb $0x0,%zmm16,%zmm10,%zmm11", "62 33 ad 48 ce d8 00" },
+        { "vgf2p8affineqb $0x0,%zmm18,%zmm10,%zmm14", "62 33 ad 48 ce f2 00" },
         { "prefetcht0 0x880(%rdi)", "0f 18 8f 80 08 00 00" },
         { "prefetcht0 0x40(%r9)", "41 0f 18 89 40 00 00 00" },
         { "add $0x440,%rdi", "48 81 c7 40 04 00 00" },
@@ -114,6 +124,16 @@ public sealed class X64EmitterTests
             case "vpmulld %zmm23,%zmm11,%zmm11": e.Pmulld(11, 11, 23); break;
             case "vmulps %zmm24,%zmm19,%zmm24": e.MulPs(24, 19, 24); break;
             case "vmulps %zmm15,%zmm13,%zmm15": e.MulPs(15, 13, 15); break;
+            case "vpslld $0x4,%zmm10,%zmm16": e.PslldImm(16, 10, 4); break;
+            case "vpslld $0x2,%zmm9,%zmm3": e.PslldImm(3, 9, 2); break;
+            case "vpsrad $0x18,%zmm20,%zmm24": e.PsradImm(24, 20, 24); break;
+            case "vpsrad $0x18,%zmm24,%zmm24": e.PsradImm(24, 24, 24); break;
+            case "vpandd 0x140(%rdi),%zmm2,%zmm24": e.PanddMem(24, 2, Gpr.Rdi, 320); break;
+            case "vpandd 0x8c0(%rdi),%zmm3,%zmm25": e.PanddMem(25, 3, Gpr.Rdi, 2240); break;
+            case "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11": e.Pternlogd(11, 8, 2, 0xD8); break;
+            case "vpternlogd $0xd8,%zmm2,%zmm15,%zmm14": e.Pternlogd(14, 15, 2, 0xD8); break;
+            case "vgf2p8affineqb $0x0,%zmm16,%zmm10,%zmm11": e.Gf2p8Affine(11, 10, 16); break;
+            case "vgf2p8affineqb $0x0,%zmm18,%zmm10,%zmm14": e.Gf2p8Affine(14, 10, 18); break;
             case "prefetcht0 0x880(%rdi)": e.Prefetch(Gpr.Rdi, 2176); break;
             case "prefetcht0 0x40(%r9)": e.Prefetch(Gpr.R9, 64); break;
             case "add $0x440,%rdi": e.AddImm(Gpr.Rdi, 1088); break;

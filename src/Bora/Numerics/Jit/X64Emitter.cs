@@ -29,7 +29,7 @@ internal sealed class X64Emitter
     public int Position => _code.Count;
 
     /// <summary>Opcode maps of the EVEX prefix.</summary>
-    private enum Map { M0F = 1, M0F38 = 2 }
+    private enum Map { M0F = 1, M0F38 = 2, M0F3A = 3 }
 
     /// <summary>The implied legacy prefix of the EVEX prefix.</summary>
     private enum Pp { None = 0, P66 = 1, PF3 = 2, PF2 = 3 }
@@ -74,6 +74,44 @@ internal sealed class X64Emitter
         EvexReg(Map.M0F, Pp.P66, 0x72, 2, dst, src); // the shift-by-immediate group, as vpsrlw
         Byte(imm);
     }
+
+    /// <summary>vpslld dst, src, imm (each int32 lane shifted left, zeros in).</summary>
+    public void PslldImm(int dst, int src, byte imm)
+    {
+        EvexReg(Map.M0F, Pp.P66, 0x72, 6, dst, src); // the shift-by-immediate group, /6
+        Byte(imm);
+    }
+
+    /// <summary>vpsrad dst, src, imm (each int32 lane shifted right, copies of its sign in).</summary>
+    public void PsradImm(int dst, int src, byte imm)
+    {
+        EvexReg(Map.M0F, Pp.P66, 0x72, 4, dst, src); // the shift-by-immediate group, /4
+        Byte(imm);
+    }
+
+    /// <summary>
+    /// vpternlogd dst, b, c, imm: each bit of dst = bit (4 dst + 2 b + c) of <paramref name="imm"/>, from the bits of
+    /// dst, b and c at that position (0xF8: dst | (b &amp; c)).
+    /// </summary>
+    public void Pternlogd(int dst, int b, int c, byte imm)
+    {
+        EvexReg(Map.M0F3A, Pp.P66, 0x25, dst, b, c);
+        Byte(imm);
+    }
+
+    /// <summary>
+    /// vgf2p8affineqb dst, x, matrix, 0: each byte of x times the 8x8 bit matrix in its qword of
+    /// <paramref name="matrix"/> (bit i of a result byte = parity of (byte 7 - i of the matrix) &amp; the byte), so any
+    /// byte-wise bit selection in one instruction (GFNI).
+    /// </summary>
+    public void Gf2p8Affine(int dst, int x, int matrix)
+    {
+        EvexReg(Map.M0F3A, Pp.P66, 0xCE, dst, x, matrix, w: true);
+        Byte(0);
+    }
+
+    /// <summary>vpandd dst, a, [base + disp].</summary>
+    public void PanddMem(int dst, int a, Gpr b, int disp) => EvexMem(Map.M0F, Pp.P66, 0xDB, dst, a, b, disp, broadcast: false);
 
     /// <summary>vpord dst, a, b.</summary>
     public void Pord(int dst, int a, int b) => EvexReg(Map.M0F, Pp.P66, 0xEB, dst, a, b);
@@ -154,12 +192,12 @@ internal sealed class X64Emitter
         Byte(0xC3);
     }
 
-    private void EvexReg(Map map, Pp pp, byte opcode, int reg, int vvvv, int rm)
+    private void EvexReg(Map map, Pp pp, byte opcode, int reg, int vvvv, int rm, bool w = false)
     {
         CheckZmm(reg);
         CheckZmm(rm);
         // Register rm: its bit 3 goes to B, its bit 4 to X.
-        Evex(map, pp, reg, vvvv, xBit: (rm >> 4) & 1, bBit: (rm >> 3) & 1, broadcast: false);
+        Evex(map, pp, reg, vvvv, xBit: (rm >> 4) & 1, bBit: (rm >> 3) & 1, broadcast: false, w);
         Byte(opcode);
         Byte((byte)(0xC0 | ((reg & 7) << 3) | (rm & 7)));
     }
@@ -173,7 +211,7 @@ internal sealed class X64Emitter
         ModRmMem(reg & 7, b, disp);
     }
 
-    private void Evex(Map map, Pp pp, int reg, int vvvv, int xBit, int bBit, bool broadcast)
+    private void Evex(Map map, Pp pp, int reg, int vvvv, int xBit, int bBit, bool broadcast, bool w = false)
     {
         int v = vvvv < 0 ? 0 : vvvv;
         if (vvvv >= 0)
@@ -182,7 +220,7 @@ internal sealed class X64Emitter
         }
         Byte(0x62);
         Byte((byte)((((reg >> 3) & 1) ^ 1) << 7 | ((xBit ^ 1) << 6) | ((bBit ^ 1) << 5) | ((((reg >> 4) & 1) ^ 1) << 4) | (int)map));
-        Byte((byte)(((~v & 15) << 3) | 4 | (int)pp)); // W = 0 for every instruction here
+        Byte((byte)(((w ? 1 : 0) << 7) | ((~v & 15) << 3) | 4 | (int)pp));
         Byte((byte)((2 << 5) | ((broadcast ? 1 : 0) << 4) | ((((v >> 4) & 1) ^ 1) << 3))); // L'L = 10: 512 bits
     }
 

@@ -12,14 +12,19 @@ namespace Bora.Numerics.Quant;
 /// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 3392 bytes each
 /// (16 * 210 = 3360 bytes of the file, padded by 32 bytes so that every vector stays 64-byte aligned: +0.95%); inside
 /// super-block b (offsets in bytes): [0, 32) the 16 rows' f16 d; [32, 64) zero; [64, 320) the 16 int8 scales as 4
-/// vectors of 16 dwords (vector i holds scales 4i..4i+3 of every row, lane r = row r); [320, 2368) ql (128 bytes of low
-/// nibbles) as 32 vectors of 16 dwords (vector i holds ql[4i..4i+3] of every row); [2368, 3392) qh (64 bytes of high
-/// bit pairs) as 16 vectors. Value e = 128h + 32k + l of a row (h 0..1, k 0..3, l 0..31; sub-block j = e / 16) has its
-/// low nibble in ql byte 64h + 32 (k &amp; 1) + l (the high nibble of that byte when k &gt;= 2) and its high 2 bits in qh
-/// byte 32h + l, bits 2k, 2k + 1; a dword of either holds 4 consecutive l.
-/// Example: values 200..203 of super-block 1 of the group's row 5 (h = 1, k = 2, l = 8..11): low nibbles = the high
-/// nibbles of ql bytes 72..75 = ql vector 18, at byte 3392 + 320 + 18 * 64 + 5 * 4 = 4888; high bits = bits 4, 5 of
-/// qh bytes 40..43 = qh vector 10, at byte 3392 + 2368 + 10 * 64 + 5 * 4 = 6420.</para>
+/// vectors of 16 dwords (vector i holds scales 4i..4i+3 of every row, lane r = row r); [320, 3392) 48 quant vectors of
+/// 16 dwords: 32 ql vectors (128 bytes of low nibbles; ql vector v holds ql[4v..4v+3] of every row) and 16 qh vectors
+/// (64 bytes of high bit pairs), in the order the tiles read them: for (h, p) = (0, 0), (0, 1), (1, 0), (1, 1), for
+/// i = 0..3, ql vector 16h + 4p + i, ql vector 16h + 8 + 4p + i, qh vector 8h + 4p + i (<see cref="LowVectorOffset"/>,
+/// <see cref="HighVectorOffset"/>). Read in that order a super-block is one forward stream (the file's order, all of
+/// ql then all of qh, read by sub-block, jumps back and forth: the generated 1-token tile streamed it from memory at
+/// half the speed). Value e = 128h + 32k + l of a row (h 0..1, k 0..3, l 0..31; sub-block j = e / 16 = 8h + 2k + p)
+/// has its low nibble in ql byte 64h + 32 (k &amp; 1) + l (the high nibble of that byte when k &gt;= 2) and its high 2
+/// bits in qh byte 32h + l, bits 2k, 2k + 1; a dword of either holds 4 consecutive l.
+/// Example: values 200..203 of super-block 1 of the group's row 5 (h = 1, k = 2, l = 8..11, so p = 0, i = 2): low
+/// nibbles = the high nibbles of ql bytes 72..75 = ql vector 18, the 30th vector (12 * 2 + 3 * 2 + 0), at byte 3392 +
+/// 320 + 30 * 64 + 5 * 4 = 5652; high bits = bits 4, 5 of qh bytes 40..43 = qh vector 10, the 32nd (12 * 2 + 3 * 2 +
+/// 2), at byte 3392 + 320 + 32 * 64 + 5 * 4 = 5780.</para>
 /// <para>Per sub-block j and token: 4 vpmaddubsw of the unsigned u = q + 32 (0..63, built in registers from ql and qh)
 /// with the token's broadcast 4-byte groups add up in int16 with wrap-around, minus the token's offset pairs
 /// (<see cref="Q8Activations.PrepareOffsets16"/>) leaves each lane's exact sum of (u - 32) x (at most 8 * 32 * 127 =
@@ -52,8 +57,17 @@ internal static unsafe class Q6KPacked
 
     private const int DOffset = 0;
     private const int ScaleOffset = 64;
-    private const int LowOffset = 320;
-    private const int HighOffset = 2368;
+    /// <summary>Byte offset of the first quant vector in a super-block.</summary>
+    private const int QuantOffset = 320;
+
+    /// <summary>
+    /// Byte offset in a super-block of ql vector <paramref name="v"/> = 16h + 8c + 4p + i (h, c, p 0..1, i 0..3: ql
+    /// bytes 4v..4v + 3 of each row): 320 + 64 (12 (2h + p) + 3i + c). See the class summary's order.
+    /// </summary>
+    internal static int LowVectorOffset(int v) => QuantOffset + 64 * (12 * (2 * (v >> 4) + ((v >> 2) & 1)) + 3 * (v & 3) + ((v >> 3) & 1));
+
+    /// <summary>Byte offset in a super-block of qh vector <paramref name="w"/> = 8h + 4p + i (qh bytes 4w..4w + 3 of each row): 320 + 64 (12 (2h + p) + 3i + 2).</summary>
+    internal static int HighVectorOffset(int w) => QuantOffset + 64 * (12 * (2 * (w >> 3) + ((w >> 2) & 1)) + 3 * (w & 3) + 2);
 
     /// <summary>The weight offset: q = u - 32.</summary>
     private const int Offset = 32;
@@ -82,11 +96,11 @@ internal static unsafe class Q6KPacked
                 }
                 for (int i = 0; i < 32; i++)
                 {
-                    ((uint*)(sb + LowOffset))[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 4 * i);
+                    ((uint*)(sb + LowVectorOffset(i)))[r] = Unsafe.ReadUnaligned<uint>(blk + 4 * i);
                 }
                 for (int i = 0; i < 16; i++)
                 {
-                    ((uint*)(sb + HighOffset))[i * GroupRows + r] = Unsafe.ReadUnaligned<uint>(blk + 128 + 4 * i);
+                    ((uint*)(sb + HighVectorOffset(i)))[r] = Unsafe.ReadUnaligned<uint>(blk + 128 + 4 * i);
                 }
             }
         }
@@ -107,24 +121,41 @@ internal static unsafe class Q6KPacked
             }
             for (int i = 0; i < 32; i++)
             {
-                Unsafe.WriteUnaligned(blk + 4 * i, ((uint*)(sb + LowOffset))[i * GroupRows + r]);
+                Unsafe.WriteUnaligned(blk + 4 * i, ((uint*)(sb + LowVectorOffset(i)))[r]);
             }
             for (int i = 0; i < 16; i++)
             {
-                Unsafe.WriteUnaligned(blk + 128 + 4 * i, ((uint*)(sb + HighOffset))[i * GroupRows + r]);
+                Unsafe.WriteUnaligned(blk + 128 + 4 * i, ((uint*)(sb + HighVectorOffset(i)))[r]);
             }
         }
     }
 
-    /// <summary>Once per product on the calling thread: the tokens' offset pairs (32 times sums of x) the kernel subtracts.</summary>
-    public static void Prepare(Q8Activations act) => act.PrepareOffsets16(Offset);
+    /// <summary>
+    /// Once per product on the calling thread: the tokens' offset pairs (32 times sums of x) the kernel subtracts, and
+    /// for one token the negated offsets <see cref="Q6KVnni"/>'s generated tile reads.
+    /// </summary>
+    public static void Prepare(Q8Activations act)
+    {
+        act.PrepareOffsets16(Offset);
+        if (act.Tokens == 1)
+        {
+            Q6KVnni.Prepare(act);
+        }
+    }
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
     /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
     /// </summary>
-    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+    public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        if (tokens == 1 && act.Tokens == 1 && nb > 0 && r0 < r1 && QuantDispatch.UseGeneratedKernels)
+        {
+            Q6KVnni.Run(packed, nb, n, act, y, r0, r1);
+            return;
+        }
         KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+    }
 
     /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: the offset pairs (<see cref="Q8Activations.Offsets16"/>).</summary>
     private readonly struct Kernel : IKPackedKernel
@@ -145,6 +176,10 @@ internal static unsafe class Q6KPacked
             if (expanded)
             {
                 Tile<TN, Expanded>(src, nb, tok, (int**)data, y, n, rows, partial);
+            }
+            else if (TN.Value == 1)
+            {
+                TileOne(src, nb, tok, (int**)data, y, n, rows, partial);
             }
             else
             {
@@ -255,6 +290,39 @@ internal static unsafe class Q6KPacked
     }
 
     /// <summary>
+    /// <see cref="Tile{TN, TSrc}"/> for one token over the packed layout (decode where the generated tile is not used):
+    /// per (h, p) the 16 u vectors are built in the order the layout stores their sources, one forward stream through
+    /// memory (sub-block by sub-block the loads jump by 3 lines and streamed 47% of the read, against 66% so). The same
+    /// integers and float operations as the generic tile.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileOne(byte* g, int nb, Q8Row* tok, int** offs, float* y, int n, int rows, float* partial)
+    {
+        Vector512<float> c0 = default;
+        Vector512<int> unused = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + b * (long)SuperBytes;
+            Vector512<int> i0 = default;
+            for (int hp = 0; hp < 4; hp++)
+            {
+                PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
+                int h = hp >> 1, p = hp & 1, j0 = 8 * h + p;
+                Packed.Build(sb, h, p, 0, out var u00, out var u10, out var u20, out var u30);
+                Packed.Build(sb, h, p, 1, out var u01, out var u11, out var u21, out var u31);
+                Packed.Build(sb, h, p, 2, out var u02, out var u12, out var u22, out var u32);
+                Packed.Build(sb, h, p, 3, out var u03, out var u13, out var u23, out var u33);
+                SubBlockOf<Tokens1>(u00, u01, u02, u03, Packed.ScalePair(sb, j0), b, j0, tok, offs, ref i0, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused);
+                SubBlockOf<Tokens1>(u10, u11, u12, u13, Packed.ScalePair(sb, j0 + 2), b, j0 + 2, tok, offs, ref i0, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused);
+                SubBlockOf<Tokens1>(u20, u21, u22, u23, Packed.ScalePair(sb, j0 + 4), b, j0 + 4, tok, offs, ref i0, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused);
+                SubBlockOf<Tokens1>(u30, u31, u32, u33, Packed.ScalePair(sb, j0 + 6), b, j0 + 6, tok, offs, ref i0, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused, ref unused);
+            }
+            c0 = Avx512F.FusedMultiplyAdd(Packed.D(sb), Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
+        }
+        Q4_0Interleaved.StoreTile(1, y, n, rows, partial, c0, default, default, default, default, default, default, default);
+    }
+
+    /// <summary>
     /// Sub-block j = 8h + 2k + p of super-block <paramref name="b"/> for the TN.Value tokens: i_t += sc[j] x (the exact
     /// int16 pair sums of (u - 32) x). <paramref name="k"/> is a constant at every call, so the shifts that build u are too.
     /// </summary>
@@ -266,11 +334,18 @@ internal static unsafe class Q6KPacked
         where TSrc : struct, ISource
     {
         int j = 8 * h + 2 * k + p;
-        var w0 = TSrc.U(sb, h, p, k, 0);
-        var w1 = TSrc.U(sb, h, p, k, 1);
-        var w2 = TSrc.U(sb, h, p, k, 2);
-        var w3 = TSrc.U(sb, h, p, k, 3);
-        var sc = TSrc.ScalePair(sb, j);
+        SubBlockOf<TN>(TSrc.U(sb, h, p, k, 0), TSrc.U(sb, h, p, k, 1), TSrc.U(sb, h, p, k, 2), TSrc.U(sb, h, p, k, 3), TSrc.ScalePair(sb, j),
+            b, j, tok, offs, ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
+    }
+
+    /// <summary>Sub-block j of super-block <paramref name="b"/> from its ready u vectors w0..w3 and scale pair sc: i_t += sc[j] x (the exact int16 pair sums of (u - 32) x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SubBlockOf<TN>(Vector512<byte> w0, Vector512<byte> w1, Vector512<byte> w2, Vector512<byte> w3, Vector512<short> sc,
+        int b, int j, Q8Row* tok, int** offs,
+        ref Vector512<int> i0, ref Vector512<int> i1, ref Vector512<int> i2, ref Vector512<int> i3,
+        ref Vector512<int> i4, ref Vector512<int> i5, ref Vector512<int> i6, ref Vector512<int> i7)
+        where TN : struct, ITokenCount
+    {
         long xo = 256L * b + 16 * j, oo = 16L * b + j;
         i0 += Avx512BW.MultiplyAddAdjacent(Sum(w0, w1, w2, w3, tok[0].Q + xo, offs[0][oo]), sc);
         if (TN.Value > 1)
@@ -350,11 +425,11 @@ internal static unsafe class Q6KPacked
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<byte> U(byte* sb, int h, int p, int k, int i)
         {
-            // Values 16j + 4i.. of sub-block j = 8h + 2k + p: l = 16p + 4i, so dword q = l / 4 = 4p + i of the half.
-            int q = 4 * p + i;
-            var ql = Vector512.Load(sb + LowOffset + 64L * (16 * h + 8 * (k & 1) + q));
+            // Values 16j + 4i.. of sub-block j = 8h + 2k + p: l = 16p + 4i, so dword q = l / 4 = 4p + i of the half: ql
+            // vector 16h + 8 (k & 1) + q and qh vector 8h + q, here written linear in h and p (the loop's variables).
+            var ql = Vector512.Load(sb + QuantOffset + 768 * (2 * h + p) + 64 * (3 * i + (k & 1)));
             var low = k >= 2 ? Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() : ql;
-            var qh = Vector512.Load(sb + HighOffset + 64L * (8 * h + q)).AsUInt16();
+            var qh = Vector512.Load(sb + QuantOffset + 768 * (2 * h + p) + 64 * (3 * i + 2)).AsUInt16();
             // Bits 2k, 2k + 1 of each qh byte to bits 4, 5 (16-bit shifts: only bits 4, 5 of each byte are kept).
             var high = k switch
             {
@@ -364,6 +439,22 @@ internal static unsafe class Q6KPacked
                 _ => Vector512.ShiftRightLogical(qh, 2),
             };
             return (low & Vector512.Create((byte)0x0F)) | (high.AsByte() & Vector512.Create((byte)0x30));
+        }
+
+        /// <summary>Vector i of the sub-blocks k = 0..3 of (h, p), from the three vectors that follow each other in the layout.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Build(byte* sb, int h, int p, int i, out Vector512<byte> k0, out Vector512<byte> k1, out Vector512<byte> k2, out Vector512<byte> k3)
+        {
+            byte* v = sb + QuantOffset + 768 * (2 * h + p) + 192 * i; // ql vectors 16h + 4p + i, 16h + 8 + 4p + i, qh vector 8h + 4p + i
+            var ql0 = Vector512.Load(v);
+            var ql1 = Vector512.Load(v + 64);
+            var qh = Vector512.Load(v + 128).AsUInt16();
+            var m0F = Vector512.Create((byte)0x0F);
+            var m30 = Vector512.Create((byte)0x30);
+            k0 = (ql0 & m0F) | (Vector512.ShiftLeft(qh, 4).AsByte() & m30);
+            k1 = (ql1 & m0F) | (Vector512.ShiftLeft(qh, 2).AsByte() & m30);
+            k2 = (Vector512.ShiftRightLogical(ql0.AsUInt16(), 4).AsByte() & m0F) | (qh.AsByte() & m30);
+            k3 = (Vector512.ShiftRightLogical(ql1.AsUInt16(), 4).AsByte() & m0F) | (Vector512.ShiftRightLogical(qh, 2).AsByte() & m30);
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -452,8 +543,8 @@ internal static unsafe class Q6KPacked
     {
         int h = e / 128, k = e % 128 / 32, l = e % 32;
         int qlByte = 64 * h + 32 * (k & 1) + l, qhByte = 32 * h + l;
-        int ql = sb[LowOffset + (qlByte / 4 * GroupRows + lane) * 4 + qlByte % 4];
-        int qh = sb[HighOffset + (qhByte / 4 * GroupRows + lane) * 4 + qhByte % 4];
+        int ql = sb[LowVectorOffset(qlByte / 4) + lane * 4 + qlByte % 4];
+        int qh = sb[HighVectorOffset(qhByte / 4) + lane * 4 + qhByte % 4];
         return (k >= 2 ? ql >> 4 : ql & 0x0F) | (((qh >> (2 * k)) & 3) << 4);
     }
 }

@@ -31,6 +31,7 @@ public sealed unsafe class Q8Activations
     private float[] _pairs = [];
     private float[] _ds8 = [];
     private int[] _off16 = [];
+    private int[] _off32 = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -130,6 +131,24 @@ public sealed unsafe class Q8Activations
             _off16[g] = (ushort)(short)(offset * lo) | (offset * hi << 16);
         }
     }
+
+    /// <summary>
+    /// Once per product (after <see cref="Quantize"/>), for <see cref="Q6KVnni"/>: per token and group of 16 quants
+    /// x[0..16), the int32 -offset (x0 + ... + x15), which a vpdpbusd sum of u x starts from to give the sum of
+    /// (u - offset) x. (T, K / 16). Example: x = 1, 2, ..., 16 and offset 32: -32 * 136 = -4352.
+    /// </summary>
+    internal void PrepareNegatedOffsets(int offset)
+    {
+        long count = (long)Tokens * Cols / 16;
+        Ensure(ref _off32, (int)count);
+        for (long g = 0; g < count; g++)
+        {
+            _off32[g] = -offset * _s16[g]; // Sums16: the sum of each 16 quants
+        }
+    }
+
+    /// <summary>Token t's <see cref="PrepareNegatedOffsets"/> values: (K / 16) int32.</summary>
+    internal int* NegatedOffsets(int t) => (int*)Unsafe.AsPointer(ref _off32[0]) + (long)t * (Cols / 16);
 
     /// <summary>Token t's <see cref="PrepareOffsets16"/> values: (K / 16) int32.</summary>
     internal int* Offsets16(int t) => (int*)Unsafe.AsPointer(ref _off16[0]) + (long)t * (Cols / 16);
