@@ -58,11 +58,12 @@ public sealed class Q6KPackedTests
     }
 
     /// <summary>
-    /// The generated 1-token tile (decode) has two forms, the qh bits moved by GFNI's vgf2p8affineqb or by shifts and
-    /// masks (CPUs with VNNI but no GFNI); the sweep runs whichever this CPU takes, this runs the other one too.
+    /// The generated tiles have two forms, the qh bits moved by GFNI's vgf2p8affineqb or by shifts and masks (CPUs with
+    /// VNNI but no GFNI); the sweep runs whichever this CPU takes, this runs the other one too, at every tile width
+    /// (1, 2: one pass; 3, 4: two passes) and with a short last tile.
     /// </summary>
     [Fact]
-    public void OneTokenTileWithAndWithoutGfniEqualsTheScalarTwins()
+    public void GeneratedTilesWithAndWithoutGfniEqualTheScalarTwins()
     {
         if (!QuantDispatch.GeneratedKernelsSupported)
         {
@@ -78,7 +79,10 @@ public sealed class Q6KPackedTests
                 var rng = new Random(gfni ? 61 : 62);
                 foreach (var (rows, nb) in new[] { (1, 1), (16, 1), (17, 2), (48, 3), (67, 9) })
                 {
-                    KPackedChecks.Products(Format, rng, rows, nb, tokens: 1);
+                    foreach (int tokens in new[] { 1, 2, 3, 4, 7 })
+                    {
+                        KPackedChecks.Products(Format, rng, rows, nb, tokens);
+                    }
                     KPackedChecks.Products(Format, rng, rows, nb, tokens: 1, r0: 16, r1: rows);
                 }
                 ExtremeQuantsAndScalesStayExact(0x00, 1f);

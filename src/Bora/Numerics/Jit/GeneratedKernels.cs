@@ -11,8 +11,8 @@ internal enum GeneratedKernel
     Q4_0,
     Q4K,
     Q4KPacked1,
-    Q6K1,
-    Q6KGfni1,
+    Q6K,
+    Q6KGfni,
     F16Rows4,
 }
 

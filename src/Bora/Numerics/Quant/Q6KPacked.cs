@@ -30,7 +30,9 @@ namespace Bora.Numerics.Quant;
 /// (<see cref="Q8Activations.PrepareOffsets16"/>) leaves each lane's exact sum of (u - 32) x (at most 8 * 32 * 127 =
 /// 32512), and one vpmaddwd by the rows' sc[j] (sign-extended into both int16 halves) adds sc[j] sum((u - 32) x) to
 /// the int32 isum (exact: at most 16 * 128 * 65024 &lt; 2^31).</para>
-/// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
+/// <para>Where the CPU runs Bora's generated kernels (AVX-512 VNNI), <see cref="Q6KVnni"/>'s tiles take products of
+/// every token count instead of the managed tiles below (measured faster at 1 to 512 tokens).
+/// From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
 /// buffer of ready u, scale pairs and float d (5184 bytes per super-block, as <see cref="Q6KInterleaved"/>'s repacked
 /// groups), which its tiles then read without rebuilding u every 8 tokens: same integers, same results.</para>
 /// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
@@ -132,15 +134,12 @@ internal static unsafe class Q6KPacked
 
     /// <summary>
     /// Once per product on the calling thread: the tokens' offset pairs (32 times sums of x) the kernel subtracts, and
-    /// for one token the negated offsets <see cref="Q6KVnni"/>'s generated tile reads.
+    /// the negated offsets <see cref="Q6KVnni"/>'s generated tiles read.
     /// </summary>
     public static void Prepare(Q8Activations act)
     {
         act.PrepareOffsets16(Offset);
-        if (act.Tokens == 1)
-        {
-            Q6KVnni.Prepare(act);
-        }
+        Q6KVnni.Prepare(act);
     }
 
     /// <summary>
@@ -149,9 +148,9 @@ internal static unsafe class Q6KPacked
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
-        if (tokens == 1 && act.Tokens == 1 && nb > 0 && r0 < r1 && QuantDispatch.UseGeneratedKernels)
+        if (act.Tokens == tokens && nb > 0 && r0 < r1 && QuantDispatch.UseGeneratedKernels)
         {
-            Q6KVnni.Run(packed, nb, n, act, y, r0, r1);
+            Q6KVnni.Run(packed, nb, n, act, tokens, y, r0, r1);
             return;
         }
         KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
