@@ -17,8 +17,8 @@ namespace Bora.Numerics.Quant;
 /// (64 bytes of high bit pairs), in the order the tiles read them: for (h, p) = (0, 0), (0, 1), (1, 0), (1, 1), for
 /// i = 0..3, ql vector 16h + 4p + i, ql vector 16h + 8 + 4p + i, qh vector 8h + 4p + i (<see cref="LowVectorOffset"/>,
 /// <see cref="HighVectorOffset"/>). Read in that order a super-block is one forward stream (the file's order, all of
-/// ql then all of qh, read by sub-block, jumps back and forth: the generated 1-token tile streamed it from memory at
-/// half the speed). Value e = 128h + 32k + l of a row (h 0..1, k 0..3, l 0..31; sub-block j = e / 16 = 8h + 2k + p)
+/// ql then all of qh, read by sub-block, jumps back and forth: <see cref="Q6KVnni"/>'s tile streamed it from memory at
+/// 40% of the read, against 90-94% now). Value e = 128h + 32k + l of a row (h 0..1, k 0..3, l 0..31; sub-block j = e / 16 = 8h + 2k + p)
 /// has its low nibble in ql byte 64h + 32 (k &amp; 1) + l (the high nibble of that byte when k &gt;= 2) and its high 2
 /// bits in qh byte 32h + l, bits 2k, 2k + 1; a dword of either holds 4 consecutive l.
 /// Example: values 200..203 of super-block 1 of the group's row 5 (h = 1, k = 2, l = 8..11, so p = 0, i = 2): low
@@ -291,8 +291,8 @@ internal static unsafe class Q6KPacked
     /// <summary>
     /// <see cref="Tile{TN, TSrc}"/> for one token over the packed layout (decode where the generated tile is not used):
     /// per (h, p) the 16 u vectors are built in the order the layout stores their sources, one forward stream through
-    /// memory (sub-block by sub-block the loads jump by 3 lines and streamed 47% of the read, against 66% so). The same
-    /// integers and float operations as the generic tile.
+    /// memory (sub-block by sub-block the loads jump by 3 lines and streamed 47% of the read, against 69-73% so). The
+    /// same integers and float operations as the generic tile.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void TileOne(byte* g, int nb, Q8Row* tok, int** offs, float* y, int n, int rows, float* partial)
