@@ -1,3 +1,5 @@
+using Bora.Numerics.Jit;
+
 namespace Bora.Numerics.Quant;
 
 /// <summary>How a <see cref="QuantizedMatrix"/> holds its blocks.</summary>
@@ -118,6 +120,35 @@ internal static unsafe class PackedLayouts
             case DType.Q6_K when wide: Q6KPacked.Run(packed, nb, n, act, tokens, y, r0, r1); break;
             case DType.Q6_K: Q6KPacked.RunScalar(packed, nb, n, act, tokens, y, r0, r1); break;
             default: throw Unsupported(type);
+        }
+    }
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), with generated tiles of up to
+    /// <paramref name="tileTokens"/> tokens over the matrix's 16-row groups (<paramref name="groupBytes"/> each, from
+    /// <paramref name="packed"/>): <paramref name="full"/> for whole tiles, <paramref name="tail"/> for a last, shorter
+    /// one (either may be null where no tile of it is run). Each call gets the group, tile token t0's quants, d_x and
+    /// per-block data (<paramref name="data"/> + t0 <paramref name="dataStride"/> bytes), <paramref name="steps"/> and
+    /// 16 floats out per token (<see cref="GeneratedKernels.Get"/>'s convention).
+    /// </summary>
+    public static void RunGeneratedTiles(
+        delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void> full,
+        delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void> tail,
+        int tileTokens, byte* packed, long groupBytes, long steps, int n, Q8Activations act, byte* data, long dataStride,
+        int tokens, float* y, int r0, int r1)
+    {
+        float* results = stackalloc float[tileTokens * KPacked.GroupRows];
+        for (int g0 = r0; g0 < r1; g0 += KPacked.GroupRows)
+        {
+            byte* g = packed + g0 / KPacked.GroupRows * groupBytes;
+            int rows = Math.Min(KPacked.GroupRows, r1 - g0);
+            for (int t0 = 0; t0 < tokens; t0 += tileTokens)
+            {
+                int tt = Math.Min(tileTokens, tokens - t0);
+                var row = act.Row(t0);
+                (tt == tileTokens ? full : tail)(g, row.Q, row.D, (float*)(data + t0 * dataStride), steps, results);
+                GeneratedKernels.CopyResults(results, tt, y + (long)t0 * n + g0, n, rows);
+            }
         }
     }
 

@@ -125,13 +125,16 @@ internal static unsafe class Q4KPacked
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
-        if (tokens == 1 && nb > 0 && r0 < r1 && QuantDispatch.UseGeneratedKernels)
+        if (QuantDispatch.UseGeneratedKernels)
         {
-            Q4KVnni.RunOne(packed, nb, n, act, y, r0, r1);
-        }
-        else if (QuantDispatch.UseGeneratedKernels)
-        {
-            KPacked.Run<Q4KVnni.Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+            if (tokens == 1 && nb > 0 && r0 < r1)
+            {
+                Q4KVnni.RunOne(packed, nb, n, act, y, r0, r1);
+            }
+            else
+            {
+                KPacked.Run<Q4KVnni.Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+            }
         }
         else
         {

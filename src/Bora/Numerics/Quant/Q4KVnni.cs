@@ -67,14 +67,7 @@ internal static unsafe class Q4KVnni
     public static void RunOne(byte* packed, int nb, int n, Q8Activations act, float* y, int r0, int r1)
     {
         var tile = GeneratedKernels.Get(GeneratedKernel.Q4KPacked1, 1, nb, EmitPacked);
-        float* results = stackalloc float[Q4KPacked.GroupRows];
-        var row = act.Row(0);
-        float* sums = act.SubBlockSums(0);
-        for (int g0 = r0; g0 < r1; g0 += Q4KPacked.GroupRows)
-        {
-            tile(packed + g0 / Q4KPacked.GroupRows * Q4KPacked.GroupBytes(nb), row.Q, row.D, sums, nb, results);
-            GeneratedKernels.CopyResults(results, 1, y + g0, n, Math.Min(Q4KPacked.GroupRows, r1 - g0));
-        }
+        PackedLayouts.RunGeneratedTiles(tile, null, 1, packed, Q4KPacked.GroupBytes(nb), nb, n, act, (byte*)act.SubBlockSums(0), 0, 1, y, r0, r1);
     }
 
     /// <summary>The tile's code (see the class summary for its registers and arguments).</summary>

@@ -41,23 +41,12 @@ internal static unsafe class Q4_0Vnni
             Q4_0Packed.Run(packed, nb, n, act, tokens, y, r0, r1);
             return;
         }
-        float* results = stackalloc float[TileTokens * Q4_0Packed.GroupRows];
         // The two tiles this product needs, looked up once (a tile call is only a few microseconds).
         var full = tokens >= TileTokens ? GeneratedKernels.Get(GeneratedKernel.Q4_0, TileTokens, nb, Emit) : null;
         var tail = tokens % TileTokens != 0 ? GeneratedKernels.Get(GeneratedKernel.Q4_0, tokens % TileTokens, nb, Emit) : null;
-        for (int g0 = r0; g0 < r1; g0 += Q4_0Packed.GroupRows)
-        {
-            int rows = Math.Min(Q4_0Packed.GroupRows, r1 - g0);
-            byte* g = packed + g0 / Q4_0Packed.GroupRows * Q4_0Packed.GroupBytes(nb);
-            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
-            {
-                int tt = Math.Min(TileTokens, tokens - t0);
-                var tile = tt == TileTokens ? full : tail;
-                var row = act.Row(t0);
-                tile(g, row.Q, row.D, act.OffsetSums(t0), nb, results);
-                GeneratedKernels.CopyResults(results, tt, y + (long)t0 * n + g0, n, rows);
-            }
-        }
+        byte* sums = (byte*)act.OffsetSums(0); // OffsetSums(1) below only gives the stride between tokens
+        PackedLayouts.RunGeneratedTiles(full, tail, TileTokens, packed, Q4_0Packed.GroupBytes(nb), nb, n, act,
+            sums, (byte*)act.OffsetSums(1) - sums, tokens, y, r0, r1);
     }
 
     /// <summary>The tile's code (see the class summary for its registers and arguments).</summary>

@@ -427,17 +427,8 @@ internal static unsafe class Q6KPacked
             // Values 16j + 4i.. of sub-block j = 8h + 2k + p: l = 16p + 4i, so dword q = l / 4 = 4p + i of the half: ql
             // vector 16h + 8 (k & 1) + q and qh vector 8h + q, here written linear in h and p (the loop's variables).
             var ql = Vector512.Load(sb + QuantOffset + 768 * (2 * h + p) + 64 * (3 * i + (k & 1)));
-            var low = k >= 2 ? Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() : ql;
             var qh = Vector512.Load(sb + QuantOffset + 768 * (2 * h + p) + 64 * (3 * i + 2)).AsUInt16();
-            // Bits 2k, 2k + 1 of each qh byte to bits 4, 5 (16-bit shifts: only bits 4, 5 of each byte are kept).
-            var high = k switch
-            {
-                0 => Vector512.ShiftLeft(qh, 4),
-                1 => Vector512.ShiftLeft(qh, 2),
-                2 => qh,
-                _ => Vector512.ShiftRightLogical(qh, 2),
-            };
-            return (low & Vector512.Create((byte)0x0F)) | (high.AsByte() & Vector512.Create((byte)0x30));
+            return Combine(ql, qh, k);
         }
 
         /// <summary>Vector i of the sub-blocks k = 0..3 of (h, p), from the three vectors that follow each other in the layout.</summary>
@@ -448,12 +439,29 @@ internal static unsafe class Q6KPacked
             var ql0 = Vector512.Load(v);
             var ql1 = Vector512.Load(v + 64);
             var qh = Vector512.Load(v + 128).AsUInt16();
-            var m0F = Vector512.Create((byte)0x0F);
-            var m30 = Vector512.Create((byte)0x30);
-            k0 = (ql0 & m0F) | (Vector512.ShiftLeft(qh, 4).AsByte() & m30);
-            k1 = (ql1 & m0F) | (Vector512.ShiftLeft(qh, 2).AsByte() & m30);
-            k2 = (Vector512.ShiftRightLogical(ql0.AsUInt16(), 4).AsByte() & m0F) | (qh.AsByte() & m30);
-            k3 = (Vector512.ShiftRightLogical(ql1.AsUInt16(), 4).AsByte() & m0F) | (Vector512.ShiftRightLogical(qh, 2).AsByte() & m30);
+            k0 = Combine(ql0, qh, 0);
+            k1 = Combine(ql1, qh, 1);
+            k2 = Combine(ql0, qh, 2);
+            k3 = Combine(ql1, qh, 3);
+        }
+
+        /// <summary>
+        /// u of sub-block quarter <paramref name="k"/> (a constant at every call) from its ql vector (the low nibbles
+        /// for k &lt; 2, the high ones from 2) and qh vector (bits 2k, 2k + 1 of each byte).
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector512<byte> Combine(Vector512<byte> ql, Vector512<ushort> qh, int k)
+        {
+            var low = k >= 2 ? Vector512.ShiftRightLogical(ql.AsUInt16(), 4).AsByte() : ql;
+            // Bits 2k, 2k + 1 of each qh byte to bits 4, 5 (16-bit shifts: only bits 4, 5 of each byte are kept).
+            var high = k switch
+            {
+                0 => Vector512.ShiftLeft(qh, 4),
+                1 => Vector512.ShiftLeft(qh, 2),
+                2 => qh,
+                _ => Vector512.ShiftRightLogical(qh, 2),
+            };
+            return (low & Vector512.Create((byte)0x0F)) | (high.AsByte() & Vector512.Create((byte)0x30));
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -64,19 +64,9 @@ internal static unsafe class Q6KVnni
         bool gfni = UseGfni && HasGfni;
         var full = tokens >= TileTokens ? Tile(TileTokens, nb, gfni) : null;
         var tail = tokens % TileTokens != 0 ? Tile(tokens % TileTokens, nb, gfni) : null;
-        float* results = stackalloc float[TileTokens * Q6KPacked.GroupRows];
-        for (int g0 = r0; g0 < r1; g0 += Q6KPacked.GroupRows)
-        {
-            byte* g = packed + g0 / Q6KPacked.GroupRows * Q6KPacked.GroupBytes(nb);
-            int rows = Math.Min(Q6KPacked.GroupRows, r1 - g0);
-            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
-            {
-                int tt = Math.Min(TileTokens, tokens - t0);
-                var row = act.Row(t0);
-                (tt == TileTokens ? full : tail)(g, row.Q, row.D, (float*)act.NegatedOffsets(t0), nb, results);
-                GeneratedKernels.CopyResults(results, tt, y + (long)t0 * n + g0, n, rows);
-            }
-        }
+        byte* offsets = (byte*)act.NegatedOffsets(0); // NegatedOffsets(1) below only gives the stride between tokens
+        PackedLayouts.RunGeneratedTiles(full, tail, TileTokens, packed, Q6KPacked.GroupBytes(nb), nb, n, act,
+            offsets, (byte*)act.NegatedOffsets(1) - offsets, tokens, y, r0, r1);
     }
 
     private static delegate* unmanaged[SuppressGCTransition]<byte*, sbyte*, float*, float*, long, float*, void> Tile(int tokens, int nb, bool gfni) =>
