@@ -48,6 +48,10 @@ public sealed class X64EmitterTests
         { "vpandd 0x140(%rdi),%zmm2,%zmm24", "62 61 6d 48 db 87 40 01 00 00" },
         { "vpandd 0x8c0(%rdi),%zmm3,%zmm25", "62 61 65 48 db 8f c0 08 00 00" },
         { "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11", "62 73 3d 48 25 da d8" },
+        { "vfnmadd231ps %zmm8,%zmm28,%zmm3", "62 d2 1d 40 bc d8" },
+        { "vfnmadd231ps %zmm18,%zmm29,%zmm0", "62 b2 15 40 bc c2" },
+        { "vpdpwssd 0x1c(%rcx){1to16},%zmm24,%zmm9", "62 72 3d 50 52 89 1c 00 00 00" },
+        { "vpdpwssd 0x1010(%rcx){1to16},%zmm27,%zmm15", "62 72 25 50 52 b9 10 10 00 00" },
         { "vpternlogd $0xd8,%zmm2,%zmm15,%zmm14", "62 73 05 48 25 f2 d8" },
         { "vgf2p8affineqb $0x0,%zmm16,%zmm10,%zmm11", "62 33 ad 48 ce d8 00" },
         { "vgf2p8affineqb $0x0,%zmm18,%zmm10,%zmm14", "62 33 ad 48 ce f2 00" },
@@ -131,6 +135,10 @@ public sealed class X64EmitterTests
             case "vpandd 0x140(%rdi),%zmm2,%zmm24": e.PanddMem(24, 2, Gpr.Rdi, 320); break;
             case "vpandd 0x8c0(%rdi),%zmm3,%zmm25": e.PanddMem(25, 3, Gpr.Rdi, 2240); break;
             case "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11": e.Pternlogd(11, 8, 2, 0xD8); break;
+            case "vfnmadd231ps %zmm8,%zmm28,%zmm3": e.Fnmadd231(3, 28, 8); break;
+            case "vfnmadd231ps %zmm18,%zmm29,%zmm0": e.Fnmadd231(0, 29, 18); break;
+            case "vpdpwssd 0x1c(%rcx){1to16},%zmm24,%zmm9": e.DpwssdBroadcast(9, 24, Gpr.Rcx, 28); break;
+            case "vpdpwssd 0x1010(%rcx){1to16},%zmm27,%zmm15": e.DpwssdBroadcast(15, 27, Gpr.Rcx, 4096 + 16); break;
             case "vpternlogd $0xd8,%zmm2,%zmm15,%zmm14": e.Pternlogd(14, 15, 2, 0xD8); break;
             case "vgf2p8affineqb $0x0,%zmm16,%zmm10,%zmm11": e.Gf2p8Affine(11, 10, 16); break;
             case "vgf2p8affineqb $0x0,%zmm18,%zmm10,%zmm14": e.Gf2p8Affine(14, 10, 18); break;

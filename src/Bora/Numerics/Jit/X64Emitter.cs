@@ -110,6 +110,12 @@ internal sealed class X64Emitter
         Byte(0);
     }
 
+    /// <summary>vfnmadd231ps acc, a, b: acc = -(a b) + acc, one rounding.</summary>
+    public void Fnmadd231(int acc, int a, int b) => EvexReg(Map.M0F38, Pp.P66, 0xBC, acc, a, b);
+
+    /// <summary>vpdpwssd acc, a, [base + disp]{1to16}: each int32 lane of acc += the sum of its two int16 products with the broadcast int16 pair (AVX-512 VNNI).</summary>
+    public void DpwssdBroadcast(int acc, int a, Gpr b, int disp) => EvexMem(Map.M0F38, Pp.P66, 0x52, acc, a, b, disp, broadcast: true);
+
     /// <summary>vpandd dst, a, [base + disp].</summary>
     public void PanddMem(int dst, int a, Gpr b, int disp) => EvexMem(Map.M0F, Pp.P66, 0xDB, dst, a, b, disp, broadcast: false);
 

@@ -8,8 +8,8 @@ namespace Bora.Numerics.Quant;
 /// Q4_K weights packed once at load into groups of 16 rows (rows in vector lanes, no per-product repacking), and the
 /// products over that layout: <see cref="Run"/> (AVX-512, tiles of 1..8 tokens) and its scalar twin <see cref="RunScalar"/>.
 /// Both compute each (row, token) exactly as <see cref="Q4KInterleaved.RunScalar"/> does over the GGUF rows: per
-/// super-block the exact integer isum = sum_s sc[s] sum(q x of sub-block s), then acc = fma(d, isum d_x, acc) and for
-/// s = 0..7 acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
+/// super-block the exact integers isum = sum_s sc[s] sum(q x of sub-block s) and msum = sum_s m[s] sum(x of s), then
+/// acc = fma(d, float(isum) d_x, acc) and acc = fma(-dmin, float(msum) d_x, acc).
 /// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 16 * 144 bytes each
 /// (the file's bytes, nothing added); inside super-block b (offsets in bytes):
 /// [0, 32) the 16 rows' f16 d; [32, 64) their f16 dmin; [64, 256) the 12 packed scale bytes as 3 vectors of 16 dwords
@@ -24,7 +24,7 @@ namespace Bora.Numerics.Quant;
 /// halves, from one vpshufb of the unpacked scales) adds sc[s] (sum q x) to the int32 sum (exact: at most
 /// 8 * 63 * 60960 &lt; 2^31). The 6-bit scales and mins are unpacked per super-block in registers, 16 rows at once.</para>
 /// <para>From <see cref="ExpandMinTokens"/> tokens on, each group is first expanded once per product into a per-thread
-/// buffer of masked nibbles, scale pairs and float dmin m and d (5184 bytes per super-block, as
+/// buffer of masked nibbles, scale pairs, min pairs and float dmin and d (4992 bytes per super-block, as
 /// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
 /// integers, same float products, same results. Where the CPU has AVX-512 VNNI, <see cref="Q4KVnni"/>'s generated tiles
 /// read the expanded groups instead (with each sc[s] stored as one int32).</para>
@@ -55,8 +55,9 @@ internal static unsafe class Q4KPacked
     private const int QuantOffset = 256;
 
     /// <summary>
-    /// vpshufb controls (512 bytes, on the pinned heap, so <see cref="Controls"/> stays valid): [0, 256) sc[j]
-    /// (j = 0..3) of each dword to both int16 halves; [256, 512) m[j] zero-extended to int32.
+    /// vpshufb controls (384 bytes, on the pinned heap, so <see cref="Controls"/> stays valid): [0, 256) sc[j]
+    /// (j = 0..3) of each dword to both int16 halves; [256, 320) bytes 0 and 1 of each dword zero-extended to its two
+    /// int16 halves, [320, 384) bytes 2 and 3 (the min pairs (m[0], m[1]) and (m[2], m[3]) of a dword of 4 mins).
     /// </summary>
     private static readonly byte[] ControlBytes = BuildControls();
 
@@ -116,8 +117,8 @@ internal static unsafe class Q4KPacked
         }
     }
 
-    /// <summary>Once per product on the calling thread: the per-sub-block activation sums (d_x sum x) the min term reads.</summary>
-    public static void Prepare(Q8Activations act) => act.PrepareSubBlockSums();
+    /// <summary>Once per product on the calling thread: the per-sub-block activation sums the min term reads.</summary>
+    public static void Prepare(Q8Activations act) => act.PrepareMinSums();
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
@@ -145,12 +146,13 @@ internal static unsafe class Q4KPacked
     /// <summary>Bytes of one super-block of an expanded group.</summary>
     internal const long ExpandedStride = Expanded.Stride;
 
-    /// <summary>Offsets in an expanded super-block: the 8 sub-blocks' scales (16 rows each), dmin m[s] floats, d floats.</summary>
-    internal const long ExpandedScaleOffset = Expanded.ScaleOffset, ExpandedMinOffset = Expanded.MinOffset, ExpandedDOffset = Expanded.DOffset;
+    /// <summary>Offsets in an expanded super-block: the 8 sub-blocks' scales (16 rows each), the 4 min pairs, dmin and d floats.</summary>
+    internal const long ExpandedScaleOffset = Expanded.ScaleOffset, ExpandedMinPairOffset = Expanded.MinPairOffset,
+        ExpandedDminOffset = Expanded.DminOffset, ExpandedDOffset = Expanded.DOffset;
 
     private static byte[] BuildControls()
     {
-        var bytes = GC.AllocateArray<byte>(512, pinned: true);
+        var bytes = GC.AllocateArray<byte>(384, pinned: true);
         for (int j = 0; j < 4; j++)
         {
             for (int i = 0; i < 64; i += 4)
@@ -160,16 +162,19 @@ internal static unsafe class Q4KPacked
                 bytes[64 * j + i + 1] = 0x80;
                 bytes[64 * j + i + 2] = src;
                 bytes[64 * j + i + 3] = 0x80;
-                bytes[256 + 64 * j + i] = src;
-                bytes[256 + 64 * j + i + 1] = 0x80;
-                bytes[256 + 64 * j + i + 2] = 0x80;
-                bytes[256 + 64 * j + i + 3] = 0x80;
+                if (j < 2)
+                {
+                    bytes[256 + 64 * j + i] = (byte)((i & 15) + 2 * j);
+                    bytes[256 + 64 * j + i + 1] = 0x80;
+                    bytes[256 + 64 * j + i + 2] = (byte)((i & 15) + 2 * j + 1);
+                    bytes[256 + 64 * j + i + 3] = 0x80;
+                }
             }
         }
         return bytes;
     }
 
-    /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: the sub-block sums (d_x sum x).</summary>
+    /// <summary>This format's tiles and expansion for <see cref="KPacked.Run{TK}"/>; token data: <see cref="Q8Activations.MinSums"/>.</summary>
     internal readonly struct Kernel : IKPackedKernel
     {
         public static long SuperBytes => Q4KPacked.SuperBytes;
@@ -178,7 +183,7 @@ internal static unsafe class Q4KPacked
 
         public static int ExpandMinTokens => Q4KPacked.ExpandMinTokens;
 
-        public static nint TokenData(Q8Activations act, int t) => (nint)act.SubBlockSums(t);
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.MinSums(t);
 
         public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, dst);
 
@@ -187,11 +192,11 @@ internal static unsafe class Q4KPacked
         {
             if (expanded)
             {
-                Tile<TN, Expanded>(src, nb, tok, (float**)data, Controls, y, n, rows, partial);
+                Tile<TN, Expanded>(src, nb, tok, (int**)data, Controls, y, n, rows, partial);
             }
             else
             {
-                Tile<TN, Packed>(src, nb, tok, (float**)data, Controls, y, n, rows, partial);
+                Tile<TN, Packed>(src, nb, tok, (int**)data, Controls, y, n, rows, partial);
             }
         }
     }
@@ -209,7 +214,7 @@ internal static unsafe class Q4KPacked
             byte* sb = g + (long)b * SuperBytes;
             byte* eb = dst + (long)b * Expanded.Stride;
             var scales = Packed.Scales(sb);
-            var mins = Packed.Mins(sb);
+            var mins = Packed.Mins(sb, ctrl);
             for (int s = 0; s < 8; s++)
             {
                 for (int k = 0; k < 8; k++)
@@ -218,8 +223,9 @@ internal static unsafe class Q4KPacked
                 }
                 var pair = Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl);
                 (plainScales ? pair.AsInt32() & Vector512.Create(0xFFFF) : pair.AsInt32()).Store((int*)(eb + Expanded.ScaleOffset + s * 64L));
-                Packed.MinScale(sb, mins, s, ctrl).Store((float*)(eb + Expanded.MinOffset + s * 64L));
             }
+            mins.Store(eb + Expanded.MinPairOffset);
+            Packed.Dmin(sb).Store((float*)(eb + Expanded.DminOffset));
             Packed.D(sb).Store((float*)(eb + Expanded.DOffset));
         }
     }
@@ -229,7 +235,7 @@ internal static unsafe class Q4KPacked
     /// <paramref name="rows"/> rows of each token (y: token t at y + t n).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile<TN, TSrc>(byte* g, int nb, Q8Row* tok, float** sums, byte* ctrl, float* y, int n, int rows, float* partial)
+    private static void Tile<TN, TSrc>(byte* g, int nb, Q8Row* tok, int** sums, byte* ctrl, float* y, int n, int rows, float* partial)
         where TN : struct, ITokenCount
         where TSrc : struct, ISource
     {
@@ -255,91 +261,42 @@ internal static unsafe class Q4KPacked
                 SubBlock<TN, TSrc>(sb, c, 1, TSrc.ScalePair(sb, src, 2 * c + 1, ctrl), xo + 32, x0, x1, x2, x3, x4, x5, x6, x7,
                     ref i0, ref i1, ref i2, ref i3, ref i4, ref i5, ref i6, ref i7);
             }
+            // Per token: acc = fma(d, float(isum) d_x, acc), then acc = fma(-dmin, float(msum) d_x, acc).
             var d = TSrc.D(sb);
-            c0 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i0) * Vector512.Create(tok[0].D[b]), c0);
+            var dmin = TSrc.Dmin(sb);
+            var m = TSrc.Mins(sb, ctrl);
+            long so = 8L * b;
+            c0 = Q4KInterleaved.Finish(c0, i0, d, dmin, m, tok[0].D[b], sums[0] + so);
             if (TN.Value > 1)
             {
-                c1 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i1) * Vector512.Create(tok[1].D[b]), c1);
+                c1 = Q4KInterleaved.Finish(c1, i1, d, dmin, m, tok[1].D[b], sums[1] + so);
             }
             if (TN.Value > 2)
             {
-                c2 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i2) * Vector512.Create(tok[2].D[b]), c2);
+                c2 = Q4KInterleaved.Finish(c2, i2, d, dmin, m, tok[2].D[b], sums[2] + so);
             }
             if (TN.Value > 3)
             {
-                c3 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i3) * Vector512.Create(tok[3].D[b]), c3);
+                c3 = Q4KInterleaved.Finish(c3, i3, d, dmin, m, tok[3].D[b], sums[3] + so);
             }
             if (TN.Value > 4)
             {
-                c4 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i4) * Vector512.Create(tok[4].D[b]), c4);
+                c4 = Q4KInterleaved.Finish(c4, i4, d, dmin, m, tok[4].D[b], sums[4] + so);
             }
             if (TN.Value > 5)
             {
-                c5 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i5) * Vector512.Create(tok[5].D[b]), c5);
+                c5 = Q4KInterleaved.Finish(c5, i5, d, dmin, m, tok[5].D[b], sums[5] + so);
             }
             if (TN.Value > 6)
             {
-                c6 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i6) * Vector512.Create(tok[6].D[b]), c6);
+                c6 = Q4KInterleaved.Finish(c6, i6, d, dmin, m, tok[6].D[b], sums[6] + so);
             }
             if (TN.Value > 7)
             {
-                c7 = Avx512F.FusedMultiplyAdd(d, Avx512F.ConvertToVector512Single(i7) * Vector512.Create(tok[7].D[b]), c7);
+                c7 = Q4KInterleaved.Finish(c7, i7, d, dmin, m, tok[7].D[b], sums[7] + so);
             }
-            // The min term, sub-block by sub-block: acc = fma(-(dmin m[s]), d_x sum(x of s), acc); one call per s, so
-            // that each s is a constant (no loop, no branch on s < 4).
-            var mins = TSrc.Mins(sb);
-            long so = 8L * b;
-            MinTerm<TN, TSrc>(sb, mins, 0, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 1, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 2, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 3, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 4, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 5, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 6, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
-            MinTerm<TN, TSrc>(sb, mins, 7, so, sums, ctrl, ref c0, ref c1, ref c2, ref c3, ref c4, ref c5, ref c6, ref c7);
         }
         Q4_0Interleaved.StoreTile(TN.Value, y, n, rows, partial, c0, c1, c2, c3, c4, c5, c6, c7);
-    }
-
-    /// <summary>Sub-block <paramref name="s"/>'s min term for each of the TN.Value tokens: c_t = fma(-(dmin m[s]), d_x sum(x of s), c_t).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void MinTerm<TN, TSrc>(byte* sb, MinBytes mins, int s, long so, float** sums, byte* ctrl,
-        ref Vector512<float> c0, ref Vector512<float> c1, ref Vector512<float> c2, ref Vector512<float> c3,
-        ref Vector512<float> c4, ref Vector512<float> c5, ref Vector512<float> c6, ref Vector512<float> c7)
-        where TN : struct, ITokenCount
-        where TSrc : struct, ISource
-    {
-        var dm = TSrc.MinScale(sb, mins, s, ctrl);
-        so += s;
-        c0 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[0][so]), c0);
-        if (TN.Value > 1)
-        {
-            c1 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[1][so]), c1);
-        }
-        if (TN.Value > 2)
-        {
-            c2 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[2][so]), c2);
-        }
-        if (TN.Value > 3)
-        {
-            c3 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[3][so]), c3);
-        }
-        if (TN.Value > 4)
-        {
-            c4 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[4][so]), c4);
-        }
-        if (TN.Value > 5)
-        {
-            c5 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[5][so]), c5);
-        }
-        if (TN.Value > 6)
-        {
-            c6 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[6][so]), c6);
-        }
-        if (TN.Value > 7)
-        {
-            c7 = Avx512F.FusedMultiplyAddNegated(dm, Vector512.Create(sums[7][so]), c7);
-        }
     }
 
     /// <summary>A super-block's 6-bit scales (or mins), bytewise: Low = values 0..3, High = values 4..7 of each row's dword.</summary>
@@ -347,13 +304,6 @@ internal static unsafe class Q4KPacked
     {
         public readonly Vector512<byte> Low = low;
         public readonly Vector512<byte> High = high;
-    }
-
-    /// <summary>The mins of a super-block (<see cref="ScaleBytes"/>) and the rows' dmin.</summary>
-    private readonly struct MinBytes(ScaleBytes m, Vector512<float> dmin)
-    {
-        public readonly ScaleBytes M = m;
-        public readonly Vector512<float> Dmin = dmin;
     }
 
     /// <summary>Where a tile reads a super-block's nibbles, scales, mins and d from.</summary>
@@ -377,11 +327,11 @@ internal static unsafe class Q4KPacked
         /// <summary>sc[s] of the 16 rows in both int16 halves (src = Low or High of <see cref="Scales"/>).</summary>
         static abstract Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl);
 
-        /// <summary>Once per super-block, after the integer sums: the min bytes and dmin (unused by sources that store dmin m).</summary>
-        static abstract MinBytes Mins(byte* sb);
+        /// <summary>Once per super-block, after the integer sums: the rows' min pairs.</summary>
+        static abstract MinPairs Mins(byte* sb, byte* ctrl);
 
-        /// <summary>dmin m[s] of the 16 rows as floats (the float product of <see cref="Q4KInterleaved.RunScalar"/>).</summary>
-        static abstract Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl);
+        /// <summary>dmin of the 16 rows.</summary>
+        static abstract Vector512<float> Dmin(byte* sb);
 
         /// <summary>d of the 16 rows.</summary>
         static abstract Vector512<float> D(byte* sb);
@@ -416,36 +366,40 @@ internal static unsafe class Q4KPacked
             Avx512BW.Shuffle(src, Vector512.Load(ctrl + 64 * (s & 3))).AsInt16();
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static MinBytes Mins(byte* sb)
+        public static MinPairs Mins(byte* sb, byte* ctrl)
         {
-            // m[0..3] = B & 63, m[4..7] = (C >> 4) | (B >> 6) << 4, bytewise.
+            // m[0..3] = B & 63, m[4..7] = (C >> 4) | (B >> 6) << 4, bytewise; then pairs (m[2i], m[2i + 1]) as int16.
             var bv = Vector512.Load((uint*)(sb + ScaleOffset + 64));
             var c = Vector512.Load((uint*)(sb + ScaleOffset + 128));
-            var m = new ScaleBytes((bv & Vector512.Create(0x3F3F3F3Fu)).AsByte(),
-                ((Vector512.ShiftRightLogical(c, 4) & Vector512.Create(0x0F0F0F0Fu))
-                | Vector512.ShiftLeft(Vector512.ShiftRightLogical(bv, 6) & Vector512.Create(0x03030303u), 4)).AsByte());
-            return new(m, Q4_0Packed.Halves(Vector256.Load((short*)(sb + DminOffset))));
+            var low = (bv & Vector512.Create(0x3F3F3F3Fu)).AsByte();
+            var high = ((Vector512.ShiftRightLogical(c, 4) & Vector512.Create(0x0F0F0F0Fu))
+                | Vector512.ShiftLeft(Vector512.ShiftRightLogical(bv, 6) & Vector512.Create(0x03030303u), 4)).AsByte();
+            var first = Vector512.Load(ctrl + 256);
+            var second = Vector512.Load(ctrl + 320);
+            return new(Avx512BW.Shuffle(low, first).AsInt16(), Avx512BW.Shuffle(low, second).AsInt16(),
+                Avx512BW.Shuffle(high, first).AsInt16(), Avx512BW.Shuffle(high, second).AsInt16());
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) =>
-            mins.Dmin * Avx512F.ConvertToVector512Single(Avx512BW.Shuffle(s < 4 ? mins.M.Low : mins.M.High, Vector512.Load(ctrl + 256 + 64 * (s & 3))).AsInt32());
+        public static Vector512<float> Dmin(byte* sb) => Q4_0Packed.Halves(Vector256.Load((short*)(sb + DminOffset)));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> D(byte* sb) => Q4_0Packed.Halves(Vector256.Load((short*)(sb + DOffset)));
     }
 
     /// <summary>
-    /// The expanded layout of a group (per super-block, 5184 bytes, as <see cref="Q4KInterleaved"/>'s repacked groups):
-    /// nibble planes (8 sub-blocks, 8, 16) dwords, sc pairs (8, 16) int32, dmin m (8, 16) floats, d (16) floats.
+    /// The expanded layout of a group (per super-block, 4992 bytes, as <see cref="Q4KInterleaved"/>'s repacked groups):
+    /// nibble planes (8 sub-blocks, 8, 16) dwords, sc pairs (8, 16) int32, min pairs (4, 16) int32, dmin (16) floats,
+    /// d (16) floats.
     /// </summary>
     private readonly struct Expanded : ISource
     {
         public static bool Prefetch => false;
 
         public const long ScaleOffset = 8 * 512;
-        public const long MinOffset = ScaleOffset + 512;
-        public const long DOffset = MinOffset + 512;
+        public const long MinPairOffset = ScaleOffset + 512;
+        public const long DminOffset = MinPairOffset + 256;
+        public const long DOffset = DminOffset + 64;
 
         public const long Stride = DOffset + 64;
 
@@ -461,10 +415,10 @@ internal static unsafe class Q4KPacked
         public static Vector512<short> ScalePair(byte* sb, Vector512<byte> src, int s, byte* ctrl) => Vector512.Load((short*)(sb + ScaleOffset + s * 64L));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static MinBytes Mins(byte* sb) => default;
+        public static MinPairs Mins(byte* sb, byte* ctrl) => new(sb + MinPairOffset);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static Vector512<float> MinScale(byte* sb, MinBytes mins, int s, byte* ctrl) => Vector512.Load((float*)(sb + MinOffset + s * 64L));
+        public static Vector512<float> Dmin(byte* sb) => Vector512.Load((float*)(sb + DminOffset));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
@@ -546,7 +500,6 @@ internal static unsafe class Q4KPacked
         for (int t = 0; t < tokens; t++)
         {
             var a = act.Row(t);
-            float* subSums = act.SubBlockSums(t);
             for (int r = r0; r < r1; r++)
             {
                 byte* g = packed + r / GroupRows * groupBytes;
@@ -561,26 +514,25 @@ internal static unsafe class Q4KPacked
                     }
                     float d = QuantDot.HalfScalar(sb + DOffset + 2 * lane);
                     float dmin = QuantDot.HalfScalar(sb + DminOffset + 2 * lane);
-                    int isum = 0;
+                    int isum = 0, msum = 0;
                     for (int s = 0; s < 8; s++)
                     {
-                        var (scale, _) = BlockDequantizer.ScaleMinK4(s, scales);
-                        int dot = 0;
+                        var (scale, min) = BlockDequantizer.ScaleMinK4(s, scales);
+                        int dot = 0, sum = 0;
                         for (int l = 0; l < 32; l++)
                         {
                             // Value l of sub-block s: qs byte 32 (s / 2) + l = dword k = 8 (s / 2) + l / 4, byte l % 4.
                             int k = 8 * (s / 2) + l / 4;
                             int qbyte = sb[QuantOffset + (k * GroupRows + lane) * 4 + l % 4];
-                            dot += ((qbyte >> (4 * (s % 2))) & 0x0F) * a.Q[256L * b + 32 * s + l];
+                            int x = a.Q[256L * b + 32 * s + l];
+                            dot += ((qbyte >> (4 * (s % 2))) & 0x0F) * x;
+                            sum += x;
                         }
                         isum += scale * dot;
+                        msum += min * sum;
                     }
                     acc = MathF.FusedMultiplyAdd(d, isum * a.D[b], acc);
-                    for (int s = 0; s < 8; s++)
-                    {
-                        float m = dmin * BlockDequantizer.ScaleMinK4(s, scales).Min;
-                        acc = MathF.FusedMultiplyAdd(-m, subSums[8L * b + s], acc);
-                    }
+                    acc = MathF.FusedMultiplyAdd(-dmin, msum * a.D[b], acc);
                 }
                 y[(long)t * n + r] = acc;
             }

@@ -12,15 +12,18 @@ namespace Bora.Numerics.Quant;
 /// 8 broadcasts and a vpmaddwd. A 1-token product (decode) takes a second generated tile that reads the packed group
 /// itself (<see cref="EmitPacked"/>, called from <see cref="RunOne"/>); 2 to 63 tokens keep the managed tiles over the packed group (session 8's generated
 /// version of those, which unpacked everything per tile of up to 4 tokens, measured slower).
-/// <para>Arithmetic per (row, token), as <see cref="Q4KPacked"/>: per super-block isum = sum_s sc[s] (sum of q x of
-/// sub-block s) exactly, acc = fma(d, float(isum) d_x, acc), then for s = 0..7 acc = fma(-(dmin m[s]), d_x sum(x of s),
-/// acc); the same instructions in the same order, so the results equal <see cref="Q4KPacked.RunScalar"/> bit for bit.</para>
+/// <para>Arithmetic per (row, token), as <see cref="Q4KPacked"/>: per super-block the exact integers isum = sum_s sc[s]
+/// (sum of q x of sub-block s) and msum = sum_s m[s] S[s] (S[s] the sum of the token's quants over s), then
+/// acc = fma(d, float(isum) d_x, acc) and acc = fma(-dmin, float(msum) d_x, acc); the same float operations in the same
+/// order, so the results equal <see cref="Q4KPacked.RunScalar"/> bit for bit. msum takes 4 vpdpwssd of the rows' min
+/// pairs with the token's broadcast pairs of S (<see cref="Q8Activations.PrepareMinSums"/>) in the expanded tile, and
+/// 4 vpdpbusd of the min bytes with the bytes of S split as 128 hi + lo in the 1-token tile.</para>
 /// <para>Generated tile, tokens T (1..8), super-blocks nb: arguments rdi = the expanded group (super-blocks of
-/// <see cref="Q4KPacked.ExpandedStride"/> bytes: 8 sub-blocks x 8 nibble vectors, then sc[s] as int32, dmin m[s] and
-/// d as floats, 16 rows each), rsi = token 0's quants, rdx = its d_x, rcx = its 8 nb sub-block sums d_x sum x (token
-/// t's rows follow at t 256 nb, t 4 nb and t 32 nb bytes), r8 = nb, r9 = 16 T floats out. Registers: zmm0..T-1 the
-/// accumulators, zmm8.. isum, zmm16.. the sub-block sums (then d and dmin m), zmm24..31 a sub-block's nibble vectors
-/// (vector j: values 4j..4j+3 of the 16 rows).</para>
+/// <see cref="Q4KPacked.ExpandedStride"/> bytes: 8 sub-blocks x 8 nibble vectors, then sc[s] as int32, the 4 min pairs,
+/// dmin and d as floats, 16 rows each), rsi = token 0's quants, rdx = its d_x, rcx = its 8 nb min sums
+/// (<see cref="Q8Activations.MinSums"/>; token t's rows follow at t 256 nb, t 4 nb and t 32 nb bytes), r8 = nb, r9 =
+/// 16 T floats out. Registers: zmm0..T-1 the accumulators, zmm8.. isum (then msum), zmm16.. the sub-block sums (then
+/// d), zmm24..31 a sub-block's nibble vectors (then the min pairs and dmin; vector j: values 4j..4j+3 of the 16 rows).</para>
 /// Letters: T = tokens, nb = super-blocks per row, s = sub-block (0..7), j = 4-value group (0..7).
 /// </summary>
 internal static unsafe class Q4KVnni
@@ -37,7 +40,7 @@ internal static unsafe class Q4KVnni
 
         public static int ExpandMinTokens => Q4KPacked.ExpandMinTokens;
 
-        public static nint TokenData(Q8Activations act, int t) => (nint)act.SubBlockSums(t);
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.MinSums(t);
 
         public static void Expand(byte* g, int nb, byte* dst) => Q4KPacked.Expand(g, nb, dst, plainScales: true);
 
@@ -67,7 +70,7 @@ internal static unsafe class Q4KVnni
     public static void RunOne(byte* packed, int nb, int n, Q8Activations act, float* y, int r0, int r1)
     {
         var tile = GeneratedKernels.Get(GeneratedKernel.Q4KPacked1, 1, nb, EmitPacked);
-        PackedLayouts.RunGeneratedTiles(tile, null, 1, packed, Q4KPacked.GroupBytes(nb), nb, n, act, (byte*)act.SubBlockSums(0), 0, 1, y, r0, r1);
+        PackedLayouts.RunGeneratedTiles(tile, null, 1, packed, Q4KPacked.GroupBytes(nb), nb, n, act, (byte*)act.MinSums(0), 0, 1, y, r0, r1);
     }
 
     /// <summary>The tile's code (see the class summary for its registers and arguments).</summary>
@@ -77,7 +80,8 @@ internal static unsafe class Q4KVnni
         ArgumentOutOfRangeException.ThrowIfGreaterThan(tokens, TileTokens);
         ArgumentOutOfRangeException.ThrowIfLessThan(nb, 1);
         int qStride = 256 * nb, dStride = 4 * nb, sumStride = 32 * nb; // bytes from token t's rows to token t + 1's
-        int scales = (int)Q4KPacked.ExpandedScaleOffset, mins = (int)Q4KPacked.ExpandedMinOffset, d = (int)Q4KPacked.ExpandedDOffset;
+        int scales = (int)Q4KPacked.ExpandedScaleOffset, pairs = (int)Q4KPacked.ExpandedMinPairOffset,
+            dmin = (int)Q4KPacked.ExpandedDminOffset, d = (int)Q4KPacked.ExpandedDOffset;
         var e = new X64Emitter();
         for (int t = 0; t < tokens; t++)
         {
@@ -118,13 +122,21 @@ internal static unsafe class Q4KVnni
             e.MulPsBroadcast(8 + t, 8 + t, Gpr.Rdx, t * dStride);
             e.Fmadd231(t, 16, 8 + t);
         }
-        for (int s = 0; s < 8; s++)
+        for (int i = 0; i < 4; i++)
         {
-            e.LoadPs(17, Gpr.Rdi, mins + 64 * s);
-            for (int t = 0; t < tokens; t++)
+            e.LoadPs(24 + i, Gpr.Rdi, pairs + 64 * i);
+        }
+        e.LoadPs(28, Gpr.Rdi, dmin);
+        for (int t = 0; t < tokens; t++)
+        {
+            e.Pxord(8 + t, 8 + t, 8 + t);
+            for (int i = 0; i < 4; i++)
             {
-                e.FnmaddBroadcast231(t, 17, Gpr.Rcx, t * sumStride + 4 * s);
+                e.DpwssdBroadcast(8 + t, 24 + i, Gpr.Rcx, t * sumStride + 16 + 4 * i); // pair i of S at int32 4 + i
             }
+            e.CvtDqToPs(8 + t, 8 + t);
+            e.MulPsBroadcast(8 + t, 8 + t, Gpr.Rdx, t * dStride);
+            e.Fnmadd231(t, 28, 8 + t);
         }
         GeneratedKernels.NextStep(e, loop, weights: (int)Q4KPacked.ExpandedStride, quants: 256, scales: 4, data: 32);
         GeneratedKernels.StoreAndReturn(e, tokens);
@@ -143,11 +155,14 @@ internal static unsafe class Q4KVnni
     /// for byte i of each row's 12 scale bytes in dwords A, B, C: sc[i] = A_i &amp; 63, sc[4 + i] = (C_i &amp; 15) |
     /// (A_i &gt;&gt; 6) &lt;&lt; 4, m[i] = B_i &amp; 63, m[4 + i] = (C_i &gt;&gt; 4) | (B_i &gt;&gt; 6) &lt;&lt; 4, here as
     /// int32 lanes, e.g. 16 sc[4 + 2] = ((C &gt;&gt; 12) &amp; 0xF0) | ((A &gt;&gt; 14) &amp; 0x300). Then acc = fma(d / 16,
-    /// float(16 isum) d_x, acc) and for s = 0..7 acc = fma(-(dmin m[s]), d_x sum(x of s), acc).
+    /// float(16 isum) d_x, acc). The min term: the mins as bytes, m[0..3] = B &amp; 0x3F3F3F3F and m[4..7] =
+    /// ((C &gt;&gt; 4) &amp; 0x0F0F0F0F) | ((B &gt;&gt; 2) &amp; 0x30303030) (one vpternlogd), and the token's sums of
+    /// <see cref="Q8Activations.PrepareMinSums"/> as S = 128 hi + lo (signed bytes): msum = sum m lo + 128 sum m hi, 4
+    /// vpdpbusd, a shift and an add (a float multiply-add per sub-block before), then acc = fma(-dmin, float(msum) d_x, acc).
     /// Arguments as the expanded tile's, rdi = the packed group. Registers: zmm0 the accumulator, 1 isum (times 16),
     /// 2 / 3 the byte masks 0x0F / 0xF0, 4..9 the int32 masks 63, 0x3F0, 15, 48, 0xF0, 0x300, 10 / 11 / 12 the scale
-    /// dwords A, B, C, 13 / 14 the low nibbles' two sums, 15 / 26 the high nibbles', 16..23 the eight scales, 24 / 25
-    /// a masked vector, 27..29 scratch, 31 the float 1/16.
+    /// dwords A, B, C, 13 / 14 the low nibbles' two sums, 15 / 26 the high nibbles', 16..23 the eight scales (then the
+    /// min bytes and the two min sums), 24 / 25 a masked vector, 27..29 scratch, 30 the byte mask 0x3F, 31 the float 1/16.
     /// <para>Measured (1 thread, 22 groups of (16, 4096) in L2, the tile called directly, median of 15): the version
     /// before (each vector loaded twice, the high nibbles shifted down, one scale per sub-block) 15.4 us, this one
     /// 12.9 us, same bits.</para>
@@ -157,8 +172,8 @@ internal static unsafe class Q4KVnni
         ArgumentOutOfRangeException.ThrowIfNotEqual(tokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(nb, 1);
         const int Acc = 0, Isum = 1, Low = 2, High = 3, M63 = 4, M3F0 = 5, M15 = 6, M48 = 7, MF0 = 8, M300 = 9, A = 10, B = 11,
-            C = 12, LowA = 13, LowB = 14, HighA = 15, HighB = 26, LowQ = 24, HighQ = 25, T1 = 27, T2 = 28, T3 = 29, Sixteenth = 31,
-            Sc = 16;
+            C = 12, LowA = 13, LowB = 14, HighA = 15, HighB = 26, LowQ = 24, HighQ = 25, T1 = 27, T2 = 28, T3 = 29, M3F = 30,
+            Sixteenth = 31, Sc = 16, MinLow = 16, MinHigh = 17, SumLo = 18, SumHi = 19;
         var e = new X64Emitter();
         e.BroadcastConstant(Low, 0x0F0F0F0F);
         e.BroadcastConstant(High, unchecked((int)0xF0F0F0F0));
@@ -169,6 +184,7 @@ internal static unsafe class Q4KVnni
         e.BroadcastConstant(MF0, 0xF0);
         e.BroadcastConstant(M300, 0x300);
         e.BroadcastConstant(Sixteenth, 0x3D800000); // 1/16f
+        e.BroadcastConstant(M3F, 0x3F3F3F3F);
         e.Pxord(Acc, Acc, Acc);
         int loop = e.Position;
         e.Pxord(Isum, Isum, Isum);
@@ -213,24 +229,24 @@ internal static unsafe class Q4KVnni
         e.CvtDqToPs(Isum, Isum);
         e.MulPsBroadcast(Isum, Isum, Gpr.Rdx, 0);
         e.Fmadd231(Acc, T1, Isum);
+        // The mins as bytes (the scale registers are free now).
+        e.Pandd(MinLow, B, M3F);
+        e.PsrldImm(MinHigh, C, 4);
+        e.PsrldImm(T2, B, 2);
+        e.Pandd(T2, T2, M3F); // bits 4, 5 of each byte: (B >> 6) << 4; bits 0..3 go under the 0x0F mask below
+        e.Pternlogd(MinHigh, T2, Low, 0xE4); // (MinHigh & 0x0F) | (T2 & ~0x0F)
+        e.Pxord(SumLo, SumLo, SumLo);
+        e.Pxord(SumHi, SumHi, SumHi);
+        e.DpbusdBroadcast(SumLo, MinLow, Gpr.Rcx, 0);
+        e.DpbusdBroadcast(SumHi, MinLow, Gpr.Rcx, 8);
+        e.DpbusdBroadcast(SumLo, MinHigh, Gpr.Rcx, 4);
+        e.DpbusdBroadcast(SumHi, MinHigh, Gpr.Rcx, 12);
+        e.PslldImm(SumHi, SumHi, 7);
+        e.Paddd(SumLo, SumLo, SumHi);
+        e.CvtDqToPs(SumLo, SumLo);
+        e.MulPsBroadcast(SumLo, SumLo, Gpr.Rdx, 0);
         e.CvtPhToPs(T3, Gpr.Rdi, 32);
-        for (int s = 0; s < 8; s++)
-        {
-            int i = s % 4;
-            if (s < 4)
-            {
-                ShiftAnd(e, T1, B, -8 * i, M63);
-            }
-            else
-            {
-                ShiftAnd(e, T1, C, -8 * i - 4, M15);
-                ShiftAnd(e, T2, B, -8 * i - 2, M48);
-                e.Pord(T1, T1, T2);
-            }
-            e.CvtDqToPs(T1, T1);
-            e.MulPs(T1, T3, T1);
-            e.FnmaddBroadcast231(Acc, T1, Gpr.Rcx, 4 * s);
-        }
+        e.Fnmadd231(Acc, T3, SumLo);
         GeneratedKernels.NextStep(e, loop, weights: (int)Q4KPacked.SuperBytes, quants: 256, scales: 4, data: 32);
         GeneratedKernels.StoreAndReturn(e, 1);
         return e;

@@ -32,6 +32,7 @@ public sealed unsafe class Q8Activations
     private float[] _ds8 = [];
     private int[] _off16 = [];
     private int[] _off32 = [];
+    private int[] _mins = [];
 
     /// <summary>T of the last <see cref="Quantize"/>.</summary>
     public int Tokens { get; private set; }
@@ -87,22 +88,38 @@ public sealed unsafe class Q8Activations
     }
 
     /// <summary>
-    /// Fills <see cref="OffsetSums"/> with (T, K / 32) values d_x (sum of the 32 quants of each sub-block) for activation
-    /// blocks of 256 (the Q4_K min term): entry j of token t is d_x[t, j / 8] (Sums16[2j] + Sums16[2j + 1]).
+    /// Fills <see cref="MinSums"/> for activation blocks of 256 (the Q4_K min term, which Q4_K kernels take as the exact
+    /// integer sum over a super-block of m[s] (sum of the 32 quants of sub-block s)): per token and super-block, 8 int32.
+    /// With S[s] = the sum of sub-block s's quants (|S| &lt;= 4064), split as S = 128 hi + lo (lo = S &amp; 127 in 0..127,
+    /// hi = S &gt;&gt; 7 in -32..31, both fit a signed byte for vpdpbusd):
+    /// [0] lo[0..3] as bytes, [1] lo[4..7], [2] hi[0..3], [3] hi[4..7], then [4 + i] the int16 pair (S[2i], S[2i + 1])
+    /// (low half first, for vpmaddwd / vpdpwssd). (T, K / 256, 8).
+    /// Example: S = 300, -5, 0, ... : lo bytes 44, 123, 0, ..; hi bytes 2, -1, 0, ..; pair 0 = 300 | (-5 &lt;&lt; 16).
     /// </summary>
-    internal void PrepareSubBlockSums()
+    internal void PrepareMinSums()
     {
         if (BlockSize != 256)
         {
-            throw new InvalidOperationException("sub-block sums need activation blocks of 256");
+            throw new InvalidOperationException("the Q4_K min sums need activation blocks of 256");
         }
-        int count = Tokens * (Cols / 32);
-        Ensure(ref _ds8, count);
-        for (int i = 0; i < count; i++)
+        int blocks = Tokens * (Cols / 256);
+        Ensure(ref _mins, 8 * blocks);
+        for (int b = 0; b < blocks; b++)
         {
-            _ds8[i] = _d[i / 8] * (_s16[2 * i] + _s16[2 * i + 1]);
+            int* m = (int*)Unsafe.AsPointer(ref _mins[8 * b]);
+            sbyte* bytes = (sbyte*)m;
+            for (int s = 0; s < 8; s++)
+            {
+                int sum = _s16[16 * b + 2 * s] + _s16[16 * b + 2 * s + 1];
+                bytes[4 * (s / 4) + s % 4] = (sbyte)(sum & 127);
+                bytes[8 + 4 * (s / 4) + s % 4] = (sbyte)(sum >> 7);
+                ((short*)(m + 4))[s] = (short)sum;
+            }
         }
     }
+
+    /// <summary>Token <paramref name="t"/>'s (K / 256, 8) values of <see cref="PrepareMinSums"/>.</summary>
+    internal int* MinSums(int t) => (int*)Unsafe.AsPointer(ref _mins[0]) + (long)t * (Cols / 256) * 8;
 
     /// <summary>
     /// Once per product (after <see cref="Quantize"/>), for <see cref="Q6KInterleaved"/>: per token and group of 16
@@ -153,8 +170,6 @@ public sealed unsafe class Q8Activations
     /// <summary>Token t's <see cref="PrepareOffsets16"/> values: (K / 16) int32.</summary>
     internal int* Offsets16(int t) => (int*)Unsafe.AsPointer(ref _off16[0]) + (long)t * (Cols / 16);
 
-    /// <summary>Token <paramref name="t"/>'s (K / 32) values of <see cref="PrepareSubBlockSums"/>.</summary>
-    internal float* SubBlockSums(int t) => (float*)Unsafe.AsPointer(ref _ds8[0]) + (long)t * (Cols / 32);
 
     /// <summary>Fills <see cref="Pairs"/> from the last <see cref="Quantize"/> (which must have used blocks of 32).</summary>
     internal void PreparePairs(bool negated)
