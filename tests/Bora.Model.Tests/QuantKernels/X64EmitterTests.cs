@@ -49,6 +49,10 @@ public sealed class X64EmitterTests
         { "vpandd 0x8c0(%rdi),%zmm3,%zmm25", "62 61 65 48 db 8f c0 08 00 00" },
         { "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11", "62 73 3d 48 25 da d8" },
         { "vfnmadd231ps %zmm8,%zmm28,%zmm3", "62 d2 1d 40 bc d8" },
+        { "vpshufb %zmm4,%zmm27,%zmm16", "62 e2 25 40 00 c4" },
+        { "vpshufb %zmm21,%zmm9,%zmm3", "62 b2 35 48 00 dd" },
+        { "vpmovzxbd %xmm9,%zmm4", "62 d2 7d 48 31 e1" },
+        { "vpmovzxbd %xmm5,%zmm20", "62 e2 7d 48 31 e5" },
         { "vfnmadd231ps %zmm18,%zmm29,%zmm0", "62 b2 15 40 bc c2" },
         { "vpdpwssd 0x1c(%rcx){1to16},%zmm24,%zmm9", "62 72 3d 50 52 89 1c 00 00 00" },
         { "vpdpwssd 0x1010(%rcx){1to16},%zmm27,%zmm15", "62 72 25 50 52 b9 10 10 00 00" },
@@ -136,6 +140,10 @@ public sealed class X64EmitterTests
             case "vpandd 0x8c0(%rdi),%zmm3,%zmm25": e.PanddMem(25, 3, Gpr.Rdi, 2240); break;
             case "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11": e.Pternlogd(11, 8, 2, 0xD8); break;
             case "vfnmadd231ps %zmm8,%zmm28,%zmm3": e.Fnmadd231(3, 28, 8); break;
+            case "vpshufb %zmm4,%zmm27,%zmm16": e.Pshufb(16, 27, 4); break;
+            case "vpshufb %zmm21,%zmm9,%zmm3": e.Pshufb(3, 9, 21); break;
+            case "vpmovzxbd %xmm9,%zmm4": e.Pmovzxbd(4, 9); break;
+            case "vpmovzxbd %xmm5,%zmm20": e.Pmovzxbd(20, 5); break;
             case "vfnmadd231ps %zmm18,%zmm29,%zmm0": e.Fnmadd231(0, 29, 18); break;
             case "vpdpwssd 0x1c(%rcx){1to16},%zmm24,%zmm9": e.DpwssdBroadcast(9, 24, Gpr.Rcx, 28); break;
             case "vpdpwssd 0x1010(%rcx){1to16},%zmm27,%zmm15": e.DpwssdBroadcast(15, 27, Gpr.Rcx, 4096 + 16); break;

@@ -116,6 +116,12 @@ internal sealed class X64Emitter
     /// <summary>vpdpwssd acc, a, [base + disp]{1to16}: each int32 lane of acc += the sum of its two int16 products with the broadcast int16 pair (AVX-512 VNNI).</summary>
     public void DpwssdBroadcast(int acc, int a, Gpr b, int disp) => EvexMem(Map.M0F38, Pp.P66, 0x52, acc, a, b, disp, broadcast: true);
 
+    /// <summary>vpshufb dst, a, control: byte i of dst = byte (control_i &amp; 15) of a's 128-bit lane, or 0 where control_i has bit 7.</summary>
+    public void Pshufb(int dst, int a, int control) => EvexReg(Map.M0F38, Pp.P66, 0x00, dst, a, control);
+
+    /// <summary>vpmovzxbd dst, src: the 16 low bytes of src (an xmm) zero-extended to the 16 int32 lanes of dst.</summary>
+    public void Pmovzxbd(int dst, int src) => EvexReg(Map.M0F38, Pp.P66, 0x31, dst, -1, src);
+
     /// <summary>vpandd dst, a, [base + disp].</summary>
     public void PanddMem(int dst, int a, Gpr b, int disp) => EvexMem(Map.M0F, Pp.P66, 0xDB, dst, a, b, disp, broadcast: false);
 

@@ -145,63 +145,60 @@ internal static unsafe class Q4KVnni
 
     /// <summary>
     /// The 1-token tile over a packed group (<see cref="Q4KPacked"/>'s layout, <see cref="Q4KPacked.SuperBytes"/> bytes
-    /// per super-block). Per chunk c of 64 values (quant vectors 8c..8c + 7) each vector is masked twice: with 0x0F (the
-    /// low nibbles, sub-block 2c) and with 0xF0 (the high nibbles in place, so sub-block 2c + 1's sum comes out 16 times
-    /// too large and needs no shift); 8 vpdpbusd per sub-block into two sums (even and odd k: half the dependent chain),
-    /// then one vpmulld by its scale and one vpaddd into isum. To keep the factor 16 common, even sub-blocks multiply by
-    /// 16 sc[s] (the 6-bit scales unpacked in registers straight to that position), so the tile sums 16 isum (exact:
-    /// at most 16 * 8 * 63 * 60960 &lt; 2^31) and multiplies d by 1/16 (exact for a float from an f16): fma(d / 16,
-    /// float(16 isum) d_x, acc) rounds as fma(d, float(isum) d_x, acc), the same bits as the managed tile. The scales,
-    /// for byte i of each row's 12 scale bytes in dwords A, B, C: sc[i] = A_i &amp; 63, sc[4 + i] = (C_i &amp; 15) |
-    /// (A_i &gt;&gt; 6) &lt;&lt; 4, m[i] = B_i &amp; 63, m[4 + i] = (C_i &gt;&gt; 4) | (B_i &gt;&gt; 6) &lt;&lt; 4, here as
-    /// int32 lanes, e.g. 16 sc[4 + 2] = ((C &gt;&gt; 12) &amp; 0xF0) | ((A &gt;&gt; 14) &amp; 0x300). Then acc = fma(d / 16,
-    /// float(16 isum) d_x, acc). The min term: the mins as bytes, m[0..3] = B &amp; 0x3F3F3F3F and m[4..7] =
-    /// ((C &gt;&gt; 4) &amp; 0x0F0F0F0F) | ((B &gt;&gt; 2) &amp; 0x30303030) (one vpternlogd), and the token's sums of
-    /// <see cref="Q8Activations.PrepareMinSums"/> as S = 128 hi + lo (signed bytes): msum = sum m lo + 128 sum m hi, 4
-    /// vpdpbusd, a shift and an add (a float multiply-add per sub-block before), then acc = fma(-dmin, float(msum) d_x, acc).
-    /// Arguments as the expanded tile's, rdi = the packed group. Registers: zmm0 the accumulator, 1 isum (times 16),
-    /// 2 / 3 the byte masks 0x0F / 0xF0, 4..9 the int32 masks 63, 0x3F0, 15, 48, 0xF0, 0x300, 10 / 11 / 12 the scale
-    /// dwords A, B, C, 13 / 14 the low nibbles' two sums, 15 / 26 the high nibbles', 16..23 the eight scales (then the
-    /// min bytes and the two min sums), 24 / 25 a masked vector, 27..29 scratch, 30 the byte mask 0x3F, 31 the float 1/16.
-    /// <para>Measured (1 thread, 22 groups of (16, 4096) in L2, the tile called directly, median of 15): the version
-    /// before (each vector loaded twice, the high nibbles shifted down, one scale per sub-block) 15.4 us, this one
-    /// 12.9 us, same bits.</para>
+    /// per super-block). Per chunk c of 64 values (quant vectors 8c..8c + 7) each vector is loaded once and masked twice:
+    /// with 0x0F (the low nibbles, sub-block 2c) and with 0xF0 (the high nibbles in place, so sub-block 2c + 1's sum
+    /// comes out 16 times too large and needs no shift); 8 vpdpbusd per sub-block into two sums (even and odd k: half the
+    /// dependent chain), then one vpmulld by its scale sc[s] and one vpaddd into isum_lo (even s) or isum_hi (odd s).
+    /// Per super-block 16 isum = 16 isum_lo + isum_hi (exact: at most 16 * 8 * 63 * 60960 &lt; 2^31), and d times 1/16
+    /// (exact for a float from an f16): fma(d / 16, float(16 isum) d_x, acc) rounds as fma(d, float(isum) d_x, acc), the
+    /// same bits as the managed tile.
+    /// <para>The 6-bit scales and mins as bytes, from each row's 12 scale bytes in dwords A, B, C (byte i of each):
+    /// sc[0..3] = A &amp; 0x3F3F3F3F, sc[4..7] = (C &amp; 0x0F0F0F0F) | ((A &gt;&gt; 2) &amp; 0x30303030), m[0..3] =
+    /// B &amp; 0x3F3F3F3F, m[4..7] = ((C &gt;&gt; 4) &amp; 0x0F0F0F0F) | ((B &gt;&gt; 2) &amp; 0x30303030) (one vpternlogd
+    /// each); each sc[s] to an int32 per row by one vpshufb (control: byte s % 4 of each dword, zero-extended). The min
+    /// term takes the token's sums of <see cref="Q8Activations.PrepareMinSums"/> as S = 128 hi + lo (signed bytes):
+    /// msum = sum m lo + 128 sum m hi, 4 vpdpbusd, a shift and an add, then acc = fma(-dmin, float(msum) d_x, acc).</para>
+    /// <para>Arguments as the expanded tile's, rdi = the packed group. Registers: zmm0 the accumulator, 1 / 8 isum_lo /
+    /// isum_hi, 2 / 3 the byte masks 0x0F / 0xF0, 4..7 the vpshufb controls, 10 / 11 / 12 the scale dwords A, B, C,
+    /// 13 / 14 the low nibbles' two sums, 15 / 26 the high nibbles', 16..23 the eight scales (then the min bytes and the
+    /// two min sums), 24 / 25 the loaded and the masked vector, 27..29 scratch, 30 the byte mask 0x3F, 31 the float 1/16.</para>
+    /// <para>Measured (1 thread, 22 groups of (16, 4096) in L2, the tile called directly, best of 15, three runs): the
+    /// version before (scales by shifts and masks into 16 sc[s] for even s, each quant vector read twice by vpandd from
+    /// memory) 67-72 GB/s, this one 75-79, same bits. Each change alone gained little: the loads were the limit once
+    /// the scale unpacking no longer was.</para>
     /// </summary>
     internal static X64Emitter EmitPacked(int tokens, int nb)
     {
         ArgumentOutOfRangeException.ThrowIfNotEqual(tokens, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(nb, 1);
-        const int Acc = 0, Isum = 1, Low = 2, High = 3, M63 = 4, M3F0 = 5, M15 = 6, M48 = 7, MF0 = 8, M300 = 9, A = 10, B = 11,
-            C = 12, LowA = 13, LowB = 14, HighA = 15, HighB = 26, LowQ = 24, HighQ = 25, T1 = 27, T2 = 28, T3 = 29, M3F = 30,
-            Sixteenth = 31, Sc = 16, MinLow = 16, MinHigh = 17, SumLo = 18, SumHi = 19;
+        const int Acc = 0, IsumLo = 1, Low = 2, High = 3, Control = 4, IsumHi = 8, A = 10, B = 11, C = 12, LowA = 13,
+            LowB = 14, HighA = 15, HighB = 26, Q = 24, HighQ = 25, T1 = 27, T2 = 28, T3 = 29, M3F = 30, Sixteenth = 31,
+            Sc = 16, MinLow = 16, MinHigh = 17, SumLo = 18, SumHi = 19;
         var e = new X64Emitter();
         e.BroadcastConstant(Low, 0x0F0F0F0F);
         e.BroadcastConstant(High, unchecked((int)0xF0F0F0F0));
-        e.BroadcastConstant(M63, 63);
-        e.BroadcastConstant(M3F0, 0x3F0);
-        e.BroadcastConstant(M15, 15);
-        e.BroadcastConstant(M48, 48);
-        e.BroadcastConstant(MF0, 0xF0);
-        e.BroadcastConstant(M300, 0x300);
         e.BroadcastConstant(Sixteenth, 0x3D800000); // 1/16f
         e.BroadcastConstant(M3F, 0x3F3F3F3F);
+        // vpshufb picks bytes within 128-bit lanes: control j of dword r (r % 4 in its lane) = 4 (r % 4) + j, then
+        // three bytes 0x80 (zero): the int32 byte offsets 0, 4, 8, 12 are the bytes of 0x0C080400 zero-extended.
+        e.BroadcastConstant(T1, 0x0C080400);
+        e.Pmovzxbd(T2, T1);
+        for (int j = 0; j < 4; j++)
+        {
+            e.BroadcastConstant(Control + j, unchecked((int)(0x80808000u | (uint)j)));
+            e.Paddd(Control + j, Control + j, T2);
+        }
         e.Pxord(Acc, Acc, Acc);
         int loop = e.Position;
-        e.Pxord(Isum, Isum, Isum);
+        e.Pxord(IsumLo, IsumLo, IsumLo);
+        e.Pxord(IsumHi, IsumHi, IsumHi);
         e.LoadPs(A, Gpr.Rdi, 64);
         e.LoadPs(B, Gpr.Rdi, 128);
         e.LoadPs(C, Gpr.Rdi, 192);
-        // Even s: 16 sc[s] (a left shift by 4 folded into each shift); odd s: sc[s].
-        ShiftAnd(e, Sc + 0, A, 4, M3F0);
-        ShiftAnd(e, Sc + 1, A, -8, M63);
-        ShiftAnd(e, Sc + 2, A, -12, M3F0);
-        ShiftAnd(e, Sc + 3, A, -24, M63);
-        for (int i = 0; i < 4; i++)
+        SixBitBytes(e, T1, T2, A, C, M3F, Low, highShift: 0, scratch: -1);
+        for (int s = 0; s < 8; s++)
         {
-            bool even = i % 2 == 0;
-            ShiftAnd(e, T1, C, (even ? 4 : 0) - 8 * i, even ? MF0 : M15);
-            ShiftAnd(e, T2, A, (even ? 4 : 0) - 8 * i - 2, even ? M300 : M48);
-            e.Pord(Sc + 4 + i, T1, T2);
+            e.Pshufb(Sc + s, s < 4 ? T1 : T2, Control + s % 4);
         }
         for (int c = 0; c < 4; c++)
         {
@@ -211,30 +208,28 @@ internal static unsafe class Q4KVnni
             e.Pxord(HighB, HighB, HighB);
             for (int k = 0; k < 8; k++)
             {
-                int quants = 256 + 512 * c + 64 * k; // the quant vectors start at byte 256
-                e.PanddMem(LowQ, Low, Gpr.Rdi, quants);
-                e.PanddMem(HighQ, High, Gpr.Rdi, quants);
-                e.DpbusdBroadcast(k % 2 == 0 ? LowA : LowB, LowQ, Gpr.Rsi, 64 * c + 4 * k);
+                e.LoadPs(HighQ, Gpr.Rdi, 256 + 512 * c + 64 * k); // the quant vectors start at byte 256
+                e.Pandd(Q, HighQ, Low);
+                e.Pandd(HighQ, HighQ, High);
+                e.DpbusdBroadcast(k % 2 == 0 ? LowA : LowB, Q, Gpr.Rsi, 64 * c + 4 * k);
                 e.DpbusdBroadcast(k % 2 == 0 ? HighA : HighB, HighQ, Gpr.Rsi, 64 * c + 32 + 4 * k);
             }
             e.Paddd(LowA, LowA, LowB);
             e.Pmulld(LowA, LowA, Sc + 2 * c);
-            e.Paddd(Isum, Isum, LowA);
+            e.Paddd(IsumLo, IsumLo, LowA);
             e.Paddd(HighA, HighA, HighB);
             e.Pmulld(HighA, HighA, Sc + 2 * c + 1);
-            e.Paddd(Isum, Isum, HighA);
+            e.Paddd(IsumHi, IsumHi, HighA);
         }
+        e.PslldImm(IsumLo, IsumLo, 4);
+        e.Paddd(IsumLo, IsumLo, IsumHi);
         e.CvtPhToPs(T1, Gpr.Rdi, 0);
         e.MulPs(T1, T1, Sixteenth);
-        e.CvtDqToPs(Isum, Isum);
-        e.MulPsBroadcast(Isum, Isum, Gpr.Rdx, 0);
-        e.Fmadd231(Acc, T1, Isum);
-        // The mins as bytes (the scale registers are free now).
-        e.Pandd(MinLow, B, M3F);
-        e.PsrldImm(MinHigh, C, 4);
-        e.PsrldImm(T2, B, 2);
-        e.Pandd(T2, T2, M3F); // bits 4, 5 of each byte: (B >> 6) << 4; bits 0..3 go under the 0x0F mask below
-        e.Pternlogd(MinHigh, T2, Low, 0xE4); // (MinHigh & 0x0F) | (T2 & ~0x0F)
+        e.CvtDqToPs(IsumLo, IsumLo);
+        e.MulPsBroadcast(IsumLo, IsumLo, Gpr.Rdx, 0);
+        e.Fmadd231(Acc, T1, IsumLo);
+        // The min term (the scale registers are free now).
+        SixBitBytes(e, MinLow, MinHigh, B, C, M3F, Low, highShift: 4, scratch: T1);
         e.Pxord(SumLo, SumLo, SumLo);
         e.Pxord(SumHi, SumHi, SumHi);
         e.DpbusdBroadcast(SumLo, MinLow, Gpr.Rcx, 0);
@@ -252,22 +247,23 @@ internal static unsafe class Q4KVnni
         return e;
     }
 
-    /// <summary>dst = (src shifted left by <paramref name="shift"/> bits, right when negative) &amp; mask, per int32 lane.</summary>
-    private static void ShiftAnd(X64Emitter e, int dst, int src, int shift, int mask)
+    /// <summary>
+    /// Eight 6-bit values of each row as bytes, from the dword A (scales) or B (mins), lowWord, and C: first = v[0..3] =
+    /// lowWord &amp; 0x3F3F3F3F, second = v[4..7] = ((C &gt;&gt; highShift) &amp; 0x0F0F0F0F) | ((lowWord &gt;&gt; 2) &amp;
+    /// 0x30303030), highShift 0 (scales) or 4 (mins, C shifted into <paramref name="scratch"/>). m3f / low: registers
+    /// holding 0x3F3F3F3F / 0x0F0F0F0F.
+    /// </summary>
+    private static void SixBitBytes(X64Emitter e, int first, int second, int lowWord, int c, int m3f, int low, int highShift, int scratch)
     {
-        if (shift == 0)
+        e.Pandd(first, lowWord, m3f);
+        e.PsrldImm(second, lowWord, 2);
+        e.Pandd(second, second, m3f); // bits 4, 5 of each byte: bits 6, 7 of lowWord's; bits 0..3 go under the 0x0F mask
+        if (highShift != 0)
         {
-            e.Pandd(dst, src, mask);
-            return;
+            e.PsrldImm(scratch, c, (byte)highShift);
+            c = scratch;
         }
-        if (shift > 0)
-        {
-            e.PslldImm(dst, src, (byte)shift);
-        }
-        else
-        {
-            e.PsrldImm(dst, src, (byte)-shift);
-        }
-        e.Pandd(dst, dst, mask);
+        e.Pternlogd(second, c, low, 0xD8); // (c & 0x0F) | (second & ~0x0F)
     }
+
 }
