@@ -10,7 +10,6 @@ internal enum GeneratedKernel
     Q8_0,
     Q4_0,
     Q4K,
-    Q4KPacked1,
     Q6K,
     Q6KGfni,
     F16Rows4,

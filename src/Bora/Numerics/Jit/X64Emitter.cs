@@ -122,6 +122,9 @@ internal sealed class X64Emitter
     /// <summary>vpmovzxbd dst, src: the 16 low bytes of src (an xmm) zero-extended to the 16 int32 lanes of dst.</summary>
     public void Pmovzxbd(int dst, int src) => EvexReg(Map.M0F38, Pp.P66, 0x31, dst, -1, src);
 
+    /// <summary>vfmadd231ps acc, a, [base + disp]: acc = a times the 16 floats there, plus acc, one rounding.</summary>
+    public void Fmadd231Mem(int acc, int a, Gpr b, int disp) => EvexMem(Map.M0F38, Pp.P66, 0xB8, acc, a, b, disp, broadcast: false);
+
     /// <summary>vpandd dst, a, [base + disp].</summary>
     public void PanddMem(int dst, int a, Gpr b, int disp) => EvexMem(Map.M0F, Pp.P66, 0xDB, dst, a, b, disp, broadcast: false);
 

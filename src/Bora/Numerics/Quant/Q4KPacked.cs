@@ -27,7 +27,7 @@ namespace Bora.Numerics.Quant;
 /// buffer of masked nibbles, scale pairs, min pairs and float dmin and d (4992 bytes per super-block, as
 /// <see cref="Q4KInterleaved"/>'s repacked groups), so that its tiles of 8 tokens do not unpack them again: same
 /// integers, same float products, same results. Where the CPU has AVX-512 VNNI, <see cref="Q4KVnni"/>'s generated tiles
-/// read the expanded groups instead (with each sc[s] stored as one int32).</para>
+/// take every product instead, over the packed groups themselves.</para>
 /// Letters: N = rows (n), K = cols = 256 nb, T = tokens, nb = super-blocks per row, G = ceil(N / 16) groups.
 /// </summary>
 internal static unsafe class Q4KPacked
@@ -128,13 +128,9 @@ internal static unsafe class Q4KPacked
     {
         if (QuantDispatch.UseGeneratedKernels)
         {
-            if (tokens == 1 && nb > 0 && r0 < r1)
+            if (nb > 0 && r0 < r1)
             {
-                Q4KVnni.RunOne(packed, nb, n, act, y, r0, r1);
-            }
-            else
-            {
-                KPacked.Run<Q4KVnni.Kernel>(packed, nb, n, act, tokens, y, r0, r1);
+                Q4KVnni.Run(packed, nb, n, act, tokens, y, r0, r1);
             }
         }
         else
@@ -142,13 +138,6 @@ internal static unsafe class Q4KPacked
             KPacked.Run<Kernel>(packed, nb, n, act, tokens, y, r0, r1);
         }
     }
-
-    /// <summary>Bytes of one super-block of an expanded group.</summary>
-    internal const long ExpandedStride = Expanded.Stride;
-
-    /// <summary>Offsets in an expanded super-block: the 8 sub-blocks' scales (16 rows each), the 4 min pairs, dmin and d floats.</summary>
-    internal const long ExpandedScaleOffset = Expanded.ScaleOffset, ExpandedMinPairOffset = Expanded.MinPairOffset,
-        ExpandedDminOffset = Expanded.DminOffset, ExpandedDOffset = Expanded.DOffset;
 
     private static byte[] BuildControls()
     {
@@ -202,11 +191,9 @@ internal static unsafe class Q4KPacked
     }
 
     /// <summary>
-    /// Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>; with
-    /// <paramref name="plainScales"/>, each sc[s] as one int32 per row instead of a pair of int16 (the layout of
-    /// <see cref="Q4KVnni"/>, whose vpmulld takes the scale whole).
+    /// Expands one packed group (nb super-blocks) into the <see cref="Expanded"/> layout at <paramref name="dst"/>.
     /// </summary>
-    internal static void Expand(byte* g, int nb, byte* dst, bool plainScales = false)
+    internal static void Expand(byte* g, int nb, byte* dst)
     {
         byte* ctrl = Controls;
         for (int b = 0; b < nb; b++)
@@ -222,7 +209,7 @@ internal static unsafe class Q4KPacked
                     Packed.Plane(sb, s / 2, s % 2, k).Store(eb + s * 512L + 64 * k);
                 }
                 var pair = Packed.ScalePair(sb, s < 4 ? scales.Low : scales.High, s, ctrl);
-                (plainScales ? pair.AsInt32() & Vector512.Create(0xFFFF) : pair.AsInt32()).Store((int*)(eb + Expanded.ScaleOffset + s * 64L));
+                pair.AsInt32().Store((int*)(eb + Expanded.ScaleOffset + s * 64L));
             }
             mins.Store(eb + Expanded.MinPairOffset);
             Packed.Dmin(sb).Store((float*)(eb + Expanded.DminOffset));
