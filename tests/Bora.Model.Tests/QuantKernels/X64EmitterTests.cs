@@ -49,6 +49,8 @@ public sealed class X64EmitterTests
         { "vpandd 0x8c0(%rdi),%zmm3,%zmm25", "62 61 65 48 db 8f c0 08 00 00" },
         { "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11", "62 73 3d 48 25 da d8" },
         { "vfnmadd231ps %zmm8,%zmm28,%zmm3", "62 d2 1d 40 bc d8" },
+        { "vfmadd231ps 0x0(%rsi),%zmm8,%zmm0", "62 f2 3d 48 b8 86 00 00 00 00" },
+        { "vfmadd231ps 0xc0(%rsi),%zmm11,%zmm3", "62 f2 25 48 b8 9e c0 00 00 00" },
         { "vpshufb %zmm4,%zmm27,%zmm16", "62 e2 25 40 00 c4" },
         { "vpshufb %zmm21,%zmm9,%zmm3", "62 b2 35 48 00 dd" },
         { "vpmovzxbd %xmm9,%zmm4", "62 d2 7d 48 31 e1" },
@@ -140,6 +142,8 @@ public sealed class X64EmitterTests
             case "vpandd 0x8c0(%rdi),%zmm3,%zmm25": e.PanddMem(25, 3, Gpr.Rdi, 2240); break;
             case "vpternlogd $0xd8,%zmm2,%zmm8,%zmm11": e.Pternlogd(11, 8, 2, 0xD8); break;
             case "vfnmadd231ps %zmm8,%zmm28,%zmm3": e.Fnmadd231(3, 28, 8); break;
+            case "vfmadd231ps 0x0(%rsi),%zmm8,%zmm0": e.Fmadd231Mem(0, 8, Gpr.Rsi, 0); break;
+            case "vfmadd231ps 0xc0(%rsi),%zmm11,%zmm3": e.Fmadd231Mem(3, 11, Gpr.Rsi, 192); break;
             case "vpshufb %zmm4,%zmm27,%zmm16": e.Pshufb(16, 27, 4); break;
             case "vpshufb %zmm21,%zmm9,%zmm3": e.Pshufb(3, 9, 21); break;
             case "vpmovzxbd %xmm9,%zmm4": e.Pmovzxbd(4, 9); break;
