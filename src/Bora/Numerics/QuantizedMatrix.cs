@@ -431,10 +431,11 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         {
             long work = (long)Rows * Cols * tokens;
             int threads = work < ParallelThreshold ? 1 : Math.Max(1, MaxThreads);
-            // ItemsPerThread items per thread (claimed dynamically by the pool), each a whole number of RowAlign-row
-            // ranges (no shared output cache lines).
-            int items = threads == 1 ? 1 : Math.Min(threads * ItemsPerThread, (Rows + RowAlign - 1) / RowAlign);
-            job.Set(this, py, tokens, isa, rowByRow, items);
+            // ItemsPerThread equal items per thread (claimed dynamically by the pool), the last ones cut into pieces
+            // (RowItems), each a whole number of RowAlign-row ranges (no shared output cache lines).
+            int equal = threads == 1 ? 1 : Math.Min(threads * ItemsPerThread, (Rows + RowAlign - 1) / RowAlign);
+            int items = RowItems.Count(equal, threads);
+            job.Set(this, py, tokens, isa, rowByRow, equal, threads);
             long parallelStart = NumericsProfile.Start();
             try
             {
@@ -478,7 +479,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     {
         private QuantizedMatrix? _m;
         private float* _y;
-        private int _tokens, _items;
+        private int _tokens, _equal, _threads;
         private QuantIsa _isa;
         private bool _rowByRow;
 
@@ -490,10 +491,10 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
         /// <summary><see cref="Run"/> as a cached delegate.</summary>
         public Action<int> RunItem { get; }
 
-        public void Set(QuantizedMatrix m, float* y, int tokens, QuantIsa isa, bool rowByRow, int items)
+        public void Set(QuantizedMatrix m, float* y, int tokens, QuantIsa isa, bool rowByRow, int equal, int threads)
         {
             _y = y;
-            (_m, _tokens, _isa, _rowByRow, _items) = (m, tokens, isa, rowByRow, items);
+            (_m, _tokens, _isa, _rowByRow, _equal, _threads) = (m, tokens, isa, rowByRow, equal, threads);
         }
 
         public void Clear()
@@ -502,7 +503,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             _y = null;
         }
 
-        /// <summary>Item i of <c>items</c>: rows [i N / items, (i + 1) N / items), rounded to multiples of <see cref="RowAlign"/>.</summary>
+        /// <summary>Item i: the rows <see cref="RowItems.Boundary"/> gives (equal items, the last ones cut into pieces).</summary>
         public void Run(int item)
         {
             long start = NumericsProfile.Start();
@@ -541,8 +542,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             }
         }
 
-        private int Boundary(int item, int n) =>
-            item >= _items ? n : Math.Min(n, (int)((long)item * n / _items) / RowAlign * RowAlign);
+        private int Boundary(int item, int n) => RowItems.Boundary(item, _equal, _threads, n, RowAlign);
 
         /// <summary>Tiles of <see cref="TokenTile"/> tokens sweep rows [r0, r1); inside a tile each row is dotted with every token.</summary>
         private void Rows<TOp>(QuantizedMatrix m, int r0, int r1)

@@ -102,7 +102,7 @@ public sealed unsafe class QuantizedProductBatch
             }
             int threads = Math.Max(1, NumericsThreads.MaxThreads);
             // ItemsPerThread items per thread and product, as many as the products would get one by one, dealt out
-            // by work (N K T) so that the items are of about one size and the last ones claimed are short.
+            // by work (N K T) so that the items are of about one size; then the last ones are cut short (SplitTail).
             int target = threads == 1 ? _products.Count : threads * ItemsPerThread * _products.Count;
             for (int pi = 0; pi < _products.Count; pi++)
             {
@@ -120,6 +120,7 @@ public sealed unsafe class QuantizedProductBatch
                 }
                 _pins.Add(GCHandle.Alloc(p.Y, GCHandleType.Pinned));
             }
+            SplitTail(threads);
             long start = NumericsProfile.Start();
             NumericsThreads.For(_items.Count, _runItem);
             foreach (var p in _products)
@@ -155,6 +156,32 @@ public sealed unsafe class QuantizedProductBatch
         foreach (var p in _products)
         {
             NumericsProfile.Add(p.W.ProfileSection, (long)(ticks * (Work(p) / totalWork)));
+        }
+    }
+
+    /// <summary>
+    /// Cuts each of the last <paramref name="threads"/> items into <see cref="RowItems.TailPieces"/> pieces (empty ones
+    /// dropped), so that the items claimed last are short (<see cref="RowItems"/>).
+    /// </summary>
+    private void SplitTail(int threads)
+    {
+        if (threads <= 1)
+        {
+            return;
+        }
+        int first = Math.Max(0, _items.Count - threads);
+        var tail = _items.GetRange(first, _items.Count - first);
+        _items.RemoveRange(first, tail.Count);
+        foreach (var item in tail)
+        {
+            for (int q = 0; q < RowItems.TailPieces; q++)
+            {
+                int r0 = RowItems.Piece(q, item.R0, item.R1, RowAlign), r1 = RowItems.Piece(q + 1, item.R0, item.R1, RowAlign);
+                if (r0 < r1)
+                {
+                    _items.Add(item with { R0 = r0, R1 = r1 });
+                }
+            }
         }
     }
 
