@@ -178,11 +178,13 @@ public sealed unsafe class HalfMatrix : WeightMatrix
         {
             long work = (long)n * k * tokens;
             int threads = NumericsThreads.MaxThreads;
-            // One token: blocks of rows; many: panels of PanelRows rows (a multiple of 4 for the 4-row step).
-            int blockRows = tokens == 1
-                ? (work < ParallelThreshold || threads == 1 ? n : Math.Max(4, n / (threads * 4)))
-                : PanelRows;
-            int blocks = (n + blockRows - 1) / blockRows;
+            // One token: 4 equal blocks of rows per thread, the last ones cut into pieces (RowItems: a thread done
+            // early waits at most a quarter block), boundaries multiples of 4 for the 4-row step; many tokens: panels
+            // of PanelRows rows.
+            bool parallel = work >= ParallelThreshold && threads > 1;
+            int equal = tokens == 1 && parallel ? Math.Max(1, Math.Min(threads * 4, n / 4)) : 1;
+            int blockRows = tokens == 1 ? n : PanelRows;
+            int blocks = tokens == 1 ? RowItems.Count(equal, threads) : (n + blockRows - 1) / blockRows;
             nint aw = (nint)w, ax = (nint)px, ay = (nint)py;
             DType type = Type;
             // One token: F16 rows of a multiple of 64 values take the generated tile (decided once per product); the
@@ -193,9 +195,10 @@ public sealed unsafe class HalfMatrix : WeightMatrix
             {
                 nint axs = (nint)pxs;
                 Action<int> run = tokens == 1
-                    ? b => RowsMatVec(type, tile, (ushort*)aw, (float*)ax, (float*)axs, (float*)ay, k, b * blockRows, Math.Min(n, (b + 1) * blockRows))
+                    ? b => RowsMatVec(type, tile, (ushort*)aw, (float*)ax, (float*)axs, (float*)ay, k,
+                        RowItems.Boundary(b, equal, threads, n, HalfRowTile.Rows), RowItems.Boundary(b + 1, equal, threads, n, HalfRowTile.Rows))
                     : b => Panel(type, (ushort*)aw, (float*)ax, (float*)ay, n, k, tokens, b * blockRows, Math.Min(n, (b + 1) * blockRows));
-                if (blocks == 1 || work < ParallelThreshold || threads == 1)
+                if (blocks == 1 || !parallel)
                 {
                     for (int b = 0; b < blocks; b++)
                     {
