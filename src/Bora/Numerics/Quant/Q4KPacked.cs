@@ -36,7 +36,8 @@ internal static unsafe class Q4KPacked
     internal const int GroupRows = KPacked.GroupRows;
 
     /// <summary>
-    /// Tokens from which <see cref="Run"/> expands each group once into a per-thread buffer. Measured on the 2-core
+    /// Tokens from which the managed tiles (<see cref="Run"/> without the generated kernels, whose tiles read the packed
+    /// groups for every token count) expand each group once into a per-thread buffer. Measured on the 2-core
     /// AVX-512 box (<c>bench/Bora.Bench matmul --types q4_k --shapes w1 --compare-packed 1</c>, 2 threads, GFLOP/s
     /// expanded / packed tiles, the packed tiles prefetching the super-block 2 ahead): T = 24: 369 / 443, 32: 397 / 450,
     /// 48: 419 / 454, 64: 455 / 451; at 512 tokens the expanded groups run at 532-543.
