@@ -17,7 +17,7 @@ namespace Bora.Numerics;
 /// 23-24 GB/s, 2 side by side 15-16, 4 side by side 18-19).</para>
 /// <para>Generated tile, K = 64 steps values per row: arguments rdi = the first row, rsi = x (K floats), r8 = steps,
 /// r9 = 64 Rows floats out (row r's four sums, over values 64i + 16j .. + 15 for sum j, at r9 + 256 r + 64 j); rdx and
-/// rcx are not read. Registers: zmm0..3 the sums (zmm0..15 for rows in chunks), 16..19 the widened values. The caller adds each row's sums
+/// rcx are not read. Registers: zmm0..3 the sums, 16..19 the widened values (rows in chunks: see Emit). The caller adds each row's sums
 /// and their lanes.</para>
 /// <para>The sum runs in another order than the managed kernel's, so results agree with it within summation-order
 /// rounding, not bit for bit.</para>
@@ -61,11 +61,13 @@ internal static unsafe class HalfRowTile
     /// <summary>
     /// The tile's code for rows of 64 <paramref name="steps"/> values (see the class summary). Rows longer than
     /// <paramref name="chunkSteps"/> steps (x no longer fits L1: 4096 values are 16 KiB) go through K in chunks that do,
-    /// each chunk over the 4 rows in turn (16 sums, zmm0..15; widened values in 16..19), when the steps divide into
-    /// chunks of 8 to <paramref name="chunkSteps"/> steps; each row's sums take the same steps in the same order, so
-    /// the results equal the one-row-at-a-time code bit for bit. Measured streaming 1 GiB of (N, 14336) rows at one
-    /// thread (the fy scratch harness of the notes, medians of 5, six rounds): 11.9-12.6 GB/s one row at a time, 14.4-14.8
-    /// in 4 chunks of 3584 values; (N, 4096) rows, which take the plain code, stream at 20-21.
+    /// each chunk over rows 0 and 1 side by side (one x load for both), then rows 2 and 3 (16 sums, zmm0..15; widened
+    /// values in 16..23, x in 24..27), when the steps divide into chunks of 8 to <paramref name="chunkSteps"/> steps;
+    /// each row's sums take the same steps in the same order, so the results equal the one-row-at-a-time code bit for
+    /// bit. Measured streaming 1 GiB of (N, 14336) rows at one thread (the fy scratch harness of the notes, medians of
+    /// 5, three rounds in each of three runs): one row at a time 10.9-12.9 GB/s, 4 chunks of 3584 values a row at a
+    /// time 14.4-15.4, those chunks two rows side by side 14.2-17.2 (this code); (N, 4096) rows, which take the plain
+    /// code, stream at 20-21 (two rows side by side over the whole row: 12-14).
     /// </summary>
     internal static X64Emitter Emit(int rows, int steps, int chunkSteps)
     {
@@ -100,12 +102,25 @@ internal static unsafe class HalfRowTile
         e.AddImm(Gpr.R8, per - steps); // the loop counter runs over one chunk
         for (int c = 0; c < chunks; c++)
         {
-            for (int r = 0; r < Rows; r++)
+            for (int pair = 0; pair < Rows / 2; pair++)
             {
-                Steps(e, 4 * r);
+                // Rows 2 pair and 2 pair + 1 side by side, one x load for both.
+                int loop = e.Position;
+                for (int j = 0; j < 4; j++)
+                {
+                    e.LoadPs(24 + j, Gpr.Rsi, 64 * j);
+                    e.CvtPhToPs(16 + j, Gpr.Rdi, 32 * j);
+                    e.CvtPhToPs(20 + j, Gpr.Rdi, rowBytes + 32 * j);
+                    e.Fmadd231(8 * pair + j, 16 + j, 24 + j);
+                    e.Fmadd231(8 * pair + 4 + j, 20 + j, 24 + j);
+                }
+                e.AddImm(Gpr.Rdi, 128);
+                e.AddImm(Gpr.Rsi, 256);
+                e.Dec(Gpr.R8);
+                e.JnzBack(loop);
                 e.AddImm(Gpr.R8, per);
                 e.AddImm(Gpr.Rsi, -256 * per); // back to the chunk's x
-                e.AddImm(Gpr.Rdi, rowBytes - 128 * per); // the next row, same chunk
+                e.AddImm(Gpr.Rdi, 2 * rowBytes - 128 * per); // the next pair, same chunk
             }
             e.AddImm(Gpr.Rdi, -Rows * rowBytes + 128 * per); // row 0, next chunk
             e.AddImm(Gpr.Rsi, 256 * per);
