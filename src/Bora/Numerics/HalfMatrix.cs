@@ -183,8 +183,7 @@ public sealed unsafe class HalfMatrix : WeightMatrix
             // of PanelRows rows.
             bool parallel = work >= ParallelThreshold && threads > 1;
             int equal = tokens == 1 && parallel ? Math.Max(1, Math.Min(threads * 4, n / 4)) : 1;
-            int blockRows = tokens == 1 ? n : PanelRows;
-            int blocks = tokens == 1 ? RowItems.Count(equal, threads) : (n + blockRows - 1) / blockRows;
+            int blocks = tokens == 1 ? RowItems.Count(equal, threads) : (n + PanelRows - 1) / PanelRows;
             nint aw = (nint)w, ax = (nint)px, ay = (nint)py;
             DType type = Type;
             // One token: F16 rows of a multiple of 64 values take the generated tile (decided once per product); the
@@ -197,7 +196,7 @@ public sealed unsafe class HalfMatrix : WeightMatrix
                 Action<int> run = tokens == 1
                     ? b => RowsMatVec(type, tile, (ushort*)aw, (float*)ax, (float*)axs, (float*)ay, k,
                         RowItems.Boundary(b, equal, threads, n, HalfRowTile.Rows), RowItems.Boundary(b + 1, equal, threads, n, HalfRowTile.Rows))
-                    : b => Panel(type, (ushort*)aw, (float*)ax, (float*)ay, n, k, tokens, b * blockRows, Math.Min(n, (b + 1) * blockRows));
+                    : b => Panel(type, (ushort*)aw, (float*)ax, (float*)ay, n, k, tokens, b * PanelRows, Math.Min(n, (b + 1) * PanelRows));
                 if (blocks == 1 || !parallel)
                 {
                     for (int b = 0; b < blocks; b++)

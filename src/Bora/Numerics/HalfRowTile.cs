@@ -163,5 +163,4 @@ internal static unsafe class HalfRowTile
         e.Dec(Gpr.R8);
         e.JnzBack(loop);
     }
-
 }

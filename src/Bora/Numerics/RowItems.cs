@@ -7,8 +7,8 @@ namespace Bora.Numerics;
 /// while the first items stay long runs through memory. Every boundary is a multiple of the row alignment (no shared
 /// output cache lines).
 /// <para>Example: 256 rows, 8 equal items (32 rows), 2 threads, alignment 16: items 0..5 are rows 0..192 in 32-row
-/// steps, then items 6..13 are 8 pieces of one quarter item (8 rows, rounded to the alignment: boundaries 192, 192,
-/// 208, 208, 224, 224, 240, 240, 256; the empty ones are skipped by the caller).</para>
+/// steps, then items 6..13 are the 4 quarters of items 6 and 7 (8 rows each, rounded to the alignment: boundaries 192,
+/// 192, 208, 208, 224, 224, 240, 240, 256; the empty ones are skipped by the caller).</para>
 /// </summary>
 internal static class RowItems
 {
@@ -33,13 +33,16 @@ internal static class RowItems
         {
             return n;
         }
-        if (count == equal)
+        // The whole items first, then the pieces of the last ones (Piece cuts each of those).
+        int whole = count == equal ? equal : equal - Math.Min(threads, equal);
+        if (item <= whole)
         {
-            return Math.Min(n, (int)((long)item * n / equal) / align * align);
+            return Equal(item, equal, n, align);
         }
-        // In units of a piece: the whole items first, then one piece per item.
-        int whole = equal - Math.Min(threads, equal);
-        long units = item <= whole ? (long)TailPieces * item : (long)TailPieces * whole + (item - whole);
-        return Math.Min(n, (int)(units * n / ((long)TailPieces * equal)) / align * align);
+        int cut = whole + (item - whole) / TailPieces;
+        return Piece((item - whole) % TailPieces, Equal(cut, equal, n, align), Equal(cut + 1, equal, n, align), align);
     }
+
+    /// <summary>The first row of equal item <paramref name="i"/> of <paramref name="equal"/>: i n / equal rounded down to <paramref name="align"/> (n for i = equal).</summary>
+    private static int Equal(int i, int equal, int n, int align) => i >= equal ? n : Math.Min(n, (int)((long)i * n / equal) / align * align);
 }

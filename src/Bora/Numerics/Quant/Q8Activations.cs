@@ -170,7 +170,6 @@ public sealed unsafe class Q8Activations
     /// <summary>Token t's <see cref="PrepareOffsets16"/> values: (K / 16) int32.</summary>
     internal int* Offsets16(int t) => (int*)Unsafe.AsPointer(ref _off16[0]) + (long)t * (Cols / 16);
 
-
     /// <summary>Fills <see cref="Pairs"/> from the last <see cref="Quantize"/> (which must have used blocks of 32).</summary>
     internal void PreparePairs(bool negated)
     {
