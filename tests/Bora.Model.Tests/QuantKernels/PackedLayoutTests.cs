@@ -6,7 +6,7 @@ namespace Bora.Model.Tests.QuantKernels;
 /// <summary>
 /// The packed 16-row group layouts (<see cref="QuantizedMatrix.Pack"/>): packing loses nothing (every row's GGUF blocks
 /// come back byte for byte), and products over the packed groups, for every token count (decode included) and at
-/// every ISA (the AVX-512 kernels above, managed and generated, the scalar twin over the packed bytes below), equal the rows-in-lanes scalar
+/// every ISA (the AVX-512 kernels, managed and generated, the AVX2 ones, the scalar twin over the packed bytes), equal the rows-in-lanes scalar
 /// twin over the unpacked GGUF rows bit for bit.
 /// </summary>
 [Trait("Category", "Kernels")]
@@ -58,6 +58,10 @@ public sealed unsafe class PackedLayoutTests
     {
         var rng = new Random(23 + (int)type);
         var isas = new List<QuantIsa> { QuantIsa.Scalar };
+        if (QuantDot.IsSupported(QuantIsa.Avx2) && QuantDot.Best != QuantIsa.Avx2)
+        {
+            isas.Add(QuantIsa.Avx2); // the AVX2 kernels also where AVX-512 is the best
+        }
         if (QuantDot.Best != QuantIsa.Scalar)
         {
             isas.Add(QuantDot.Best);

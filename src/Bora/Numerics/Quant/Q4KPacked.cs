@@ -477,6 +477,236 @@ internal static unsafe class Q4KPacked
         + (Avx512BW.MultiplyAddAdjacent(p6, Vector512.Create(*(int*)(x + 24)).AsSByte())
         + Avx512BW.MultiplyAddAdjacent(p7, Vector512.Create(*(int*)(x + 28)).AsSByte())));
 
+    /// <summary>AVX2 tiles: tokens per tile (two int16 sums per token beside the unpacked quants in 16 registers).</summary>
+    private const int TileTokens256 = 2;
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
+    /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
+    /// up to 2 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles and
+    /// halves). Needs <see cref="Prepare"/> for this product.
+    /// </summary>
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        var tok = stackalloc Q8Row[TileTokens256];
+        var mins = stackalloc nint[TileTokens256];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
+            if (tokens == 1)
+            {
+                Decode256(g, nb, act.Row(0), act.MinSums(0), y + g0, rows);
+                continue;
+            }
+            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
+            {
+                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
+                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
+                {
+                    int tt = Math.Min(TileTokens256, tokens - t0);
+                    for (int j = 0; j < TileTokens256; j++)
+                    {
+                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                        tok[j] = act.Row(t);
+                        mins[j] = (nint)act.MinSums(t);
+                    }
+                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
+                    if (tt == 2)
+                    {
+                        Tile256<Tokens2>(g, h, nb, tok, (int**)mins, yt, n, hr);
+                    }
+                    else
+                    {
+                        Tile256<Tokens1>(g, h, nb, tok, (int**)mins, yt, n, hr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1, 2) tokens over all super-blocks; stores
+    /// the first <paramref name="rows"/> rows of each token. Per super-block: the 6-bit scales of the 8 rows unpacked in
+    /// registers (dword-wide masks and shifts of the 3 scale vectors: sc[0..3] = V0 and 63, sc[4..7] = (V2 and 15) or
+    /// ((V0 shr 2) and 0x30), m[0..3] = V1 and 63, m[4..7] = ((V2 shr 4) and 15) or ((V1 shr 2) and 0x30), per byte);
+    /// per 64-value chunk c, each quant vector's low nibbles (sub-block 2c) and high nibbles (2c + 1) multiplied with
+    /// every token's broadcast 4-byte groups into int16 sums (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by
+    /// the rows' sc[s] (vpshufb to both int16 halves) into the int32 isum; the min term msum = sum m[s] S[s] with 4
+    /// vpmaddwd of the min pairs by the token's S pairs; then the two multiply-adds of the class comment.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, int** mins, float* y, int n, int rows)
+        where TN : struct, ITokenCount
+    {
+        byte* controls = Controls; // read once (see Decode256)
+        var nibble = Vector256.Create((byte)0x0F);
+        var low6 = Vector256.Create(0x3F3F3F3F).AsByte();
+        var low4 = Vector256.Create(0x0F0F0F0F).AsByte();
+        var bits45 = Vector256.Create(0x30303030).AsByte();
+        Vector256<float> c0 = default, c1 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes + 32 * h; // this half's dwords of every vector of super-block b
+            if (h == 0)
+            {
+                // The first half's tiles bring the group in from memory; the second half's find it in L2.
+                PackedLayouts.PrefetchLines(g + (long)(b + 1) * SuperBytes, SuperBytes);
+            }
+            var v0 = Vector256.Load(sb + ScaleOffset);
+            var v2 = Vector256.Load(sb + ScaleOffset + 128);
+            var sc03 = v0 & low6;
+            var sc47 = (v2 & low4) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & bits45);
+            Vector256<int> i0 = default, i1 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                // sc[2c] and sc[2c + 1] of each row in both int16 halves of its dword.
+                var scs = c < 2 ? sc03 : sc47;
+                var scLo = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1))).AsInt16();
+                var scHi = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64)).AsInt16();
+                byte* q = sb + QuantOffset + 512L * c;
+                long xo = 256L * b + 64 * c;
+                Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default;
+                for (int k = 0; k < 8; k++)
+                {
+                    var v = Vector256.Load(q + 64 * k);
+                    var lo = v & nibble;
+                    var hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
+                    l0 += Packed256.Mul(lo, Packed256.Broadcast4(x0 + xo + 4 * k));
+                    u0 += Packed256.Mul(hi, Packed256.Broadcast4(x0 + xo + 32 + 4 * k));
+                    if (TN.Value > 1)
+                    {
+                        l1 += Packed256.Mul(lo, Packed256.Broadcast4(x1 + xo + 4 * k));
+                        u1 += Packed256.Mul(hi, Packed256.Broadcast4(x1 + xo + 32 + 4 * k));
+                    }
+                }
+                i0 += Avx2.MultiplyAddAdjacent(l0, scLo) + Avx2.MultiplyAddAdjacent(u0, scHi);
+                if (TN.Value > 1)
+                {
+                    i1 += Avx2.MultiplyAddAdjacent(l1, scLo) + Avx2.MultiplyAddAdjacent(u1, scHi);
+                }
+            }
+            // The mins as int16 pairs (m[0], m[1]), (m[2], m[3]), (m[4], m[5]), (m[6], m[7]) per dword.
+            var v1 = Vector256.Load(sb + ScaleOffset + 64);
+            var m03 = v1 & low6;
+            var m47 = (Vector256.ShiftRightLogical(v2.AsUInt32(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(v1.AsUInt32(), 2).AsByte() & bits45);
+            var pairs01 = Vector256.Load(controls + 256);
+            var pairs23 = Vector256.Load(controls + 320);
+            var mp = new MinPairs256(Avx2.Shuffle(m03, pairs01).AsInt16(), Avx2.Shuffle(m03, pairs23).AsInt16(),
+                Avx2.Shuffle(m47, pairs01).AsInt16(), Avx2.Shuffle(m47, pairs23).AsInt16());
+            var d = Packed256.Halves(sb - 32 * h + DOffset + 16 * h);
+            var dmin = Packed256.Halves(sb - 32 * h + DminOffset + 16 * h);
+            c0 = Finish256(c0, i0, mp.Sum(mins[0] + 8L * b), d, dmin, tok[0].D[b]);
+            if (TN.Value > 1)
+            {
+                c1 = Finish256(c1, i1, mp.Sum(mins[1] + 8L * b), d, dmin, tok[1].D[b]);
+            }
+        }
+        Packed256.Store(c0, y, rows);
+        if (TN.Value > 1)
+        {
+            Packed256.Store(c1, y + n, rows);
+        }
+    }
+
+    /// <summary>
+    /// AVX2, 1 token, both halves of a group (16 rows) super-block by super-block, each of the token's broadcasts shared
+    /// by the halves: the integers and float operations of <see cref="Tile256{TN}"/>, in one pass over the group's
+    /// bytes (half by half, the first pass would read every line from memory for half of its work). Stores the first
+    /// <paramref name="rows"/> rows to y[0..rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Decode256(byte* g, int nb, Q8Row a, int* mins, float* y, int rows)
+    {
+        // Read once: a static field read in the loops would keep its class-initialisation check (a possible call) there,
+        // and the JIT then spills the loop's vector registers around it.
+        byte* controls = Controls;
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<float> c0 = default, c1 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            Vector256<int> i0 = default, i1 = default;
+            for (int c = 0; c < 4; c++)
+            {
+                byte* q = sb + QuantOffset + 512L * c;
+                sbyte* x = a.Q + 256L * b + 64 * c;
+                Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default;
+                for (int k = 0; k < 8; k++)
+                {
+                    var xl = Packed256.Broadcast4(x + 4 * k);
+                    var xh = Packed256.Broadcast4(x + 32 + 4 * k);
+                    var v0 = Vector256.Load(q + 64 * k);
+                    var v1 = Vector256.Load(q + 64 * k + 32);
+                    l0 += Packed256.Mul(v0 & nibble, xl);
+                    u0 += Packed256.Mul(Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble, xh);
+                    l1 += Packed256.Mul(v1 & nibble, xl);
+                    u1 += Packed256.Mul(Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble, xh);
+                }
+                i0 += ScaleChunk(sb, c, l0, u0, controls);
+                i1 += ScaleChunk(sb + 32, c, l1, u1, controls);
+            }
+            var dx = a.D[b];
+            c0 = Finish256(c0, i0, HalfMins(sb, controls).Sum(mins + 8L * b), Packed256.Halves(sb + DOffset), Packed256.Halves(sb + DminOffset), dx);
+            c1 = Finish256(c1, i1, HalfMins(sb + 32, controls).Sum(mins + 8L * b), Packed256.Halves(sb + DOffset + 16), Packed256.Halves(sb + DminOffset + 16), dx);
+        }
+        Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
+        if (rows > Packed256.HalfRows)
+        {
+            Packed256.Store(c1, y + Packed256.HalfRows, rows - Packed256.HalfRows);
+        }
+    }
+
+    /// <summary>
+    /// sc[2c] (sum over sub-block 2c) + sc[2c + 1] (sum over 2c + 1) of a half group (hb: its dwords of a super-block),
+    /// from the int16 sums of chunk c's low (l) and high (u) nibbles: two vpmaddwd by the scales in both int16 halves.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> ScaleChunk(byte* hb, int c, Vector256<short> l, Vector256<short> u, byte* controls)
+    {
+        var v0 = Vector256.Load(hb + ScaleOffset);
+        // sc[0..3] = V0 and 63; sc[4..7] = (V2 and 15) or ((V0 shr 2) and 0x30), per byte.
+        var scs = c < 2 ? v0 & Vector256.Create((byte)0x3F)
+            : (Vector256.Load(hb + ScaleOffset + 128) & Vector256.Create((byte)0x0F)) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & Vector256.Create((byte)0x30));
+        var scLo = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1))).AsInt16();
+        var scHi = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64)).AsInt16();
+        return Avx2.MultiplyAddAdjacent(l, scLo) + Avx2.MultiplyAddAdjacent(u, scHi);
+    }
+
+    /// <summary>A half group's min pairs of a super-block (hb: its dwords): m[0..3] = V1 and 63, m[4..7] = ((V2 shr 4) and 15) or ((V1 shr 2) and 0x30).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static MinPairs256 HalfMins(byte* hb, byte* controls)
+    {
+        var v1 = Vector256.Load(hb + ScaleOffset + 64);
+        var v2 = Vector256.Load(hb + ScaleOffset + 128);
+        var m03 = v1 & Vector256.Create((byte)0x3F);
+        var m47 = (Vector256.ShiftRightLogical(v2.AsUInt32(), 4).AsByte() & Vector256.Create((byte)0x0F))
+            | (Vector256.ShiftRightLogical(v1.AsUInt32(), 2).AsByte() & Vector256.Create((byte)0x30));
+        var pairs01 = Vector256.Load(controls + 256);
+        var pairs23 = Vector256.Load(controls + 320);
+        return new MinPairs256(Avx2.Shuffle(m03, pairs01).AsInt16(), Avx2.Shuffle(m03, pairs23).AsInt16(),
+            Avx2.Shuffle(m47, pairs01).AsInt16(), Avx2.Shuffle(m47, pairs23).AsInt16());
+    }
+
+    /// <summary>acc = fma(d, float(isum) d_x, acc), then acc = fma(-dmin, float(msum) d_x, acc) (the class comment's order).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Finish256(Vector256<float> acc, Vector256<int> isum, Vector256<int> msum, Vector256<float> d, Vector256<float> dmin, float dx)
+    {
+        var x = Vector256.Create(dx);
+        acc = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(isum) * x, acc);
+        return Fma.MultiplyAddNegated(dmin, Avx.ConvertToVector256Single(msum) * x, acc);
+    }
+
+    /// <summary>A half group's min pairs of one super-block: msum = sum_s m[s] S[s] from a token's 4 S pairs (<see cref="Q8Activations.PrepareMinSums"/>, entries 4..7).</summary>
+    private readonly struct MinPairs256(Vector256<short> p01, Vector256<short> p23, Vector256<short> p45, Vector256<short> p67)
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Sum(int* m) =>
+            (Avx2.MultiplyAddAdjacent(p01, Vector256.Create(m[4]).AsInt16()) + Avx2.MultiplyAddAdjacent(p23, Vector256.Create(m[5]).AsInt16()))
+            + (Avx2.MultiplyAddAdjacent(p45, Vector256.Create(m[6]).AsInt16()) + Avx2.MultiplyAddAdjacent(p67, Vector256.Create(m[7]).AsInt16()));
+    }
+
     /// <summary>
     /// The plain scalar twin of <see cref="Run"/> over the packed layout (every ISA; call <see cref="Prepare"/> first):
     /// the sequence of <see cref="Q4KInterleaved.RunScalar"/>, reading each (row, super-block) from its group.

@@ -219,6 +219,175 @@ internal static unsafe class Q4_0Packed
         (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(h), 13) & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
         * Vector512.Create(5.192296858534828E+33f);
 
+    /// <summary>AVX2 tiles: tokens per tile (4 accumulators beside a half block's 8 nibble vectors in 16 registers).</summary>
+    private const int TileTokens256 = 4;
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
+    /// product streams each group once, both halves per block (<see cref="Decode256"/>); more tokens run tiles of up to
+    /// 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
+    /// </summary>
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        var tok = stackalloc Q8Row[TileTokens256];
+        var ds8 = stackalloc nint[TileTokens256];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
+            if (tokens == 1)
+            {
+                Decode256(g, nb, act.Row(0), act.OffsetSums(0), y + g0, rows);
+                continue;
+            }
+            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
+            {
+                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
+                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
+                {
+                    int tt = Math.Min(TileTokens256, tokens - t0);
+                    for (int j = 0; j < TileTokens256; j++)
+                    {
+                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                        tok[j] = act.Row(t);
+                        ds8[j] = (nint)act.OffsetSums(t);
+                    }
+                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
+                    switch (tt)
+                    {
+                        case 2: Tile256<Tokens2>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
+                        case 3: Tile256<Tokens3>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
+                        case 4: Tile256<Tokens4>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
+                        default: Tile256<Tokens1>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// AVX2, 1 token, both halves of a group (16 rows) block by block, the token's 8 broadcasts shared by the halves;
+    /// stores the first <paramref name="rows"/> rows to y[0..rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Decode256(byte* g, int nb, Q8Row a, float* ds8, float* y, int rows)
+    {
+        Vector256<float> c0 = default, c1 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* wb = g + (long)b * BlockGroupBytes;
+            sbyte* x = a.Q + 32L * b;
+            var x0 = Packed256.Broadcast4(x);
+            var x1 = Packed256.Broadcast4(x + 4);
+            var x2 = Packed256.Broadcast4(x + 8);
+            var x3 = Packed256.Broadcast4(x + 12);
+            var x4 = Packed256.Broadcast4(x + 16);
+            var x5 = Packed256.Broadcast4(x + 20);
+            var x6 = Packed256.Broadcast4(x + 24);
+            var x7 = Packed256.Broadcast4(x + 28);
+            var dx = Vector256.Create(a.D[b]);
+            var ds = Vector256.Create(ds8[b]);
+            c0 = Half256(c0, wb, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.Halves(wb + 256), dx, ds);
+            c1 = Half256(c1, wb + 32, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.Halves(wb + 256 + 16), dx, ds);
+        }
+        Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
+        if (rows > Packed256.HalfRows)
+        {
+            Packed256.Store(c1, y + Packed256.HalfRows, rows - Packed256.HalfRows);
+        }
+    }
+
+    /// <summary>One token's block for a half group (its 4 quant vectors at q, 64 bytes apart): acc + d_w (p d_x - 8 d_x sum x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Half256(Vector256<float> acc, byte* q, Vector256<sbyte> x0, Vector256<sbyte> x1, Vector256<sbyte> x2, Vector256<sbyte> x3,
+        Vector256<sbyte> x4, Vector256<sbyte> x5, Vector256<sbyte> x6, Vector256<sbyte> x7, Vector256<float> dw, Vector256<float> dx, Vector256<float> ds)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        var v0 = Vector256.Load(q);
+        var v1 = Vector256.Load(q + 64);
+        var v2 = Vector256.Load(q + 128);
+        var v3 = Vector256.Load(q + 192);
+        var h = TokenSum256(v0 & nibble, v1 & nibble, v2 & nibble, v3 & nibble,
+            Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble, Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble,
+            Vector256.ShiftRightLogical(v2.AsUInt16(), 4).AsByte() & nibble, Vector256.ShiftRightLogical(v3.AsUInt16(), 4).AsByte() & nibble,
+            x0, x1, x2, x3, x4, x5, x6, x7);
+        var p = Avx.ConvertToVector256Single(Packed256.Widen(h));
+        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(p, dx, ds), acc);
+    }
+
+    /// <summary>
+    /// The int16 pair sums of a block's 8 nibble vectors (w0..w3 values 4j..4j+3, w4..w7 values 16 + 4j..) with the
+    /// token's broadcast 4-byte groups: 8 vpmaddubsw of at most 2 * 15 * 127 each, so the int16 sum is exact.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> TokenSum256(Vector256<byte> w0, Vector256<byte> w1, Vector256<byte> w2, Vector256<byte> w3,
+        Vector256<byte> w4, Vector256<byte> w5, Vector256<byte> w6, Vector256<byte> w7, Vector256<sbyte> x0, Vector256<sbyte> x1,
+        Vector256<sbyte> x2, Vector256<sbyte> x3, Vector256<sbyte> x4, Vector256<sbyte> x5, Vector256<sbyte> x6, Vector256<sbyte> x7) =>
+        ((Packed256.Mul(w0, x0) + Packed256.Mul(w1, x1)) + (Packed256.Mul(w2, x2) + Packed256.Mul(w3, x3)))
+        + ((Packed256.Mul(w4, x4) + Packed256.Mul(w5, x5)) + (Packed256.Mul(w6, x6) + Packed256.Mul(w7, x7)));
+
+    /// <summary>
+    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all blocks; stores the
+    /// first <paramref name="rows"/> rows of each token. Per block the 8 nibble vectors are unpacked once for all tokens.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows)
+        where TN : struct, ITokenCount
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        byte* q = g + 32 * h; // the half's quant dwords: 32 bytes at 32 h of each 64-byte vector
+        long scale = 256 - 16 * h; // its 8 scales: 16 bytes at 256 + 16 h of each block, i.e. 256 - 16 h from q
+        for (int b = 0; b < nb; b++)
+        {
+            byte* wb = q + (long)b * BlockGroupBytes;
+            if (h == 0)
+            {
+                // The first half's tiles bring the group in from memory; the second half's find it in L2.
+                PackedLayouts.PrefetchLines(wb + PrefetchBlocks * BlockGroupBytes, BlockGroupBytes);
+            }
+            var v0 = Vector256.Load(wb);
+            var v1 = Vector256.Load(wb + 64);
+            var v2 = Vector256.Load(wb + 128);
+            var v3 = Vector256.Load(wb + 192);
+            var w0 = v0 & nibble;
+            var w1 = v1 & nibble;
+            var w2 = v2 & nibble;
+            var w3 = v3 & nibble;
+            var w4 = Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble;
+            var w5 = Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble;
+            var w6 = Vector256.ShiftRightLogical(v2.AsUInt16(), 4).AsByte() & nibble;
+            var w7 = Vector256.ShiftRightLogical(v3.AsUInt16(), 4).AsByte() & nibble;
+            var dw = Packed256.Halves(wb + scale);
+            long xo = 32L * b;
+            c0 = Token256(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[0].Q + xo, tok[0].D + b, ds8[0] + b);
+            if (TN.Value > 1)
+            {
+                c1 = Token256(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[1].Q + xo, tok[1].D + b, ds8[1] + b);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Token256(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[2].Q + xo, tok[2].D + b, ds8[2] + b);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Token256(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[3].Q + xo, tok[3].D + b, ds8[3] + b);
+            }
+        }
+        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+    }
+
+    /// <summary>One token's block for a half group: acc + d_w (p d_x - 8 d_x sum x).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Token256(Vector256<float> acc, Vector256<byte> w0, Vector256<byte> w1, Vector256<byte> w2, Vector256<byte> w3,
+        Vector256<byte> w4, Vector256<byte> w5, Vector256<byte> w6, Vector256<byte> w7, Vector256<float> dw, sbyte* x, float* dx, float* ds8)
+    {
+        var h = TokenSum256(w0, w1, w2, w3, w4, w5, w6, w7, Packed256.Broadcast4(x), Packed256.Broadcast4(x + 4), Packed256.Broadcast4(x + 8),
+            Packed256.Broadcast4(x + 12), Packed256.Broadcast4(x + 16), Packed256.Broadcast4(x + 20), Packed256.Broadcast4(x + 24), Packed256.Broadcast4(x + 28));
+        var p = Avx.ConvertToVector256Single(Packed256.Widen(h));
+        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(p, Vector256.Create(*dx), Vector256.Create(*ds8)), acc);
+    }
+
     /// <summary>
     /// The scalar twin over the packed layout, for every ISA below AVX-512 and for tests: the same per-(row, token)
     /// sequence in plain arithmetic, bit-identical to <see cref="Run"/> and to <see cref="Q4_0Interleaved.RunScalar"/>.

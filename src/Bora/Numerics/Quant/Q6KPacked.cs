@@ -509,6 +509,212 @@ internal static unsafe class Q6KPacked
         public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
     }
 
+    /// <summary>AVX2 tiles: tokens per tile.</summary>
+    private const int TileTokens256 = 2;
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
+    /// product streams each group once, both halves per super-block; more tokens run tiles of up to 2 tokens over each
+    /// half group (the group stays in L2 across its tiles and halves). Both through <see cref="Tile256{TM}"/>.
+    /// Needs <see cref="Prepare"/> for this product.
+    /// </summary>
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
+            if (tokens == 1)
+            {
+                var a = act.Row(0);
+                Tile256<TwoHalves>(g, 0, 1, nb, a, a, act.Offsets16(0), act.Offsets16(0), y + g0, y + g0 + Packed256.HalfRows,
+                    Math.Min(rows, Packed256.HalfRows), rows - Packed256.HalfRows);
+                continue;
+            }
+            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
+            {
+                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
+                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
+                {
+                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
+                    var a = act.Row(t0);
+                    if (t0 + 1 < tokens)
+                    {
+                        Tile256<TwoTokens>(g, h, h, nb, a, act.Row(t0 + 1), act.Offsets16(t0), act.Offsets16(t0 + 1), yt, yt + n, hr, hr);
+                    }
+                    else
+                    {
+                        Tile256<OneStream>(g, h, h, nb, a, a, act.Offsets16(t0), act.Offsets16(t0), yt, yt, hr, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// AVX2: up to two streams of (half group, token) over all super-blocks of the group at g (<typeparamref name="TM"/>:
+    /// two halves of one token, one half and two tokens, or one of each): stream A's half halfA (its dwords of every
+    /// vector: 32 bytes at 32 halfA of each 64), token xA (offset pairs offA), results to yA[0..rowsA); likewise B. The sub-blocks go in the
+    /// layout's order: per (h, p), the sub-blocks k = 0, 1 then 2, 3 (j = 8h + 2k + p), each pair built vector by vector
+    /// from the ql and qh vectors that follow each other in memory (<see cref="Pair256{TM}"/>), then
+    /// acc = fma(d, float(isum) d_x, acc) per super-block, as the class comment.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile256<TM>(byte* g, int halfA, int halfB, int nb, Q8Row xA, Q8Row xB, int* offA, int* offB, float* yA, float* yB, int rowsA, int rowsB)
+        where TM : struct, IStreams256
+    {
+        Vector256<float> c0 = default, c1 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* sa = sb + 32 * halfA, sbB = sb + 32 * halfB; // each half's dwords of every vector
+            Vector256<int> i0 = default, i1 = default;
+            for (int hp = 0; hp < 4; hp++)
+            {
+                if (TM.Prefetch)
+                {
+                    PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
+                }
+                int h = hp >> 1, p = hp & 1;
+                Pair256<TM>(sa, sbB, xA.Q + 256L * b, xB.Q + 256L * b, offA + 16L * b, offB + 16L * b, h, p, 0, ref i0, ref i1);
+                Pair256<TM>(sa, sbB, xA.Q + 256L * b, xB.Q + 256L * b, offA + 16L * b, offB + 16L * b, h, p, 2, ref i0, ref i1);
+            }
+            c0 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset + 16 * halfA), Avx.ConvertToVector256Single(i0) * Vector256.Create(xA.D[b]), c0);
+            if (TM.Two)
+            {
+                c1 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset + 16 * halfB), Avx.ConvertToVector256Single(i1) * Vector256.Create(xB.D[b]), c1);
+            }
+        }
+        Packed256.Store(c0, yA, rowsA);
+        if (TM.Two && rowsB > 0)
+        {
+            Packed256.Store(c1, yB, rowsB);
+        }
+    }
+
+    /// <summary>
+    /// Sub-blocks k0 and k0 + 1 (k0 = 0 or 2, a constant at each call) of (h, p) for the streams of
+    /// <see cref="Tile256{TM}"/> (sa, sbB: the halves' dwords of the super-block; xa, xb: the tokens' super-block quants;
+    /// oa, ob: their offset pairs): vector by vector (i = 0..3: values 4i..4i + 3 of each sub-block), u built from ql
+    /// vectors 16h + 4p + i (k even), 16h + 8 + 4p + i (k odd), low nibbles for k &lt; 2, high from 2, and qh vector
+    /// 8h + 4p + i (bits 2k, 2k + 1); per stream two int16 sums (4 vpmaddubsw each, wrapping), then
+    /// i += sc[j] (sum - offset pair) for j = 8h + 2k + p.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Pair256<TM>(byte* sa, byte* sbB, sbyte* xa, sbyte* xb, int* oa, int* ob, int h, int p, int k0, ref Vector256<int> i0, ref Vector256<int> i1)
+        where TM : struct, IStreams256
+    {
+        int ja = 8 * h + 2 * k0 + p, jb = ja + 2;
+        Vector256<short> a0 = default, b0 = default, a1 = default, b1 = default;
+        int vo = QuantOffset + 768 * (2 * h + p);
+        for (int i = 0; i < 4; i++)
+        {
+            Build256(sa + vo + 192 * i, k0, out var ua, out var ub);
+            var xa0 = Packed256.Broadcast4(xa + 16 * ja + 4 * i);
+            var xa1 = Packed256.Broadcast4(xa + 16 * jb + 4 * i);
+            a0 += Packed256.Mul(ua, xa0);
+            b0 += Packed256.Mul(ub, xa1);
+            if (TM.SharedWeights && TM.Two)
+            {
+                a1 += Packed256.Mul(ua, Packed256.Broadcast4(xb + 16 * ja + 4 * i));
+                b1 += Packed256.Mul(ub, Packed256.Broadcast4(xb + 16 * jb + 4 * i));
+            }
+            else if (TM.Two)
+            {
+                Build256(sbB + vo + 192 * i, k0, out var va, out var vb);
+                a1 += Packed256.Mul(va, xa0);
+                b1 += Packed256.Mul(vb, xa1);
+            }
+        }
+        var sca = ScalePair256(sa, ja);
+        var scb = ScalePair256(sa, jb);
+        i0 += Avx2.MultiplyAddAdjacent(a0 - Vector256.Create(oa[ja]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b0 - Vector256.Create(oa[jb]).AsInt16(), scb);
+        if (TM.SharedWeights && TM.Two)
+        {
+            i1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(ob[ja]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(ob[jb]).AsInt16(), scb);
+        }
+        else if (TM.Two)
+        {
+            i1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(oa[ja]).AsInt16(), ScalePair256(sbB, ja))
+                + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(oa[jb]).AsInt16(), ScalePair256(sbB, jb));
+        }
+    }
+
+    /// <summary>
+    /// u of vector i of sub-blocks k0 and k0 + 1 of a half group, from the ql, ql and qh vectors at v, v + 64, v + 128:
+    /// (ql nibble) or (bits 2k, 2k + 1 of qh moved to bits 4, 5), per byte.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Build256(byte* v, int k0, out Vector256<byte> ua, out Vector256<byte> ub)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        var ql0 = Vector256.Load(v);
+        var ql1 = Vector256.Load(v + 64);
+        var qh = Vector256.Load(v + 128).AsUInt16();
+        if (k0 == 0)
+        {
+            ua = (ql0 & nibble) | (Vector256.ShiftLeft(qh, 4).AsByte() & bits45);
+            ub = (ql1 & nibble) | (Vector256.ShiftLeft(qh, 2).AsByte() & bits45);
+        }
+        else
+        {
+            ua = (Vector256.ShiftRightLogical(ql0.AsUInt16(), 4).AsByte() & nibble) | (qh.AsByte() & bits45);
+            ub = (Vector256.ShiftRightLogical(ql1.AsUInt16(), 4).AsByte() & nibble) | (Vector256.ShiftRightLogical(qh, 2).AsByte() & bits45);
+        }
+    }
+
+    /// <summary>What the streams of <see cref="Tile256{TM}"/> share.</summary>
+    private interface IStreams256
+    {
+        /// <summary>Whether stream B exists.</summary>
+        static abstract bool Two { get; }
+
+        /// <summary>Whether the streams share the weights (two tokens of one half) rather than the token (two halves).</summary>
+        static abstract bool SharedWeights { get; }
+
+        /// <summary>Whether to prefetch ahead: the first pass over a group (decode, or the first half's tiles) reads it from memory.</summary>
+        static abstract bool Prefetch { get; }
+    }
+
+    /// <summary>Decode: both halves of a group, one token.</summary>
+    private readonly struct TwoHalves : IStreams256
+    {
+        public static bool Two => true;
+
+        public static bool SharedWeights => false;
+
+        public static bool Prefetch => true;
+    }
+
+    /// <summary>A tile of two tokens over one half.</summary>
+    private readonly struct TwoTokens : IStreams256
+    {
+        public static bool Two => true;
+
+        public static bool SharedWeights => true;
+
+        public static bool Prefetch => true;
+    }
+
+    /// <summary>A last, single token over one half.</summary>
+    private readonly struct OneStream : IStreams256
+    {
+        public static bool Two => false;
+
+        public static bool SharedWeights => true;
+
+        public static bool Prefetch => false;
+    }
+
+    /// <summary>sc[j] of a half group's 8 rows (hb: its dwords) in both int16 halves of each dword (vpshufb to the high bytes, arithmetic shift down).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> ScalePair256(byte* hb, int j)
+    {
+        var v = Vector256.Load(hb + ScaleOffset + 64L * (j >> 2));
+        return Vector256.ShiftRightArithmetic(Avx2.Shuffle(v, PickControl(j & 3).GetLower()).AsInt16(), 8);
+    }
+
     /// <summary>
     /// The plain scalar twin of <see cref="Run"/> over the packed layout (every ISA; <see cref="Prepare"/> is not needed):
     /// the sequence of <see cref="Q6KInterleaved.RunScalar"/>, reading each (row, super-block) from its group.

@@ -253,6 +253,172 @@ internal static unsafe class Q8_0Packed
     }
 
 
+    /// <summary>AVX2 tiles: tokens per tile.</summary>
+    private const int TileTokens256 = 4;
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
+    /// product streams each group once, both halves per block (<see cref="Decode256"/>); more tokens run tiles of up to
+    /// 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles). Needs
+    /// <see cref="Prepare"/> for this product.
+    /// </summary>
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    {
+        var tok = stackalloc Q8Row[TileTokens256];
+        var ds = stackalloc nint[TileTokens256];
+        for (int g0 = r0; g0 < r1; g0 += GroupRows)
+        {
+            int rows = Math.Min(GroupRows, r1 - g0);
+            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
+            if (tokens == 1)
+            {
+                Decode256(g, nb, act.Row(0), act.OffsetSums(0), y + g0, rows);
+                continue;
+            }
+            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
+            {
+                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
+                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
+                {
+                    int tt = Math.Min(TileTokens256, tokens - t0);
+                    for (int j = 0; j < TileTokens256; j++)
+                    {
+                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                        tok[j] = act.Row(t);
+                        ds[j] = (nint)act.OffsetSums(t);
+                    }
+                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
+                    switch (tt)
+                    {
+                        case 2: Tile256<Tokens2>(g, h, nb, tok, (float**)ds, yt, n, hr); break;
+                        case 3: Tile256<Tokens3>(g, h, nb, tok, (float**)ds, yt, n, hr); break;
+                        case 4: Tile256<Tokens4>(g, h, nb, tok, (float**)ds, yt, n, hr); break;
+                        default: Tile256<Tokens1>(g, h, nb, tok, (float**)ds, yt, n, hr); break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// AVX2, 1 token, both halves of a group (16 rows) block by block, each broadcast of the token shared by the halves;
+    /// stores the first <paramref name="rows"/> rows to y[0..rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Decode256(byte* g, int nb, Q8Row a, float* ds128, float* y, int rows)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<float> c0 = default, c1 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* q = g + QuantOffset(b);
+            sbyte* xb = a.Q + 32L * b;
+            Vector256<short> l0 = default, h0 = default, l1 = default, h1 = default;
+            for (int j = 0; j < 8; j++)
+            {
+                var x = Packed256.Broadcast4(xb + 4 * j);
+                var u0 = Vector256.Load(q + 64 * j);
+                var u1 = Vector256.Load(q + 64 * j + 32);
+                l0 += Packed256.Mul(u0 & nibble, x);
+                h0 += Packed256.Mul(High(u0, nibble), x);
+                l1 += Packed256.Mul(u1 & nibble, x);
+                h1 += Packed256.Mul(High(u1, nibble), x);
+            }
+            byte* sc = g + ScaleOffset(b);
+            c0 = Block256(c0, l0, h0, Packed256.Halves(sc), a.D + b, ds128 + b);
+            c1 = Block256(c1, l1, h1, Packed256.Halves(sc + 16), a.D + b, ds128 + b);
+        }
+        Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
+        if (rows > Packed256.HalfRows)
+        {
+            Packed256.Store(c1, y + Packed256.HalfRows, rows - Packed256.HalfRows);
+        }
+    }
+
+    /// <summary>
+    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all blocks; stores the
+    /// first <paramref name="rows"/> rows of each token. Per block, vector by vector: its two nibble planes are split
+    /// once and multiplied with every token's broadcast, into two int16 sums per token (16 registers hold no more: the
+    /// whole block's planes for all tokens would spill).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, float** ds, float* y, int n, int rows)
+        where TN : struct, ITokenCount
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* q = g + QuantOffset(b) + 32 * h;
+            if (h == 0)
+            {
+                // The block 2 ahead: the first half's tiles bring the group in from memory; the second half's find it in L2.
+                PackedLayouts.PrefetchLines(g + (long)(b + 2) * BlockGroupBytes, 576);
+            }
+            Vector256<short> l0 = default, l1 = default, l2 = default, l3 = default, h0 = default, h1 = default, h2 = default, h3 = default;
+            long xo = 32L * b;
+            for (int j = 0; j < 8; j++)
+            {
+                var u = Vector256.Load(q + 64 * j);
+                var lo = u & nibble;
+                var hi = High(u, nibble);
+                long xj = xo + 4 * j;
+                var x = Packed256.Broadcast4(x0 + xj);
+                l0 += Packed256.Mul(lo, x);
+                h0 += Packed256.Mul(hi, x);
+                if (TN.Value > 1)
+                {
+                    x = Packed256.Broadcast4(x1 + xj);
+                    l1 += Packed256.Mul(lo, x);
+                    h1 += Packed256.Mul(hi, x);
+                }
+                if (TN.Value > 2)
+                {
+                    x = Packed256.Broadcast4(x2 + xj);
+                    l2 += Packed256.Mul(lo, x);
+                    h2 += Packed256.Mul(hi, x);
+                }
+                if (TN.Value > 3)
+                {
+                    x = Packed256.Broadcast4(x3 + xj);
+                    l3 += Packed256.Mul(lo, x);
+                    h3 += Packed256.Mul(hi, x);
+                }
+            }
+            var dw = Packed256.Halves(g + ScaleOffset(b) + 16 * h);
+            c0 = Block256(c0, l0, h0, dw, tok[0].D + b, ds[0] + b);
+            if (TN.Value > 1)
+            {
+                c1 = Block256(c1, l1, h1, dw, tok[1].D + b, ds[1] + b);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Block256(c2, l2, h2, dw, tok[2].D + b, ds[2] + b);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Block256(c3, l3, h3, dw, tok[3].D + b, ds[3] + b);
+            }
+        }
+        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+    }
+
+    /// <summary>The high nibbles of the bytes of <paramref name="u"/>, as bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> High(Vector256<byte> u, Vector256<byte> nibble) => Vector256.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & nibble;
+
+    /// <summary>
+    /// One token's block for a half group from its plane sums (sl, sh: int16, 16 products of at most 15 * 127 each):
+    /// p = 16 sh + sl exactly, acc + d_w (p d_x - 128 d_x sum x).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Block256(Vector256<float> acc, Vector256<short> sl, Vector256<short> sh, Vector256<float> dw, float* dx, float* ds128)
+    {
+        var p = Avx2.MultiplyAddAdjacent(sh, Vector256.Create((short)16)) + Packed256.Widen(sl);
+        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p), Vector256.Create(*dx), Vector256.Create(*ds128)), acc);
+    }
+
     /// <summary>
     /// The scalar twin over the packed layout, for every ISA below AVX-512 and for tests: the same per-(row, token)
     /// sequence in plain arithmetic, bit-identical to <see cref="Run"/> and to <see cref="Q8_0Interleaved.RunScalar"/>.

@@ -1,0 +1,79 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Bora.Numerics.Quant;
+
+/// <summary>
+/// What the AVX2 kernels over the packed 16-row groups share (<see cref="Q4_0Packed"/>, <see cref="Q8_0Packed"/>,
+/// <see cref="Q4KPacked"/>, <see cref="Q6KPacked"/>). A group's every 64-byte vector holds one dword per row, row r at
+/// bytes 4r..4r+3, so its first 32 bytes are rows 0..7 and its last 32 bytes rows 8..15: AVX2 runs a group as two
+/// halves of 8 rows (h = 0, 1), each 256-bit vector the same dword of 8 rows, from byte offset 32 h of every vector.
+/// The f16 scales of a group (2 bytes per row) split the same way: half h's 8 scales are 16 bytes from offset 16 h.
+/// Each half computes every (row, token) with the very integers and float operations of the AVX-512 kernels and the
+/// scalar twins, so all agree bit for bit.
+/// </summary>
+internal static unsafe class Packed256
+{
+    /// <summary>Rows per half group: one per float lane of a 256-bit vector.</summary>
+    public const int HalfRows = 8;
+
+    /// <summary>
+    /// 8 IEEE halves (16 bytes at <paramref name="p"/>) as floats, exactly (normal and subnormal halves, as
+    /// <see cref="QuantDot.Half"/>): sign-extend, shift the exponent and mantissa into a float's place, clear bits
+    /// 28..30 (the sign extension), and scale by 2^112 (the exponent bias difference).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Halves(byte* p) =>
+        (Vector256.ShiftLeft(Avx2.ConvertToVector256Int32((short*)p), 13) & Vector256.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
+        * Vector256.Create(5.192296858534828E+33f);
+
+    /// <summary>The 4 bytes at <paramref name="x"/> in every dword (the activations a dword of 4 weights multiplies).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<sbyte> Broadcast4(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
+    /// <summary>vpmaddubsw: adjacent pairs of u8 x s8 products as int16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<short> Mul(Vector256<byte> w, Vector256<sbyte> x) => Avx2.MultiplyAddAdjacent(w, x);
+
+    /// <summary>vpmaddwd by 1: adjacent int16 pairs summed to int32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<int> Widen(Vector256<short> h) => Avx2.MultiplyAddAdjacent(h, Vector256.Create((short)1));
+
+    /// <summary>
+    /// The 8 lanes of <paramref name="c"/> to y[0..rows) (rows 1..8): one store for a whole half, lane by lane for a
+    /// short one (the matrix's last rows).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(Vector256<float> c, float* y, int rows)
+    {
+        if (rows >= HalfRows)
+        {
+            c.Store(y);
+            return;
+        }
+        for (int i = 0; i < rows; i++)
+        {
+            y[i] = c.GetElement(i);
+        }
+    }
+
+    /// <summary>Token j's accumulator of a tile to its row of y (y + j n) when j &lt; <paramref name="tokens"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void StoreTile(int tokens, float* y, int n, int rows, Vector256<float> c0, Vector256<float> c1, Vector256<float> c2, Vector256<float> c3)
+    {
+        Store(c0, y, rows);
+        if (tokens > 1)
+        {
+            Store(c1, y + n, rows);
+        }
+        if (tokens > 2)
+        {
+            Store(c2, y + 2L * n, rows);
+        }
+        if (tokens > 3)
+        {
+            Store(c3, y + 3L * n, rows);
+        }
+    }
+}
