@@ -477,13 +477,13 @@ internal static unsafe class Q4KPacked
         + (Avx512BW.MultiplyAddAdjacent(p6, Vector512.Create(*(int*)(x + 24)).AsSByte())
         + Avx512BW.MultiplyAddAdjacent(p7, Vector512.Create(*(int*)(x + 28)).AsSByte())));
 
-    /// <summary>AVX2 tiles: tokens per tile (two int16 sums per token beside the unpacked quants in 16 registers).</summary>
-    private const int TileTokens256 = 2;
+    /// <summary>AVX2 tiles: tokens per tile (two int16 sums per token beside the unpacked quants fill the 16 registers; the int32 sums, updated once per chunk, may live on the stack).</summary>
+    private const int TileTokens256 = 4;
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
-    /// up to 2 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles and
+    /// up to 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles and
     /// halves). Needs <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
@@ -512,13 +512,12 @@ internal static unsafe class Q4KPacked
                         mins[j] = (nint)act.MinSums(t);
                     }
                     float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
-                    if (tt == 2)
+                    switch (tt)
                     {
-                        Tile256<Tokens2>(g, h, nb, tok, (int**)mins, yt, n, hr);
-                    }
-                    else
-                    {
-                        Tile256<Tokens1>(g, h, nb, tok, (int**)mins, yt, n, hr);
+                        case 2: Tile256<Tokens2>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
+                        case 3: Tile256<Tokens3>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
+                        case 4: Tile256<Tokens4>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
+                        default: Tile256<Tokens1>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
                     }
                 }
             }
@@ -526,7 +525,7 @@ internal static unsafe class Q4KPacked
     }
 
     /// <summary>
-    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1, 2) tokens over all super-blocks; stores
+    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all super-blocks; stores
     /// the first <paramref name="rows"/> rows of each token. Per super-block: the 6-bit scales of the 8 rows unpacked in
     /// registers (dword-wide masks and shifts of the 3 scale vectors: sc[0..3] = V0 and 63, sc[4..7] = (V2 and 15) or
     /// ((V0 shr 2) and 0x30), m[0..3] = V1 and 63, m[4..7] = ((V2 shr 4) and 15) or ((V1 shr 2) and 0x30), per byte);
@@ -544,8 +543,8 @@ internal static unsafe class Q4KPacked
         var low6 = Vector256.Create(0x3F3F3F3F).AsByte();
         var low4 = Vector256.Create(0x0F0F0F0F).AsByte();
         var bits45 = Vector256.Create(0x30303030).AsByte();
-        Vector256<float> c0 = default, c1 = default;
-        sbyte* x0 = tok[0].Q, x1 = tok[1].Q;
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + (long)b * SuperBytes + 32 * h; // this half's dwords of every vector of super-block b
@@ -558,7 +557,7 @@ internal static unsafe class Q4KPacked
             var v2 = Vector256.Load(sb + ScaleOffset + 128);
             var sc03 = v0 & low6;
             var sc47 = (v2 & low4) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & bits45);
-            Vector256<int> i0 = default, i1 = default;
+            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
             for (int c = 0; c < 4; c++)
             {
                 // sc[2c] and sc[2c + 1] of each row in both int16 halves of its dword.
@@ -567,7 +566,7 @@ internal static unsafe class Q4KPacked
                 var scHi = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64)).AsInt16();
                 byte* q = sb + QuantOffset + 512L * c;
                 long xo = 256L * b + 64 * c;
-                Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default;
+                Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default, l2 = default, u2 = default, l3 = default, u3 = default;
                 for (int k = 0; k < 8; k++)
                 {
                     var v = Vector256.Load(q + 64 * k);
@@ -580,11 +579,29 @@ internal static unsafe class Q4KPacked
                         l1 += Packed256.Mul(lo, Packed256.Broadcast4(x1 + xo + 4 * k));
                         u1 += Packed256.Mul(hi, Packed256.Broadcast4(x1 + xo + 32 + 4 * k));
                     }
+                    if (TN.Value > 2)
+                    {
+                        l2 += Packed256.Mul(lo, Packed256.Broadcast4(x2 + xo + 4 * k));
+                        u2 += Packed256.Mul(hi, Packed256.Broadcast4(x2 + xo + 32 + 4 * k));
+                    }
+                    if (TN.Value > 3)
+                    {
+                        l3 += Packed256.Mul(lo, Packed256.Broadcast4(x3 + xo + 4 * k));
+                        u3 += Packed256.Mul(hi, Packed256.Broadcast4(x3 + xo + 32 + 4 * k));
+                    }
                 }
                 i0 += Avx2.MultiplyAddAdjacent(l0, scLo) + Avx2.MultiplyAddAdjacent(u0, scHi);
                 if (TN.Value > 1)
                 {
                     i1 += Avx2.MultiplyAddAdjacent(l1, scLo) + Avx2.MultiplyAddAdjacent(u1, scHi);
+                }
+                if (TN.Value > 2)
+                {
+                    i2 += Avx2.MultiplyAddAdjacent(l2, scLo) + Avx2.MultiplyAddAdjacent(u2, scHi);
+                }
+                if (TN.Value > 3)
+                {
+                    i3 += Avx2.MultiplyAddAdjacent(l3, scLo) + Avx2.MultiplyAddAdjacent(u3, scHi);
                 }
             }
             // The mins as int16 pairs (m[0], m[1]), (m[2], m[3]), (m[4], m[5]), (m[6], m[7]) per dword.
@@ -602,12 +619,16 @@ internal static unsafe class Q4KPacked
             {
                 c1 = Finish256(c1, i1, mp.Sum(mins[1] + 8L * b), d, dmin, tok[1].D[b]);
             }
+            if (TN.Value > 2)
+            {
+                c2 = Finish256(c2, i2, mp.Sum(mins[2] + 8L * b), d, dmin, tok[2].D[b]);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Finish256(c3, i3, mp.Sum(mins[3] + 8L * b), d, dmin, tok[3].D[b]);
+            }
         }
-        Packed256.Store(c0, y, rows);
-        if (TN.Value > 1)
-        {
-            Packed256.Store(c1, y + n, rows);
-        }
+        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
     }
 
     /// <summary>
