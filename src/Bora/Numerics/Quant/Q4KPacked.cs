@@ -651,6 +651,7 @@ internal static unsafe class Q4KPacked
             Vector256<int> i0 = default, i1 = default;
             for (int c = 0; c < 4; c++)
             {
+                PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 576 * c, 576);
                 byte* q = sb + QuantOffset + 512L * c;
                 sbyte* x = a.Q + 256L * b + 64 * c;
                 Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default;

@@ -276,6 +276,7 @@ internal static unsafe class Q4_0Packed
         for (int b = 0; b < nb; b++)
         {
             byte* wb = g + (long)b * BlockGroupBytes;
+            PackedLayouts.PrefetchLines(wb + PrefetchBlocks * BlockGroupBytes, BlockGroupBytes);
             sbyte* x = a.Q + 32L * b;
             var x0 = Packed256.Broadcast4(x);
             var x1 = Packed256.Broadcast4(x + 4);

@@ -509,17 +509,19 @@ internal static unsafe class Q6KPacked
         public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
     }
 
-    /// <summary>AVX2 tiles: tokens per tile.</summary>
-    private const int TileTokens256 = 2;
+    /// <summary>AVX2 tiles: tokens per tile (each u vector built once for all of them).</summary>
+    private const int TileTokens256 = 4;
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
-    /// product streams each group once, both halves per super-block; more tokens run tiles of up to 2 tokens over each
-    /// half group (the group stays in L2 across its tiles and halves). Both through <see cref="Tile256{TM}"/>.
+    /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
+    /// up to 4 tokens over each half group (<see cref="Tokens256{TN}"/>; the group stays in L2 across its tiles and halves).
     /// Needs <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
+        var tok = stackalloc Q8Row[TileTokens256];
+        var offs = stackalloc nint[TileTokens256];
         for (int g0 = r0; g0 < r1; g0 += GroupRows)
         {
             int rows = Math.Min(GroupRows, r1 - g0);
@@ -527,8 +529,7 @@ internal static unsafe class Q6KPacked
             if (tokens == 1)
             {
                 var a = act.Row(0);
-                Tile256<TwoHalves>(g, 0, 1, nb, a, a, act.Offsets16(0), act.Offsets16(0), y + g0, y + g0 + Packed256.HalfRows,
-                    Math.Min(rows, Packed256.HalfRows), rows - Packed256.HalfRows);
+                Decode256(g, nb, act.Row(0), act.Offsets16(0), y + g0, rows);
                 continue;
             }
             for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
@@ -536,15 +537,20 @@ internal static unsafe class Q6KPacked
                 int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
                 for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
                 {
-                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
-                    var a = act.Row(t0);
-                    if (t0 + 1 < tokens)
+                    int tt = Math.Min(TileTokens256, tokens - t0);
+                    for (int j = 0; j < TileTokens256; j++)
                     {
-                        Tile256<TwoTokens>(g, h, h, nb, a, act.Row(t0 + 1), act.Offsets16(t0), act.Offsets16(t0 + 1), yt, yt + n, hr, hr);
+                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                        tok[j] = act.Row(t);
+                        offs[j] = (nint)act.Offsets16(t);
                     }
-                    else
+                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
+                    switch (tt)
                     {
-                        Tile256<OneStream>(g, h, h, nb, a, a, act.Offsets16(t0), act.Offsets16(t0), yt, yt, hr, 0);
+                        case 2: Tokens256<Tokens2>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
+                        case 3: Tokens256<Tokens3>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
+                        case 4: Tokens256<Tokens4>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
+                        default: Tokens256<Tokens1>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
                     }
                 }
             }
@@ -552,91 +558,162 @@ internal static unsafe class Q6KPacked
     }
 
     /// <summary>
-    /// AVX2: up to two streams of (half group, token) over all super-blocks of the group at g (<typeparamref name="TM"/>:
-    /// two halves of one token, one half and two tokens, or one of each): stream A's half halfA (its dwords of every
-    /// vector: 32 bytes at 32 halfA of each 64), token xA (offset pairs offA), results to yA[0..rowsA); likewise B. The sub-blocks go in the
-    /// layout's order: per (h, p), the sub-blocks k = 0, 1 then 2, 3 (j = 8h + 2k + p), each pair built vector by vector
-    /// from the ql and qh vectors that follow each other in memory (<see cref="Pair256{TM}"/>), then
-    /// acc = fma(d, float(isum) d_x, acc) per super-block, as the class comment.
+    /// AVX2, 1 token, both halves of a group (16 rows) super-block by super-block, each of the token's broadcasts shared
+    /// by the halves (one pass over the group's bytes); stores the first <paramref name="rows"/> rows to y[0..rows). The
+    /// sub-blocks go in the layout's order: per (h, p), the sub-blocks k = 0, 1 then 2, 3 (j = 8h + 2k + p), each pair
+    /// built vector by vector from the ql and qh vectors that follow each other in memory (<see cref="HalvesPair256"/>),
+    /// then acc = fma(d, float(isum) d_x, acc) per super-block, as the class comment.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile256<TM>(byte* g, int halfA, int halfB, int nb, Q8Row xA, Q8Row xB, int* offA, int* offB, float* yA, float* yB, int rowsA, int rowsB)
-        where TM : struct, IStreams256
+    private static void Decode256(byte* g, int nb, Q8Row a, int* offs, float* y, int rows)
     {
         Vector256<float> c0 = default, c1 = default;
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + (long)b * SuperBytes;
-            byte* sa = sb + 32 * halfA, sbB = sb + 32 * halfB; // each half's dwords of every vector
             Vector256<int> i0 = default, i1 = default;
             for (int hp = 0; hp < 4; hp++)
             {
-                if (TM.Prefetch)
-                {
-                    PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
-                }
+                PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
                 int h = hp >> 1, p = hp & 1;
-                Pair256<TM>(sa, sbB, xA.Q + 256L * b, xB.Q + 256L * b, offA + 16L * b, offB + 16L * b, h, p, 0, ref i0, ref i1);
-                Pair256<TM>(sa, sbB, xA.Q + 256L * b, xB.Q + 256L * b, offA + 16L * b, offB + 16L * b, h, p, 2, ref i0, ref i1);
+                HalvesPair256(sb, a.Q + 256L * b, offs + 16L * b, h, p, 0, ref i0, ref i1);
+                HalvesPair256(sb, a.Q + 256L * b, offs + 16L * b, h, p, 2, ref i0, ref i1);
             }
-            c0 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset + 16 * halfA), Avx.ConvertToVector256Single(i0) * Vector256.Create(xA.D[b]), c0);
-            if (TM.Two)
-            {
-                c1 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset + 16 * halfB), Avx.ConvertToVector256Single(i1) * Vector256.Create(xB.D[b]), c1);
-            }
+            var dx = Vector256.Create(a.D[b]);
+            c0 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset), Avx.ConvertToVector256Single(i0) * dx, c0);
+            c1 = Fma.MultiplyAdd(Packed256.Halves(sb + DOffset + 16), Avx.ConvertToVector256Single(i1) * dx, c1);
         }
-        Packed256.Store(c0, yA, rowsA);
-        if (TM.Two && rowsB > 0)
+        Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
+        if (rows > Packed256.HalfRows)
         {
-            Packed256.Store(c1, yB, rowsB);
+            Packed256.Store(c1, y + Packed256.HalfRows, rows - Packed256.HalfRows);
         }
     }
 
     /// <summary>
-    /// Sub-blocks k0 and k0 + 1 (k0 = 0 or 2, a constant at each call) of (h, p) for the streams of
-    /// <see cref="Tile256{TM}"/> (sa, sbB: the halves' dwords of the super-block; xa, xb: the tokens' super-block quants;
-    /// oa, ob: their offset pairs): vector by vector (i = 0..3: values 4i..4i + 3 of each sub-block), u built from ql
-    /// vectors 16h + 4p + i (k even), 16h + 8 + 4p + i (k odd), low nibbles for k &lt; 2, high from 2, and qh vector
-    /// 8h + 4p + i (bits 2k, 2k + 1); per stream two int16 sums (4 vpmaddubsw each, wrapping), then
-    /// i += sc[j] (sum - offset pair) for j = 8h + 2k + p.
+    /// Sub-blocks k0 and k0 + 1 (k0 = 0 or 2, a constant at each call) of (h, p) for both halves of a super-block (sb)
+    /// and one token (x: its super-block quants; o: its offset pairs): vector by vector (i = 0..3: values 4i..4i + 3 of
+    /// each sub-block), u built (<see cref="Build256"/>) for each half; per half two int16 sums (4 vpmaddubsw each,
+    /// wrapping), then i += sc[j] (sum - offset pair) for j = 8h + 2k + p.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Pair256<TM>(byte* sa, byte* sbB, sbyte* xa, sbyte* xb, int* oa, int* ob, int h, int p, int k0, ref Vector256<int> i0, ref Vector256<int> i1)
-        where TM : struct, IStreams256
+    private static void HalvesPair256(byte* sb, sbyte* x, int* o, int h, int p, int k0, ref Vector256<int> i0, ref Vector256<int> i1)
     {
         int ja = 8 * h + 2 * k0 + p, jb = ja + 2;
         Vector256<short> a0 = default, b0 = default, a1 = default, b1 = default;
         int vo = QuantOffset + 768 * (2 * h + p);
         for (int i = 0; i < 4; i++)
         {
-            Build256(sa + vo + 192 * i, k0, out var ua, out var ub);
-            var xa0 = Packed256.Broadcast4(xa + 16 * ja + 4 * i);
-            var xa1 = Packed256.Broadcast4(xa + 16 * jb + 4 * i);
-            a0 += Packed256.Mul(ua, xa0);
-            b0 += Packed256.Mul(ub, xa1);
-            if (TM.SharedWeights && TM.Two)
+            var xa = Packed256.Broadcast4(x + 16 * ja + 4 * i);
+            var xb = Packed256.Broadcast4(x + 16 * jb + 4 * i);
+            Build256(sb + vo + 192 * i, k0, out var ua, out var ub);
+            a0 += Packed256.Mul(ua, xa);
+            b0 += Packed256.Mul(ub, xb);
+            Build256(sb + 32 + vo + 192 * i, k0, out var va, out var vb);
+            a1 += Packed256.Mul(va, xa);
+            b1 += Packed256.Mul(vb, xb);
+        }
+        var oa = Vector256.Create(o[ja]).AsInt16();
+        var ob = Vector256.Create(o[jb]).AsInt16();
+        i0 += Avx2.MultiplyAddAdjacent(a0 - oa, ScalePair256(sb, ja)) + Avx2.MultiplyAddAdjacent(b0 - ob, ScalePair256(sb, jb));
+        i1 += Avx2.MultiplyAddAdjacent(a1 - oa, ScalePair256(sb + 32, ja)) + Avx2.MultiplyAddAdjacent(b1 - ob, ScalePair256(sb + 32, jb));
+    }
+
+    /// <summary>
+    /// AVX2: half <paramref name="half"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all super-blocks;
+    /// stores the first <paramref name="rows"/> rows of each token. The order of <see cref="Decode256"/>, each u vector
+    /// built once for all the tokens.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void Tokens256<TN>(byte* g, int half, int nb, Q8Row* tok, int** offs, float* y, int n, int rows)
+        where TN : struct, ITokenCount
+    {
+        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* hb = sb + 32 * half;
+            var i = new Sums4();
+            for (int hp = 0; hp < 4; hp++)
             {
-                a1 += Packed256.Mul(ua, Packed256.Broadcast4(xb + 16 * ja + 4 * i));
-                b1 += Packed256.Mul(ub, Packed256.Broadcast4(xb + 16 * jb + 4 * i));
+                if (half == 0)
+                {
+                    PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
+                }
+                int h = hp >> 1, p = hp & 1;
+                TokensPair256<TN>(hb, b, h, p, 0, tok, offs, ref i);
+                TokensPair256<TN>(hb, b, h, p, 2, tok, offs, ref i);
             }
-            else if (TM.Two)
+            var d = Packed256.Halves(sb + DOffset + 16 * half);
+            c0 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S0) * Vector256.Create(tok[0].D[b]), c0);
+            if (TN.Value > 1)
             {
-                Build256(sbB + vo + 192 * i, k0, out var va, out var vb);
-                a1 += Packed256.Mul(va, xa0);
-                b1 += Packed256.Mul(vb, xa1);
+                c1 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S1) * Vector256.Create(tok[1].D[b]), c1);
+            }
+            if (TN.Value > 2)
+            {
+                c2 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S2) * Vector256.Create(tok[2].D[b]), c2);
+            }
+            if (TN.Value > 3)
+            {
+                c3 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S3) * Vector256.Create(tok[3].D[b]), c3);
             }
         }
-        var sca = ScalePair256(sa, ja);
-        var scb = ScalePair256(sa, jb);
-        i0 += Avx2.MultiplyAddAdjacent(a0 - Vector256.Create(oa[ja]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b0 - Vector256.Create(oa[jb]).AsInt16(), scb);
-        if (TM.SharedWeights && TM.Two)
+        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+    }
+
+    /// <summary>The int32 isum of up to 4 tokens.</summary>
+    private struct Sums4
+    {
+        public Vector256<int> S0, S1, S2, S3;
+    }
+
+    /// <summary>Sub-blocks k0 and k0 + 1 of (h, p) of super-block b for a half group (hb: its dwords) and TN.Value tokens, as <see cref="HalvesPair256"/> does for two halves.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TokensPair256<TN>(byte* hb, int b, int h, int p, int k0, Q8Row* tok, int** offs, ref Sums4 sums)
+        where TN : struct, ITokenCount
+    {
+        int ja = 8 * h + 2 * k0 + p, jb = ja + 2;
+        Vector256<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        int vo = QuantOffset + 768 * (2 * h + p);
+        long xa = 256L * b + 16 * ja, xb = 256L * b + 16 * jb;
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
+        for (int i = 0; i < 4; i++)
         {
-            i1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(ob[ja]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(ob[jb]).AsInt16(), scb);
+            Build256(hb + vo + 192 * i, k0, out var ua, out var ub);
+            a0 += Packed256.Mul(ua, Packed256.Broadcast4(x0 + xa + 4 * i));
+            b0 += Packed256.Mul(ub, Packed256.Broadcast4(x0 + xb + 4 * i));
+            if (TN.Value > 1)
+            {
+                a1 += Packed256.Mul(ua, Packed256.Broadcast4(x1 + xa + 4 * i));
+                b1 += Packed256.Mul(ub, Packed256.Broadcast4(x1 + xb + 4 * i));
+            }
+            if (TN.Value > 2)
+            {
+                a2 += Packed256.Mul(ua, Packed256.Broadcast4(x2 + xa + 4 * i));
+                b2 += Packed256.Mul(ub, Packed256.Broadcast4(x2 + xb + 4 * i));
+            }
+            if (TN.Value > 3)
+            {
+                a3 += Packed256.Mul(ua, Packed256.Broadcast4(x3 + xa + 4 * i));
+                b3 += Packed256.Mul(ub, Packed256.Broadcast4(x3 + xb + 4 * i));
+            }
         }
-        else if (TM.Two)
+        var sca = ScalePair256(hb, ja);
+        var scb = ScalePair256(hb, jb);
+        long oa = 16L * b + ja, ob = oa + 2;
+        sums.S0 += Avx2.MultiplyAddAdjacent(a0 - Vector256.Create(offs[0][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b0 - Vector256.Create(offs[0][ob]).AsInt16(), scb);
+        if (TN.Value > 1)
         {
-            i1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(oa[ja]).AsInt16(), ScalePair256(sbB, ja))
-                + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(oa[jb]).AsInt16(), ScalePair256(sbB, jb));
+            sums.S1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(offs[1][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(offs[1][ob]).AsInt16(), scb);
+        }
+        if (TN.Value > 2)
+        {
+            sums.S2 += Avx2.MultiplyAddAdjacent(a2 - Vector256.Create(offs[2][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b2 - Vector256.Create(offs[2][ob]).AsInt16(), scb);
+        }
+        if (TN.Value > 3)
+        {
+            sums.S3 += Avx2.MultiplyAddAdjacent(a3 - Vector256.Create(offs[3][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b3 - Vector256.Create(offs[3][ob]).AsInt16(), scb);
         }
     }
 
@@ -662,49 +739,6 @@ internal static unsafe class Q6KPacked
             ua = (Vector256.ShiftRightLogical(ql0.AsUInt16(), 4).AsByte() & nibble) | (qh.AsByte() & bits45);
             ub = (Vector256.ShiftRightLogical(ql1.AsUInt16(), 4).AsByte() & nibble) | (Vector256.ShiftRightLogical(qh, 2).AsByte() & bits45);
         }
-    }
-
-    /// <summary>What the streams of <see cref="Tile256{TM}"/> share.</summary>
-    private interface IStreams256
-    {
-        /// <summary>Whether stream B exists.</summary>
-        static abstract bool Two { get; }
-
-        /// <summary>Whether the streams share the weights (two tokens of one half) rather than the token (two halves).</summary>
-        static abstract bool SharedWeights { get; }
-
-        /// <summary>Whether to prefetch ahead: the first pass over a group (decode, or the first half's tiles) reads it from memory.</summary>
-        static abstract bool Prefetch { get; }
-    }
-
-    /// <summary>Decode: both halves of a group, one token.</summary>
-    private readonly struct TwoHalves : IStreams256
-    {
-        public static bool Two => true;
-
-        public static bool SharedWeights => false;
-
-        public static bool Prefetch => true;
-    }
-
-    /// <summary>A tile of two tokens over one half.</summary>
-    private readonly struct TwoTokens : IStreams256
-    {
-        public static bool Two => true;
-
-        public static bool SharedWeights => true;
-
-        public static bool Prefetch => true;
-    }
-
-    /// <summary>A last, single token over one half.</summary>
-    private readonly struct OneStream : IStreams256
-    {
-        public static bool Two => false;
-
-        public static bool SharedWeights => true;
-
-        public static bool Prefetch => false;
     }
 
     /// <summary>sc[j] of a half group's 8 rows (hb: its dwords) in both int16 halves of each dword (vpshufb to the high bytes, arithmetic shift down).</summary>

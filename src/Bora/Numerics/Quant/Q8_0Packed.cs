@@ -312,6 +312,7 @@ internal static unsafe class Q8_0Packed
         for (int b = 0; b < nb; b++)
         {
             byte* q = g + QuantOffset(b);
+            PackedLayouts.PrefetchLines(g + (long)(b + 2) * BlockGroupBytes, 576);
             sbyte* xb = a.Q + 32L * b;
             Vector256<short> l0 = default, h0 = default, l1 = default, h1 = default;
             for (int j = 0; j < 8; j++)
