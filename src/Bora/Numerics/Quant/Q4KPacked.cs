@@ -567,27 +567,29 @@ internal static unsafe class Q4KPacked
                 byte* q = sb + QuantOffset + 512L * c;
                 long xo = 256L * b + 64 * c;
                 Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default, l2 = default, u2 = default, l3 = default, u3 = default;
-                for (int k = 0; k < 8; k++)
+                // The chunk's activations of each token (pointers set once: the loop then addresses them with its index alone).
+                sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
+                for (int k = 0; k < 32; k += 4)
                 {
-                    var v = Vector256.Load(q + 64 * k);
+                    var v = Vector256.Load(q + 16 * k);
                     var lo = v & nibble;
                     var hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
-                    l0 += Packed256.Mul(lo, Packed256.Broadcast4(x0 + xo + 4 * k));
-                    u0 += Packed256.Mul(hi, Packed256.Broadcast4(x0 + xo + 32 + 4 * k));
+                    l0 += Packed256.Mul(lo, Packed256.Broadcast4(p0 + k));
+                    u0 += Packed256.Mul(hi, Packed256.Broadcast4(p0 + 32 + k));
                     if (TN.Value > 1)
                     {
-                        l1 += Packed256.Mul(lo, Packed256.Broadcast4(x1 + xo + 4 * k));
-                        u1 += Packed256.Mul(hi, Packed256.Broadcast4(x1 + xo + 32 + 4 * k));
+                        l1 += Packed256.Mul(lo, Packed256.Broadcast4(p1 + k));
+                        u1 += Packed256.Mul(hi, Packed256.Broadcast4(p1 + 32 + k));
                     }
                     if (TN.Value > 2)
                     {
-                        l2 += Packed256.Mul(lo, Packed256.Broadcast4(x2 + xo + 4 * k));
-                        u2 += Packed256.Mul(hi, Packed256.Broadcast4(x2 + xo + 32 + 4 * k));
+                        l2 += Packed256.Mul(lo, Packed256.Broadcast4(p2 + k));
+                        u2 += Packed256.Mul(hi, Packed256.Broadcast4(p2 + 32 + k));
                     }
                     if (TN.Value > 3)
                     {
-                        l3 += Packed256.Mul(lo, Packed256.Broadcast4(x3 + xo + 4 * k));
-                        u3 += Packed256.Mul(hi, Packed256.Broadcast4(x3 + xo + 32 + 4 * k));
+                        l3 += Packed256.Mul(lo, Packed256.Broadcast4(p3 + k));
+                        u3 += Packed256.Mul(hi, Packed256.Broadcast4(p3 + 32 + k));
                     }
                 }
                 i0 += Avx2.MultiplyAddAdjacent(l0, scLo) + Avx2.MultiplyAddAdjacent(u0, scHi);

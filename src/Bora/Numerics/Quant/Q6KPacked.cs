@@ -676,27 +676,30 @@ internal static unsafe class Q6KPacked
         int ja = 8 * h + 2 * k0 + p, jb = ja + 2;
         Vector256<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
         int vo = QuantOffset + 768 * (2 * h + p);
-        long xa = 256L * b + 16 * ja, xb = 256L * b + 16 * jb;
-        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
-        for (int i = 0; i < 4; i++)
+        // Sub-block ja's activations of each token; jb's are 32 further (pointers set once: the loop then addresses
+        // them with its index alone).
+        long xa = 256L * b + 16 * ja;
+        sbyte* x0 = tok[0].Q + xa, x1 = tok[1].Q + xa, x2 = tok[2].Q + xa, x3 = tok[3].Q + xa;
+        byte* v = hb + vo;
+        for (int i = 0; i < 16; i += 4)
         {
-            Build256(hb + vo + 192 * i, k0, out var ua, out var ub);
-            a0 += Packed256.Mul(ua, Packed256.Broadcast4(x0 + xa + 4 * i));
-            b0 += Packed256.Mul(ub, Packed256.Broadcast4(x0 + xb + 4 * i));
+            Build256(v + 48 * i, k0, out var ua, out var ub);
+            a0 += Packed256.Mul(ua, Packed256.Broadcast4(x0 + i));
+            b0 += Packed256.Mul(ub, Packed256.Broadcast4(x0 + 32 + i));
             if (TN.Value > 1)
             {
-                a1 += Packed256.Mul(ua, Packed256.Broadcast4(x1 + xa + 4 * i));
-                b1 += Packed256.Mul(ub, Packed256.Broadcast4(x1 + xb + 4 * i));
+                a1 += Packed256.Mul(ua, Packed256.Broadcast4(x1 + i));
+                b1 += Packed256.Mul(ub, Packed256.Broadcast4(x1 + 32 + i));
             }
             if (TN.Value > 2)
             {
-                a2 += Packed256.Mul(ua, Packed256.Broadcast4(x2 + xa + 4 * i));
-                b2 += Packed256.Mul(ub, Packed256.Broadcast4(x2 + xb + 4 * i));
+                a2 += Packed256.Mul(ua, Packed256.Broadcast4(x2 + i));
+                b2 += Packed256.Mul(ub, Packed256.Broadcast4(x2 + 32 + i));
             }
             if (TN.Value > 3)
             {
-                a3 += Packed256.Mul(ua, Packed256.Broadcast4(x3 + xa + 4 * i));
-                b3 += Packed256.Mul(ub, Packed256.Broadcast4(x3 + xb + 4 * i));
+                a3 += Packed256.Mul(ua, Packed256.Broadcast4(x3 + i));
+                b3 += Packed256.Mul(ub, Packed256.Broadcast4(x3 + 32 + i));
             }
         }
         var sca = ScalePair256(hb, ja);

@@ -359,30 +359,31 @@ internal static unsafe class Q8_0Packed
             }
             Vector256<short> l0 = default, l1 = default, l2 = default, l3 = default, h0 = default, h1 = default, h2 = default, h3 = default;
             long xo = 32L * b;
-            for (int j = 0; j < 8; j++)
+            // The block's activations of each token (pointers set once: the loop then addresses them with its index alone).
+            sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
+            for (int j = 0; j < 32; j += 4)
             {
-                var u = Vector256.Load(q + 64 * j);
+                var u = Vector256.Load(q + 16 * j);
                 var lo = u & nibble;
                 var hi = High(u, nibble);
-                long xj = xo + 4 * j;
-                var x = Packed256.Broadcast4(x0 + xj);
+                var x = Packed256.Broadcast4(p0 + j);
                 l0 += Packed256.Mul(lo, x);
                 h0 += Packed256.Mul(hi, x);
                 if (TN.Value > 1)
                 {
-                    x = Packed256.Broadcast4(x1 + xj);
+                    x = Packed256.Broadcast4(p1 + j);
                     l1 += Packed256.Mul(lo, x);
                     h1 += Packed256.Mul(hi, x);
                 }
                 if (TN.Value > 2)
                 {
-                    x = Packed256.Broadcast4(x2 + xj);
+                    x = Packed256.Broadcast4(p2 + j);
                     l2 += Packed256.Mul(lo, x);
                     h2 += Packed256.Mul(hi, x);
                 }
                 if (TN.Value > 3)
                 {
-                    x = Packed256.Broadcast4(x3 + xj);
+                    x = Packed256.Broadcast4(p3 + j);
                     l3 += Packed256.Mul(lo, x);
                     h3 += Packed256.Mul(hi, x);
                 }
