@@ -13,7 +13,7 @@ namespace Bora.Bench;
 /// after the other in the same process; --shapes w1 runs only (14336, 4096)).
 /// With --compare-min M the two quantized variants are instead "dflt" (the default <see cref="QuantDispatch"/>
 /// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements; with
-/// --compare-packed 1 they are "packed" (<see cref="QuantizedMatrix.Pack"/>, as loaded on AVX-512) and "rows" (GGUF's layout); with
+/// --compare-packed 1 they are "packed" (<see cref="QuantizedMatrix.Pack"/>, as loaded on AVX2 and AVX-512) and "rows" (GGUF's layout); with
 /// --compare-quad 1 they are "dflt" and "pair" (<see cref="QuantDispatch.Q4_0QuadDecode"/> off: the previous Q4_0 decode kernel).
 /// Prints, per matrix: median time per call, weight GB/s (bytes of the stored matrix / time) and GFLOP/s (2 N K T / time).
 /// Quantized types run twice, alternating call by call in the same loop: "new" (the tiled kernels of QuantGemm) and

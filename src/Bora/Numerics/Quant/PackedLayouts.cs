@@ -19,7 +19,8 @@ public enum QuantLayout
 /// The packed 16-row group layouts per format, one place: which formats have one, and the format's pack / unpack /
 /// product functions (<see cref="Q4_0Packed"/>, <see cref="Q8_0Packed"/>, <see cref="Q4KPacked"/>, <see cref="Q6KPacked"/>; each format's class
 /// documents its byte layout).
-/// Every product runs the AVX-512 kernel at <see cref="QuantIsa.Avx512"/> and the scalar twin below it.
+/// Every product runs the AVX-512 kernel at <see cref="QuantIsa.Avx512"/>, the AVX2 one (two halves of 8 rows,
+/// <see cref="Packed256"/>) at AVX2 and AVX-VNNI, and the scalar twin below; all give the same bits.
 /// </summary>
 internal static unsafe class PackedLayouts
 {
@@ -54,7 +55,7 @@ internal static unsafe class PackedLayouts
         }
     }
 
-    /// <summary>Whether <paramref name="type"/>'s packed groups have AVX2 kernels (<see cref="Packed256"/>); else below AVX-512 the scalar twin runs.</summary>
+    /// <summary>Whether <paramref name="type"/>'s packed groups have AVX2 kernels (<see cref="Packed256"/>); else below AVX-512 the scalar twin runs. Every packed format has them.</summary>
     public static bool Has256(DType type) => type is DType.Q4_0 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
 
     /// <summary>Whether <paramref name="type"/> has a packed layout.</summary>

@@ -6,8 +6,8 @@ namespace Bora.Numerics.Quant;
 
 /// <summary>
 /// Q4_K weights packed once at load into groups of 16 rows (rows in vector lanes, no per-product repacking), and the
-/// products over that layout: <see cref="Run"/> (AVX-512, tiles of 1..8 tokens) and its scalar twin <see cref="RunScalar"/>.
-/// Both compute each (row, token) exactly as <see cref="Q4KInterleaved.RunScalar"/> does over the GGUF rows: per
+/// products over that layout: <see cref="Run"/> (AVX-512, tiles of 1..8 tokens), <see cref="Run256"/> (AVX2) and their scalar
+/// twin <see cref="RunScalar"/>. All compute each (row, token) exactly as <see cref="Q4KInterleaved.RunScalar"/> does over the GGUF rows: per
 /// super-block the exact integers isum = sum_s sc[s] sum(q x of sub-block s) and msum = sum_s m[s] sum(x of s), then
 /// acc = fma(d, float(isum) d_x, acc) and acc = fma(-dmin, float(msum) d_x, acc).
 /// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 16 * 144 bytes each
@@ -123,7 +123,7 @@ internal static unsafe class Q4KPacked
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
-    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
+    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 (<see cref="Run256"/> for AVX2).
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {

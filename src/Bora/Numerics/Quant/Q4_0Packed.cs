@@ -390,7 +390,7 @@ internal static unsafe class Q4_0Packed
     }
 
     /// <summary>
-    /// The scalar twin over the packed layout, for every ISA below AVX-512 and for tests: the same per-(row, token)
+    /// The scalar twin over the packed layout, for every ISA below AVX2 and for tests: the same per-(row, token)
     /// sequence in plain arithmetic, bit-identical to <see cref="Run"/> and to <see cref="Q4_0Interleaved.RunScalar"/>.
     /// </summary>
     public static void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)

@@ -6,7 +6,7 @@ namespace Bora.Numerics.Quant;
 
 /// <summary>
 /// Q6_K weights packed once at load into groups of 16 rows (rows in vector lanes), and the products over that layout:
-/// <see cref="Run"/> (AVX-512, tiles of 1..8 tokens) and its scalar twin <see cref="RunScalar"/>. Both compute each
+/// <see cref="Run"/> (AVX-512, tiles of 1..8 tokens), <see cref="Run256"/> (AVX2) and their scalar twin <see cref="RunScalar"/>. All compute each
 /// (row, token) exactly as <see cref="Q6KInterleaved.RunScalar"/> does over the GGUF rows: the exact integer
 /// isum = sum_j sc[j] sum((u - 32) x over sub-block j of 16), then acc = fma(d, isum d_x, acc) per super-block.
 /// <para>Layout of a group: super-blocks b = 0..nb-1 follow each other, <see cref="SuperBytes"/> = 3392 bytes each
@@ -144,7 +144,7 @@ internal static unsafe class Q6KPacked
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16; r1 a multiple of 16 or n), t in [0, tokens), after
-    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 only.
+    /// <see cref="Prepare"/>. packed: the matrix's first group (G groups of <see cref="GroupBytes"/>); y: (T, n). AVX-512 (<see cref="Run256"/> for AVX2).
     /// </summary>
     public static void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {

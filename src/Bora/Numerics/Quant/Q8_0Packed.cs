@@ -422,7 +422,7 @@ internal static unsafe class Q8_0Packed
     }
 
     /// <summary>
-    /// The scalar twin over the packed layout, for every ISA below AVX-512 and for tests: the same per-(row, token)
+    /// The scalar twin over the packed layout, for every ISA below AVX2 and for tests: the same per-(row, token)
     /// sequence in plain arithmetic, bit-identical to <see cref="Run"/> and to <see cref="Q8_0Interleaved.RunScalar"/>.
     /// Needs <see cref="Prepare"/> for this product.
     /// </summary>
