@@ -18,6 +18,55 @@ internal static unsafe class Packed256
     /// <summary>Rows per half group: one per float lane of a 256-bit vector.</summary>
     public const int HalfRows = 8;
 
+    /// <summary>Tokens per tile of every format's AVX2 tiles.</summary>
+    public const int TileTokens = 4;
+
+    /// <summary>
+    /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), over the packed groups of format
+    /// <typeparamref name="TK"/>: a 1-token product streams each group once, both halves together
+    /// (<see cref="IPacked256.Decode"/>); more tokens run tiles of up to <see cref="TileTokens"/> tokens over each half
+    /// group (<see cref="IPacked256.Tile{TN}"/>; the group stays in L2 across its tiles and halves). The format's
+    /// Prepare must have run for this product. y: (T, N).
+    /// </summary>
+    public static void Run<TK>(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+        where TK : struct, IPacked256
+    {
+        var tok = stackalloc Q8Row[TileTokens];
+        var data = stackalloc nint[TileTokens];
+        for (int g0 = r0; g0 < r1; g0 += PackedLayouts.GroupRows)
+        {
+            int rows = Math.Min(PackedLayouts.GroupRows, r1 - g0);
+            byte* g = packed + g0 / PackedLayouts.GroupRows * TK.GroupBytes(nb);
+            if (tokens == 1)
+            {
+                TK.Decode(g, nb, act.Row(0), TK.TokenData(act, 0), y + g0, rows);
+                continue;
+            }
+            for (int h = 0; h < 2 && HalfRows * h < rows; h++)
+            {
+                int hr = Math.Min(HalfRows, rows - HalfRows * h);
+                for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+                {
+                    int tt = Math.Min(TileTokens, tokens - t0);
+                    for (int j = 0; j < TileTokens; j++)
+                    {
+                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                        tok[j] = act.Row(t);
+                        data[j] = TK.TokenData(act, t);
+                    }
+                    float* yt = y + (long)t0 * n + g0 + HalfRows * h;
+                    switch (tt)
+                    {
+                        case 2: TK.Tile<Tokens2>(g, h, nb, tok, data, yt, n, hr); break;
+                        case 3: TK.Tile<Tokens3>(g, h, nb, tok, data, yt, n, hr); break;
+                        case 4: TK.Tile<Tokens4>(g, h, nb, tok, data, yt, n, hr); break;
+                        default: TK.Tile<Tokens1>(g, h, nb, tok, data, yt, n, hr); break;
+                    }
+                }
+            }
+        }
+    }
+
     /// <summary>
     /// 8 IEEE halves (16 bytes at <paramref name="p"/>) as floats, exactly (normal and subnormal halves, as
     /// <see cref="QuantDot.Half"/>): sign-extend, shift the exponent and mantissa into a float's place, clear bits
@@ -76,4 +125,21 @@ internal static unsafe class Packed256
             Store(c3, y + 3L * n, rows);
         }
     }
+}
+
+/// <summary>A packed format's AVX2 kernels, for <see cref="Packed256.Run{TK}"/>.</summary>
+internal unsafe interface IPacked256
+{
+    /// <summary>Bytes of one 16-row group of nb blocks.</summary>
+    static abstract long GroupBytes(int nb);
+
+    /// <summary>Token t's per-block data the kernels read besides its quants and scales (prepared once per product).</summary>
+    static abstract nint TokenData(Q8Activations act, int t);
+
+    /// <summary>1 token (a, its data), both halves of the group at g; stores the first <paramref name="rows"/> rows to y[0..rows).</summary>
+    static abstract void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows);
+
+    /// <summary>Half h of the group at g x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j to y + j n.</summary>
+    static abstract void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+        where TN : struct, ITokenCount;
 }

@@ -477,51 +477,26 @@ internal static unsafe class Q4KPacked
         + (Avx512BW.MultiplyAddAdjacent(p6, Vector512.Create(*(int*)(x + 24)).AsSByte())
         + Avx512BW.MultiplyAddAdjacent(p7, Vector512.Create(*(int*)(x + 28)).AsSByte())));
 
-    /// <summary>AVX2 tiles: tokens per tile (two int16 sums per token beside the unpacked quants fill the 16 registers; the int32 sums, updated once per chunk, may live on the stack).</summary>
-    private const int TileTokens256 = 4;
-
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
     /// up to 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles and
     /// halves). Needs <see cref="Prepare"/> for this product.
     /// </summary>
-    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Packed256.Run<Kernel256>(packed, nb, n, act, tokens, y, r0, r1);
+
+    /// <summary>This format's AVX2 kernels for <see cref="Packed256.Run{TK}"/>.</summary>
+    private readonly struct Kernel256 : IPacked256
     {
-        var tok = stackalloc Q8Row[TileTokens256];
-        var mins = stackalloc nint[TileTokens256];
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            int rows = Math.Min(GroupRows, r1 - g0);
-            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
-            if (tokens == 1)
-            {
-                Decode256(g, nb, act.Row(0), act.MinSums(0), y + g0, rows);
-                continue;
-            }
-            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
-            {
-                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
-                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
-                {
-                    int tt = Math.Min(TileTokens256, tokens - t0);
-                    for (int j = 0; j < TileTokens256; j++)
-                    {
-                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                        tok[j] = act.Row(t);
-                        mins[j] = (nint)act.MinSums(t);
-                    }
-                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
-                    switch (tt)
-                    {
-                        case 2: Tile256<Tokens2>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
-                        case 3: Tile256<Tokens3>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
-                        case 4: Tile256<Tokens4>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
-                        default: Tile256<Tokens1>(g, h, nb, tok, (int**)mins, yt, n, hr); break;
-                    }
-                }
-            }
-        }
+        public static long GroupBytes(int nb) => Q4KPacked.GroupBytes(nb);
+
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.MinSums(t);
+
+        public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
+
+        public static void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => Tile256<TN>(g, h, nb, tok, (int**)data, y, n, rows);
     }
 
     /// <summary>

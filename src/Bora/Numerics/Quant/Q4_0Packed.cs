@@ -219,50 +219,25 @@ internal static unsafe class Q4_0Packed
         (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(h), 13) & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
         * Vector512.Create(5.192296858534828E+33f);
 
-    /// <summary>AVX2 tiles: tokens per tile (4 accumulators beside a half block's 8 nibble vectors in 16 registers).</summary>
-    private const int TileTokens256 = 4;
-
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per block (<see cref="Decode256"/>); more tokens run tiles of up to
     /// 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
     /// </summary>
-    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Packed256.Run<Kernel256>(packed, nb, n, act, tokens, y, r0, r1);
+
+    /// <summary>This format's AVX2 kernels for <see cref="Packed256.Run{TK}"/>.</summary>
+    private readonly struct Kernel256 : IPacked256
     {
-        var tok = stackalloc Q8Row[TileTokens256];
-        var ds8 = stackalloc nint[TileTokens256];
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            int rows = Math.Min(GroupRows, r1 - g0);
-            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
-            if (tokens == 1)
-            {
-                Decode256(g, nb, act.Row(0), act.OffsetSums(0), y + g0, rows);
-                continue;
-            }
-            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
-            {
-                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
-                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
-                {
-                    int tt = Math.Min(TileTokens256, tokens - t0);
-                    for (int j = 0; j < TileTokens256; j++)
-                    {
-                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                        tok[j] = act.Row(t);
-                        ds8[j] = (nint)act.OffsetSums(t);
-                    }
-                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
-                    switch (tt)
-                    {
-                        case 2: Tile256<Tokens2>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
-                        case 3: Tile256<Tokens3>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
-                        case 4: Tile256<Tokens4>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
-                        default: Tile256<Tokens1>(g, h, nb, tok, (float**)ds8, yt, n, hr); break;
-                    }
-                }
-            }
-        }
+        public static long GroupBytes(int nb) => Q4_0Packed.GroupBytes(nb);
+
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.OffsetSums(t);
+
+        public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (float*)data, y, rows);
+
+        public static void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => Tile256<TN>(g, h, nb, tok, (float**)data, y, n, rows);
     }
 
     /// <summary>

@@ -509,52 +509,26 @@ internal static unsafe class Q6KPacked
         public static Vector512<float> D(byte* sb) => Vector512.Load((float*)(sb + DOffset));
     }
 
-    /// <summary>AVX2 tiles: tokens per tile (each u vector built once for all of them).</summary>
-    private const int TileTokens256 = 4;
-
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
     /// up to 4 tokens over each half group (<see cref="Tokens256{TN}"/>; the group stays in L2 across its tiles and halves).
     /// Needs <see cref="Prepare"/> for this product.
     /// </summary>
-    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
+    public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Packed256.Run<Kernel256>(packed, nb, n, act, tokens, y, r0, r1);
+
+    /// <summary>This format's AVX2 kernels for <see cref="Packed256.Run{TK}"/>.</summary>
+    private readonly struct Kernel256 : IPacked256
     {
-        var tok = stackalloc Q8Row[TileTokens256];
-        var offs = stackalloc nint[TileTokens256];
-        for (int g0 = r0; g0 < r1; g0 += GroupRows)
-        {
-            int rows = Math.Min(GroupRows, r1 - g0);
-            byte* g = packed + g0 / GroupRows * GroupBytes(nb);
-            if (tokens == 1)
-            {
-                var a = act.Row(0);
-                Decode256(g, nb, act.Row(0), act.Offsets16(0), y + g0, rows);
-                continue;
-            }
-            for (int h = 0; h < 2 && Packed256.HalfRows * h < rows; h++)
-            {
-                int hr = Math.Min(Packed256.HalfRows, rows - Packed256.HalfRows * h);
-                for (int t0 = 0; t0 < tokens; t0 += TileTokens256)
-                {
-                    int tt = Math.Min(TileTokens256, tokens - t0);
-                    for (int j = 0; j < TileTokens256; j++)
-                    {
-                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                        tok[j] = act.Row(t);
-                        offs[j] = (nint)act.Offsets16(t);
-                    }
-                    float* yt = y + (long)t0 * n + g0 + Packed256.HalfRows * h;
-                    switch (tt)
-                    {
-                        case 2: Tokens256<Tokens2>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
-                        case 3: Tokens256<Tokens3>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
-                        case 4: Tokens256<Tokens4>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
-                        default: Tokens256<Tokens1>(g, h, nb, tok, (int**)offs, yt, n, hr); break;
-                    }
-                }
-            }
-        }
+        public static long GroupBytes(int nb) => Q6KPacked.GroupBytes(nb);
+
+        public static nint TokenData(Q8Activations act, int t) => (nint)act.Offsets16(t);
+
+        public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
+
+        public static void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => Tokens256<TN>(g, h, nb, tok, (int**)data, y, n, rows);
     }
 
     /// <summary>
