@@ -28,7 +28,7 @@ public static unsafe class StreamBench
         {
             w[i] = (float)(rng.NextDouble() * 2 - 1) * 0.02f;
         }
-        bool pack = QuantizedMatrix.PackingPays(type, Bora.Numerics.Quant.QuantDot.Best) && Bora.Model.WeightMapper.DefaultPackAtLoad; // as the loader
+        bool pack = QuantizedMatrix.CanPack(type) && Bora.Model.WeightMapper.DefaultPackAtLoad; // as the loader
         var matrices = new QuantizedMatrix[count];
         for (int i = 0; i < count; i++)
         {

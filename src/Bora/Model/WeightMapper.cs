@@ -20,7 +20,7 @@ namespace Bora.Model;
 /// </para>
 /// <para>
 /// Packing (<see cref="PackAtLoad"/>, on by default where the CPU runs packed kernels, AVX2 and up): formats with
-/// a packed 16-row layout (<see cref="QuantizedMatrix.CanPack"/>; by default those with kernels at the best ISA, <see cref="QuantizedMatrix.PackingPays"/>) are not mapped but read once from the file with
+/// a packed 16-row layout (<see cref="QuantizedMatrix.CanPack"/>; each has AVX2 and AVX-512 kernels) are not mapped but read once from the file with
 /// positional reads (<see cref="RandomAccess"/>: the bytes pass through the page cache, which is not the process's
 /// memory) into a reused 4 MiB staging buffer, chunk by chunk, and packed from there into their own buffer of the same
 /// size. Peak memory stays at the packed matrices plus the staging, about the file's size, as with the mapping; decode then
@@ -41,11 +41,12 @@ public sealed class WeightMapper : IDisposable
     private readonly Lock _stagingGate = new();
     private byte[]? _staging; // pinned; one tensor's stored bytes on their way to being packed
     private readonly List<WeightStorage> _packed = []; // the packed matrices' buffers, released by Dispose
-    private readonly bool _onlyWherePays; // the default mapper packs only the formats with kernels at the best ISA
 
     /// <summary>A mapper that packs where the CPU runs the packed kernels (<see cref="DefaultPackAtLoad"/>).</summary>
     public WeightMapper()
-        : this(DefaultPackAtLoad) => _onlyWherePays = true;
+        : this(DefaultPackAtLoad)
+    {
+    }
 
     /// <summary>A mapper that packs formats with a packed layout when <paramref name="packAtLoad"/> is true, else maps everything.</summary>
     public WeightMapper(bool packAtLoad) => PackAtLoad = packAtLoad;
@@ -56,9 +57,9 @@ public sealed class WeightMapper : IDisposable
     public bool PackAtLoad { get; }
 
     /// <summary>
-    /// True when the best instruction set is AVX2 or above (where packed kernels exist; the default mapper then packs
-    /// the formats whose packed kernels run there, <see cref="QuantizedMatrix.PackingPays"/>) and the environment
-    /// variable BORA_PACK is not "0" (benchmarks compare both).
+    /// True when the best instruction set is AVX2 or above (every packed format has kernels there; below, products over
+    /// the packed groups would run the scalar twin, so packing would not pay) and the environment variable BORA_PACK is
+    /// not "0" (benchmarks compare both).
     /// </summary>
     public static bool DefaultPackAtLoad =>
         QuantDot.Best >= QuantIsa.Avx2 && Environment.GetEnvironmentVariable("BORA_PACK") != "0";
@@ -107,7 +108,7 @@ public sealed class WeightMapper : IDisposable
             throw ModelFormatException.In(store.Path,
                 $"tensor '{info.Name}' has {info.ByteLength} bytes of {type}; expected at least {start + size} for a ({source.Rows}, {source.Cols}) matrix{(source.Slice >= 0 ? $" at slice {source.Slice}" : "")}");
         }
-        if (PackAtLoad && source.RowOrder is null && (_onlyWherePays ? QuantizedMatrix.PackingPays(type, QuantDot.Best) : QuantizedMatrix.CanPack(type)) && size <= Array.MaxLength)
+        if (PackAtLoad && source.RowOrder is null && QuantizedMatrix.CanPack(type) && size <= Array.MaxLength)
         {
             var packed = ReadAndPack(store, source, start, size);
             lock (_gate)

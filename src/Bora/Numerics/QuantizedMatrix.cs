@@ -8,7 +8,7 @@ namespace Bora.Numerics;
 /// 32 for Q8_0 / Q4_0, 256 for Q4_K / Q6_K) and each row is an integer dot product per block. Kernels
 /// (<see cref="MatMul(ReadOnlySpan{float}, Span{float}, int, QuantIsa, bool)"/> picks per product):
 /// <list type="bullet">
-/// <item>A packed matrix (<see cref="Pack"/>, done at load where <see cref="PackingPays"/>): every token count runs rows in
+/// <item>A packed matrix (<see cref="Pack"/>, done at load from AVX2 on, <see cref="Model.WeightMapper.DefaultPackAtLoad"/>): every token count runs rows in
 /// vector lanes over the pre-packed 16-row groups (<see cref="PackedLayouts"/>; AVX-512, AVX2, or the scalar twin).</item>
 /// <item>AVX-512, Q4_0 from 2 tokens, Q8_0 from 3, Q4_K from 16 (<see cref="QuantDispatch"/>): rows in vector lanes, each 16-row group repacked once per
 /// product into a per-thread buffer (<see cref="Q4_0Interleaved"/>, <see cref="Q8_0Interleaved"/>, <see cref="Q4KInterleaved"/>).</item>
@@ -172,14 +172,6 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
 
     /// <summary>Whether <see cref="Pack"/> has a packed layout for <paramref name="type"/> (Q8_0, Q4_0, Q4_K, Q6_K).</summary>
     public static bool CanPack(DType type) => PackedLayouts.Supports(type);
-
-    /// <summary>
-    /// Whether packing <paramref name="type"/> pays at <paramref name="isa"/>: the packed groups have kernels there
-    /// (every format at AVX-512; at AVX2 the formats of <see cref="PackedLayouts.Has256"/>). Below, products over the
-    /// packed groups would run the scalar twin, so the GGUF rows are read in place instead.
-    /// </summary>
-    public static bool PackingPays(DType type, QuantIsa isa) =>
-        CanPack(type) && (isa == QuantIsa.Avx512 || (isa >= QuantIsa.Avx2 && PackedLayouts.Has256(type)));
 
     /// <summary>
     /// This matrix packed into 16-row groups (<see cref="QuantLayout.Groups16"/>) in a new 64-byte aligned pinned

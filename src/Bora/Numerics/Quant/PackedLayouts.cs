@@ -55,9 +55,6 @@ internal static unsafe class PackedLayouts
         }
     }
 
-    /// <summary>Whether <paramref name="type"/>'s packed groups have AVX2 kernels (<see cref="Packed256"/>); else below AVX-512 the scalar twin runs. Every packed format has them.</summary>
-    public static bool Has256(DType type) => type is DType.Q4_0 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
-
     /// <summary>Whether <paramref name="type"/> has a packed layout.</summary>
     public static bool Supports(DType type) => type is DType.Q4_0 or DType.Q8_0 or DType.Q4_K or DType.Q6_K;
 
@@ -110,11 +107,11 @@ internal static unsafe class PackedLayouts
         }
     }
 
-    /// <summary>y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens): the AVX-512 kernel, the AVX2 one (<see cref="Has256"/>), or the scalar twin.</summary>
+    /// <summary>y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens): the AVX-512 kernel, the AVX2 one, or the scalar twin.</summary>
     public static void Run(DType type, QuantIsa isa, byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
     {
         bool wide = isa == QuantIsa.Avx512;
-        bool avx2 = !wide && isa >= QuantIsa.Avx2 && Has256(type);
+        bool avx2 = !wide && isa >= QuantIsa.Avx2;
         switch (type)
         {
             case DType.Q4_0 when wide && QuantDispatch.UseGeneratedKernels: Q4_0Vnni.Run(packed, nb, n, act, tokens, y, r0, r1); break;
