@@ -24,9 +24,9 @@ internal static unsafe class Packed256
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), over the packed groups of format
     /// <typeparamref name="TK"/>: a 1-token product streams each group once, both halves together
-    /// (<see cref="IPacked256.Decode"/>); more tokens run tiles of up to <see cref="TileTokens"/> tokens over each half
-    /// group (<see cref="IPacked256.Tile{TN}"/>; the group stays in L2 across its tiles and halves). The format's
-    /// Prepare must have run for this product. y: (T, N).
+    /// (<see cref="IPacked256.Decode"/>); more tokens run tiles of up to <see cref="TileTokens"/> tokens over each group
+    /// (<see cref="IPacked256.Tile{TN}"/>; the group stays in L2 across its tiles). The format's Prepare must have run
+    /// for this product. y: (T, N).
     /// </summary>
     public static void Run<TK>(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
         where TK : struct, IPacked256
@@ -42,29 +42,53 @@ internal static unsafe class Packed256
                 TK.Decode(g, nb, act.Row(0), TK.TokenData(act, 0), y + g0, rows);
                 continue;
             }
-            for (int h = 0; h < 2 && HalfRows * h < rows; h++)
+            for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
-                int hr = Math.Min(HalfRows, rows - HalfRows * h);
-                for (int t0 = 0; t0 < tokens; t0 += TileTokens)
+                int tt = Math.Min(TileTokens, tokens - t0);
+                for (int j = 0; j < TileTokens; j++)
                 {
-                    int tt = Math.Min(TileTokens, tokens - t0);
-                    for (int j = 0; j < TileTokens; j++)
-                    {
-                        int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
-                        tok[j] = act.Row(t);
-                        data[j] = TK.TokenData(act, t);
-                    }
-                    float* yt = y + (long)t0 * n + g0 + HalfRows * h;
-                    switch (tt)
-                    {
-                        case 2: TK.Tile<Tokens2>(g, h, nb, tok, data, yt, n, hr); break;
-                        case 3: TK.Tile<Tokens3>(g, h, nb, tok, data, yt, n, hr); break;
-                        case 4: TK.Tile<Tokens4>(g, h, nb, tok, data, yt, n, hr); break;
-                        default: TK.Tile<Tokens1>(g, h, nb, tok, data, yt, n, hr); break;
-                    }
+                    int t = t0 + Math.Min(j, tt - 1); // a short tile repeats its last token (not computed)
+                    tok[j] = act.Row(t);
+                    data[j] = TK.TokenData(act, t);
+                }
+                float* yt = y + (long)t0 * n + g0;
+                switch (tt)
+                {
+                    case 2: TK.Tile<Tokens2>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 3: TK.Tile<Tokens3>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 4: TK.Tile<Tokens4>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    default: TK.Tile<Tokens1>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
                 }
             }
         }
+    }
+
+    /// <summary>
+    /// Token j's two 8-row accumulators of the 4 x 16 floats at <paramref name="c"/> (token j at 16 j, half h at + 8 h)
+    /// to its row of y (y + j n), the first <paramref name="rows"/> rows, for j &lt; <paramref name="tokens"/>.
+    /// </summary>
+    public static void StoreGroupTile(int tokens, float* c, float* y, int n, int rows)
+    {
+        for (int j = 0; j < tokens; j++)
+        {
+            Store(Vector256.Load(c + 16 * j), y + (long)j * n, Math.Min(rows, HalfRows));
+            if (rows > HalfRows)
+            {
+                Store(Vector256.Load(c + 16 * j + HalfRows), y + (long)j * n + HalfRows, rows - HalfRows);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One broadcast 4-byte group of a token's activations at <paramref name="x"/> times the same dword of both half
+    /// groups (<paramref name="w0"/>: rows 0..7, <paramref name="w1"/>: rows 8..15), added to their int16 sums.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void MulPair(ref Vector256<short> s0, ref Vector256<short> s1, Vector256<byte> w0, Vector256<byte> w1, sbyte* x)
+    {
+        var xb = Broadcast4(x);
+        s0 += Mul(w0, xb);
+        s1 += Mul(w1, xb);
     }
 
     /// <summary>
@@ -139,7 +163,10 @@ internal unsafe interface IPacked256
     /// <summary>1 token (a, its data), both halves of the group at g; stores the first <paramref name="rows"/> rows to y[0..rows).</summary>
     static abstract void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows);
 
-    /// <summary>Half h of the group at g x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j to y + j n.</summary>
-    static abstract void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+    /// <summary>
+    /// The group at g (16 rows) x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j
+    /// to y + j n. <paramref name="first"/>: the first tile over this group (which reads it from memory).
+    /// </summary>
+    static abstract void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
         where TN : struct, ITokenCount;
 }

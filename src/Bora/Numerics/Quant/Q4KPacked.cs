@@ -495,8 +495,16 @@ internal static unsafe class Q4KPacked
 
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
 
-        public static void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount => Tile256<TN>(g, h, nb, tok, (int**)data, y, n, rows);
+        public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount
+        {
+            // Half by half: the tile holds a half group's sums in registers (the second half finds the group in L2).
+            Tile256<TN>(g, 0, nb, tok, (int**)data, y, n, Math.Min(rows, Packed256.HalfRows));
+            if (rows > Packed256.HalfRows)
+            {
+                Tile256<TN>(g, 1, nb, tok, (int**)data, y + Packed256.HalfRows, n, rows - Packed256.HalfRows);
+            }
+        }
     }
 
     /// <summary>

@@ -222,7 +222,7 @@ internal static unsafe class Q4_0Packed
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per block (<see cref="Decode256"/>); more tokens run tiles of up to
-    /// 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
+    /// 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Packed256.Run<Kernel256>(packed, nb, n, act, tokens, y, r0, r1);
@@ -236,8 +236,8 @@ internal static unsafe class Q4_0Packed
 
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (float*)data, y, rows);
 
-        public static void Tile<TN>(byte* g, int h, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount => Tile256<TN>(g, h, nb, tok, (float**)data, y, n, rows);
+        public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (float**)data, y, n, rows);
     }
 
     /// <summary>
@@ -303,65 +303,100 @@ internal static unsafe class Q4_0Packed
         + ((Packed256.Mul(w4, x4) + Packed256.Mul(w5, x5)) + (Packed256.Mul(w6, x6) + Packed256.Mul(w7, x7)));
 
     /// <summary>
-    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all blocks; stores the
-    /// first <paramref name="rows"/> rows of each token. Per block the 8 nibble vectors are unpacked once for all tokens.
+    /// AVX2: the group at g (16 rows, both halves) x TN.Value (1..4) tokens over all blocks; stores the first
+    /// <paramref name="rows"/> rows of each token. Per block, dword by dword (j = 0..3: values 4j..4j+3 in the low
+    /// nibbles, 16 + 4j.. in the high ones), each token's broadcast 4-byte group multiplies the dword of both halves
+    /// (<see cref="Packed256.MulPair"/>) into 8 int16 sums (token x half) that stay in registers for the block; the
+    /// float accumulators (token j, half h at 16 j + 8 h of a 64-float buffer) are read and written once per block and
+    /// token, which leaves the registers to the sums (a half group's tile with 4 float accumulators and 8 weight
+    /// vectors in registers spilled, and shared each broadcast with 8 rows instead of 16).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, float** ds8, float* y, int n, int rows)
+    private static void Tile256<TN>(byte* g, int nb, bool first, Q8Row* tok, float** ds8, float* y, int n, int rows)
         where TN : struct, ITokenCount
     {
         var nibble = Vector256.Create((byte)0x0F);
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
-        byte* q = g + 32 * h; // the half's quant dwords: 32 bytes at 32 h of each 64-byte vector
-        long scale = 256 - 16 * h; // its 8 scales: 16 bytes at 256 + 16 h of each block, i.e. 256 - 16 h from q
+        float* c = stackalloc float[Packed256.TileTokens * GroupRows]; // (token, half, lane): 16 j + 8 h + lane
+        new Span<float>(c, Packed256.TileTokens * GroupRows).Clear();
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
-            byte* wb = q + (long)b * BlockGroupBytes;
-            if (h == 0)
+            byte* wb = g + (long)b * BlockGroupBytes;
+            if (first)
             {
-                // The first half's tiles bring the group in from memory; the second half's find it in L2.
+                // The first tile over a group brings it in from memory; the next ones find it in L2 (prefetching there
+                // too cost 15-20%: tile harness, 64 tokens).
                 PackedLayouts.PrefetchLines(wb + PrefetchBlocks * BlockGroupBytes, BlockGroupBytes);
             }
-            var v0 = Vector256.Load(wb);
-            var v1 = Vector256.Load(wb + 64);
-            var v2 = Vector256.Load(wb + 128);
-            var v3 = Vector256.Load(wb + 192);
-            var w0 = v0 & nibble;
-            var w1 = v1 & nibble;
-            var w2 = v2 & nibble;
-            var w3 = v3 & nibble;
-            var w4 = Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble;
-            var w5 = Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble;
-            var w6 = Vector256.ShiftRightLogical(v2.AsUInt16(), 4).AsByte() & nibble;
-            var w7 = Vector256.ShiftRightLogical(v3.AsUInt16(), 4).AsByte() & nibble;
-            var dw = Packed256.Halves(wb + scale);
             long xo = 32L * b;
-            c0 = Token256(c0, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[0].Q + xo, tok[0].D + b, ds8[0] + b);
+            sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
+            // s{j}{h}: token j's int16 sums of half h (8 vpmaddubsw of at most 2 * 15 * 127 each: exact).
+            Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+            for (int j = 0; j < 4; j++)
+            {
+                var v0 = Vector256.Load(wb + 64 * j);
+                var v1 = Vector256.Load(wb + 64 * j + 32);
+                var lo0 = v0 & nibble;
+                var lo1 = v1 & nibble;
+                Packed256.MulPair(ref s00, ref s01, lo0, lo1, p0 + 4 * j);
+                if (TN.Value > 1)
+                {
+                    Packed256.MulPair(ref s10, ref s11, lo0, lo1, p1 + 4 * j);
+                }
+                if (TN.Value > 2)
+                {
+                    Packed256.MulPair(ref s20, ref s21, lo0, lo1, p2 + 4 * j);
+                }
+                if (TN.Value > 3)
+                {
+                    Packed256.MulPair(ref s30, ref s31, lo0, lo1, p3 + 4 * j);
+                }
+                var hi0 = Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble;
+                var hi1 = Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble;
+                Packed256.MulPair(ref s00, ref s01, hi0, hi1, p0 + 16 + 4 * j);
+                if (TN.Value > 1)
+                {
+                    Packed256.MulPair(ref s10, ref s11, hi0, hi1, p1 + 16 + 4 * j);
+                }
+                if (TN.Value > 2)
+                {
+                    Packed256.MulPair(ref s20, ref s21, hi0, hi1, p2 + 16 + 4 * j);
+                }
+                if (TN.Value > 3)
+                {
+                    Packed256.MulPair(ref s30, ref s31, hi0, hi1, p3 + 16 + 4 * j);
+                }
+            }
+            var dw0 = Packed256.Halves(wb + 256);
+            var dw1 = Packed256.Halves(wb + 256 + 16);
+            Finish256(c, s00, s01, dw0, dw1, tok[0].D + b, ds8[0] + b);
             if (TN.Value > 1)
             {
-                c1 = Token256(c1, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[1].Q + xo, tok[1].D + b, ds8[1] + b);
+                Finish256(c + 16, s10, s11, dw0, dw1, tok[1].D + b, ds8[1] + b);
             }
             if (TN.Value > 2)
             {
-                c2 = Token256(c2, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[2].Q + xo, tok[2].D + b, ds8[2] + b);
+                Finish256(c + 32, s20, s21, dw0, dw1, tok[2].D + b, ds8[2] + b);
             }
             if (TN.Value > 3)
             {
-                c3 = Token256(c3, w0, w1, w2, w3, w4, w5, w6, w7, dw, tok[3].Q + xo, tok[3].D + b, ds8[3] + b);
+                Finish256(c + 48, s30, s31, dw0, dw1, tok[3].D + b, ds8[3] + b);
             }
         }
-        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+        Packed256.StoreGroupTile(TN.Value, c, y, n, rows);
     }
 
-    /// <summary>One token's block for a half group: acc + d_w (p d_x - 8 d_x sum x).</summary>
+    /// <summary>
+    /// One token's block for both halves (int16 sums s0, s1; scales dw0, dw1): c[h] = fma(d_w, fms(p, d_x, 8 d_x sum x),
+    /// c[h]) for the accumulators at c (half 0) and c + 8 (half 1).
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Token256(Vector256<float> acc, Vector256<byte> w0, Vector256<byte> w1, Vector256<byte> w2, Vector256<byte> w3,
-        Vector256<byte> w4, Vector256<byte> w5, Vector256<byte> w6, Vector256<byte> w7, Vector256<float> dw, sbyte* x, float* dx, float* ds8)
+    private static void Finish256(float* c, Vector256<short> s0, Vector256<short> s1, Vector256<float> dw0, Vector256<float> dw1, float* dx, float* ds8)
     {
-        var h = TokenSum256(w0, w1, w2, w3, w4, w5, w6, w7, Packed256.Broadcast4(x), Packed256.Broadcast4(x + 4), Packed256.Broadcast4(x + 8),
-            Packed256.Broadcast4(x + 12), Packed256.Broadcast4(x + 16), Packed256.Broadcast4(x + 20), Packed256.Broadcast4(x + 24), Packed256.Broadcast4(x + 28));
-        var p = Avx.ConvertToVector256Single(Packed256.Widen(h));
-        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(p, Vector256.Create(*dx), Vector256.Create(*ds8)), acc);
+        var x = Vector256.Create(*dx);
+        var o = Vector256.Create(*ds8);
+        Fma.MultiplyAdd(dw0, Fma.MultiplySubtract(Avx.ConvertToVector256Single(Packed256.Widen(s0)), x, o), Vector256.Load(c)).Store(c);
+        Fma.MultiplyAdd(dw1, Fma.MultiplySubtract(Avx.ConvertToVector256Single(Packed256.Widen(s1)), x, o), Vector256.Load(c + 8)).Store(c + 8);
     }
 
     /// <summary>
