@@ -92,6 +92,31 @@ internal static unsafe class Packed256
     }
 
     /// <summary>
+    /// One dword position for a whole-group tile of TN.Value tokens: the weights w0 (rows 0..7) and w1 (rows 8..15)
+    /// times each token's 4 activations at p{j}, added to its int16 sums s{j}0, s{j}1 (<see cref="MulPair"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void MulTile<TN>(ref Vector256<short> s00, ref Vector256<short> s01, ref Vector256<short> s10, ref Vector256<short> s11,
+        ref Vector256<short> s20, ref Vector256<short> s21, ref Vector256<short> s30, ref Vector256<short> s31,
+        Vector256<byte> w0, Vector256<byte> w1, sbyte* p0, sbyte* p1, sbyte* p2, sbyte* p3)
+        where TN : struct, ITokenCount
+    {
+        MulPair(ref s00, ref s01, w0, w1, p0);
+        if (TN.Value > 1)
+        {
+            MulPair(ref s10, ref s11, w0, w1, p1);
+        }
+        if (TN.Value > 2)
+        {
+            MulPair(ref s20, ref s21, w0, w1, p2);
+        }
+        if (TN.Value > 3)
+        {
+            MulPair(ref s30, ref s31, w0, w1, p3);
+        }
+    }
+
+    /// <summary>
     /// 8 IEEE halves (16 bytes at <paramref name="p"/>) as floats, exactly (normal and subnormal halves, as
     /// <see cref="QuantDot.Half"/>): sign-extend, shift the exponent and mantissa into a float's place, clear bits
     /// 28..30 (the sign extension), and scale by 2^112 (the exponent bias difference).
@@ -104,6 +129,10 @@ internal static unsafe class Packed256
     /// <summary>The 4 bytes at <paramref name="x"/> in every dword (the activations a dword of 4 weights multiplies).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<sbyte> Broadcast4(sbyte* x) => Vector256.Create(*(int*)x).AsSByte();
+
+    /// <summary>The high nibbles of the bytes of <paramref name="v"/>, as bytes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<byte> High(Vector256<byte> v, Vector256<byte> nibble) => Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
 
     /// <summary>vpmaddubsw: adjacent pairs of u8 x s8 products as int16.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -496,124 +496,125 @@ internal static unsafe class Q4KPacked
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
 
         public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount
-        {
-            // Half by half: the tile holds a half group's sums in registers (the second half finds the group in L2).
-            Tile256<TN>(g, 0, nb, tok, (int**)data, y, n, Math.Min(rows, Packed256.HalfRows));
-            if (rows > Packed256.HalfRows)
-            {
-                Tile256<TN>(g, 1, nb, tok, (int**)data, y + Packed256.HalfRows, n, rows - Packed256.HalfRows);
-            }
-        }
+            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
     }
 
     /// <summary>
-    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all super-blocks; stores
-    /// the first <paramref name="rows"/> rows of each token. Per super-block: the 6-bit scales of the 8 rows unpacked in
-    /// registers (dword-wide masks and shifts of the 3 scale vectors: sc[0..3] = V0 and 63, sc[4..7] = (V2 and 15) or
-    /// ((V0 shr 2) and 0x30), m[0..3] = V1 and 63, m[4..7] = ((V2 shr 4) and 15) or ((V1 shr 2) and 0x30), per byte);
-    /// per 64-value chunk c, each quant vector's low nibbles (sub-block 2c) and high nibbles (2c + 1) multiplied with
-    /// every token's broadcast 4-byte groups into int16 sums (at most 8 * 2 * 15 * 127 = 30480), then one vpmaddwd by
-    /// the rows' sc[s] (vpshufb to both int16 halves) into the int32 isum; the min term msum = sum m[s] S[s] with 4
-    /// vpmaddwd of the min pairs by the token's S pairs; then the two multiply-adds of the class comment.
+    /// AVX2: the group at g (16 rows, both halves) x TN.Value (1..4) tokens over all super-blocks; stores the first
+    /// <paramref name="rows"/> rows of each token. Per 64-value chunk c, two passes over its 8 quant dwords: the low
+    /// nibbles (sub-block 2c), then the high ones (2c + 1); in each, every token's broadcast 4-byte group multiplies the
+    /// dword of both halves (<see cref="Packed256.MulPair"/>) into 8 int16 sums (token x half, at most
+    /// 8 * 2 * 15 * 127 = 30480) held in registers, then one vpmaddwd by the rows' scale of that sub-block adds
+    /// sc[s] (sum q x) to the token's int32 isum of the half. The isums (token j, half h at 16 j + 8 h) and float
+    /// accumulators live in stack buffers, read and written once per pass and super-block: the registers stay with the
+    /// sums (8), the two weight vectors and the broadcast. Per super-block and half, the min term and the two
+    /// multiply-adds of the class comment (<see cref="HalfMins"/>, <see cref="Finish256"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, int** mins, float* y, int n, int rows)
+    private static void Tile256<TN>(byte* g, int nb, bool first, Q8Row* tok, int** mins, float* y, int n, int rows)
         where TN : struct, ITokenCount
     {
         byte* controls = Controls; // read once (see Decode256)
         var nibble = Vector256.Create((byte)0x0F);
-        var low6 = Vector256.Create(0x3F3F3F3F).AsByte();
-        var low4 = Vector256.Create(0x0F0F0F0F).AsByte();
-        var bits45 = Vector256.Create(0x30303030).AsByte();
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
+        float* acc = stackalloc float[Lanes];
+        int* isum = stackalloc int[Lanes];
+        new Span<float>(acc, Lanes).Clear();
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
-            byte* sb = g + (long)b * SuperBytes + 32 * h; // this half's dwords of every vector of super-block b
-            if (h == 0)
+            byte* sb = g + (long)b * SuperBytes;
+            if (first)
             {
-                // The first half's tiles bring the group in from memory; the second half's find it in L2.
-                PackedLayouts.PrefetchLines(g + (long)(b + 1) * SuperBytes, SuperBytes);
+                // The first tile over a group brings it in from memory; the next ones find it in L2.
+                PackedLayouts.PrefetchLines(sb + SuperBytes, SuperBytes);
             }
-            var v0 = Vector256.Load(sb + ScaleOffset);
-            var v2 = Vector256.Load(sb + ScaleOffset + 128);
-            var sc03 = v0 & low6;
-            var sc47 = (v2 & low4) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & bits45);
-            Vector256<int> i0 = default, i1 = default, i2 = default, i3 = default;
+            new Span<int>(isum, Lanes).Clear();
             for (int c = 0; c < 4; c++)
             {
-                // sc[2c] and sc[2c + 1] of each row in both int16 halves of its dword.
-                var scs = c < 2 ? sc03 : sc47;
-                var scLo = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1))).AsInt16();
-                var scHi = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64)).AsInt16();
                 byte* q = sb + QuantOffset + 512L * c;
                 long xo = 256L * b + 64 * c;
-                Vector256<short> l0 = default, u0 = default, l1 = default, u1 = default, l2 = default, u2 = default, l3 = default, u3 = default;
-                // The chunk's activations of each token (pointers set once: the loop then addresses them with its index alone).
+                // The chunk's activations of each token (pointers set once: the loops then address them with an index alone).
                 sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
-                for (int k = 0; k < 32; k += 4)
+                for (int part = 0; part < 2; part++)
                 {
-                    var v = Vector256.Load(q + 16 * k);
-                    var lo = v & nibble;
-                    var hi = Vector256.ShiftRightLogical(v.AsUInt16(), 4).AsByte() & nibble;
-                    l0 += Packed256.Mul(lo, Packed256.Broadcast4(p0 + k));
-                    u0 += Packed256.Mul(hi, Packed256.Broadcast4(p0 + 32 + k));
+                    // part 0: low nibbles (sub-block 2c, activations 0..31 of the chunk); part 1: high (2c + 1, 32..63).
+                    int shift = 4 * part;
+                    int xp = 32 * part;
+                    Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+                    // The chunk's 8 dwords, unrolled by hand (the JIT keeps the loop).
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q, shift, nibble), Nibbles(q + 32, shift, nibble), p0 + xp, p1 + xp, p2 + xp, p3 + xp);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 64, shift, nibble), Nibbles(q + 96, shift, nibble), p0 + xp + 4, p1 + xp + 4, p2 + xp + 4, p3 + xp + 4);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 128, shift, nibble), Nibbles(q + 160, shift, nibble), p0 + xp + 8, p1 + xp + 8, p2 + xp + 8, p3 + xp + 8);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 192, shift, nibble), Nibbles(q + 224, shift, nibble), p0 + xp + 12, p1 + xp + 12, p2 + xp + 12, p3 + xp + 12);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 256, shift, nibble), Nibbles(q + 288, shift, nibble), p0 + xp + 16, p1 + xp + 16, p2 + xp + 16, p3 + xp + 16);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 320, shift, nibble), Nibbles(q + 352, shift, nibble), p0 + xp + 20, p1 + xp + 20, p2 + xp + 20, p3 + xp + 20);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 384, shift, nibble), Nibbles(q + 416, shift, nibble), p0 + xp + 24, p1 + xp + 24, p2 + xp + 24, p3 + xp + 24);
+                    Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                        Nibbles(q + 448, shift, nibble), Nibbles(q + 480, shift, nibble), p0 + xp + 28, p1 + xp + 28, p2 + xp + 28, p3 + xp + 28);
+                    var sc0 = SubBlockScales(sb, c, part, controls);
+                    var sc1 = SubBlockScales(sb + 32, c, part, controls);
+                    AddScaled(isum, s00, s01, sc0, sc1);
                     if (TN.Value > 1)
                     {
-                        l1 += Packed256.Mul(lo, Packed256.Broadcast4(p1 + k));
-                        u1 += Packed256.Mul(hi, Packed256.Broadcast4(p1 + 32 + k));
+                        AddScaled(isum + 16, s10, s11, sc0, sc1);
                     }
                     if (TN.Value > 2)
                     {
-                        l2 += Packed256.Mul(lo, Packed256.Broadcast4(p2 + k));
-                        u2 += Packed256.Mul(hi, Packed256.Broadcast4(p2 + 32 + k));
+                        AddScaled(isum + 32, s20, s21, sc0, sc1);
                     }
                     if (TN.Value > 3)
                     {
-                        l3 += Packed256.Mul(lo, Packed256.Broadcast4(p3 + k));
-                        u3 += Packed256.Mul(hi, Packed256.Broadcast4(p3 + 32 + k));
+                        AddScaled(isum + 48, s30, s31, sc0, sc1);
                     }
                 }
-                i0 += Avx2.MultiplyAddAdjacent(l0, scLo) + Avx2.MultiplyAddAdjacent(u0, scHi);
-                if (TN.Value > 1)
-                {
-                    i1 += Avx2.MultiplyAddAdjacent(l1, scLo) + Avx2.MultiplyAddAdjacent(u1, scHi);
-                }
-                if (TN.Value > 2)
-                {
-                    i2 += Avx2.MultiplyAddAdjacent(l2, scLo) + Avx2.MultiplyAddAdjacent(u2, scHi);
-                }
-                if (TN.Value > 3)
-                {
-                    i3 += Avx2.MultiplyAddAdjacent(l3, scLo) + Avx2.MultiplyAddAdjacent(u3, scHi);
-                }
             }
-            // The mins as int16 pairs (m[0], m[1]), (m[2], m[3]), (m[4], m[5]), (m[6], m[7]) per dword.
-            var v1 = Vector256.Load(sb + ScaleOffset + 64);
-            var m03 = v1 & low6;
-            var m47 = (Vector256.ShiftRightLogical(v2.AsUInt32(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(v1.AsUInt32(), 2).AsByte() & bits45);
-            var pairs01 = Vector256.Load(controls + 256);
-            var pairs23 = Vector256.Load(controls + 320);
-            var mp = new MinPairs256(Avx2.Shuffle(m03, pairs01).AsInt16(), Avx2.Shuffle(m03, pairs23).AsInt16(),
-                Avx2.Shuffle(m47, pairs01).AsInt16(), Avx2.Shuffle(m47, pairs23).AsInt16());
-            var d = Packed256.Halves(sb - 32 * h + DOffset + 16 * h);
-            var dmin = Packed256.Halves(sb - 32 * h + DminOffset + 16 * h);
-            c0 = Finish256(c0, i0, mp.Sum(mins[0] + 8L * b), d, dmin, tok[0].D[b]);
-            if (TN.Value > 1)
+            for (int h = 0; h < 2; h++)
             {
-                c1 = Finish256(c1, i1, mp.Sum(mins[1] + 8L * b), d, dmin, tok[1].D[b]);
-            }
-            if (TN.Value > 2)
-            {
-                c2 = Finish256(c2, i2, mp.Sum(mins[2] + 8L * b), d, dmin, tok[2].D[b]);
-            }
-            if (TN.Value > 3)
-            {
-                c3 = Finish256(c3, i3, mp.Sum(mins[3] + 8L * b), d, dmin, tok[3].D[b]);
+                var mp = HalfMins(sb + 32 * h, controls);
+                var d = Packed256.Halves(sb + DOffset + 16 * h);
+                var dmin = Packed256.Halves(sb + DminOffset + 16 * h);
+                for (int j = 0; j < TN.Value; j++)
+                {
+                    int at = 16 * j + 8 * h;
+                    Finish256(Vector256.Load(acc + at), Vector256.Load(isum + at), mp.Sum(mins[j] + 8L * b), d, dmin, tok[j].D[b]).Store(acc + at);
+                }
             }
         }
-        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+        Packed256.StoreGroupTile(TN.Value, acc, y, n, rows);
+    }
+
+    /// <summary>The nibbles at bit <paramref name="shift"/> (0: low, 4: high) of the 32 bytes at <paramref name="p"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Nibbles(byte* p, int shift, Vector256<byte> nibble) =>
+        Vector256.ShiftRightLogical(Vector256.Load(p).AsUInt16(), shift).AsByte() & nibble;
+
+    /// <summary>
+    /// A half group's (hb: its dwords of a super-block) scale of sub-block 2c + part, in both int16 halves of each
+    /// row's dword: sc[0..3] = V0 and 63, sc[4..7] = (V2 and 15) or ((V0 shr 2) and 0x30), per byte, then one vpshufb.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> SubBlockScales(byte* hb, int c, int part, byte* controls)
+    {
+        var v0 = Vector256.Load(hb + ScaleOffset);
+        var scs = c < 2 ? v0 & Vector256.Create((byte)0x3F)
+            : (Vector256.Load(hb + ScaleOffset + 128) & Vector256.Create((byte)0x0F)) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & Vector256.Create((byte)0x30));
+        return Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64 * part)).AsInt16();
+    }
+
+    /// <summary>One token's int16 sums of both halves (s0, s1) times their sub-block scales, added to its isums at i (half 0) and i + 8 (half 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddScaled(int* i, Vector256<short> s0, Vector256<short> s1, Vector256<short> sc0, Vector256<short> sc1)
+    {
+        (Vector256.Load(i) + Avx2.MultiplyAddAdjacent(s0, sc0)).Store(i);
+        (Vector256.Load(i + 8) + Avx2.MultiplyAddAdjacent(s1, sc1)).Store(i + 8);
     }
 
     /// <summary>
@@ -647,9 +648,9 @@ internal static unsafe class Q4KPacked
                     var v0 = Vector256.Load(q + 64 * k);
                     var v1 = Vector256.Load(q + 64 * k + 32);
                     l0 += Packed256.Mul(v0 & nibble, xl);
-                    u0 += Packed256.Mul(Vector256.ShiftRightLogical(v0.AsUInt16(), 4).AsByte() & nibble, xh);
+                    u0 += Packed256.Mul(Packed256.High(v0, nibble), xh);
                     l1 += Packed256.Mul(v1 & nibble, xl);
-                    u1 += Packed256.Mul(Vector256.ShiftRightLogical(v1.AsUInt16(), 4).AsByte() & nibble, xh);
+                    u1 += Packed256.Mul(Packed256.High(v1, nibble), xh);
                 }
                 i0 += ScaleChunk(sb, c, l0, u0, controls);
                 i1 += ScaleChunk(sb + 32, c, l1, u1, controls);
@@ -670,16 +671,8 @@ internal static unsafe class Q4KPacked
     /// from the int16 sums of chunk c's low (l) and high (u) nibbles: two vpmaddwd by the scales in both int16 halves.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> ScaleChunk(byte* hb, int c, Vector256<short> l, Vector256<short> u, byte* controls)
-    {
-        var v0 = Vector256.Load(hb + ScaleOffset);
-        // sc[0..3] = V0 and 63; sc[4..7] = (V2 and 15) or ((V0 shr 2) and 0x30), per byte.
-        var scs = c < 2 ? v0 & Vector256.Create((byte)0x3F)
-            : (Vector256.Load(hb + ScaleOffset + 128) & Vector256.Create((byte)0x0F)) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & Vector256.Create((byte)0x30));
-        var scLo = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1))).AsInt16();
-        var scHi = Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64)).AsInt16();
-        return Avx2.MultiplyAddAdjacent(l, scLo) + Avx2.MultiplyAddAdjacent(u, scHi);
-    }
+    private static Vector256<int> ScaleChunk(byte* hb, int c, Vector256<short> l, Vector256<short> u, byte* controls) =>
+        Avx2.MultiplyAddAdjacent(l, SubBlockScales(hb, c, 0, controls)) + Avx2.MultiplyAddAdjacent(u, SubBlockScales(hb, c, 1, controls));
 
     /// <summary>A half group's min pairs of a super-block (hb: its dwords): m[0..3] = V1 and 63, m[4..7] = ((V2 shr 4) and 15) or ((V1 shr 2) and 0x30).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -304,9 +304,9 @@ internal static unsafe class Q8_0Packed
                 var u0 = Vector256.Load(q + 64 * j);
                 var u1 = Vector256.Load(q + 64 * j + 32);
                 l0 += Packed256.Mul(u0 & nibble, x);
-                h0 += Packed256.Mul(High(u0, nibble), x);
+                h0 += Packed256.Mul(Packed256.High(u0, nibble), x);
                 l1 += Packed256.Mul(u1 & nibble, x);
-                h1 += Packed256.Mul(High(u1, nibble), x);
+                h1 += Packed256.Mul(Packed256.High(u1, nibble), x);
             }
             byte* sc = g + ScaleOffset(b);
             c0 = Block256(c0, l0, h0, Packed256.Halves(sc), a.D + b, ds128 + b);
@@ -348,7 +348,7 @@ internal static unsafe class Q8_0Packed
             {
                 var u = Vector256.Load(q + 16 * j);
                 var lo = u & nibble;
-                var hi = High(u, nibble);
+                var hi = Packed256.High(u, nibble);
                 var x = Packed256.Broadcast4(p0 + j);
                 l0 += Packed256.Mul(lo, x);
                 h0 += Packed256.Mul(hi, x);
@@ -388,10 +388,6 @@ internal static unsafe class Q8_0Packed
         }
         Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
     }
-
-    /// <summary>The high nibbles of the bytes of <paramref name="u"/>, as bytes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<byte> High(Vector256<byte> u, Vector256<byte> nibble) => Vector256.ShiftRightLogical(u.AsUInt16(), 4).AsByte() & nibble;
 
     /// <summary>
     /// One token's block for a half group from its plane sums (sl, sh: int16, 16 products of at most 15 * 127 each):
