@@ -256,7 +256,7 @@ internal static unsafe class Q8_0Packed
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per block (<see cref="Decode256"/>); more tokens run tiles of up to
-    /// 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles). Needs
+    /// 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles). Needs
     /// <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
@@ -272,15 +272,7 @@ internal static unsafe class Q8_0Packed
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (float*)data, y, rows);
 
         public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount
-        {
-            // Half by half: the tile holds a half group's sums in registers (the second half finds the group in L2).
-            Tile256<TN>(g, 0, nb, tok, (float**)data, y, n, Math.Min(rows, Packed256.HalfRows));
-            if (rows > Packed256.HalfRows)
-            {
-                Tile256<TN>(g, 1, nb, tok, (float**)data, y + Packed256.HalfRows, n, rows - Packed256.HalfRows);
-            }
-        }
+            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (float**)data, y, n, rows);
     }
 
     /// <summary>
@@ -320,73 +312,124 @@ internal static unsafe class Q8_0Packed
     }
 
     /// <summary>
-    /// AVX2: half <paramref name="h"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all blocks; stores the
-    /// first <paramref name="rows"/> rows of each token. Per block, vector by vector: its two nibble planes are split
-    /// once and multiplied with every token's broadcast, into two int16 sums per token (16 registers hold no more: the
-    /// whole block's planes for all tokens would spill).
+    /// AVX2: the group at g (16 rows, both halves) x TN.Value (1..4) tokens over all blocks; stores the first
+    /// <paramref name="rows"/> rows of each token. Per block, two passes over its 8 stored vectors: the low nibble plane
+    /// (u and 15), then the high one ((u shr 4) and 15); in each, every token's broadcast 4-byte group multiplies the
+    /// dword of both halves (<see cref="Packed256.MulTile{TN}"/>, unrolled by hand) into 8 int16 sums (token x half,
+    /// 8 products of at most 2 * 15 * 127 each) held in registers. The low plane's sums wait in a stack buffer as int32
+    /// (token j, half h at 16 j + 8 h) until p = 16 (high sums) + (low sums); the float accumulators live beside them,
+    /// read and written once per block and token (<see cref="Finish256"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tile256<TN>(byte* g, int h, int nb, Q8Row* tok, float** ds, float* y, int n, int rows)
+    private static void Tile256<TN>(byte* g, int nb, bool first, Q8Row* tok, float** ds, float* y, int n, int rows)
         where TN : struct, ITokenCount
     {
         var nibble = Vector256.Create((byte)0x0F);
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
+        float* acc = stackalloc float[Lanes];
+        int* low = stackalloc int[Lanes];
+        new Span<float>(acc, Lanes).Clear();
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
-            byte* q = g + QuantOffset(b) + 32 * h;
-            if (h == 0)
+            byte* q = g + QuantOffset(b);
+            if (first)
             {
-                // The block 2 ahead: the first half's tiles bring the group in from memory; the second half's find it in L2.
+                // The block 2 ahead: the first tile over a group brings it in from memory; the next ones find it in L2.
                 PackedLayouts.PrefetchLines(g + (long)(b + 2) * BlockGroupBytes, 576);
             }
-            Vector256<short> l0 = default, l1 = default, l2 = default, l3 = default, h0 = default, h1 = default, h2 = default, h3 = default;
             long xo = 32L * b;
-            // The block's activations of each token (pointers set once: the loop then addresses them with its index alone).
+            // The block's activations of each token (pointers set once: the steps then address them with a constant).
             sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
-            for (int j = 0; j < 32; j += 4)
-            {
-                var u = Vector256.Load(q + 16 * j);
-                var lo = u & nibble;
-                var hi = Packed256.High(u, nibble);
-                var x = Packed256.Broadcast4(p0 + j);
-                l0 += Packed256.Mul(lo, x);
-                h0 += Packed256.Mul(hi, x);
-                if (TN.Value > 1)
-                {
-                    x = Packed256.Broadcast4(p1 + j);
-                    l1 += Packed256.Mul(lo, x);
-                    h1 += Packed256.Mul(hi, x);
-                }
-                if (TN.Value > 2)
-                {
-                    x = Packed256.Broadcast4(p2 + j);
-                    l2 += Packed256.Mul(lo, x);
-                    h2 += Packed256.Mul(hi, x);
-                }
-                if (TN.Value > 3)
-                {
-                    x = Packed256.Broadcast4(p3 + j);
-                    l3 += Packed256.Mul(lo, x);
-                    h3 += Packed256.Mul(hi, x);
-                }
-            }
-            var dw = Packed256.Halves(g + ScaleOffset(b) + 16 * h);
-            c0 = Block256(c0, l0, h0, dw, tok[0].D + b, ds[0] + b);
+            Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q) & nibble, Vector256.Load(q + 32) & nibble, p0, p1, p2, p3);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 64) & nibble, Vector256.Load(q + 96) & nibble, p0 + 4, p1 + 4, p2 + 4, p3 + 4);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 128) & nibble, Vector256.Load(q + 160) & nibble, p0 + 8, p1 + 8, p2 + 8, p3 + 8);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 192) & nibble, Vector256.Load(q + 224) & nibble, p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 256) & nibble, Vector256.Load(q + 288) & nibble, p0 + 16, p1 + 16, p2 + 16, p3 + 16);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 320) & nibble, Vector256.Load(q + 352) & nibble, p0 + 20, p1 + 20, p2 + 20, p3 + 20);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 384) & nibble, Vector256.Load(q + 416) & nibble, p0 + 24, p1 + 24, p2 + 24, p3 + 24);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Vector256.Load(q + 448) & nibble, Vector256.Load(q + 480) & nibble, p0 + 28, p1 + 28, p2 + 28, p3 + 28);
+            KeepLow(low, s00, s01);
             if (TN.Value > 1)
             {
-                c1 = Block256(c1, l1, h1, dw, tok[1].D + b, ds[1] + b);
+                KeepLow(low + 16, s10, s11);
             }
             if (TN.Value > 2)
             {
-                c2 = Block256(c2, l2, h2, dw, tok[2].D + b, ds[2] + b);
+                KeepLow(low + 32, s20, s21);
             }
             if (TN.Value > 3)
             {
-                c3 = Block256(c3, l3, h3, dw, tok[3].D + b, ds[3] + b);
+                KeepLow(low + 48, s30, s31);
+            }
+            s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = default;
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q), nibble), Packed256.High(Vector256.Load(q + 32), nibble), p0, p1, p2, p3);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 64), nibble), Packed256.High(Vector256.Load(q + 96), nibble), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 128), nibble), Packed256.High(Vector256.Load(q + 160), nibble), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 192), nibble), Packed256.High(Vector256.Load(q + 224), nibble), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 256), nibble), Packed256.High(Vector256.Load(q + 288), nibble), p0 + 16, p1 + 16, p2 + 16, p3 + 16);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 320), nibble), Packed256.High(Vector256.Load(q + 352), nibble), p0 + 20, p1 + 20, p2 + 20, p3 + 20);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 384), nibble), Packed256.High(Vector256.Load(q + 416), nibble), p0 + 24, p1 + 24, p2 + 24, p3 + 24);
+            Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                Packed256.High(Vector256.Load(q + 448), nibble), Packed256.High(Vector256.Load(q + 480), nibble), p0 + 28, p1 + 28, p2 + 28, p3 + 28);
+            byte* sc = g + ScaleOffset(b);
+            var dw0 = Packed256.Halves(sc);
+            var dw1 = Packed256.Halves(sc + 16);
+            Finish256(acc, low, s00, s01, dw0, dw1, tok[0].D + b, ds[0] + b);
+            if (TN.Value > 1)
+            {
+                Finish256(acc + 16, low + 16, s10, s11, dw0, dw1, tok[1].D + b, ds[1] + b);
+            }
+            if (TN.Value > 2)
+            {
+                Finish256(acc + 32, low + 32, s20, s21, dw0, dw1, tok[2].D + b, ds[2] + b);
+            }
+            if (TN.Value > 3)
+            {
+                Finish256(acc + 48, low + 48, s30, s31, dw0, dw1, tok[3].D + b, ds[3] + b);
             }
         }
-        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+        Packed256.StoreGroupTile(TN.Value, acc, y, n, rows);
+    }
+
+    /// <summary>One token's low-plane int16 sums of both halves (s0, s1) widened to int32 at l (half 0) and l + 8 (half 1).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void KeepLow(int* l, Vector256<short> s0, Vector256<short> s1)
+    {
+        Packed256.Widen(s0).Store(l);
+        Packed256.Widen(s1).Store(l + 8);
+    }
+
+    /// <summary>
+    /// One token's block for both halves from its high-plane sums (s0, s1) and the low-plane sums kept at l:
+    /// p = 16 sh + sl exactly, acc + d_w (p d_x - 128 d_x sum x) for the accumulators at acc (half 0) and acc + 8.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Finish256(float* acc, int* l, Vector256<short> s0, Vector256<short> s1, Vector256<float> dw0, Vector256<float> dw1, float* dx, float* ds128)
+    {
+        var x = Vector256.Create(*dx);
+        var o = Vector256.Create(*ds128);
+        var sixteen = Vector256.Create((short)16);
+        var p0 = Avx2.MultiplyAddAdjacent(s0, sixteen) + Vector256.Load(l);
+        var p1 = Avx2.MultiplyAddAdjacent(s1, sixteen) + Vector256.Load(l + 8);
+        Fma.MultiplyAdd(dw0, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p0), x, o), Vector256.Load(acc)).Store(acc);
+        Fma.MultiplyAdd(dw1, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p1), x, o), Vector256.Load(acc + 8)).Store(acc + 8);
     }
 
     /// <summary>
