@@ -512,7 +512,7 @@ internal static unsafe class Q6KPacked
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
-    /// up to 4 tokens over each half group (<see cref="Tokens256{TN}"/>; the group stays in L2 across its tiles and halves).
+    /// up to 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
     /// Needs <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
@@ -528,15 +528,7 @@ internal static unsafe class Q6KPacked
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
 
         public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount
-        {
-            // Half by half: the tile holds a half group's sums in registers (the second half finds the group in L2).
-            Tokens256<TN>(g, 0, nb, tok, (int**)data, y, n, Math.Min(rows, Packed256.HalfRows));
-            if (rows > Packed256.HalfRows)
-            {
-                Tokens256<TN>(g, 1, nb, tok, (int**)data, y + Packed256.HalfRows, n, rows - Packed256.HalfRows);
-            }
-        }
+            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
     }
 
     /// <summary>
@@ -602,104 +594,146 @@ internal static unsafe class Q6KPacked
     }
 
     /// <summary>
-    /// AVX2: half <paramref name="half"/> (8 rows) of the group at g x TN.Value (1..4) tokens over all super-blocks;
-    /// stores the first <paramref name="rows"/> rows of each token. The order of <see cref="Decode256"/>, each u vector
-    /// built once for all the tokens.
+    /// AVX2: the group at g (16 rows, both halves) x TN.Value (1..4) tokens over all super-blocks; stores the first
+    /// <paramref name="rows"/> rows of each token. The sub-blocks go in the layout's order (per (h, p), k = 0..3), one
+    /// at a time over both halves (<see cref="SubBlock256{TN, TQ}"/>): its int16 sums (token x half) stay in registers and
+    /// each broadcast serves 16 rows. The isums (token j, half h at 16 j + 8 h) and float accumulators live in stack
+    /// buffers, then acc = fma(d, float(isum) d_x, acc) per super-block, as the class comment.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void Tokens256<TN>(byte* g, int half, int nb, Q8Row* tok, int** offs, float* y, int n, int rows)
+    private static void Tile256<TN>(byte* g, int nb, bool first, Q8Row* tok, int** offs, float* y, int n, int rows)
         where TN : struct, ITokenCount
     {
-        Vector256<float> c0 = default, c1 = default, c2 = default, c3 = default;
+        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
+        float* acc = stackalloc float[Lanes];
+        int* isum = stackalloc int[Lanes];
+        new Span<float>(acc, Lanes).Clear();
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + (long)b * SuperBytes;
-            byte* hb = sb + 32 * half;
-            var i = new Sums4();
+            new Span<int>(isum, Lanes).Clear();
             for (int hp = 0; hp < 4; hp++)
             {
-                if (half == 0)
+                if (first)
                 {
+                    // The first tile over a group brings it in from memory; the next ones find it in L2.
                     PackedLayouts.PrefetchLines(sb + 2 * SuperBytes + 1024 * hp, 1024);
                 }
                 int h = hp >> 1, p = hp & 1;
-                TokensPair256<TN>(hb, b, h, p, 0, tok, offs, ref i);
-                TokensPair256<TN>(hb, b, h, p, 2, tok, offs, ref i);
+                SubBlock256<TN, Bits0>(sb, b, h, p, tok, offs, isum);
+                SubBlock256<TN, Bits1>(sb, b, h, p, tok, offs, isum);
+                SubBlock256<TN, Bits2>(sb, b, h, p, tok, offs, isum);
+                SubBlock256<TN, Bits3>(sb, b, h, p, tok, offs, isum);
             }
-            var d = Packed256.Halves(sb + DOffset + 16 * half);
-            c0 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S0) * Vector256.Create(tok[0].D[b]), c0);
-            if (TN.Value > 1)
+            for (int half = 0; half < 2; half++)
             {
-                c1 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S1) * Vector256.Create(tok[1].D[b]), c1);
-            }
-            if (TN.Value > 2)
-            {
-                c2 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S2) * Vector256.Create(tok[2].D[b]), c2);
-            }
-            if (TN.Value > 3)
-            {
-                c3 = Fma.MultiplyAdd(d, Avx.ConvertToVector256Single(i.S3) * Vector256.Create(tok[3].D[b]), c3);
+                var d = Packed256.Halves(sb + DOffset + 16 * half);
+                for (int j = 0; j < TN.Value; j++)
+                {
+                    int at = 16 * j + 8 * half;
+                    var sum = Avx.ConvertToVector256Single(Vector256.Load(isum + at)) * Vector256.Create(tok[j].D[b]);
+                    Fma.MultiplyAdd(d, sum, Vector256.Load(acc + at)).Store(acc + at);
+                }
             }
         }
-        Packed256.StoreTile(TN.Value, y, n, rows, c0, c1, c2, c3);
+        Packed256.StoreGroupTile(TN.Value, acc, y, n, rows);
     }
 
-    /// <summary>The int32 isum of up to 4 tokens.</summary>
-    private struct Sums4
-    {
-        public Vector256<int> S0, S1, S2, S3;
-    }
-
-    /// <summary>Sub-blocks k0 and k0 + 1 of (h, p) of super-block b for a half group (hb: its dwords) and TN.Value tokens, as <see cref="HalvesPair256"/> does for two halves.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void TokensPair256<TN>(byte* hb, int b, int h, int p, int k0, Q8Row* tok, int** offs, ref Sums4 sums)
+    /// <summary>
+    /// Sub-block j = 8h + 2k + p (k = TQ.Value) of super-block b for both halves (sb) and TN.Value tokens: its 4 dwords
+    /// (values 4i..4i + 3, u built per half, <see cref="Unsigned"/>) times each token's broadcasts into int16 sums
+    /// (wrapping), then isum += sc[j] (sum - the token's offset pair) per token and half. Compiled once per (TN, k), not
+    /// inlined: four inlined copies made the tile too large for the JIT, which then left calls to trivial getters in it.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void SubBlock256<TN, TQ>(byte* sb, int b, int h, int p, Q8Row* tok, int** offs, int* isum)
         where TN : struct, ITokenCount
+        where TQ : struct, ITokenCount
     {
-        int ja = 8 * h + 2 * k0 + p, jb = ja + 2;
-        Vector256<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-        int vo = QuantOffset + 768 * (2 * h + p);
-        // Sub-block ja's activations of each token; jb's are 32 further (pointers set once: the loop then addresses
-        // them with its index alone).
-        long xa = 256L * b + 16 * ja;
-        sbyte* x0 = tok[0].Q + xa, x1 = tok[1].Q + xa, x2 = tok[2].Q + xa, x3 = tok[3].Q + xa;
-        byte* v = hb + vo;
-        for (int i = 0; i < 16; i += 4)
-        {
-            Build256(v + 48 * i, k0, out var ua, out var ub);
-            a0 += Packed256.Mul(ua, Packed256.Broadcast4(x0 + i));
-            b0 += Packed256.Mul(ub, Packed256.Broadcast4(x0 + 32 + i));
-            if (TN.Value > 1)
-            {
-                a1 += Packed256.Mul(ua, Packed256.Broadcast4(x1 + i));
-                b1 += Packed256.Mul(ub, Packed256.Broadcast4(x1 + 32 + i));
-            }
-            if (TN.Value > 2)
-            {
-                a2 += Packed256.Mul(ua, Packed256.Broadcast4(x2 + i));
-                b2 += Packed256.Mul(ub, Packed256.Broadcast4(x2 + 32 + i));
-            }
-            if (TN.Value > 3)
-            {
-                a3 += Packed256.Mul(ua, Packed256.Broadcast4(x3 + i));
-                b3 += Packed256.Mul(ub, Packed256.Broadcast4(x3 + 32 + i));
-            }
-        }
-        var sca = ScalePair256(hb, ja);
-        var scb = ScalePair256(hb, jb);
-        long oa = 16L * b + ja, ob = oa + 2;
-        sums.S0 += Avx2.MultiplyAddAdjacent(a0 - Vector256.Create(offs[0][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b0 - Vector256.Create(offs[0][ob]).AsInt16(), scb);
+        int k = TQ.Value;
+        int j = 8 * h + 2 * k + p;
+        byte* v = sb + QuantOffset + 768 * (2 * h + p);
+        long xo = 256L * b + 16 * j;
+        sbyte* p0 = tok[0].Q + xo, p1 = tok[1].Q + xo, p2 = tok[2].Q + xo, p3 = tok[3].Q + xo;
+        Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+        Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Unsigned(v, k), Unsigned(v + 32, k), p0, p1, p2, p3);
+        Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Unsigned(v + 192, k), Unsigned(v + 224, k), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
+        Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Unsigned(v + 384, k), Unsigned(v + 416, k), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
+        Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Unsigned(v + 576, k), Unsigned(v + 608, k), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+        var sc0 = ScalePair256(sb, j);
+        var sc1 = ScalePair256(sb + 32, j);
+        long o = 16L * b + j;
+        AddScaled(isum, s00, s01, Vector256.Create(offs[0][o]).AsInt16(), sc0, sc1);
         if (TN.Value > 1)
         {
-            sums.S1 += Avx2.MultiplyAddAdjacent(a1 - Vector256.Create(offs[1][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b1 - Vector256.Create(offs[1][ob]).AsInt16(), scb);
+            AddScaled(isum + 16, s10, s11, Vector256.Create(offs[1][o]).AsInt16(), sc0, sc1);
         }
         if (TN.Value > 2)
         {
-            sums.S2 += Avx2.MultiplyAddAdjacent(a2 - Vector256.Create(offs[2][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b2 - Vector256.Create(offs[2][ob]).AsInt16(), scb);
+            AddScaled(isum + 32, s20, s21, Vector256.Create(offs[2][o]).AsInt16(), sc0, sc1);
         }
         if (TN.Value > 3)
         {
-            sums.S3 += Avx2.MultiplyAddAdjacent(a3 - Vector256.Create(offs[3][oa]).AsInt16(), sca) + Avx2.MultiplyAddAdjacent(b3 - Vector256.Create(offs[3][ob]).AsInt16(), scb);
+            AddScaled(isum + 48, s30, s31, Vector256.Create(offs[3][o]).AsInt16(), sc0, sc1);
         }
+    }
+
+    /// <summary>k = 0: bits 0, 1 of qh and the low nibbles of the first ql vector (<see cref="SubBlock256{TN, TQ}"/>).</summary>
+    private readonly struct Bits0 : ITokenCount
+    {
+        public static int Value => 0;
+    }
+
+    /// <summary>k = 1: bits 2, 3 of qh and the low nibbles of the second ql vector.</summary>
+    private readonly struct Bits1 : ITokenCount
+    {
+        public static int Value => 1;
+    }
+
+    /// <summary>k = 2: bits 4, 5 of qh and the high nibbles of the first ql vector.</summary>
+    private readonly struct Bits2 : ITokenCount
+    {
+        public static int Value => 2;
+    }
+
+    /// <summary>k = 3: bits 6, 7 of qh and the high nibbles of the second ql vector.</summary>
+    private readonly struct Bits3 : ITokenCount
+    {
+        public static int Value => 3;
+    }
+
+    /// <summary>One token's wrapped int16 sums of both halves less its offset pair, times the halves' scales, added to its isums at i and i + 8.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddScaled(int* i, Vector256<short> s0, Vector256<short> s1, Vector256<short> offset, Vector256<short> sc0, Vector256<short> sc1)
+    {
+        (Vector256.Load(i) + Avx2.MultiplyAddAdjacent(s0 - offset, sc0)).Store(i);
+        (Vector256.Load(i + 8) + Avx2.MultiplyAddAdjacent(s1 - offset, sc1)).Store(i + 8);
+    }
+
+    /// <summary>
+    /// u of sub-block k (a constant at each call) of a half group's dword, from the ql, ql and qh vectors at v, v + 64,
+    /// v + 128: the low (k &lt; 2) or high nibble of ql vector k and 1, or'd with bits 2k, 2k + 1 of qh moved to bits 4, 5.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<byte> Unsigned(byte* v, int k)
+    {
+        var nibble = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        var ql = Vector256.Load(v + 64 * (k & 1));
+        var qh = Vector256.Load(v + 128).AsUInt16();
+        var low = k < 2 ? ql & nibble : Packed256.High(ql, nibble);
+        var high = k switch
+        {
+            0 => Vector256.ShiftLeft(qh, 4),
+            1 => Vector256.ShiftLeft(qh, 2),
+            2 => qh,
+            _ => Vector256.ShiftRightLogical(qh, 2),
+        };
+        return low | (high.AsByte() & bits45);
     }
 
     /// <summary>
@@ -709,21 +743,8 @@ internal static unsafe class Q6KPacked
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Build256(byte* v, int k0, out Vector256<byte> ua, out Vector256<byte> ub)
     {
-        var nibble = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        var ql0 = Vector256.Load(v);
-        var ql1 = Vector256.Load(v + 64);
-        var qh = Vector256.Load(v + 128).AsUInt16();
-        if (k0 == 0)
-        {
-            ua = (ql0 & nibble) | (Vector256.ShiftLeft(qh, 4).AsByte() & bits45);
-            ub = (ql1 & nibble) | (Vector256.ShiftLeft(qh, 2).AsByte() & bits45);
-        }
-        else
-        {
-            ua = (Vector256.ShiftRightLogical(ql0.AsUInt16(), 4).AsByte() & nibble) | (qh.AsByte() & bits45);
-            ub = (Vector256.ShiftRightLogical(ql1.AsUInt16(), 4).AsByte() & nibble) | (Vector256.ShiftRightLogical(qh, 2).AsByte() & bits45);
-        }
+        ua = Unsigned(v, k0);
+        ub = Unsigned(v, k0 + 1);
     }
 
     /// <summary>sc[j] of a half group's 8 rows (hb: its dwords) in both int16 halves of each dword (vpshufb to the high bytes, arithmetic shift down).</summary>
