@@ -159,25 +159,6 @@ internal static unsafe class Packed256
             y[i] = c.GetElement(i);
         }
     }
-
-    /// <summary>Token j's accumulator of a tile to its row of y (y + j n) when j &lt; <paramref name="tokens"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void StoreTile(int tokens, float* y, int n, int rows, Vector256<float> c0, Vector256<float> c1, Vector256<float> c2, Vector256<float> c3)
-    {
-        Store(c0, y, rows);
-        if (tokens > 1)
-        {
-            Store(c1, y + n, rows);
-        }
-        if (tokens > 2)
-        {
-            Store(c2, y + 2L * n, rows);
-        }
-        if (tokens > 3)
-        {
-            Store(c3, y + 3L * n, rows);
-        }
-    }
 }
 
 /// <summary>A packed format's AVX2 kernels, for <see cref="Packed256.Run{TK}"/>.</summary>
