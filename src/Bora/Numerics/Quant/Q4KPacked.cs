@@ -480,8 +480,8 @@ internal static unsafe class Q4KPacked
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
-    /// up to 4 tokens over each half group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles and
-    /// halves). Needs <see cref="Prepare"/> for this product.
+    /// up to 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles). Needs
+    /// <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Packed256.Run<Kernel256>(packed, nb, n, act, tokens, y, r0, r1);
