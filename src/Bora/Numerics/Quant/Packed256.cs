@@ -30,6 +30,9 @@ internal static unsafe class Packed256
     /// <summary>Tokens per tile of every format's AVX2 tiles.</summary>
     public const int TileTokens = 4;
 
+    /// <summary>Lanes of a tile's accumulator buffer: token j, half h, row lane at 16 j + 8 h + lane.</summary>
+    public const int TileLanes = TileTokens * PackedLayouts.GroupRows;
+
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), over the packed groups of format
     /// <typeparamref name="TK"/>: a 1-token product streams each group once, both halves together
@@ -123,6 +126,25 @@ internal static unsafe class Packed256
         {
             MulPair(ref s30, ref s31, w0, w1, p3);
         }
+    }
+
+    /// <summary>
+    /// The block term of the formats stored with an offset (Q4_0: q = w + 8, Q8_0: u = w + 128):
+    /// acc + d_w (p d_x - offset), p the block's exact integer sums of (stored value) x, offset = o d_x sum x.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> OffsetBlock(Vector256<float> acc, Vector256<int> p, Vector256<float> dw, Vector256<float> dx, Vector256<float> offset) =>
+        Fma.MultiplyAdd(dw, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p), dx, offset), acc);
+
+    /// <summary>
+    /// One token's int16 sums of both halves (s0, s1) times their int16 scales (vpmaddwd), added to its int32 sums at
+    /// <paramref name="i"/> (half 0) and i + 8 (half 1) of a tile's buffer.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void AddScaled(int* i, Vector256<short> s0, Vector256<short> s1, Vector256<short> sc0, Vector256<short> sc1)
+    {
+        (Vector256.Load(i) + Avx2.MultiplyAddAdjacent(s0, sc0)).Store(i);
+        (Vector256.Load(i + 8) + Avx2.MultiplyAddAdjacent(s1, sc1)).Store(i + 8);
     }
 
     /// <summary>

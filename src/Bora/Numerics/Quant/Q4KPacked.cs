@@ -516,10 +516,9 @@ internal static unsafe class Q4KPacked
     {
         byte* controls = Controls; // read once (see Decode256)
         var nibble = Vector256.Create((byte)0x0F);
-        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
-        float* acc = stackalloc float[Lanes];
-        int* isum = stackalloc int[Lanes];
-        new Span<float>(acc, Lanes).Clear();
+        float* acc = stackalloc float[Packed256.TileLanes]; // (token, half, lane): 16 j + 8 h + lane
+        int* isum = stackalloc int[Packed256.TileLanes];
+        new Span<float>(acc, Packed256.TileLanes).Clear();
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
@@ -529,7 +528,7 @@ internal static unsafe class Q4KPacked
                 // The first tile over a group brings it in from memory; the next ones find it in L2.
                 PackedLayouts.PrefetchLines(sb + SuperBytes, SuperBytes);
             }
-            new Span<int>(isum, Lanes).Clear();
+            new Span<int>(isum, Packed256.TileLanes).Clear();
             for (int c = 0; c < 4; c++)
             {
                 byte* q = sb + QuantOffset + 512L * c;
@@ -561,18 +560,18 @@ internal static unsafe class Q4KPacked
                         Nibbles(q + 448, shift, nibble), Nibbles(q + 480, shift, nibble), p0 + xp + 28, p1 + xp + 28, p2 + xp + 28, p3 + xp + 28);
                     var sc0 = SubBlockScales(sb, c, part, controls);
                     var sc1 = SubBlockScales(sb + 32, c, part, controls);
-                    AddScaled(isum, s00, s01, sc0, sc1);
+                    Packed256.AddScaled(isum, s00, s01, sc0, sc1);
                     if (TN.Value > 1)
                     {
-                        AddScaled(isum + 16, s10, s11, sc0, sc1);
+                        Packed256.AddScaled(isum + 16, s10, s11, sc0, sc1);
                     }
                     if (TN.Value > 2)
                     {
-                        AddScaled(isum + 32, s20, s21, sc0, sc1);
+                        Packed256.AddScaled(isum + 32, s20, s21, sc0, sc1);
                     }
                     if (TN.Value > 3)
                     {
-                        AddScaled(isum + 48, s30, s31, sc0, sc1);
+                        Packed256.AddScaled(isum + 48, s30, s31, sc0, sc1);
                     }
                 }
             }
@@ -607,14 +606,6 @@ internal static unsafe class Q4KPacked
         var scs = c < 2 ? v0 & Vector256.Create((byte)0x3F)
             : (Vector256.Load(hb + ScaleOffset + 128) & Vector256.Create((byte)0x0F)) | (Vector256.ShiftRightLogical(v0.AsUInt32(), 2).AsByte() & Vector256.Create((byte)0x30));
         return Avx2.Shuffle(scs, Vector256.Load(controls + 128 * (c & 1) + 64 * part)).AsInt16();
-    }
-
-    /// <summary>One token's int16 sums of both halves (s0, s1) times their sub-block scales, added to its isums at i (half 0) and i + 8 (half 1).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AddScaled(int* i, Vector256<short> s0, Vector256<short> s1, Vector256<short> sc0, Vector256<short> sc1)
-    {
-        (Vector256.Load(i) + Avx2.MultiplyAddAdjacent(s0, sc0)).Store(i);
-        (Vector256.Load(i + 8) + Avx2.MultiplyAddAdjacent(s1, sc1)).Store(i + 8);
     }
 
     /// <summary>

@@ -286,8 +286,7 @@ internal static unsafe class Q4_0Packed
         var h = TokenSum256(v0 & nibble, v1 & nibble, v2 & nibble, v3 & nibble,
             Packed256.High(v0, nibble), Packed256.High(v1, nibble), Packed256.High(v2, nibble), Packed256.High(v3, nibble),
             x0, x1, x2, x3, x4, x5, x6, x7);
-        var p = Avx.ConvertToVector256Single(Packed256.Widen(h));
-        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(p, dx, ds), acc);
+        return Packed256.OffsetBlock(acc, Packed256.Widen(h), dw, dx, ds);
     }
 
     /// <summary>
@@ -315,8 +314,8 @@ internal static unsafe class Q4_0Packed
         where TN : struct, ITokenCount
     {
         var nibble = Vector256.Create((byte)0x0F);
-        float* c = stackalloc float[Packed256.TileTokens * GroupRows]; // (token, half, lane): 16 j + 8 h + lane
-        new Span<float>(c, Packed256.TileTokens * GroupRows).Clear();
+        float* c = stackalloc float[Packed256.TileLanes]; // (token, half, lane): 16 j + 8 h + lane
+        new Span<float>(c, Packed256.TileLanes).Clear();
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
@@ -377,8 +376,8 @@ internal static unsafe class Q4_0Packed
     {
         var x = Vector256.Create(*dx);
         var o = Vector256.Create(*ds8);
-        Fma.MultiplyAdd(dw0, Fma.MultiplySubtract(Avx.ConvertToVector256Single(Packed256.Widen(s0)), x, o), Vector256.Load(c)).Store(c);
-        Fma.MultiplyAdd(dw1, Fma.MultiplySubtract(Avx.ConvertToVector256Single(Packed256.Widen(s1)), x, o), Vector256.Load(c + 8)).Store(c + 8);
+        Packed256.OffsetBlock(Vector256.Load(c), Packed256.Widen(s0), dw0, x, o).Store(c);
+        Packed256.OffsetBlock(Vector256.Load(c + 8), Packed256.Widen(s1), dw1, x, o).Store(c + 8);
     }
 
     /// <summary>

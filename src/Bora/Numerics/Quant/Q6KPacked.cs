@@ -567,7 +567,7 @@ internal static unsafe class Q6KPacked
     /// <summary>
     /// Sub-blocks k0 and k0 + 1 (k0 = 0 or 2, a constant at each call) of (h, p) for both halves of a super-block (sb)
     /// and one token (x: its super-block quants; o: its offset pairs): vector by vector (i = 0..3: values 4i..4i + 3 of
-    /// each sub-block), u built (<see cref="Build256"/>) for each half; per half two int16 sums (4 vpmaddubsw each,
+    /// each sub-block), u built (<see cref="Unsigned"/>) for each half; per half two int16 sums (4 vpmaddubsw each,
     /// wrapping), then i += sc[j] (sum - offset pair) for j = 8h + 2k + p.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -580,10 +580,12 @@ internal static unsafe class Q6KPacked
         {
             var xa = Packed256.Broadcast4(x + 16 * ja + 4 * i);
             var xb = Packed256.Broadcast4(x + 16 * jb + 4 * i);
-            Build256(sb + vo + 192 * i, k0, out var ua, out var ub);
+            var ua = Unsigned(sb + vo + 192 * i, k0);
+            var ub = Unsigned(sb + vo + 192 * i, k0 + 1);
             a0 += Packed256.Mul(ua, xa);
             b0 += Packed256.Mul(ub, xb);
-            Build256(sb + 32 + vo + 192 * i, k0, out var va, out var vb);
+            var va = Unsigned(sb + 32 + vo + 192 * i, k0);
+            var vb = Unsigned(sb + 32 + vo + 192 * i, k0 + 1);
             a1 += Packed256.Mul(va, xa);
             b1 += Packed256.Mul(vb, xb);
         }
@@ -604,14 +606,13 @@ internal static unsafe class Q6KPacked
     private static void Tile256<TN>(byte* g, int nb, bool first, Q8Row* tok, int** offs, float* y, int n, int rows)
         where TN : struct, ITokenCount
     {
-        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
-        float* acc = stackalloc float[Lanes];
-        int* isum = stackalloc int[Lanes];
-        new Span<float>(acc, Lanes).Clear();
+        float* acc = stackalloc float[Packed256.TileLanes]; // (token, half, lane): 16 j + 8 h + lane
+        int* isum = stackalloc int[Packed256.TileLanes];
+        new Span<float>(acc, Packed256.TileLanes).Clear();
         for (int b = 0; b < nb; b++)
         {
             byte* sb = g + (long)b * SuperBytes;
-            new Span<int>(isum, Lanes).Clear();
+            new Span<int>(isum, Packed256.TileLanes).Clear();
             for (int hp = 0; hp < 4; hp++)
             {
                 if (first)
@@ -667,18 +668,22 @@ internal static unsafe class Q6KPacked
         var sc0 = ScalePair256(sb, j);
         var sc1 = ScalePair256(sb + 32, j);
         long o = 16L * b + j;
-        AddScaled(isum, s00, s01, Vector256.Create(offs[0][o]).AsInt16(), sc0, sc1);
+        var o0 = Vector256.Create(offs[0][o]).AsInt16();
+        Packed256.AddScaled(isum, s00 - o0, s01 - o0, sc0, sc1);
         if (TN.Value > 1)
         {
-            AddScaled(isum + 16, s10, s11, Vector256.Create(offs[1][o]).AsInt16(), sc0, sc1);
+            var o1 = Vector256.Create(offs[1][o]).AsInt16();
+            Packed256.AddScaled(isum + 16, s10 - o1, s11 - o1, sc0, sc1);
         }
         if (TN.Value > 2)
         {
-            AddScaled(isum + 32, s20, s21, Vector256.Create(offs[2][o]).AsInt16(), sc0, sc1);
+            var o2 = Vector256.Create(offs[2][o]).AsInt16();
+            Packed256.AddScaled(isum + 32, s20 - o2, s21 - o2, sc0, sc1);
         }
         if (TN.Value > 3)
         {
-            AddScaled(isum + 48, s30, s31, Vector256.Create(offs[3][o]).AsInt16(), sc0, sc1);
+            var o3 = Vector256.Create(offs[3][o]).AsInt16();
+            Packed256.AddScaled(isum + 48, s30 - o3, s31 - o3, sc0, sc1);
         }
     }
 
@@ -706,14 +711,6 @@ internal static unsafe class Q6KPacked
         public static int Value => 3;
     }
 
-    /// <summary>One token's wrapped int16 sums of both halves less its offset pair, times the halves' scales, added to its isums at i and i + 8.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void AddScaled(int* i, Vector256<short> s0, Vector256<short> s1, Vector256<short> offset, Vector256<short> sc0, Vector256<short> sc1)
-    {
-        (Vector256.Load(i) + Avx2.MultiplyAddAdjacent(s0 - offset, sc0)).Store(i);
-        (Vector256.Load(i + 8) + Avx2.MultiplyAddAdjacent(s1 - offset, sc1)).Store(i + 8);
-    }
-
     /// <summary>
     /// u of sub-block k (a constant at each call) of a half group's dword, from the ql, ql and qh vectors at v, v + 64,
     /// v + 128: the low (k &lt; 2) or high nibble of ql vector k and 1, or'd with bits 2k, 2k + 1 of qh moved to bits 4, 5.
@@ -734,17 +731,6 @@ internal static unsafe class Q6KPacked
             _ => Vector256.ShiftRightLogical(qh, 2),
         };
         return low | (high.AsByte() & bits45);
-    }
-
-    /// <summary>
-    /// u of vector i of sub-blocks k0 and k0 + 1 of a half group, from the ql, ql and qh vectors at v, v + 64, v + 128:
-    /// (ql nibble) or (bits 2k, 2k + 1 of qh moved to bits 4, 5), per byte.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Build256(byte* v, int k0, out Vector256<byte> ua, out Vector256<byte> ub)
-    {
-        ua = Unsigned(v, k0);
-        ub = Unsigned(v, k0 + 1);
     }
 
     /// <summary>sc[j] of a half group's 8 rows (hb: its dwords) in both int16 halves of each dword (vpshufb to the high bytes, arithmetic shift down).</summary>

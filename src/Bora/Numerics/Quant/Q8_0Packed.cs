@@ -325,10 +325,9 @@ internal static unsafe class Q8_0Packed
         where TN : struct, ITokenCount
     {
         var nibble = Vector256.Create((byte)0x0F);
-        const int Lanes = Packed256.TileTokens * GroupRows; // (token, half, lane): 16 j + 8 h + lane
-        float* acc = stackalloc float[Lanes];
-        int* low = stackalloc int[Lanes];
-        new Span<float>(acc, Lanes).Clear();
+        float* acc = stackalloc float[Packed256.TileLanes]; // (token, half, lane): 16 j + 8 h + lane
+        int* low = stackalloc int[Packed256.TileLanes];
+        new Span<float>(acc, Packed256.TileLanes).Clear();
         sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
         for (int b = 0; b < nb; b++)
         {
@@ -428,8 +427,8 @@ internal static unsafe class Q8_0Packed
         var sixteen = Vector256.Create((short)16);
         var p0 = Avx2.MultiplyAddAdjacent(s0, sixteen) + Vector256.Load(l);
         var p1 = Avx2.MultiplyAddAdjacent(s1, sixteen) + Vector256.Load(l + 8);
-        Fma.MultiplyAdd(dw0, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p0), x, o), Vector256.Load(acc)).Store(acc);
-        Fma.MultiplyAdd(dw1, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p1), x, o), Vector256.Load(acc + 8)).Store(acc + 8);
+        Packed256.OffsetBlock(Vector256.Load(acc), p0, dw0, x, o).Store(acc);
+        Packed256.OffsetBlock(Vector256.Load(acc + 8), p1, dw1, x, o).Store(acc + 8);
     }
 
     /// <summary>
@@ -440,7 +439,7 @@ internal static unsafe class Q8_0Packed
     private static Vector256<float> Block256(Vector256<float> acc, Vector256<short> sl, Vector256<short> sh, Vector256<float> dw, float* dx, float* ds128)
     {
         var p = Avx2.MultiplyAddAdjacent(sh, Vector256.Create((short)16)) + Packed256.Widen(sl);
-        return Fma.MultiplyAdd(dw, Fma.MultiplySubtract(Avx.ConvertToVector256Single(p), Vector256.Create(*dx), Vector256.Create(*ds128)), acc);
+        return Packed256.OffsetBlock(acc, p, dw, Vector256.Create(*dx), Vector256.Create(*ds128));
     }
 
     /// <summary>
