@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Bora.Numerics;
 using Bora.Numerics.Quant;
 
@@ -45,6 +47,59 @@ public sealed unsafe class QuantDotTests
             }
             float actual = QuantDot.Half(p);
             Assert.True(BitConverter.SingleToInt32Bits(expected) == BitConverter.SingleToInt32Bits(actual), $"half 0x{bits:X4}: {expected} vs {actual}");
+        }
+    }
+
+    /// <summary>
+    /// The vector conversions of weight scales (<see cref="QuantGemm.Halves"/>, <see cref="QuantGemm.Halves512"/>,
+    /// <see cref="Packed256.Halves(byte*)"/>, <see cref="Packed256.BlockScales"/>) against
+    /// <see cref="QuantDot.HalfScalar"/> for every finite half: in runs of 16 consecutive bit patterns, and each value
+    /// among 15 subnormals.
+    /// </summary>
+    [Fact]
+    public void VectorHalfConversionsMatchSystemHalfForEveryFiniteValue()
+    {
+        short* h = stackalloc short[16];
+        float* expected = stackalloc float[16];
+        float* actual = stackalloc float[16];
+        for (int pass = 0; pass < 2; pass++)
+        {
+            for (int bits = 0; bits < 65536; bits += pass == 0 ? 16 : 1)
+            {
+                for (int i = 0; i < 16; i++)
+                {
+                    h[i] = (short)(pass == 0 ? bits + i : i == bits % 16 ? bits : 0x8001 + i);
+                    expected[i] = QuantDot.HalfScalar((byte*)(h + i));
+                }
+                void Check(string what)
+                {
+                    for (int i = 0; i < 16; i++)
+                    {
+                        if (float.IsFinite(expected[i]))
+                        {
+                            Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(actual[i]),
+                                $"{what}: half 0x{(ushort)h[i]:X4}: {expected[i]} vs {actual[i]}");
+                        }
+                    }
+                }
+                if (Avx2.IsSupported)
+                {
+                    QuantGemm.Halves(Avx2.ConvertToVector256Int32(h)).Store(actual);
+                    QuantGemm.Halves(Avx2.ConvertToVector256Int32(h + 8)).Store(actual + 8);
+                    Check("QuantGemm.Halves");
+                    Packed256.Halves((byte*)h).Store(actual);
+                    Packed256.Halves((byte*)(h + 8)).Store(actual + 8);
+                    Check("Packed256.Halves");
+                    Packed256.BlockScales((byte*)h).Store(actual);
+                    Packed256.BlockScales((byte*)(h + 8)).Store(actual + 8);
+                    Check("Packed256.BlockScales");
+                }
+                if (Avx512F.IsSupported)
+                {
+                    Q4_0Packed.Halves(Vector256.Load(h)).Store(actual);
+                    Check("Q4_0Packed.Halves (QuantGemm.Halves512)");
+                }
+            }
         }
     }
 

@@ -209,15 +209,9 @@ internal static unsafe class Q4_0Packed
         return Avx512F.FusedMultiplyAdd(dw, Avx512F.FusedMultiplySubtract(p, Vector512.Create(*dx), Vector512.Create(*ds8)), acc);
     }
 
-    /// <summary>
-    /// 16 f16 values widened to float, exactly (normal and subnormal halves; as <see cref="QuantGemm.Halves"/>):
-    /// sign-extend, shift the exponent and mantissa into a float's place, clear bits 28..30 (the sign extension), and
-    /// scale by 2^112 (the exponent bias difference).
-    /// </summary>
+    /// <summary>16 f16 values widened to float, exactly (<see cref="QuantGemm.Halves512"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal static Vector512<float> Halves(Vector256<short> h) =>
-        (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(h), 13) & Vector512.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
-        * Vector512.Create(5.192296858534828E+33f);
+    internal static Vector512<float> Halves(Vector256<short> h) => QuantGemm.Halves512(Avx512F.ConvertToVector512Int32(h));
 
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
@@ -263,8 +257,8 @@ internal static unsafe class Q4_0Packed
             var x7 = Packed256.Broadcast4(x + 28);
             var dx = Vector256.Create(a.D[b]);
             var ds = Vector256.Create(ds8[b]);
-            c0 = Half256(c0, wb, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.Halves(wb + 256), dx, ds);
-            c1 = Half256(c1, wb + 32, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.Halves(wb + 256 + 16), dx, ds);
+            c0 = Half256(c0, wb, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.BlockScales(wb + 256), dx, ds);
+            c1 = Half256(c1, wb + 32, x0, x1, x2, x3, x4, x5, x6, x7, Packed256.BlockScales(wb + 256 + 16), dx, ds);
         }
         Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
         if (rows > Packed256.HalfRows)
@@ -348,8 +342,8 @@ internal static unsafe class Q4_0Packed
             v1 = Vector256.Load(wb + 224);
             Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, v0 & nibble, v1 & nibble, p0 + 12, p1 + 12, p2 + 12, p3 + 12);
             Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, Packed256.High(v0, nibble), Packed256.High(v1, nibble), p0 + 28, p1 + 28, p2 + 28, p3 + 28);
-            var dw0 = Packed256.Halves(wb + 256);
-            var dw1 = Packed256.Halves(wb + 256 + 16);
+            var dw0 = Packed256.BlockScales(wb + 256);
+            var dw1 = Packed256.BlockScales(wb + 256 + 16);
             Finish256(c, s00, s01, dw0, dw1, tok[0].D + b, ds8[0] + b);
             if (TN.Value > 1)
             {

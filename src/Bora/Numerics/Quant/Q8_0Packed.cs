@@ -301,8 +301,8 @@ internal static unsafe class Q8_0Packed
                 h1 += Packed256.Mul(Packed256.High(u1, nibble), x);
             }
             byte* sc = g + ScaleOffset(b);
-            c0 = Block256(c0, l0, h0, Packed256.Halves(sc), a.D + b, ds128 + b);
-            c1 = Block256(c1, l1, h1, Packed256.Halves(sc + 16), a.D + b, ds128 + b);
+            c0 = Block256(c0, l0, h0, Packed256.BlockScales(sc), a.D + b, ds128 + b);
+            c1 = Block256(c1, l1, h1, Packed256.BlockScales(sc + 16), a.D + b, ds128 + b);
         }
         Packed256.Store(c0, y, Math.Min(rows, Packed256.HalfRows));
         if (rows > Packed256.HalfRows)
@@ -388,8 +388,8 @@ internal static unsafe class Q8_0Packed
             Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
                 Packed256.High(Vector256.Load(q + 448), nibble), Packed256.High(Vector256.Load(q + 480), nibble), p0 + 28, p1 + 28, p2 + 28, p3 + 28);
             byte* sc = g + ScaleOffset(b);
-            var dw0 = Packed256.Halves(sc);
-            var dw1 = Packed256.Halves(sc + 16);
+            var dw0 = Packed256.BlockScales(sc);
+            var dw1 = Packed256.BlockScales(sc + 16);
             Finish256(acc, low, s00, s01, dw0, dw1, tok[0].D + b, ds[0] + b);
             if (TN.Value > 1)
             {

@@ -119,10 +119,12 @@ public static unsafe class QuantDot
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static float Half(byte* p)
     {
-        // Shift exponent and mantissa into float position, then rescale by 2^(127 - 15) = 2^112: this is exact for
-        // normal and subnormal halves (a subnormal half lands on a float subnormal times a power of two).
+        // A normal half: exponent and fraction shifted into a float's place, the exponent rebased by 127 - 15 = 112.
+        // Exponent 0 (subnormal, zero): the fraction times 2^-24, from an integer (no float operation on a subnormal,
+        // which costs a microcode assist; see QuantGemm.Halves).
         uint h = Unsafe.ReadUnaligned<ushort>(p);
-        float f = BitConverter.UInt32BitsToSingle((h & 0x7FFF) << 13) * 5.192296858534828E+33f;
+        uint em = (h & 0x7FFF) << 13;
+        float f = em >= 1u << 23 ? BitConverter.UInt32BitsToSingle(em + (112u << 23)) : (h & 0x3FF) * 5.9604644775390625E-8f;
         return BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(f) | ((h & 0x8000) << 16));
     }
 
