@@ -33,18 +33,23 @@ internal static unsafe class Packed256
     /// <summary>Lanes of a tile's accumulator buffer: token j, half h, row lane at 16 j + 8 h + lane.</summary>
     public const int TileLanes = TileTokens * PackedLayouts.GroupRows;
 
+    [ThreadStatic]
+    private static byte[]? t_expanded;
+
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), over the packed groups of format
     /// <typeparamref name="TK"/>: a 1-token product streams each group once, both halves together
     /// (<see cref="IPacked256.Decode"/>); more tokens run tiles of up to <see cref="TileTokens"/> tokens over each group
-    /// (<see cref="IPacked256.Tile{TN}"/>; the group stays in L2 across its tiles). The format's Prepare must have run
-    /// for this product. y: (T, N).
+    /// (<see cref="IPacked256.Tile{TN}"/>; the group stays in L2 across its tiles); from the format's
+    /// <see cref="IPacked256.ExpandMinTokens"/> tokens on, each group is first expanded once into a per-thread buffer
+    /// that its tiles read. The format's Prepare must have run for this product. y: (T, N).
     /// </summary>
     public static void Run<TK>(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1)
         where TK : struct, IPacked256
     {
         var tok = stackalloc Q8Row[TileTokens];
         var data = stackalloc nint[TileTokens];
+        byte* e = tokens >= TK.ExpandMinTokens ? PinnedScratch.Get(ref t_expanded, TK.ExpandedBytes(nb)) : null;
         for (int g0 = r0; g0 < r1; g0 += PackedLayouts.GroupRows)
         {
             int rows = Math.Min(PackedLayouts.GroupRows, r1 - g0);
@@ -53,6 +58,10 @@ internal static unsafe class Packed256
             {
                 TK.Decode(g, nb, act.Row(0), TK.TokenData(act, 0), y + g0, rows);
                 continue;
+            }
+            if (e != null)
+            {
+                TK.Expand(g, nb, e);
             }
             for (int t0 = 0; t0 < tokens; t0 += TileTokens)
             {
@@ -66,10 +75,10 @@ internal static unsafe class Packed256
                 float* yt = y + (long)t0 * n + g0;
                 switch (tt)
                 {
-                    case 2: TK.Tile<Tokens2>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    case 3: TK.Tile<Tokens3>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    case 4: TK.Tile<Tokens4>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    default: TK.Tile<Tokens1>(g, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 2: TK.Tile<Tokens2>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 3: TK.Tile<Tokens3>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 4: TK.Tile<Tokens4>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    default: TK.Tile<Tokens1>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
                 }
             }
         }
@@ -212,9 +221,22 @@ internal unsafe interface IPacked256
     static abstract void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows);
 
     /// <summary>
-    /// The group at g (16 rows) x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j
-    /// to y + j n. <paramref name="first"/>: the first tile over this group (which reads it from memory).
+    /// Tokens from which a product expands each group once (<see cref="Expand"/>) for its tiles; formats that do not
+    /// expand keep the default (never).
     /// </summary>
-    static abstract void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+    static virtual int ExpandMinTokens => int.MaxValue;
+
+    /// <summary>Bytes of an expanded group of nb super-blocks (<see cref="Expand"/>).</summary>
+    static virtual long ExpandedBytes(int nb) => 0;
+
+    /// <summary>Expands the group at g (nb blocks) into <see cref="ExpandedBytes"/> bytes at <paramref name="dst"/>.</summary>
+    static virtual void Expand(byte* g, int nb, byte* dst) => throw new NotSupportedException("this format does not expand its groups");
+
+    /// <summary>
+    /// The group at g (16 rows) x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j
+    /// to y + j n. <paramref name="e"/>: the group expanded (<see cref="Expand"/>), or null. <paramref name="first"/>:
+    /// the first tile over this group (which reads it from memory).
+    /// </summary>
+    static abstract void Tile<TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
         where TN : struct, ITokenCount;
 }

@@ -512,7 +512,8 @@ internal static unsafe class Q6KPacked
     /// <summary>
     /// y[t, r] for r in [r0, r1) (r0 a multiple of 16), t in [0, tokens), AVX2 (<see cref="Packed256"/>): a 1-token
     /// product streams each group once, both halves per super-block (<see cref="Decode256"/>); more tokens run tiles of
-    /// up to 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles).
+    /// up to 4 tokens over the whole group (<see cref="Tile256{TN}"/>; the group stays in L2 across its tiles), from
+    /// <see cref="Expand256MinTokens"/> tokens on over the group expanded once (<see cref="TileExpanded256{TN}"/>).
     /// Needs <see cref="Prepare"/> for this product.
     /// </summary>
     public static void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
@@ -527,8 +528,108 @@ internal static unsafe class Q6KPacked
 
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (int*)data, y, rows);
 
-        public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
+        public static int ExpandMinTokens => Expand256MinTokens;
+
+        public static long ExpandedBytes(int nb) => nb * Expanded256Bytes;
+
+        public static void Expand(byte* g, int nb, byte* dst) => Expand256(g, nb, dst);
+
+        public static void Tile<TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount
+        {
+            if (e != null)
+            {
+                TileExpanded256<TN>(g, e, nb, tok, (int**)data, y, n, rows);
+            }
+            else
+            {
+                Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Tokens from which the AVX2 product expands each group once (<see cref="Expand256"/>): its tiles then load u
+    /// instead of building it from ql and qh (6 operations per half dword) in every tile of 4 tokens, and one inlined
+    /// loop body serves the 16 sub-blocks (<see cref="Tile256{TN}"/> calls four compiled copies, one per k). Measured on
+    /// the 2-core AMD EPYC (Zen 3), (4096, 4096), 1 thread, GFLOP/s packed / expanded, runs alternating: T = 4:
+    /// 78-85 / 71-72, 8: 69-78 / 75-87, 12: 71-87 / 80-110, 16: 76-84 / 103-116, 256: 80-103 / 153-159; 2 threads,
+    /// T = 256: (4096, 14336) 157-192 / 275-285, (1024, 4096) 141-153 / 219-228.
+    /// </summary>
+    internal const int Expand256MinTokens = 16;
+
+    /// <summary>Bytes of one super-block expanded for AVX2 (<see cref="Expand256"/>): 16 sub-blocks x 4 dwords x 16 rows of u.</summary>
+    private const int Expanded256Bytes = 4096;
+
+    /// <summary>
+    /// The u (0..63) of every value of the group at g (nb super-blocks), built once as the tiles would
+    /// (<see cref="Unsigned"/>), to dst: per super-block (<see cref="Expanded256Bytes"/>), the sub-blocks in the
+    /// layout's order s = 4 (2h + p) + k (sub-block j = 8h + 2k + p), each 4 dwords i, each both halves: half h' of dword
+    /// i of slot s at 256 s + 64 i + 32 h'. The scales and d stay in the packed group.
+    /// Example: sub-block j = 13 (h = 1, k = 2, p = 1: s = 14), dword 3, rows 8..15 at 256 * 14 + 192 + 32 = 3808.
+    /// </summary>
+    private static void Expand256(byte* g, int nb, byte* dst)
+    {
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* eb = dst + (long)b * Expanded256Bytes;
+            for (int hp = 0; hp < 4; hp++)
+            {
+                for (int i = 0; i < 4; i++)
+                {
+                    for (int half = 0; half < 2; half++)
+                    {
+                        byte* v = sb + QuantOffset + 768 * hp + 192 * i + 32 * half;
+                        byte* e = eb + 1024 * hp + 64 * i + 32 * half;
+                        Unsigned(v, 0).Store(e);
+                        Unsigned(v, 1).Store(e + 256);
+                        Unsigned(v, 2).Store(e + 512);
+                        Unsigned(v, 3).Store(e + 768);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Tile256{TN}"/> over an expanded group (e, <see cref="Expand256"/>; scales and d from the packed group
+    /// at g): the same integers and float operations, each sub-block's u loaded, so one loop body serves all 16.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void TileExpanded256<TN>(byte* g, byte* e, int nb, Q8Row* tok, int** offs, float* y, int n, int rows)
+        where TN : struct, ITokenCount
+    {
+        float* acc = stackalloc float[Packed256.TileLanes]; // (token, half, lane): 16 j + 8 h + lane
+        int* isum = stackalloc int[Packed256.TileLanes];
+        new Span<float>(acc, Packed256.TileLanes).Clear();
+        sbyte* x0 = tok[0].Q, x1 = tok[1].Q, x2 = tok[2].Q, x3 = tok[3].Q;
+        for (int b = 0; b < nb; b++)
+        {
+            byte* sb = g + (long)b * SuperBytes;
+            byte* eb = e + (long)b * Expanded256Bytes;
+            new Span<int>(isum, Packed256.TileLanes).Clear();
+            for (int s = 0; s < 16; s++)
+            {
+                int hp = s >> 2;
+                int j = 8 * (hp >> 1) + 2 * (s & 3) + (hp & 1);
+                byte* u = eb + 256 * s;
+                long xo = 256L * b + 16 * j;
+                sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
+                Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
+                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                    Vector256.Load(u), Vector256.Load(u + 32), p0, p1, p2, p3);
+                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                    Vector256.Load(u + 64), Vector256.Load(u + 96), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
+                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                    Vector256.Load(u + 128), Vector256.Load(u + 160), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
+                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+                    Vector256.Load(u + 192), Vector256.Load(u + 224), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+                AddSubBlock<TN>(sb, b, j, offs, isum, s00, s01, s10, s11, s20, s21, s30, s31);
+            }
+            FinishSuper<TN>(sb, b, tok, acc, isum);
+        }
+        Packed256.StoreGroupTile(TN.Value, acc, y, n, rows);
     }
 
     /// <summary>
@@ -626,18 +727,26 @@ internal static unsafe class Q6KPacked
                 SubBlock256<TN, Bits2>(sb, b, h, p, tok, offs, isum);
                 SubBlock256<TN, Bits3>(sb, b, h, p, tok, offs, isum);
             }
-            for (int half = 0; half < 2; half++)
-            {
-                var d = Packed256.Halves(sb + DOffset + 16 * half);
-                for (int j = 0; j < TN.Value; j++)
-                {
-                    int at = 16 * j + 8 * half;
-                    var sum = Avx.ConvertToVector256Single(Vector256.Load(isum + at)) * Vector256.Create(tok[j].D[b]);
-                    Fma.MultiplyAdd(d, sum, Vector256.Load(acc + at)).Store(acc + at);
-                }
-            }
+            FinishSuper<TN>(sb, b, tok, acc, isum);
         }
         Packed256.StoreGroupTile(TN.Value, acc, y, n, rows);
+    }
+
+    /// <summary>The end of super-block b of a tile: acc = fma(d, float(isum) d_x, acc) per token and half (buffers as <see cref="Tile256{TN}"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void FinishSuper<TN>(byte* sb, int b, Q8Row* tok, float* acc, int* isum)
+        where TN : struct, ITokenCount
+    {
+        for (int half = 0; half < 2; half++)
+        {
+            var d = Packed256.Halves(sb + DOffset + 16 * half);
+            for (int j = 0; j < TN.Value; j++)
+            {
+                int at = 16 * j + 8 * half;
+                var sum = Avx.ConvertToVector256Single(Vector256.Load(isum + at)) * Vector256.Create(tok[j].D[b]);
+                Fma.MultiplyAdd(d, sum, Vector256.Load(acc + at)).Store(acc + at);
+            }
+        }
     }
 
     /// <summary>
@@ -665,6 +774,18 @@ internal static unsafe class Q6KPacked
             Unsigned(v + 384, k), Unsigned(v + 416, k), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
         Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
             Unsigned(v + 576, k), Unsigned(v + 608, k), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+        AddSubBlock<TN>(sb, b, j, offs, isum, s00, s01, s10, s11, s20, s21, s30, s31);
+    }
+
+    /// <summary>
+    /// isum += sc[j] (sum - the token's offset pair) for each token and half of a tile, from the int16 sums of
+    /// sub-block j of super-block b (token j', half h in s{j'}{h}).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AddSubBlock<TN>(byte* sb, int b, int j, int** offs, int* isum, Vector256<short> s00, Vector256<short> s01,
+        Vector256<short> s10, Vector256<short> s11, Vector256<short> s20, Vector256<short> s21, Vector256<short> s30, Vector256<short> s31)
+        where TN : struct, ITokenCount
+    {
         var sc0 = ScalePair256(sb, j);
         var sc1 = ScalePair256(sb + 32, j);
         long o = 16L * b + j;
