@@ -21,6 +21,11 @@ namespace Bora.Numerics.Quant;
 /// Measured on the 2-core AMD EPYC (Zen 3), 256-token prefill of a synthesized Mistral-7B shape, 2 threads, side by
 /// side with the half-group tiles: Q4_0 11.8-12.3 -> 17.9-18.9 tok/s, Q4_K_M 10.9-11.9 -> 13.1-13.3, Q8_0 7.4-7.9 ->
 /// 9.5-11.6.</para>
+/// <para>The K-quants (<see cref="Q4KPacked"/>, <see cref="Q6KPacked"/>) unpack their quants and scales once per group
+/// and product from 16 tokens on (<see cref="IPacked256.Expand"/>, into a per-thread buffer their tiles then load), which
+/// spares every tile the unpacking and lets one loop body serve all sub-blocks: Q6_K's tile read 157-192 -> 275-285
+/// GFLOP/s, Q4_K's 271-300 -> 288-361 ((14336, 4096) or (4096, 14336), 256 tokens, 2 threads). Q4_0's expanded tile
+/// read the same as the packed one within the drift, so it does not expand; Q8_0 expansion was not tried.</para>
 /// </summary>
 internal static unsafe class Packed256
 {
