@@ -168,8 +168,9 @@ internal static unsafe class Packed256
     /// <summary>
     /// 8 IEEE halves at <paramref name="p"/> as floats, exactly, for the block scales of Q4_0 and Q8_0 (read once per 32
     /// values): sign-extended, shifted into a float's place, bits 28..30 (sign copies) cleared, times 2^112. Four
-    /// operations against <see cref="Halves(byte*)"/>'s eleven (Q4_0 decode read 8 % fewer GB/s with those, one thread,
-    /// L3-resident), but a subnormal half passes through a float subnormal, whose multiply takes a microcode assist
+    /// operations against <see cref="Halves(byte*)"/>'s eleven (an exact form that took the 4-operation shortcut when
+    /// none of a block's 16 scales had exponent 0 still cost Q4_0 decode 8 % of its GB/s, one thread, L3-resident),
+    /// but a subnormal half passes through a float subnormal, whose multiply takes a microcode assist
     /// (<see cref="QuantGemm.Halves"/>); their block scales are subnormal only where a block's largest |w| is below
     /// 4.9e-4 (Q4_0) or 7.8e-3 (Q8_0). The K-quants' super-block scales, often subnormal, take <see cref="Halves(byte*)"/>.
     /// </summary>
