@@ -80,12 +80,28 @@ internal static unsafe class Packed256
                 float* yt = y + (long)t0 * n + g0;
                 switch (tt)
                 {
-                    case 2: TK.Tile<Tokens2>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    case 3: TK.Tile<Tokens3>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    case 4: TK.Tile<Tokens4>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
-                    default: TK.Tile<Tokens1>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 2: Tile<TK, Tokens2>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 3: Tile<TK, Tokens3>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    case 4: Tile<TK, Tokens4>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
+                    default: Tile<TK, Tokens1>(g, e, nb, t0 == 0, tok, data, yt, n, rows); break;
                 }
             }
+        }
+    }
+
+    /// <summary>One tile of <see cref="Run{TK}"/>: over the expanded group e when there is one, else over the packed group g.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Tile<TK, TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+        where TK : struct, IPacked256
+        where TN : struct, ITokenCount
+    {
+        if (e != null)
+        {
+            TK.TileExpanded<TN>(g, e, nb, tok, data, y, n, rows);
+        }
+        else
+        {
+            TK.Tile<TN>(g, nb, first, tok, data, y, n, rows);
         }
     }
 
@@ -240,9 +256,15 @@ internal unsafe interface IPacked256
 
     /// <summary>
     /// The group at g (16 rows) x TN.Value tokens (tok, data); stores the first <paramref name="rows"/> rows of token j
-    /// to y + j n. <paramref name="e"/>: the group expanded (<see cref="Expand"/>), or null. <paramref name="first"/>:
-    /// the first tile over this group (which reads it from memory).
+    /// to y + j n. <paramref name="first"/>: the first tile over this group (which reads it from memory).
     /// </summary>
-    static abstract void Tile<TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+    static abstract void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
         where TN : struct, ITokenCount;
+
+    /// <summary>
+    /// <see cref="Tile{TN}"/> over the group at g expanded at e (<see cref="Expand"/>), for formats that expand; the
+    /// same results.
+    /// </summary>
+    static virtual void TileExpanded<TN>(byte* g, byte* e, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+        where TN : struct, ITokenCount => throw new NotSupportedException("this format does not expand its groups");
 }

@@ -534,18 +534,11 @@ internal static unsafe class Q6KPacked
 
         public static void Expand(byte* g, int nb, byte* dst) => Expand256(g, nb, dst);
 
-        public static void Tile<TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
-            where TN : struct, ITokenCount
-        {
-            if (e != null)
-            {
-                TileExpanded256<TN>(g, e, nb, tok, (int**)data, y, n, rows);
-            }
-            else
-            {
-                Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
-            }
-        }
+        public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (int**)data, y, n, rows);
+
+        public static void TileExpanded<TN>(byte* g, byte* e, int nb, Q8Row* tok, nint* data, float* y, int n, int rows)
+            where TN : struct, ITokenCount => TileExpanded256<TN>(g, e, nb, tok, (int**)data, y, n, rows);
     }
 
     /// <summary>

@@ -271,7 +271,7 @@ internal static unsafe class Q8_0Packed
 
         public static void Decode(byte* g, int nb, Q8Row a, nint data, float* y, int rows) => Decode256(g, nb, a, (float*)data, y, rows);
 
-        public static void Tile<TN>(byte* g, byte* e, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
+        public static void Tile<TN>(byte* g, int nb, bool first, Q8Row* tok, nint* data, float* y, int n, int rows)
             where TN : struct, ITokenCount => Tile256<TN>(g, nb, first, tok, (float**)data, y, n, rows);
     }
 
