@@ -28,7 +28,7 @@ public sealed class DecodeAttentionTests
         { 4, 1, 128, null, 2100, KvCacheType.F16 },   // above 16 chunks of 128: 132 keys per chunk
         { 8, 2, 128, 300, 700, KvCacheType.F32 },
         { 4, 2, 12, null, 700, KvCacheType.F32 },
-        { 32, 8, 128, null, 700, KvCacheType.F16 },   // Mistral 7B's heads: the chunk softmax in vectors of 16 heads
+        { 32, 8, 128, null, 700, KvCacheType.F16 },   // Mistral 7B's heads: the chunk softmax in vectors of 8 heads
         { 16, 2, 12, 300, 700, KvCacheType.F32 },     // 16 heads, G = 8, Dh = 12: vector softmax, generic products
     };
 

@@ -1,6 +1,8 @@
 using System.Numerics;
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using Bora.Numerics;
 
 namespace Bora.Model;
@@ -332,10 +334,10 @@ public sealed partial class Transformer
     /// exp(score - m) and the unnormalised o = sum of exp(score - m) v, into partial slot Part (o (Hq, Dh), m (Hq),
     /// l (Hq)). <see cref="MergeKeyChunks"/> combines the chunks of the row.
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
-    /// AVX-512 the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 4 keys per update of o
-    /// (<see cref="Values4x128{TRow}"/>; a chunk's last 2 or 3 keys 2 (<see cref="Values2x128{TRow}"/>) and 1); otherwise
+    /// AVX-512 or AVX2 + FMA (<see cref="DecodeKernels"/>) the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 4 keys per update of o
+    /// (<see cref="Values4x128{TRow}"/>; a chunk's last 2 or 3 keys 2 (<see cref="Values2x128{TRow}"/>, AVX-512) and 1); otherwise
     /// the same sums go through <see cref="TensorPrimitives"/>.
-    /// Cached F16 rows: on that AVX-512 path (for keys when G is a multiple of 4) each 16 halves are widened in registers
+    /// Cached F16 rows: on that path (for keys when G is a multiple of 4) each 16 (or 8) halves are widened in registers
     /// as they are loaded (<see cref="Scores4x128{TRow}"/>, <see cref="Values4x128{TRow}"/>: the same sums over the same
     /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (5 rows of Hkv * Dh: a key, four
     /// values) just before the arithmetic reads it. F32 rows are read in place.
@@ -350,7 +352,7 @@ public sealed partial class Transformer
         }
         var scores = t_chunkScores.AsSpan(0, heads * nk); // (nk, Hq): row j = every head's score of key k0 + j
         var q = s.Q.AsSpan(row * _qDim, _qDim);             // (Hq, Dh)
-        bool fast = dh == 128 && Vector512.IsHardwareAccelerated && System.Runtime.Intrinsics.X86.Avx512F.IsSupported;
+        bool fast = DecodeKernels(dh);
         bool fusedKeys = fast && group % 4 == 0;
         var rowBuf = RowScratch(5 * _kvDim);
         var keyBuf = rowBuf.AsSpan(0, _kvDim);              // (Hkv, Dh) a cached F16 key, widened
@@ -447,7 +449,7 @@ public sealed partial class Transformer
                     }
                 }
             }
-            for (; fast && j + 2 <= nk; j += 2)
+            for (; fast && Vector512.IsHardwareAccelerated && j + 2 <= nk; j += 2)
             {
                 int pos = k0 + j;
                 var row0 = src.Value(l, pos, s.V, _kvDim); // (Hkv, Dh)
@@ -495,14 +497,14 @@ public sealed partial class Transformer
     /// <summary>
     /// The softmax step of a key chunk over its scores (nk, Hq), row j = every head's score of key j: scores *= scale;
     /// per head h, max[h] = max_j scores[j, h]; scores[j, h] = exp(scores[j, h] - max[h]); sum[h] = sum_j scores[j, h]
-    /// (added in key order). With Hq a multiple of 16 and 512-bit vectors the per-head loops run down the rows in
-    /// vectors of 16 heads and one Exp covers the whole chunk (3 calls per chunk); otherwise each row takes its own
+    /// (added in key order). With Hq a multiple of 8 and 256-bit vectors the per-head loops run down the rows in
+    /// vectors of 8 heads and one Exp covers the whole chunk (3 calls per chunk); otherwise each row takes its own
     /// calls (5 per key). Both give the same values: the same elementwise operations, the sums in the same order.
     /// </summary>
     private unsafe void ChunkSoftmax(Span<float> scores, int nk, int heads, Span<float> max, Span<float> sum)
     {
         TensorPrimitives.Multiply(scores, _scale, scores);
-        if (heads % 16 != 0 || !Vector512.IsHardwareAccelerated)
+        if (heads % 8 != 0 || !Vector256.IsHardwareAccelerated)
         {
             max.Fill(float.NegativeInfinity);
             for (int j = 0; j < nk; j++)
@@ -523,75 +525,115 @@ public sealed partial class Transformer
         fixed (float* pm = max)
         fixed (float* pl = sum)
         {
-            for (int v = 0; v < heads; v += 16)
+            for (int v = 0; v < heads; v += 8)
             {
-                var m = Vector512.Create(float.NegativeInfinity);
+                var m = Vector256.Create(float.NegativeInfinity);
                 for (int j = 0; j < nk; j++)
                 {
-                    m = Vector512.Max(m, Vector512.Load(ps + (long)j * heads + v));
+                    m = Vector256.Max(m, Vector256.Load(ps + (long)j * heads + v));
                 }
                 m.Store(pm + v);
                 for (int j = 0; j < nk; j++)
                 {
                     float* r = ps + (long)j * heads + v;
-                    (Vector512.Load(r) - m).Store(r);
+                    (Vector256.Load(r) - m).Store(r);
                 }
             }
             TensorPrimitives.Exp(scores, scores);
-            for (int v = 0; v < heads; v += 16)
+            for (int v = 0; v < heads; v += 8)
             {
-                var acc = Vector512<float>.Zero;
+                var acc = Vector256<float>.Zero;
                 for (int j = 0; j < nk; j++)
                 {
-                    acc += Vector512.Load(ps + (long)j * heads + v);
+                    acc += Vector256.Load(ps + (long)j * heads + v);
                 }
                 acc.Store(pl + v);
             }
         }
     }
 
-    /// <summary>How a decode kernel reads 16 consecutive values of a cache row as floats: F32 rows load them, F16 rows widen them exactly in registers.</summary>
+    /// <summary>
+    /// How a decode kernel reads consecutive values of a cache row as floats: F32 rows load them, F16 rows widen them
+    /// exactly in registers (<see cref="HalfConversion.Widen512"/>, <see cref="HalfConversion.Widen256"/>).
+    /// </summary>
     private interface IRowElement
     {
         /// <summary>Values c .. c + 15 of the row at <paramref name="row"/> (floats or halves by the implementation).</summary>
         static abstract Vector512<float> Load16(nint row, int c);
+
+        /// <summary>Values c .. c + 7 of the row at <paramref name="row"/>.</summary>
+        static abstract Vector256<float> Load8(nint row, int c);
     }
 
     private readonly unsafe struct F32Row : IRowElement
     {
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load16(nint row, int c) => Vector512.Load((float*)row + c);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(nint row, int c) => Vector256.Load((float*)row + c);
     }
 
     private readonly unsafe struct F16Row : IRowElement
     {
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Load16(nint row, int c) => HalfConversion.Widen512(Vector256.Load((short*)row + c));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(nint row, int c) => HalfConversion.Widen256(Vector128.Load((short*)row + c));
     }
 
     /// <summary>
-    /// dst[0..3] = q_i · k for the 4 query heads q (4, 128) sharing the key k (128 floats or halves, <typeparamref name="TRow"/>):
-    /// the key is loaded once, the 4 dot products run as independent chains, and the 4 sums are reduced together
-    /// (halves, then horizontal adds).
+    /// Whether the decode kernels below run for heads of width <paramref name="dh"/>: Dh = 128 and AVX-512 (512-bit
+    /// vectors) or AVX2 + FMA (256-bit vectors; the F16 widening needs AVX2's vpmovsxwd).
     /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static bool DecodeKernels(int dh) => dh == 128
+        && ((Vector512.IsHardwareAccelerated && Avx512F.IsSupported) || (Avx2.IsSupported && Fma.IsSupported));
+
+    /// <summary>
+    /// dst[0..3] = q_i · k for the 4 query heads q (4, 128) sharing the key k (128 floats or halves, <typeparamref name="TRow"/>):
+    /// the key is loaded once, the 4 dot products run as independent chains (two per head with 256-bit vectors, so 8
+    /// multiply-adds are in flight), and the 4 sums are reduced together (halves, then horizontal adds).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static unsafe void Scores4x128<TRow>(float* q, nint k, float* dst)
         where TRow : struct, IRowElement
     {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int c = 0; c < 128; c += 16)
+        Vector256<float> s0, s1, s2, s3;
+        if (Vector512.IsHardwareAccelerated)
         {
-            var kc = TRow.Load16(k, c);
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
-            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
-            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 384 + c), kc, a3);
+            Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int c = 0; c < 128; c += 16)
+            {
+                var kc = TRow.Load16(k, c);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + c), kc, a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 128 + c), kc, a1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 256 + c), kc, a2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q + 384 + c), kc, a3);
+            }
+            (s0, s1, s2, s3) = (a0.GetLower() + a0.GetUpper(), a1.GetLower() + a1.GetUpper(), a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
+        }
+        else
+        {
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            for (int c = 0; c < 128; c += 16)
+            {
+                var kc = TRow.Load8(k, c);
+                var kd = TRow.Load8(k, c + 8);
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + c), kc, a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 128 + c), kc, a1);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 256 + c), kc, a2);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 384 + c), kc, a3);
+                b0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + c + 8), kd, b0);
+                b1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 136 + c), kd, b1);
+                b2 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 264 + c), kd, b2);
+                b3 = Vector256.FusedMultiplyAdd(Vector256.Load(q + 392 + c), kd, b3);
+            }
+            (s0, s1, s2, s3) = (a0 + b0, a1 + b1, a2 + b2, a3 + b3);
         }
         // Per 128-bit lane, hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3]: two rounds leave [s0 s1 s2 s3] per lane of
-        // the 8-float halves, and the two lanes add up to the 4 sums.
-        var h01 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a0.GetLower() + a0.GetUpper(), a1.GetLower() + a1.GetUpper());
-        var h23 = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(a2.GetLower() + a2.GetUpper(), a3.GetLower() + a3.GetUpper());
-        var h = System.Runtime.Intrinsics.X86.Avx.HorizontalAdd(h01, h23);
+        // the 8-float sums, and the two lanes add up to the 4 sums.
+        var h = Avx.HorizontalAdd(Avx.HorizontalAdd(s0, s1), Avx.HorizontalAdd(s2, s3));
         (h.GetLower() + h.GetUpper()).Store(dst);
     }
 
@@ -599,10 +641,11 @@ public sealed partial class Transformer
     /// o_h += w[h] v0 + w[heads + h] v1 for the <paramref name="group"/> heads h sharing the value rows v0, v1 (128
     /// floats or halves each, <typeparamref name="TRow"/>) of two consecutive keys; w points at the first head's weight
     /// of key 0, the weights of key 1 are one score row (<paramref name="heads"/>) further; o: (group, 128). The value
-    /// rows are loaded (or widened) once and stay in registers across the heads. Not inlined: inside
-    /// <see cref="AttendKeys"/> the JIT runs out of inlining budget and would call the 16 widenings of F16 rows instead.
+    /// rows are loaded (or widened) once and stay in registers across the heads. 512-bit vectors only (with 256-bit
+    /// ones a chunk's last 2 or 3 keys take the one-key path). Not inlined: inside <see cref="AttendKeys"/> the JIT runs
+    /// out of inlining budget and would call the 16 widenings of F16 rows instead.
     /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private static unsafe void Values2x128<TRow>(nint v0, nint v1, float* w, int heads, float* o, int group)
         where TRow : struct, IRowElement
     {
@@ -642,14 +685,42 @@ public sealed partial class Transformer
     /// o_h += w[h] v0 + w[heads + h] v1 + w[2 heads + h] v2 + w[3 heads + h] v3 (added in that order, as two
     /// <see cref="Values2x128{TRow}"/> would) for the <paramref name="group"/> heads h sharing the value rows v0..v3
     /// (128 floats or halves each, <typeparamref name="TRow"/>) of four consecutive keys; w: the first head's weight of
-    /// key 0 in a score row of <paramref name="heads"/>; o: (group, 128). Runs in two halves of 64 columns: the 4 rows'
-    /// 16 vectors of a half stay in registers across the heads, so each o vector is loaded and stored once per 4 keys
-    /// (4 multiply-adds per load and store, against 2 in <see cref="Values2x128{TRow}"/>).
+    /// key 0 in a score row of <paramref name="heads"/>; o: (group, 128). Runs in column slices (64 columns with 512-bit
+    /// vectors, 16 with 256-bit ones): the 4 rows' vectors of a slice stay in registers across the heads, so each o
+    /// vector is loaded and stored once per 4 keys (4 multiply-adds per load and store, against 2 in
+    /// <see cref="Values2x128{TRow}"/>).
     /// </summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    [MethodImpl(MethodImplOptions.NoInlining)]
     private static unsafe void Values4x128<TRow>(nint v0, nint v1, nint v2, nint v3, float* w, int heads, float* o, int group)
         where TRow : struct, IRowElement
     {
+        if (!Vector512.IsHardwareAccelerated)
+        {
+            for (int c = 0; c < 128; c += 16)
+            {
+                var a0 = TRow.Load8(v0, c);
+                var a1 = TRow.Load8(v0, c + 8);
+                var b0 = TRow.Load8(v1, c);
+                var b1 = TRow.Load8(v1, c + 8);
+                var d0 = TRow.Load8(v2, c);
+                var d1 = TRow.Load8(v2, c + 8);
+                var e0 = TRow.Load8(v3, c);
+                var e1 = TRow.Load8(v3, c + 8);
+                for (int h = 0; h < group; h++)
+                {
+                    var w0 = Vector256.Create(w[h]);
+                    var w1 = Vector256.Create(w[heads + h]);
+                    var w2 = Vector256.Create(w[2 * heads + h]);
+                    var w3 = Vector256.Create(w[3 * heads + h]);
+                    float* oh = o + h * 128 + c;
+                    Vector256.FusedMultiplyAdd(e0, w3, Vector256.FusedMultiplyAdd(d0, w2, Vector256.FusedMultiplyAdd(b0, w1,
+                        Vector256.FusedMultiplyAdd(a0, w0, Vector256.Load(oh))))).Store(oh);
+                    Vector256.FusedMultiplyAdd(e1, w3, Vector256.FusedMultiplyAdd(d1, w2, Vector256.FusedMultiplyAdd(b1, w1,
+                        Vector256.FusedMultiplyAdd(a1, w0, Vector256.Load(oh + 8))))).Store(oh + 8);
+                }
+            }
+            return;
+        }
         for (int c = 0; c < 128; c += 64)
         {
             var a0 = TRow.Load16(v0, c);
@@ -682,7 +753,7 @@ public sealed partial class Transformer
             }
         }
 
-        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
         static void Add4(float* oc, Vector512<float> x0, Vector512<float> x1, Vector512<float> x2, Vector512<float> x3,
             Vector512<float> w0, Vector512<float> w1, Vector512<float> w2, Vector512<float> w3) =>
             Vector512.FusedMultiplyAdd(x3, w3, Vector512.FusedMultiplyAdd(x2, w2, Vector512.FusedMultiplyAdd(x1, w1,
