@@ -84,10 +84,11 @@ public sealed class TiledAttentionTests(ITestOutputHelper output)
     };
 
     /// <summary>
-    /// The prefill tile with queries in vector lanes (<c>AttendTileWide</c>: 512-bit vectors, Dh a multiple of 64)
-    /// and the portable tile against the per-query kernel, one-shot prompts of 1..140 rows (query tiles of every
-    /// fill, partial key tiles) and passes of 37 rows that read earlier positions from the cache. On a machine
-    /// without AVX-512 both tiled models take the portable path and the test checks that path twice.
+    /// The prefill tile with queries in vector lanes (<c>AttendTileWide</c>: 512-bit vectors or AVX2 + FMA, Dh a
+    /// multiple of 64) and the portable tile against the per-query kernel, one-shot prompts of 1..140 rows (query tiles
+    /// of every fill, partial key tiles) and passes of 37 rows that read earlier positions from the cache. On a
+    /// machine with neither (or with DOTNET_EnableAVX2=0) both tiled models take the portable path and the test checks
+    /// that path twice.
     /// </summary>
     [Theory]
     [MemberData(nameof(WideShapes))]

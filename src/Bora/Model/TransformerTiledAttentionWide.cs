@@ -1,26 +1,30 @@
 using System.Numerics.Tensors;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace Bora.Model;
 
 /// <summary>
-/// The prefill query tile of <see cref="AttendTile"/> with queries in vector lanes (512-bit vectors, Dh a multiple of
-/// 64): the same online-softmax recurrence over the same key tiles, laid out so that no small per-query call remains.
+/// The prefill query tile of <see cref="AttendTile"/> with queries in vector lanes (512-bit vectors, or 256-bit ones with
+/// AVX2 + FMA; Dh a multiple of 64): the same online-softmax recurrence over the same key tiles, laid out so that no
+/// small per-query call remains. The blocks below are W = <see cref="ILanes{TSelf}.Width"/> floats wide: 64 with
+/// 512-bit vectors (<see cref="Lanes64"/>, 4 vectors), 16 with 256-bit ones (<see cref="Lanes16"/>, 2 vectors, so that a
+/// block's 8 accumulators, its loads and a broadcast fit AVX2's 16 registers).
 /// <para>
 /// The item's Qn = (I1 - I0) * G queries (query qi = row I0 + qi / G, head g * G + qi % G) are transposed once per item
 /// into qt (Dh, Qp), Qp = Qn rounded up to 16 (padding columns zero). Per key tile of n keys, copied as rows
 /// kb (n, Dh) and vb (n, Dh):
 /// <list type="number">
-/// <item>S (n, Qp) = kb qt, blocks of 4 keys x 64 queries (16 accumulators; each qt load feeds 4 keys, each key value
-/// is a broadcast): row j of S holds every query's score of key k0 + j, so the softmax below runs down the rows in
-/// vectors of 16 queries;</item>
+/// <item>S (n, Qp) = kb qt, blocks of 4 keys x W queries (each qt load feeds 4 keys, each key value is a broadcast):
+/// row j of S holds every query's score of key k0 + j, so the softmax below runs down the rows in vectors of 8
+/// queries;</item>
 /// <item>S *= scale; where key k0 + j is outside query qi's causal / window range, S[j, qi] = -inf (only in tiles that
 /// reach a row's diagonal or window edge);</item>
 /// <item>per query: m_new = max(m, max_j S[j, qi]); S[j, qi] = exp(S[j, qi] - m_new) (one Exp over the whole block);
 /// l = l exp(m - m_new) + sum_j S[j, qi];</item>
-/// <item>o[qi] = o[qi] exp(m - m_new) + sum_j S[j, qi] vb[j], blocks of 4 queries x 64 columns of o (16 accumulators;
-/// each vb load feeds 4 queries).</item>
+/// <item>o[qi] = o[qi] exp(m - m_new) + sum_j S[j, qi] vb[j], blocks of 4 queries x W columns of o (each vb load feeds
+/// 4 queries).</item>
 /// </list>
 /// A query with no key of the tile in range keeps m (m_new = m; where m is still -inf the subtraction uses 0, so its
 /// weights are exp(-inf) = 0 and l, o stay 0).
@@ -63,12 +67,16 @@ public sealed partial class Transformer
     [ThreadStatic]
     private static WideTileBuffers? t_wide;
 
-    /// <summary>Whether <see cref="AttendTileWide"/> runs this model's prefill tiles: 512-bit vectors and Dh a multiple of 64.</summary>
-    private bool WideTiles => Vector512.IsHardwareAccelerated && _headDim % 64 == 0 && UseWideTiles;
+    /// <summary>
+    /// Whether <see cref="AttendTileWide{TL}"/> runs this model's prefill tiles: 512-bit vectors or AVX2 + FMA, and Dh a
+    /// multiple of 64.
+    /// </summary>
+    private bool WideTiles => (Vector512.IsHardwareAccelerated || (Avx2.IsSupported && Fma.IsSupported)) && _headDim % 64 == 0 && UseWideTiles;
 
     /// <summary>
-    /// Whether prefill tiles put queries in vector lanes where the machine has 512-bit vectors and Dh is a multiple of
-    /// 64 (default); false keeps the portable tile, which scores one query at a time (tests and benchmarks compare the two).
+    /// Whether prefill tiles put queries in vector lanes where the machine has 512-bit vectors or AVX2 + FMA and Dh is a
+    /// multiple of 64 (default); false keeps the portable tile, which scores one query at a time (tests and benchmarks
+    /// compare the two).
     /// </summary>
     public bool UseWideTiles { get; init; } = true;
 
@@ -76,7 +84,21 @@ public sealed partial class Transformer
     /// s.Att rows RowBase + [I0, I1), heads g * G .. g * G + G - 1: <see cref="AttendTile"/>'s result with queries in
     /// vector lanes (class summary). s.Q: (T, Hq * Dh); s.K, s.V: (T, Hkv * Dh) pass rows; the cache holds positions below P.
     /// </summary>
-    private unsafe void AttendTileWide(int l, in KvSource src, TileItem item, Scratch s)
+    private void AttendTileWide(int l, in KvSource src, TileItem item, Scratch s)
+    {
+        if (Vector512.IsHardwareAccelerated)
+        {
+            AttendTileWide<Lanes64>(l, src, item, s);
+        }
+        else
+        {
+            AttendTileWide<Lanes16>(l, src, item, s);
+        }
+    }
+
+    /// <summary><see cref="AttendTileWide(int, in KvSource, TileItem, Scratch)"/> in blocks of <typeparamref name="TL"/>.</summary>
+    private unsafe void AttendTileWide<TL>(int l, in KvSource src, TileItem item, Scratch s)
+        where TL : struct, ILanes<TL>
     {
         int group = _group, dh = _headDim, kvOffset = item.G * dh;
         int p = src.P, rb = src.RowBase;
@@ -130,10 +152,10 @@ public sealed partial class Transformer
                 }
                 // Rows n .. n4 - 1 of kb hold an earlier tile's keys (or zeros): their scores are computed and never read.
                 int n4 = (n + 3) & ~3;
-                WideScores(kb, n4, dh, qt, qp, sc);
+                WideScores<TL>(kb, n4, dh, qt, qp, sc);
                 bool masked = k1 - 1 > first || (_window is { } ww && k0 < last - ww + 1); // some row's range ends or starts inside the tile
                 WideSoftmax(sc, n, qp, k0, masked, rlo, rhi, mx, sm, al);
-                WideValues(sc, vb, n, qp, dh, al, o);
+                WideValues<TL>(sc, vb, n, qp, dh, al, o);
             }
             for (int qi = 0; qi < qn; qi++)
             {
@@ -144,29 +166,30 @@ public sealed partial class Transformer
     }
 
     /// <summary>
-    /// S (n4, Qp) = kb (n4, Dh) qt (Dh, Qp), n4 a multiple of 4, Qp of 16: blocks of 4 keys x 4 vectors of queries
-    /// (the last block of queries 1 vector at a time when Qp is not a multiple of 64).
+    /// S (n4, Qp) = kb (n4, Dh) qt (Dh, Qp), n4 a multiple of 4, Qp of 16: blocks of 4 keys x W queries (the last queries
+    /// of a Qp that is not a multiple of W 8 at a time).
     /// </summary>
-    private static unsafe void WideScores(float* kb, int n4, int dh, float* qt, int qp, float* sc)
+    private static unsafe void WideScores<TL>(float* kb, int n4, int dh, float* qt, int qp, float* sc)
+        where TL : struct, ILanes<TL>
     {
         for (int j = 0; j < n4; j += 4)
         {
             float* k0 = kb + j * dh, k1 = k0 + dh, k2 = k1 + dh, k3 = k2 + dh;
             int v = 0;
-            for (; v + 64 <= qp; v += 64)
+            for (; v + TL.Width <= qp; v += TL.Width)
             {
-                Scores4x64(k0, k1, k2, k3, dh, qt + v, qp, sc + j * qp + v);
+                Scores4<TL>(k0, k1, k2, k3, dh, qt + v, qp, sc + j * qp + v);
             }
-            for (; v < qp; v += 16)
+            for (; v < qp; v += 8)
             {
-                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (int c = 0; c < dh; c++)
                 {
-                    var x = Vector512.Load(qt + c * qp + v);
-                    a0 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k0[c]), a0);
-                    a1 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k1[c]), a1);
-                    a2 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k2[c]), a2);
-                    a3 = Vector512.FusedMultiplyAdd(x, Vector512.Create(k3[c]), a3);
+                    var x = Vector256.Load(qt + c * qp + v);
+                    a0 = Vector256.FusedMultiplyAdd(x, Vector256.Create(k0[c]), a0);
+                    a1 = Vector256.FusedMultiplyAdd(x, Vector256.Create(k1[c]), a1);
+                    a2 = Vector256.FusedMultiplyAdd(x, Vector256.Create(k2[c]), a2);
+                    a3 = Vector256.FusedMultiplyAdd(x, Vector256.Create(k3[c]), a3);
                 }
                 float* d = sc + j * qp + v;
                 a0.Store(d);
@@ -177,14 +200,15 @@ public sealed partial class Transformer
         }
     }
 
-    /// <summary>S rows j..j+3 (keys k0..k3, Dh each) x 64 queries (qt columns from <paramref name="qt"/>, rows Qp apart) into d (rows Qp apart).</summary>
+    /// <summary>S rows j..j+3 (keys k0..k3, Dh each) x W queries (qt columns from <paramref name="qt"/>, rows Qp apart) into d (rows Qp apart).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static unsafe void Scores4x64(float* k0, float* k1, float* k2, float* k3, int dh, float* qt, int qp, float* d)
+    private static unsafe void Scores4<TL>(float* k0, float* k1, float* k2, float* k3, int dh, float* qt, int qp, float* d)
+        where TL : struct, ILanes<TL>
     {
-        Lanes64 s0 = default, s1 = default, s2 = default, s3 = default;
+        TL s0 = default, s1 = default, s2 = default, s3 = default;
         for (int c = 0; c < dh; c++)
         {
-            var x = Lanes64.Load(qt + c * qp);
+            var x = TL.Load(qt + c * qp);
             s0 = s0.Add(x, k0[c]);
             s1 = s1.Add(x, k1[c]);
             s2 = s2.Add(x, k2[c]);
@@ -196,15 +220,34 @@ public sealed partial class Transformer
         s3.Store(d + 3 * qp);
     }
 
-    /// <summary>64 consecutive floats in 4 vectors: one query's 64 scores, one key's 64 queries, or 64 columns of o.</summary>
-    private readonly unsafe struct Lanes64(Vector512<float> v0, Vector512<float> v1, Vector512<float> v2, Vector512<float> v3)
+    /// <summary>W consecutive floats in registers: W queries' scores of one key, or W columns of one query's o.</summary>
+    private unsafe interface ILanes<TSelf>
+        where TSelf : struct, ILanes<TSelf>
+    {
+        /// <summary>W: floats in one block.</summary>
+        static abstract int Width { get; }
+
+        static abstract TSelf Load(float* p);
+
+        /// <summary>this + x w (w broadcast).</summary>
+        TSelf Add(TSelf x, float w);
+
+        /// <summary>this x w (w broadcast).</summary>
+        TSelf Scale(float w);
+
+        void Store(float* p);
+    }
+
+    /// <summary>64 consecutive floats in 4 512-bit vectors.</summary>
+    private readonly unsafe struct Lanes64(Vector512<float> v0, Vector512<float> v1, Vector512<float> v2, Vector512<float> v3) : ILanes<Lanes64>
     {
         private readonly Vector512<float> _v0 = v0, _v1 = v1, _v2 = v2, _v3 = v3;
+
+        public static int Width => 64;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Lanes64 Load(float* p) => new(Vector512.Load(p), Vector512.Load(p + 16), Vector512.Load(p + 32), Vector512.Load(p + 48));
 
-        /// <summary>this + x w (w broadcast).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Lanes64 Add(Lanes64 x, float w)
         {
@@ -213,7 +256,6 @@ public sealed partial class Transformer
                 Vector512.FusedMultiplyAdd(x._v2, b, _v2), Vector512.FusedMultiplyAdd(x._v3, b, _v3));
         }
 
-        /// <summary>this x w (w broadcast).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public Lanes64 Scale(float w)
         {
@@ -231,6 +273,38 @@ public sealed partial class Transformer
         }
     }
 
+    /// <summary>16 consecutive floats in 2 256-bit vectors.</summary>
+    private readonly unsafe struct Lanes16(Vector256<float> v0, Vector256<float> v1) : ILanes<Lanes16>
+    {
+        private readonly Vector256<float> _v0 = v0, _v1 = v1;
+
+        public static int Width => 16;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Lanes16 Load(float* p) => new(Vector256.Load(p), Vector256.Load(p + 8));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Lanes16 Add(Lanes16 x, float w)
+        {
+            var b = Vector256.Create(w);
+            return new(Vector256.FusedMultiplyAdd(x._v0, b, _v0), Vector256.FusedMultiplyAdd(x._v1, b, _v1));
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Lanes16 Scale(float w)
+        {
+            var b = Vector256.Create(w);
+            return new(_v0 * b, _v1 * b);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void Store(float* p)
+        {
+            _v0.Store(p);
+            _v1.Store(p + 8);
+        }
+    }
+
     /// <summary>
     /// Steps 2 and 3 of the class summary on S (n, Qp): scale, mask (when <paramref name="masked"/>) keys k0 + j outside
     /// [lo, hi] of each query, new maxima m, weights exp(S - m), l rescaled and increased; alpha = exp(m_old - m_new)
@@ -238,67 +312,68 @@ public sealed partial class Transformer
     /// </summary>
     private unsafe void WideSoftmax(float* sc, int n, int qp, int k0, bool masked, float* lo, float* hi, float* mx, float* sm, float* alpha)
     {
-        var scale = Vector512.Create(_scale);
-        var ninf = Vector512.Create(float.NegativeInfinity);
-        for (int v = 0; v < qp; v += 16)
+        var scale = Vector256.Create(_scale);
+        var ninf = Vector256.Create(float.NegativeInfinity);
+        for (int v = 0; v < qp; v += 8)
         {
-            var m = Vector512.Load(mx + v);
-            var vlo = Vector512.Load(lo + v);
-            var vhi = Vector512.Load(hi + v);
+            var m = Vector256.Load(mx + v);
+            var vlo = Vector256.Load(lo + v);
+            var vhi = Vector256.Load(hi + v);
             var mt = ninf;
             for (int j = 0; j < n; j++)
             {
                 float* r = sc + j * qp + v;
-                var x = Vector512.Load(r) * scale;
+                var x = Vector256.Load(r) * scale;
                 if (masked)
                 {
-                    var key = Vector512.Create((float)(k0 + j));
-                    x = Vector512.ConditionalSelect(Vector512.GreaterThan(key, vhi) | Vector512.LessThan(key, vlo), ninf, x);
+                    var key = Vector256.Create((float)(k0 + j));
+                    x = Vector256.ConditionalSelect(Vector256.GreaterThan(key, vhi) | Vector256.LessThan(key, vlo), ninf, x);
                 }
                 x.Store(r);
-                mt = Vector512.Max(mt, x);
+                mt = Vector256.Max(mt, x);
             }
-            var mNew = Vector512.Max(m, mt);
-            var safe = Vector512.ConditionalSelect(Vector512.Equals(mNew, ninf), Vector512<float>.Zero, mNew);
+            var mNew = Vector256.Max(m, mt);
+            var safe = Vector256.ConditionalSelect(Vector256.Equals(mNew, ninf), Vector256<float>.Zero, mNew);
             (m - safe).Store(alpha + v);
             mNew.Store(mx + v);
             for (int j = 0; j < n; j++)
             {
                 float* r = sc + j * qp + v;
-                (Vector512.Load(r) - safe).Store(r);
+                (Vector256.Load(r) - safe).Store(r);
             }
         }
         TensorPrimitives.Exp(new ReadOnlySpan<float>(sc, n * qp), new Span<float>(sc, n * qp));
         TensorPrimitives.Exp(new ReadOnlySpan<float>(alpha, qp), new Span<float>(alpha, qp));
-        for (int v = 0; v < qp; v += 16)
+        for (int v = 0; v < qp; v += 8)
         {
-            var sum = Vector512<float>.Zero;
+            var sum = Vector256<float>.Zero;
             for (int j = 0; j < n; j++)
             {
-                sum += Vector512.Load(sc + j * qp + v);
+                sum += Vector256.Load(sc + j * qp + v);
             }
-            Vector512.FusedMultiplyAdd(Vector512.Load(sm + v), Vector512.Load(alpha + v), sum).Store(sm + v);
+            Vector256.FusedMultiplyAdd(Vector256.Load(sm + v), Vector256.Load(alpha + v), sum).Store(sm + v);
         }
     }
 
     /// <summary>
-    /// Step 4 of the class summary: o (Qp, Dh) = o alpha + S^T vb over the tile's n keys, blocks of 4 queries x 64
+    /// Step 4 of the class summary: o (Qp, Dh) = o alpha + S^T vb over the tile's n keys, blocks of 4 queries x W
     /// columns of o (the last queries of a Qp that is not a multiple of 4 do not occur: Qp is a multiple of 16).
     /// </summary>
-    private static unsafe void WideValues(float* sc, float* vb, int n, int qp, int dh, float* alpha, float* o)
+    private static unsafe void WideValues<TL>(float* sc, float* vb, int n, int qp, int dh, float* alpha, float* o)
+        where TL : struct, ILanes<TL>
     {
         for (int qi = 0; qi < qp; qi += 4)
         {
-            for (int c = 0; c < dh; c += 64)
+            for (int c = 0; c < dh; c += TL.Width)
             {
                 float* o0 = o + qi * dh + c, o1 = o0 + dh, o2 = o1 + dh, o3 = o2 + dh;
-                var a0 = Lanes64.Load(o0).Scale(alpha[qi]);
-                var a1 = Lanes64.Load(o1).Scale(alpha[qi + 1]);
-                var a2 = Lanes64.Load(o2).Scale(alpha[qi + 2]);
-                var a3 = Lanes64.Load(o3).Scale(alpha[qi + 3]);
+                var a0 = TL.Load(o0).Scale(alpha[qi]);
+                var a1 = TL.Load(o1).Scale(alpha[qi + 1]);
+                var a2 = TL.Load(o2).Scale(alpha[qi + 2]);
+                var a3 = TL.Load(o3).Scale(alpha[qi + 3]);
                 for (int j = 0; j < n; j++)
                 {
-                    var v = Lanes64.Load(vb + j * dh + c);
+                    var v = TL.Load(vb + j * dh + c);
                     float* w = sc + j * qp + qi;
                     a0 = a0.Add(v, w[0]);
                     a1 = a1.Add(v, w[1]);
