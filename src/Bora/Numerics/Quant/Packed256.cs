@@ -159,6 +159,26 @@ internal static unsafe class Packed256
     }
 
     /// <summary>
+    /// Four consecutive dword positions (16 values) for a whole-group tile over ready weight bytes: <see cref="MulTile{TN}"/>
+    /// on the vector pairs at u, u + 64, u + 128, u + 192 (rows 0..7, rows 8..15 each) and each token's activations
+    /// p{j}, p{j} + 4, p{j} + 8, p{j} + 12. Unrolled by hand (the JIT keeps a loop).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void MulTile16<TN>(ref Vector256<short> s00, ref Vector256<short> s01, ref Vector256<short> s10, ref Vector256<short> s11,
+        ref Vector256<short> s20, ref Vector256<short> s21, ref Vector256<short> s30, ref Vector256<short> s31,
+        byte* u, sbyte* p0, sbyte* p1, sbyte* p2, sbyte* p3)
+        where TN : struct, ITokenCount
+    {
+        MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, Vector256.Load(u), Vector256.Load(u + 32), p0, p1, p2, p3);
+        MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Vector256.Load(u + 64), Vector256.Load(u + 96), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
+        MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Vector256.Load(u + 128), Vector256.Load(u + 160), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
+        MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
+            Vector256.Load(u + 192), Vector256.Load(u + 224), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+    }
+
+    /// <summary>
     /// The block term of the formats stored with an offset (Q4_0: q = w + 8, Q8_0: u = w + 128):
     /// acc + d_w (p d_x - offset), p the block's exact integer sums of (stored value) x, offset = o d_x sum x.
     /// </summary>

@@ -582,23 +582,9 @@ internal static unsafe class Q4KPacked
                 long xo = 256L * b + 32 * s;
                 sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
                 Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
-                // The sub-block's 8 dwords, unrolled by hand (the JIT keeps the loop).
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u), Vector256.Load(u + 32), p0, p1, p2, p3);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 64), Vector256.Load(u + 96), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 128), Vector256.Load(u + 160), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 192), Vector256.Load(u + 224), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 256), Vector256.Load(u + 288), p0 + 16, p1 + 16, p2 + 16, p3 + 16);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 320), Vector256.Load(u + 352), p0 + 20, p1 + 20, p2 + 20, p3 + 20);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 384), Vector256.Load(u + 416), p0 + 24, p1 + 24, p2 + 24, p3 + 24);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 448), Vector256.Load(u + 480), p0 + 28, p1 + 28, p2 + 28, p3 + 28);
+                // The sub-block's 8 dwords.
+                Packed256.MulTile16<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, u, p0, p1, p2, p3);
+                Packed256.MulTile16<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, u + 256, p0 + 16, p1 + 16, p2 + 16, p3 + 16);
                 var sc0 = Vector256.Load((short*)(eb + Expanded256Scales + 64 * s));
                 var sc1 = Vector256.Load((short*)(eb + Expanded256Scales + 64 * s + 32));
                 AddScaledTile<TN>(isum, s00, s01, s10, s11, s20, s21, s30, s31, sc0, sc1);

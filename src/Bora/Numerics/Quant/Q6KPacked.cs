@@ -610,14 +610,7 @@ internal static unsafe class Q6KPacked
                 long xo = 256L * b + 16 * j;
                 sbyte* p0 = x0 + xo, p1 = x1 + xo, p2 = x2 + xo, p3 = x3 + xo;
                 Vector256<short> s00 = default, s01 = default, s10 = default, s11 = default, s20 = default, s21 = default, s30 = default, s31 = default;
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u), Vector256.Load(u + 32), p0, p1, p2, p3);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 64), Vector256.Load(u + 96), p0 + 4, p1 + 4, p2 + 4, p3 + 4);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 128), Vector256.Load(u + 160), p0 + 8, p1 + 8, p2 + 8, p3 + 8);
-                Packed256.MulTile<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31,
-                    Vector256.Load(u + 192), Vector256.Load(u + 224), p0 + 12, p1 + 12, p2 + 12, p3 + 12);
+                Packed256.MulTile16<TN>(ref s00, ref s01, ref s10, ref s11, ref s20, ref s21, ref s30, ref s31, u, p0, p1, p2, p3);
                 AddSubBlock<TN>(sb, b, j, offs, isum, s00, s01, s10, s11, s20, s21, s30, s31);
             }
             FinishSuper<TN>(sb, b, tok, acc, isum);
