@@ -56,6 +56,51 @@ public sealed class DecodeAttentionTests
         }
     }
 
+    /// <summary>
+    /// An F16 cache that once held an infinity no longer promises finite rows, so the vector path widens its halves with
+    /// the infinity lanes again: a value of 1e6 (+inf as a half) in a cached row reaches the logits as in the reference
+    /// (not as the 65536 that the shorter widening would make of it), and so do the NaN rows that follow it.
+    /// </summary>
+    [Fact]
+    public void AnInfinityInTheCacheReachesTheLogitsAsInTheReference()
+    {
+        const int Prompt = 300;
+        var config = TestModels.Dense(null, headDim: 128) with { NHeads = 8, NKvHeads = 2, MaxSeqLen = Prompt + 8 };
+        var weights = TestModels.Random(config, seed: 47);
+        var tiled = new Transformer(weights) { KvType = KvCacheType.F16 };
+        var reference = new Transformer(weights) { TiledAttention = false, KvType = KvCacheType.F16 };
+        var tokens = TestModels.Tokens(Prompt, config.VocabSize, seed: 48);
+        var c1 = Assert.IsType<FullKvCache>(tiled.CreateCache(Prompt + 8));
+        var c2 = Assert.IsType<FullKvCache>(reference.CreateCache(Prompt + 8));
+        var l1 = new float[config.VocabSize];
+        var l2 = new float[config.VocabSize];
+        tiled.Forward(tokens, c1, l1);
+        reference.Forward(tokens, c2, l2);
+        int kvDim = config.NKvHeads * config.HeadDim;
+        var rng = new Random(49);
+        var key = Enumerable.Range(0, kvDim).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        var value = Enumerable.Range(0, kvDim).Select(_ => (float)(rng.NextDouble() - 0.5)).ToArray();
+        value[kvDim / 2 + 7] = 1e6f;
+        foreach (var cache in new[] { c1, c2 })
+        {
+            for (int l = 0; l < config.NLayers; l++)
+            {
+                cache.Write(l, Prompt, key, value);
+            }
+            cache.Advance(1);
+        }
+        // The vector path takes whole groups of 4 cached rows; the row holding the infinity (position 300) is in one
+        // from the fifth step on (keys 300..303 cached, 304 the pass's own).
+        for (int step = 0; step < 5; step++)
+        {
+            TokenId[] next = [new TokenId(5 + step)];
+            tiled.Forward(next, c1, l1);
+            reference.Forward(next, c2, l2);
+            Assert.Contains(l2, x => !float.IsFinite(x));
+            Assert.Equal(l2.Select(float.IsFinite), l1.Select(float.IsFinite));
+        }
+    }
+
     [Theory]
     [InlineData(KvCacheType.F16)]
     [InlineData(KvCacheType.F32)]

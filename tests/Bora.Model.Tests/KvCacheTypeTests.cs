@@ -85,6 +85,58 @@ public sealed class KvCacheTypeTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void An_F16_cache_promises_finite_rows_until_it_holds_an_infinity()
+    {
+        const int Layers = 2, KvDim = 16;
+        var cache = new FullKvCache(Layers, KvDim, 8, KvCacheType.F16);
+        var rng = new Random(4);
+        float[] Row(float scale) => [.. Enumerable.Range(0, KvDim).Select(_ => (float)(rng.NextDouble() * 2 - 1) * scale)];
+        // 65504 (the largest half), 65519 (rounds down to it) and subnormals are finite.
+        float[] extremes = [65504f, -65519f, 6e-8f, -0f, .. Row(1f)[4..]];
+        for (int pos = 0; pos < 3; pos++)
+        {
+            for (int l = 0; l < Layers; l++)
+            {
+                cache.Write(l, pos, pos == 1 ? extremes : Row(100f), Row(1f));
+            }
+        }
+        cache.Advance(3);
+        for (int pos = 0; pos < 3; pos++)
+        {
+            Assert.True(cache.KeyRow(1, pos).HalvesFinite);
+            Assert.True(cache.ValueRow(0, pos).HalvesFinite);
+            Assert.True(cache.ValueRow(0, pos).Slice(8, 8).HalvesFinite);
+        }
+        // 65520 rounds to +inf: from then on no row of any layer is promised finite, the earlier ones included.
+        var value = Row(1f);
+        value[5] = 65520f;
+        cache.Write(0, 3, Row(1f), value);
+        cache.Write(1, 3, Row(1f), Row(1f));
+        cache.Advance(1);
+        for (int pos = 0; pos < 4; pos++)
+        {
+            for (int l = 0; l < Layers; l++)
+            {
+                Assert.False(cache.KeyRow(l, pos).HalvesFinite);
+                Assert.False(cache.ValueRow(l, pos).HalvesFinite);
+            }
+        }
+        Assert.Equal(float.PositiveInfinity, cache.ValueRow(0, 3).AsFloats(new float[KvDim])[5]);
+        // A NaN in a key does the same; F32 rows and halves handed in by others promise nothing.
+        var other = new FullKvCache(1, KvDim, 2, KvCacheType.F16);
+        var key = Row(1f);
+        key[0] = float.NaN;
+        other.Write(0, 0, key, Row(1f));
+        other.Advance(1);
+        Assert.False(other.KeyRow(0, 0).HalvesFinite);
+        var f32 = new FullKvCache(1, KvDim, 2, KvCacheType.F32);
+        f32.Write(0, 0, Row(1f), Row(1f));
+        f32.Advance(1);
+        Assert.False(f32.KeyRow(0, 0).HalvesFinite);
+        Assert.False(new KvRow(new Half[4]).HalvesFinite);
+    }
+
+    [Fact]
     public void An_F16_cache_has_half_the_bytes()
     {
         var f32 = new FullKvCache(3, 40, 100, KvCacheType.F32);

@@ -13,6 +13,7 @@ internal sealed class KvRows
     private readonly float[][]? _values; // F32: L x (R, Hkv * Dh)
     private readonly Half[][]? _keyHalves;   // F16: L x (R, Hkv * Dh)
     private readonly Half[][]? _valueHalves; // F16: L x (R, Hkv * Dh)
+    private bool _nonFinite; // an F16 row written so far held an infinity or a NaN (sticky)
 
     /// <param name="layers">L.</param>
     /// <param name="rows">R: rows per layer.</param>
@@ -65,13 +66,17 @@ internal sealed class KvRows
 
     public KvRow Key(int layer, int row) => _keys is not null
         ? new KvRow(_keys[layer].AsSpan(row * KvDim, KvDim))
-        : new KvRow(_keyHalves![layer].AsSpan(row * KvDim, KvDim));
+        : new KvRow(_keyHalves![layer].AsSpan(row * KvDim, KvDim), !_nonFinite);
 
     public KvRow Value(int layer, int row) => _values is not null
         ? new KvRow(_values[layer].AsSpan(row * KvDim, KvDim))
-        : new KvRow(_valueHalves![layer].AsSpan(row * KvDim, KvDim));
+        : new KvRow(_valueHalves![layer].AsSpan(row * KvDim, KvDim), !_nonFinite);
 
-    /// <summary>Stores a key and a value row (KvDim each), rounded to half precision for F16.</summary>
+    /// <summary>
+    /// Stores a key and a value row (KvDim each), rounded to half precision for F16. An F16 store hands out its rows
+    /// as finite (<see cref="KvRow.HalvesFinite"/>) until a written row holds an infinity or a NaN (a value beyond
+    /// ±65504, or one that was already so): from then on, for good, none of its rows is promised finite.
+    /// </summary>
     public void Write(int layer, int row, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
         if (key.Length != KvDim || value.Length != KvDim)
@@ -85,8 +90,14 @@ internal sealed class KvRows
         }
         else
         {
-            HalfConversion.ToHalf(key, _keyHalves![layer].AsSpan(row * KvDim, KvDim));
-            HalfConversion.ToHalf(value, _valueHalves![layer].AsSpan(row * KvDim, KvDim));
+            var keyHalves = _keyHalves![layer].AsSpan(row * KvDim, KvDim);
+            var valueHalves = _valueHalves![layer].AsSpan(row * KvDim, KvDim);
+            HalfConversion.ToHalf(key, keyHalves);
+            HalfConversion.ToHalf(value, valueHalves);
+            if (!_nonFinite && (HalfConversion.AnyNonFinite(keyHalves) || HalfConversion.AnyNonFinite(valueHalves)))
+            {
+                _nonFinite = true; // from now on every row reads as possibly non-finite (rows are rewritten in place)
+            }
         }
     }
 }

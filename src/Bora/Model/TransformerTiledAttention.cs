@@ -334,13 +334,14 @@ public sealed partial class Transformer
     /// exp(score - m) and the unnormalised o = sum of exp(score - m) v, into partial slot Part (o (Hq, Dh), m (Hq),
     /// l (Hq)). <see cref="MergeKeyChunks"/> combines the chunks of the row.
     /// The scores are kept as (nk, Hq), one row per key, so the softmax runs across heads in vectors. With Dh = 128 and
-    /// AVX-512 or AVX2 + FMA (<see cref="DecodeKernels"/>) the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>) and the values 4 keys per update of o
-    /// (<see cref="Values4x128{TRow}"/>; a chunk's last 2 or 3 keys 2 (<see cref="Values2x128{TRow}"/>, AVX-512) and 1); otherwise
-    /// the same sums go through <see cref="TensorPrimitives"/>.
+    /// AVX-512 or AVX2 + FMA (<see cref="DecodeKernels"/>) the scores take 4 heads per key read (<see cref="Scores4x128{TRow}"/>);
+    /// the values 4 keys per update of o (<see cref="Values4x128{TRow}"/>; a chunk's last 2 or 3 keys 2
+    /// (<see cref="Values2x128{TRow}"/>, AVX-512) and 1); otherwise the same sums go through <see cref="TensorPrimitives"/>.
     /// Cached F16 rows: on that path (for keys when G is a multiple of 4) each 16 (or 8) halves are widened in registers
-    /// as they are loaded (<see cref="Scores4x128{TRow}"/>, <see cref="Values4x128{TRow}"/>: the same sums over the same
-    /// float32 values, no buffer); otherwise a row is widened into a per-thread buffer (5 rows of Hkv * Dh: a key, four
-    /// values) just before the arithmetic reads it. F32 rows are read in place.
+    /// as they are loaded (the same sums over the same float32 values, no buffer), with fewer operations where the cache
+    /// promised finite rows (<see cref="KvRow.HalvesFinite"/>, <see cref="F16FiniteRow"/>); otherwise a row is widened
+    /// into a per-thread buffer (5 rows of Hkv * Dh: a key, four values) just before the arithmetic reads it. F32 rows
+    /// are read in place.
     /// </summary>
     private unsafe void AttendKeys(int l, in KvSource src, TileItem item, Scratch s)
     {
@@ -371,13 +372,13 @@ public sealed partial class Transformer
                 {
                     fixed (Half* ph = halves)
                     {
-                        float* sj = ps + (long)j * heads;
-                        for (int g = 0; g < hkv; g++)
+                        if (keyRow.HalvesFinite)
                         {
-                            for (int h = g * group; h < (g + 1) * group; h += 4)
-                            {
-                                Scores4x128<F16Row>(pq + h * 128, (nint)((short*)ph + g * 128), sj + h);
-                            }
+                            ScoresKeyRow<F16FiniteRow>(pq, (nint)ph, ps + (long)j * heads, hkv, group);
+                        }
+                        else
+                        {
+                            ScoresKeyRow<F16Row>(pq, (nint)ph, ps + (long)j * heads, hkv, group);
                         }
                     }
                     continue;
@@ -425,10 +426,18 @@ public sealed partial class Transformer
                     fixed (Half* ph2 = h2)
                     fixed (Half* ph3 = h3)
                     {
+                        bool finite = row0.HalvesFinite && row1.HalvesFinite && row2.HalvesFinite && row3.HalvesFinite;
                         for (int g = 0; g < hkv; g++)
                         {
-                            Values4x128<F16Row>((nint)((short*)ph0 + g * 128), (nint)((short*)ph1 + g * 128), (nint)((short*)ph2 + g * 128),
-                                (nint)((short*)ph3 + g * 128), ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            nint r0 = (nint)((short*)ph0 + g * 128), r1 = (nint)((short*)ph1 + g * 128), r2 = (nint)((short*)ph2 + g * 128), r3 = (nint)((short*)ph3 + g * 128);
+                            if (finite)
+                            {
+                                Values4x128<F16FiniteRow>(r0, r1, r2, r3, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            }
+                            else
+                            {
+                                Values4x128<F16Row>(r0, r1, r2, r3, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            }
                         }
                     }
                     continue;
@@ -459,9 +468,18 @@ public sealed partial class Transformer
                     fixed (Half* ph0 = h0)
                     fixed (Half* ph1 = h1)
                     {
+                        bool finite = row0.HalvesFinite && row1.HalvesFinite;
                         for (int g = 0; g < hkv; g++)
                         {
-                            Values2x128<F16Row>((nint)((short*)ph0 + g * 128), (nint)((short*)ph1 + g * 128), ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            nint r0 = (nint)((short*)ph0 + g * 128), r1 = (nint)((short*)ph1 + g * 128);
+                            if (finite)
+                            {
+                                Values2x128<F16FiniteRow>(r0, r1, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            }
+                            else
+                            {
+                                Values2x128<F16Row>(r0, r1, ps + (long)j * heads + g * group, heads, po + g * group * 128, group);
+                            }
                         }
                     }
                     continue;
@@ -490,6 +508,24 @@ public sealed partial class Transformer
                         TensorPrimitives.MultiplyAdd(value, ps[(long)j * heads + h], oh, oh);
                     }
                 }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Scores of one cached key row against every query head (<see cref="Scores4x128{TRow}"/> per 4 heads of each KV
+    /// head): sj[h] = q_h · k_g for h in g's <paramref name="group"/> heads (a multiple of 4); q: (Hq, 128), k: (Hkv, 128).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static unsafe void ScoresKeyRow<TRow>(float* q, nint k, float* sj, int hkv, int group)
+        where TRow : struct, IRowElement
+    {
+        for (int g = 0; g < hkv; g++)
+        {
+            nint kg = k + g * 128 * TRow.Bytes;
+            for (int h = g * group; h < (g + 1) * group; h += 4)
+            {
+                Scores4x128<TRow>(q + h * 128, kg, sj + h);
             }
         }
     }
@@ -563,6 +599,9 @@ public sealed partial class Transformer
 
         /// <summary>Values c .. c + 7 of the row at <paramref name="row"/>.</summary>
         static abstract Vector256<float> Load8(nint row, int c);
+
+        /// <summary>Bytes of one stored value: 4 for floats, 2 for halves.</summary>
+        static abstract int Bytes { get; }
     }
 
     private readonly unsafe struct F32Row : IRowElement
@@ -572,6 +611,8 @@ public sealed partial class Transformer
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load8(nint row, int c) => Vector256.Load((float*)row + c);
+
+        public static int Bytes => sizeof(float);
     }
 
     private readonly unsafe struct F16Row : IRowElement
@@ -581,6 +622,20 @@ public sealed partial class Transformer
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Load8(nint row, int c) => HalfConversion.Widen256(Vector128.Load((short*)row + c));
+
+        public static int Bytes => 2;
+    }
+
+    /// <summary>F16 rows whose store promised finite halves (<see cref="KvRow.HalvesFinite"/>): widened without the infinity / NaN lanes.</summary>
+    private readonly unsafe struct F16FiniteRow : IRowElement
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector512<float> Load16(nint row, int c) => HalfConversion.WidenFinite512(Vector256.Load((short*)row + c));
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<float> Load8(nint row, int c) => HalfConversion.WidenFinite256(Vector128.Load((short*)row + c));
+
+        public static int Bytes => 2;
     }
 
     /// <summary>

@@ -101,6 +101,52 @@ public static class HalfConversion
         return Vector256.ConditionalSelect(special.AsSingle(), (masked | Vector256.Create(0x7F800000)).AsSingle(), value);
     }
 
+    /// <summary>
+    /// <see cref="Widen256"/> for halves known to be finite (no infinity, no NaN): the shift, mask and multiplication
+    /// alone (four operations per 8 values against eight), the same float32 for every finite half (subnormals and ±0
+    /// included). An infinity or a NaN comes out as a finite number, so callers need the promise
+    /// (<c>KvRow.HalvesFinite</c>).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<float> WidenFinite256(Vector128<short> halves) =>
+        ((Avx2.ConvertToVector256Int32(halves) << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle()
+        * Vector256.Create(0x77800000u).AsSingle(); // times 2^112
+
+    /// <summary><see cref="WidenFinite256"/> on 16 halves with AVX-512: <see cref="Widen512"/> without the special lanes.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal static Vector512<float> WidenFinite512(Vector256<short> halves) =>
+        ((Avx512F.ConvertToVector512Int32(halves) << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle()
+        * Vector512.Create(0x77800000u).AsSingle(); // times 2^112
+
+    /// <summary>Whether any of <paramref name="src"/> is an infinity or a NaN (all five exponent bits set).</summary>
+    public static bool AnyNonFinite(ReadOnlySpan<Half> src)
+    {
+        var bits = MemoryMarshal.Cast<Half, ushort>(src);
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var exponent = Vector256.Create((ushort)0x7C00);
+            var seen = Vector256<ushort>.Zero;
+            for (; i + 16 <= bits.Length; i += 16)
+            {
+                var e = Vector256.Create(bits.Slice(i, 16)) & exponent;
+                seen |= Vector256.Equals(e, exponent);
+            }
+            if (seen != Vector256<ushort>.Zero)
+            {
+                return true;
+            }
+        }
+        for (; i < bits.Length; i++)
+        {
+            if ((bits[i] & 0x7C00) == 0x7C00)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
     /// <summary>The scalar twin of <see cref="ToSingle"/>: dst[i] = (float)src[i].</summary>
     public static void ToSingleScalar(ReadOnlySpan<Half> src, Span<float> dst)
     {

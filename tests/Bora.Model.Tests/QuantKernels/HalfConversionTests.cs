@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using Bora.Numerics;
 
 namespace Bora.Model.Tests.QuantKernels;
@@ -50,6 +51,51 @@ public sealed class HalfConversionTests
         for (int i = 0; i < all.Length; i++)
         {
             AssertSame((float)all[i], actual[i], $"half bits {i:X4}");
+        }
+    }
+
+    [Fact]
+    public unsafe void Every_finite_half_widens_exactly_without_the_special_lanes()
+    {
+        // All 63488 finite halves (exponent below 31), 8 (AVX2) or 16 (AVX-512) at a time.
+        var finite = Enumerable.Range(0, 65536).Where(b => (b & 0x7C00) != 0x7C00).Select(b => (short)b).ToArray();
+        Assert.Equal(63488, finite.Length);
+        fixed (short* p = finite)
+        {
+            for (int i = 0; i < finite.Length; i += 16)
+            {
+                for (int k = 0; k < 16; k++)
+                {
+                    float expected = (float)BitConverter.Int16BitsToHalf(finite[i + k]);
+                    if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+                    {
+                        AssertSame(expected, HalfConversion.WidenFinite256(Vector128.Load(p + i + k / 8 * 8)).GetElement(k % 8), $"256: half bits {finite[i + k]:X4}");
+                    }
+                    if (System.Runtime.Intrinsics.X86.Avx512F.IsSupported)
+                    {
+                        AssertSame(expected, HalfConversion.WidenFinite512(Vector256.Load(p + i)).GetElement(k), $"512: half bits {finite[i + k]:X4}");
+                    }
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void AnyNonFinite_finds_an_infinity_or_a_NaN_at_every_place()
+    {
+        ushort[] nonFinite = [0x7C00, 0xFC00, 0x7E00, 0xFE01, 0x7C01, 0xFFFF];
+        var rng = new Random(9);
+        for (int n = 0; n <= 64; n++)
+        {
+            // Finite halves of every kind, the largest and the subnormals included.
+            var src = Enumerable.Range(0, n).Select(_ => BitConverter.UInt16BitsToHalf((ushort)(rng.Next(65536) & ~(rng.Next(2) == 0 ? 0x4000 : 0x0400)))).ToArray();
+            Assert.False(HalfConversion.AnyNonFinite(src), $"n = {n}: all finite");
+            for (int i = 0; i < n; i++)
+            {
+                var copy = (Half[])src.Clone();
+                copy[i] = BitConverter.UInt16BitsToHalf(nonFinite[rng.Next(nonFinite.Length)]);
+                Assert.True(HalfConversion.AnyNonFinite(copy), $"n = {n}, non-finite at {i}");
+            }
         }
     }
 
