@@ -74,8 +74,9 @@ internal sealed class KvRows
 
     /// <summary>
     /// Stores a key and a value row (KvDim each), rounded to half precision for F16. An F16 store hands out its rows
-    /// as finite (<see cref="KvRow.HalvesFinite"/>) until a written row holds an infinity or a NaN (a value beyond
-    /// ±65504, or one that was already so): from then on, for good, none of its rows is promised finite.
+    /// as finite (<see cref="KvRow.HalvesFinite"/>) until a written row holds an infinity or a NaN (a value of
+    /// magnitude 65520 or more rounds to an infinity; 65519 still rounds to 65504): from then on, for good, none of its
+    /// rows is promised finite.
     /// </summary>
     public void Write(int layer, int row, ReadOnlySpan<float> key, ReadOnlySpan<float> value)
     {
