@@ -82,8 +82,8 @@ public static class HalfConversion
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     internal static Vector512<float> Widen512(Vector256<short> halves)
     {
-        var masked = (Avx512F.ConvertToVector512Int32(halves) << 13) & Vector512.Create(unchecked((int)0x8FFFE000));
-        var value = masked.AsSingle() * Vector512.Create(0x77800000u).AsSingle(); // times 2^112
+        var masked = Masked512(halves);
+        var value = masked.AsSingle() * Vector512.Create(TwoTo112);
         var special = Vector512.Equals(masked & Vector512.Create(0x0F800000), Vector512.Create(0x0F800000));
         return Vector512.ConditionalSelect(special.AsSingle(), (masked | Vector512.Create(0x7F800000)).AsSingle(), value);
     }
@@ -95,8 +95,8 @@ public static class HalfConversion
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
     internal static Vector256<float> Widen256(Vector128<short> halves)
     {
-        var masked = (Avx2.ConvertToVector256Int32(halves) << 13) & Vector256.Create(unchecked((int)0x8FFFE000));
-        var value = masked.AsSingle() * Vector256.Create(0x77800000u).AsSingle(); // times 2^112
+        var masked = Masked256(halves);
+        var value = masked.AsSingle() * Vector256.Create(TwoTo112);
         var special = Vector256.Equals(masked & Vector256.Create(0x0F800000), Vector256.Create(0x0F800000));
         return Vector256.ConditionalSelect(special.AsSingle(), (masked | Vector256.Create(0x7F800000)).AsSingle(), value);
     }
@@ -108,15 +108,28 @@ public static class HalfConversion
     /// (<c>KvRow.HalvesFinite</c>).
     /// </summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    internal static Vector256<float> WidenFinite256(Vector128<short> halves) =>
-        ((Avx2.ConvertToVector256Int32(halves) << 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle()
-        * Vector256.Create(0x77800000u).AsSingle(); // times 2^112
+    internal static Vector256<float> WidenFinite256(Vector128<short> halves) => Masked256(halves).AsSingle() * Vector256.Create(TwoTo112);
 
     /// <summary><see cref="WidenFinite256"/> on 16 halves with AVX-512: <see cref="Widen512"/> without the special lanes.</summary>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
-    internal static Vector512<float> WidenFinite512(Vector256<short> halves) =>
-        ((Avx512F.ConvertToVector512Int32(halves) << 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle()
-        * Vector512.Create(0x77800000u).AsSingle(); // times 2^112
+    internal static Vector512<float> WidenFinite512(Vector256<short> halves) => Masked512(halves).AsSingle() * Vector512.Create(TwoTo112);
+
+    /// <summary>2^112: a half's value is its <see cref="Masked256"/> / <see cref="Masked512"/> bits, as a float32, times this.</summary>
+    private const float TwoTo112 = 5.192297e33f; // 0x77800000
+
+    /// <summary>
+    /// The shared first step of <see cref="Widen256"/> and <see cref="WidenFinite256"/>: each half sign-extended to 32
+    /// bits, shifted left by 13 and masked with 0x8FFFE000, i.e. the half's sign, exponent and fraction placed as a
+    /// float32 worth the half times 2^-112 (see <see cref="Widen512"/>).
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Masked256(Vector128<short> halves) =>
+        (Avx2.ConvertToVector256Int32(halves) << 13) & Vector256.Create(unchecked((int)0x8FFFE000));
+
+    /// <summary><see cref="Masked256"/> on 16 halves with AVX-512.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Masked512(Vector256<short> halves) =>
+        (Avx512F.ConvertToVector512Int32(halves) << 13) & Vector512.Create(unchecked((int)0x8FFFE000));
 
     /// <summary>Whether any of <paramref name="src"/> is an infinity or a NaN (all five exponent bits set).</summary>
     public static bool AnyNonFinite(ReadOnlySpan<Half> src)

@@ -317,6 +317,13 @@ public sealed unsafe class Q8Activations
         }
     }
 
+    /// <summary>A block's scale d = amax / 127 and the multiplier 127 / amax that maps it to q (0 for an all-zero block); every quantizer of the block takes them from here.</summary>
+    private static float Scale(float amax, out float inverse)
+    {
+        inverse = amax > 0 ? 127f / amax : 0f;
+        return amax / 127f;
+    }
+
     /// <summary>Scalar: one block; returns d.</summary>
     private static float BlockScalar(ReadOnlySpan<float> x, Span<sbyte> q, Span<short> s16)
     {
@@ -325,8 +332,7 @@ public sealed unsafe class Q8Activations
         {
             amax = MathF.Max(amax, MathF.Abs(x[i]));
         }
-        float d = amax / 127f;
-        float id = amax > 0 ? 127f / amax : 0f;
+        float d = Scale(amax, out float id);
         for (int g = 0; g < x.Length / 16; g++)
         {
             int sum = 0;
@@ -359,8 +365,7 @@ public sealed unsafe class Q8Activations
             }
             var m = Vector128.Max(vmax.GetLower(), vmax.GetUpper());
             float amax = MathF.Max(MathF.Max(m[0], m[1]), MathF.Max(m[2], m[3]));
-            float d = amax / 127f;
-            float id = amax > 0 ? 127f / amax : 0f;
+            float d = Scale(amax, out float id);
             var vid = Vector256.Create(id);
             var lo = Vector256.Create(-127f);
             var hi = Vector256.Create(127f);
@@ -387,8 +392,7 @@ public sealed unsafe class Q8Activations
             vmax = Vector128.Max(vmax, Vector128.Abs(Vector128.Create(x.Slice(i, 4))));
         }
         float amax = MathF.Max(MathF.Max(vmax[0], vmax[1]), MathF.Max(vmax[2], vmax[3]));
-        float d = amax / 127f;
-        float id = amax > 0 ? 127f / amax : 0f;
+        float d = Scale(amax, out float id);
         var vid = Vector128.Create(id);
         var lo = Vector128.Create(-127f);
         var hi = Vector128.Create(127f);
