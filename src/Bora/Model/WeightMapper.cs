@@ -189,7 +189,14 @@ public sealed class WeightMapper : IDisposable
                 }
                 fixed (byte* p = dst)
                 {
-                    packed.PackRows(r0, rows, p);
+                    try
+                    {
+                        packed.PackRows(r0, rows, p);
+                    }
+                    catch (InvalidDataException e)
+                    {
+                        throw ModelFormatException.In(info.SourcePath, $"tensor '{info.Name}': {e.Message}; the file is damaged or was written by a faulty quantizer (quantize it again from the source weights)");
+                    }
                 }
             }
         }

@@ -227,6 +227,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
     /// this packed matrix's groups, in parallel on <see cref="NumericsThreads.For"/>. Lets a loader pack a large
     /// matrix through a small staging buffer, chunk by chunk.
     /// </summary>
+    /// <exception cref="InvalidDataException">A Q4_0 / Q8_0 block scale is an infinity or a NaN (<see cref="PackedLayouts.CheckBlockScales"/>).</exception>
     internal void PackRows(int row0, int count, byte* src)
     {
         const int G = PackedLayouts.GroupRows;
@@ -246,6 +247,7 @@ public sealed unsafe class QuantizedMatrix : WeightMatrix
             for (long g = (long)item * groups / items, end = (long)(item + 1) * groups / items; g < end; g++)
             {
                 int r = (int)g * G;
+                PackedLayouts.CheckBlockScales(type, src + r * rowBytes, rowBytes, nb, Math.Min(G, count - r), row0 + r);
                 PackedLayouts.PackGroup(type, src + r * rowBytes, rowBytes, nb, Math.Min(G, count - r), dst + g * groupBytes);
             }
         });

@@ -249,6 +249,50 @@ public sealed class MappedWeightsTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// A Q4_0 / Q8_0 file with an infinite or NaN block scale: the packed load (whose kernels widen scales as finite
+    /// halves) stops with an error naming the file, tensor, row and block; the mapped load, whose kernels widen every
+    /// half exactly, still loads it (the non-finite scale then reaches the logits as in the block definitions).
+    /// </summary>
+    [Theory]
+    [InlineData(DType.Q4_0, 18, (ushort)0x7C00)]
+    [InlineData(DType.Q8_0, 34, (ushort)0xFE00)]
+    public void PackedLoadNamesANonFiniteBlockScale(DType type, int blockBytes, ushort scale)
+    {
+        string path = TempFile(type);
+        try
+        {
+            QuantizedModelTests.WriteTinyModel(path, type, seed: 17);
+            const string Name = "blk.1.attn_q.weight";
+            long offset;
+            using (var original = GgufFile.Open(path))
+            {
+                Assert.True(original.TryGetTensor(Name, out var info));
+                Assert.Equal(type, info.Type);
+                long rowBytes = info.ByteLength / info.Shape[1];
+                offset = info.Offset + 5 * rowBytes + 1L * blockBytes; // row 5, block 1
+            }
+            using (var f = File.OpenWrite(path))
+            {
+                f.Position = offset;
+                f.Write(BitConverter.GetBytes(scale));
+            }
+            using var store = GgufFile.Open(path);
+            var config = ModelConfigLoader.FromGguf(store.Metadata, path);
+            using var packer = new WeightMapper(packAtLoad: true);
+            var ex = Assert.Throws<ModelFormatException>(() => WeightLoader.Load(store, config, packer.Create));
+            Assert.StartsWith($"{store.Tensors.First(t => t.Name == Name).SourcePath}: tensor '{Name}': row 5, block 1 has the scale 0x{scale:X4}", ex.Message);
+            Assert.Contains("quantize it again from the source weights", ex.Message);
+
+            using var mapper = new WeightMapper(packAtLoad: false);
+            Assert.IsType<QuantizedMatrix>(WeightLoader.Load(store, config, mapper.Create).Layers[1].Wq);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     /// <summary>The largest tensor of a GGUF file (the packing's staging buffer).</summary>
     private readonly record struct GgufFileInfo(string Path)
     {

@@ -142,4 +142,39 @@ public sealed unsafe class PackedLayoutTests
         }
         return expected;
     }
+
+    /// <summary>
+    /// The packed Q4_0 / Q8_0 kernels widen block scales as finite halves (Packed256.BlockScales), so packing refuses a
+    /// scale that is an infinity or a NaN, naming its row and block; every finite half passes (largest, subnormal, -0),
+    /// and the formats whose kernels widen exactly (Q4_K, Q6_K) are not checked.
+    /// </summary>
+    [Theory]
+    [InlineData(DType.Q4_0, 18)]
+    [InlineData(DType.Q8_0, 34)]
+    public void PackingRefusesNonFiniteBlockScalesAndNamesTheirRowAndBlock(DType type, int blockBytes)
+    {
+        const int Rows = 3, Blocks = 4;
+        var bytes = new byte[Rows * Blocks * blockBytes];
+        ushort[] finite = [0x0000, 0x8000, 0x0001, 0x83FF, 0x3C00, 0x7BFF, 0xFBFF];
+        fixed (byte* p = bytes)
+        {
+            for (int i = 0; i < Rows * Blocks; i++)
+            {
+                *(ushort*)(p + i * blockBytes) = finite[i % finite.Length];
+            }
+            PackedLayouts.CheckBlockScales(type, p, Blocks * blockBytes, Blocks, Rows, row0: 32);
+            foreach (ushort bad in new ushort[] { 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFFFF })
+            {
+                int at = 2 * Blocks + 3; // row 2, block 3
+                ushort kept = *(ushort*)(p + at * blockBytes);
+                *(ushort*)(p + at * blockBytes) = bad;
+                nint at0 = (nint)p;
+                var ex = Assert.Throws<InvalidDataException>(() => PackedLayouts.CheckBlockScales(type, (byte*)at0, Blocks * blockBytes, Blocks, Rows, row0: 32));
+                Assert.StartsWith($"row 34, block 3 has the scale 0x{bad:X4} (", ex.Message);
+                Assert.EndsWith($"every {type} block scale must be a finite half", ex.Message);
+                PackedLayouts.CheckBlockScales(DType.Q4_K, p, Blocks * blockBytes, 1, 1, row0: 0);
+                *(ushort*)(p + at * blockBytes) = kept;
+            }
+        }
+    }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Bora.Numerics.Jit;
 
 namespace Bora.Numerics.Quant;
@@ -78,6 +79,37 @@ internal static unsafe class PackedLayouts
             case DType.Q4_K: Q4KPacked.PackGroup(src, rowBytes, nb, rows, dst); break;
             case DType.Q6_K: Q6KPacked.PackGroup(src, rowBytes, nb, rows, dst); break;
             default: throw Unsupported(type);
+        }
+    }
+
+    /// <summary>
+    /// Throws when a block scale of the <paramref name="rows"/> GGUF rows at <paramref name="src"/> (nb blocks each,
+    /// <paramref name="rowBytes"/> apart) is an infinity or a NaN (f16 exponent bits all set), for the formats whose
+    /// packed kernels widen their block scales as finite halves (<see cref="Packed256.BlockScales"/>: Q4_0, Q8_0, the
+    /// f16 scale in a block's first 2 bytes); the other formats' kernels widen every half exactly, so a non-finite scale
+    /// there reaches the results as it would in the GGUF definitions. <paramref name="row0"/>: the first row's index in
+    /// the matrix, for the message.
+    /// </summary>
+    /// <exception cref="InvalidDataException">A Q4_0 / Q8_0 block scale is not finite; names its row and block.</exception>
+    public static void CheckBlockScales(DType type, byte* src, long rowBytes, int nb, int rows, long row0)
+    {
+        if (type is not (DType.Q4_0 or DType.Q8_0))
+        {
+            return;
+        }
+        int blockBytes = (int)DTypeInfo.ByteSize(type, DTypeInfo.BlockElements(type))!.Value;
+        for (int r = 0; r < rows; r++)
+        {
+            byte* row = src + r * rowBytes;
+            for (int b = 0; b < nb; b++)
+            {
+                ushort bits = Unsafe.ReadUnaligned<ushort>(row + (long)b * blockBytes);
+                if ((bits & 0x7C00) == 0x7C00)
+                {
+                    throw new InvalidDataException(
+                        $"row {row0 + r}, block {b} has the scale 0x{bits:X4} ({(float)BitConverter.UInt16BitsToHalf(bits)}); every {type} block scale must be a finite half");
+                }
+            }
         }
     }
 
