@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Numerics.Tensors;
 using Bora.Formats;
 using Bora.Formats.Gguf;
 using Bora.Loading;
@@ -334,6 +335,7 @@ public static class ModelQuantizer
         for (int p = 0; p < t.Parts.Length; p++)
         {
             var values = store.ReadFloat32(t.Parts[p]);
+            RequireFinite(t.Parts[p], values, cols);
             if (t.RowOrder is { } order)
             {
                 values = Reorder(values, order, (int)cols);
@@ -355,6 +357,23 @@ public static class ModelQuantizer
             });
         }
         return result;
+    }
+
+    /// <summary>
+    /// Throws when <paramref name="values"/> (a stored tensor's rows of <paramref name="cols"/>) hold an infinity or a
+    /// NaN, naming its file, tensor and place: a block's scale would become non-finite (Q4_0 / Q8_0 packing refuses such blocks),
+    /// as llama.cpp's quantizer refuses data that fails its validation. One vectorised pass
+    /// (<see cref="TensorPrimitives.IndexOfMaxMagnitude{T}(ReadOnlySpan{T})"/> finds a NaN first, else the largest
+    /// magnitude, an infinity if there is one).
+    /// </summary>
+    private static void RequireFinite(TensorInfo part, float[] values, long cols)
+    {
+        int i = TensorPrimitives.IndexOfMaxMagnitude<float>(values);
+        if (i >= 0 && !float.IsFinite(values[i]))
+        {
+            throw ModelFormatException.In(part.SourcePath,
+                $"tensor '{part.Name}' holds {values[i].ToString(CultureInfo.InvariantCulture)} at row {i / cols}, column {i % cols}; bora quantize needs finite weights (the checkpoint is damaged)");
+        }
     }
 
     private static float[] Reorder(float[] w, int[] order, int cols)

@@ -292,6 +292,29 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         File.WriteAllText(Path.Combine(hfDir, "tokenizer.json"), "{}");
         var noSpm = Assert.Throws<ModelFormatException>(() => ModelQuantizer.Quantize(hfDir, Path.Combine(dir, "t.gguf"), DType.Q8_0));
         Assert.Contains("tokenizer.model", noSpm.Message, StringComparison.Ordinal);
+
+        // A weight that is a NaN or an infinity: refused, named with its place, and no output file is left.
+        const string Damaged = "model.layers.1.self_attn.o_proj.weight";
+        foreach (float bad in new[] { float.NaN, float.NegativeInfinity })
+        {
+            WriteHfFolder(hfDir);
+            string weights = Path.Combine(hfDir, "model.safetensors");
+            long at;
+            using (var st = SafetensorsFile.Open(weights))
+            {
+                Assert.True(st.TryGetTensor(Damaged, out var info));
+                at = info.Offset + sizeof(float) * (2 * info.Shape[1] + 3); // row 2, column 3
+            }
+            using (var f = File.OpenWrite(weights))
+            {
+                f.Position = at;
+                f.Write(BitConverter.GetBytes(bad));
+            }
+            string target = Path.Combine(dir, "nan.gguf");
+            var nonFinite = Assert.Throws<ModelFormatException>(() => ModelQuantizer.Quantize(hfDir, target, DType.Q4_0));
+            Assert.Equal($"{weights}: tensor '{Damaged}' holds {bad.ToString(CultureInfo.InvariantCulture)} at row 2, column 3; bora quantize needs finite weights (the checkpoint is damaged)", nonFinite.Message);
+            Assert.False(File.Exists(target));
+        }
         Assert.Empty(Directory.GetFiles(dir, "*.tmp"));
         Directory.Delete(dir, recursive: true);
     }
