@@ -355,6 +355,7 @@ public static class ModelQuantizer
                     values.AsSpan((int)(r0 * cols), (int)((r1 - r0) * cols)),
                     result.AsSpan((int)(baseOffset + (long)r0 * rowBytes), (r1 - r0) * rowBytes));
             });
+            RequireFiniteScales(t.Parts[p], type, result.AsSpan((int)baseOffset, (int)partBytes), rowBytes, rows, cols);
         }
         return result;
     }
@@ -373,6 +374,27 @@ public static class ModelQuantizer
         {
             throw ModelFormatException.In(part.SourcePath,
                 $"tensor '{part.Name}' holds {values[i].ToString(CultureInfo.InvariantCulture)} at row {i / cols}, column {i % cols}; bora quantize needs finite weights (the checkpoint is damaged)");
+        }
+    }
+
+    /// <summary>
+    /// Throws when a Q4_0 / Q8_0 block of the quantized <paramref name="blocks"/> got a scale that is not a finite half
+    /// (<see cref="PackedLayouts.CheckBlockScales"/>): finite weights whose largest magnitude in a block exceeds what
+    /// the half scale holds (65504 x 8 for Q4_0, 65504 x 127 for Q8_0). Such a file would not load packed.
+    /// </summary>
+    private static unsafe void RequireFiniteScales(TensorInfo part, DType type, ReadOnlySpan<byte> blocks, int rowBytes, int rows, long cols)
+    {
+        fixed (byte* p = blocks)
+        {
+            try
+            {
+                PackedLayouts.CheckBlockScales(type, p, rowBytes, (int)(cols / DTypeInfo.BlockElements(type)), rows, row0: 0);
+            }
+            catch (InvalidDataException e)
+            {
+                throw ModelFormatException.In(part.SourcePath,
+                    $"tensor '{part.Name}' as {type}: {e.Message}; a weight of that block is too large for the format (its block scale is a half: at most 65504 times the largest quant)");
+            }
         }
     }
 

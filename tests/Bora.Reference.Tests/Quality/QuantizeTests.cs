@@ -295,7 +295,7 @@ public sealed class QuantizeTests(ITestOutputHelper output)
 
         // A weight that is a NaN or an infinity: refused, named with its place, and no output file is left.
         const string Damaged = "model.layers.1.self_attn.o_proj.weight";
-        foreach (float bad in new[] { float.NaN, float.NegativeInfinity })
+        foreach (float bad in new[] { float.NaN, float.NegativeInfinity, 1e6f })
         {
             WriteHfFolder(hfDir);
             string weights = Path.Combine(hfDir, "model.safetensors");
@@ -312,7 +312,11 @@ public sealed class QuantizeTests(ITestOutputHelper output)
             }
             string target = Path.Combine(dir, "nan.gguf");
             var nonFinite = Assert.Throws<ModelFormatException>(() => ModelQuantizer.Quantize(hfDir, target, DType.Q4_0));
-            Assert.Equal($"{weights}: tensor '{Damaged}' holds {bad.ToString(CultureInfo.InvariantCulture)} at row 2, column 3; bora quantize needs finite weights (the checkpoint is damaged)", nonFinite.Message);
+            Assert.Equal(float.IsFinite(bad)
+                // Finite, but its block's Q4_0 scale (-1e6 / 8) is beyond a half: -inf (0xFC00).
+                ? $"{weights}: tensor '{Damaged}' as Q4_0: row 2, block 0 has the scale 0xFC00 ({Half.NegativeInfinity}); every Q4_0 block scale must be a finite half; a weight of that block is too large for the format (its block scale is a half: at most 65504 times the largest quant)"
+                : $"{weights}: tensor '{Damaged}' holds {bad.ToString(CultureInfo.InvariantCulture)} at row 2, column 3; bora quantize needs finite weights (the checkpoint is damaged)",
+                nonFinite.Message);
             Assert.False(File.Exists(target));
         }
         Assert.Empty(Directory.GetFiles(dir, "*.tmp"));
