@@ -355,7 +355,7 @@ public static class ModelQuantizer
                     values.AsSpan((int)(r0 * cols), (int)((r1 - r0) * cols)),
                     result.AsSpan((int)(baseOffset + (long)r0 * rowBytes), (r1 - r0) * rowBytes));
             });
-            RequireFiniteScales(t.Parts[p], type, result.AsSpan((int)baseOffset, (int)partBytes), rowBytes, rows, cols);
+            RequireFiniteScales(t.Parts[p], type, result.AsSpan((int)baseOffset, (int)partBytes), rowBytes, rows, cols, t.RowOrder);
         }
         return result;
     }
@@ -380,15 +380,20 @@ public static class ModelQuantizer
     /// <summary>
     /// Throws when a Q4_0 / Q8_0 block of the quantized <paramref name="blocks"/> got a scale that is not a finite half
     /// (<see cref="PackedLayouts.CheckBlockScales"/>): finite weights whose largest magnitude in a block exceeds what
-    /// the half scale holds (65504 x 8 for Q4_0, 65504 x 127 for Q8_0). Such a file would not load packed.
+    /// the half scale holds (65504 x 8 for Q4_0, 65504 x 127 for Q8_0). Such a file would not load packed. The message
+    /// names the stored row: output row r is stored row <paramref name="order"/>[r] where the rows were reordered.
     /// </summary>
-    private static unsafe void RequireFiniteScales(TensorInfo part, DType type, ReadOnlySpan<byte> blocks, int rowBytes, int rows, long cols)
+    private static unsafe void RequireFiniteScales(TensorInfo part, DType type, ReadOnlySpan<byte> blocks, int rowBytes, int rows, long cols, int[]? order)
     {
+        int nb = (int)(cols / DTypeInfo.BlockElements(type));
         fixed (byte* p = blocks)
         {
             try
             {
-                PackedLayouts.CheckBlockScales(type, p, rowBytes, (int)(cols / DTypeInfo.BlockElements(type)), rows, row0: 0);
+                for (int r = 0; r < rows; r++)
+                {
+                    PackedLayouts.CheckBlockScales(type, p + (long)r * rowBytes, rowBytes, nb, 1, row0: order?[r] ?? r);
+                }
             }
             catch (InvalidDataException e)
             {

@@ -293,9 +293,10 @@ public sealed class QuantizeTests(ITestOutputHelper output)
         var noSpm = Assert.Throws<ModelFormatException>(() => ModelQuantizer.Quantize(hfDir, Path.Combine(dir, "t.gguf"), DType.Q8_0));
         Assert.Contains("tokenizer.model", noSpm.Message, StringComparison.Ordinal);
 
-        // A weight that is a NaN or an infinity: refused, named with its place, and no output file is left.
-        const string Damaged = "model.layers.1.self_attn.o_proj.weight";
-        foreach (float bad in new[] { float.NaN, float.NegativeInfinity, 1e6f })
+        // A weight that is a NaN or an infinity: refused, named with its place, and no output file is left; the place
+        // is the stored one also where the rows are reordered for RoPE (q_proj).
+        const string OProj = "model.layers.1.self_attn.o_proj.weight", QProj = "model.layers.1.self_attn.q_proj.weight";
+        foreach (var (Damaged, bad) in new[] { (OProj, float.NaN), (OProj, float.NegativeInfinity), (OProj, 1e6f), (QProj, float.NaN), (QProj, 1e6f) })
         {
             WriteHfFolder(hfDir);
             string weights = Path.Combine(hfDir, "model.safetensors");

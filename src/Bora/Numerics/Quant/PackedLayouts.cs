@@ -84,7 +84,7 @@ internal static unsafe class PackedLayouts
 
     /// <summary>
     /// Throws when a block scale of the <paramref name="rows"/> GGUF rows at <paramref name="src"/> (nb blocks each,
-    /// <paramref name="rowBytes"/> apart) is an infinity or a NaN (f16 exponent bits all set), for the formats whose
+    /// <paramref name="rowBytes"/> apart) is an infinity or a NaN (<see cref="Half.IsFinite"/>), for the formats whose
     /// packed kernels widen their block scales as finite halves (<see cref="Packed256.BlockScales"/>: Q4_0, Q8_0, the
     /// f16 scale in a block's first 2 bytes); the other formats' kernels widen every half exactly, so a non-finite scale
     /// there reaches the results as it would in the GGUF definitions. <paramref name="row0"/>: the first row's index in
@@ -103,11 +103,11 @@ internal static unsafe class PackedLayouts
             byte* row = src + r * rowBytes;
             for (int b = 0; b < nb; b++)
             {
-                ushort bits = Unsafe.ReadUnaligned<ushort>(row + (long)b * blockBytes);
-                if ((bits & 0x7C00) == 0x7C00)
+                var scale = Unsafe.ReadUnaligned<Half>(row + (long)b * blockBytes);
+                if (!Half.IsFinite(scale))
                 {
                     throw new InvalidDataException(
-                        $"row {row0 + r}, block {b} has the scale 0x{bits:X4} ({(float)BitConverter.UInt16BitsToHalf(bits)}); every {type} block scale must be a finite half");
+                        $"row {row0 + r}, block {b} has the scale 0x{BitConverter.HalfToUInt16Bits(scale):X4} ({scale}); every {type} block scale must be a finite half");
                 }
             }
         }
