@@ -8,9 +8,10 @@ namespace Bora.Bench;
 /// MatVec / MatMul throughput of <see cref="QuantizedMatrix"/> (Q4_0, Q8_0, Q4_K, Q6_K), <see cref="HalfMatrix"/> (f16, bf16) and <see cref="F32Matrix"/>
 /// on Mistral-7B layer shapes: (4096, 4096) = Wq / Wo and (14336, 4096) = W1 / W3.
 /// Usage: dotnet run -c Release --project bench/Bora.Bench -- matmul [--threads N] [--tokens T[,T...]] [--types q4_0,q8_0,f32]
-/// [--seconds S] [--shapes all|w1] [--compare-min M] [--compare-quad 1]
+/// [--seconds S] [--shapes all|w1|NxK[,NxK...]] [--compare-min M] [--compare-quad 1]
 /// (--threads sets <see cref="NumericsThreads.MaxThreads"/>, which both matrix types honour; several token counts run one
-/// after the other in the same process; --shapes w1 runs only (14336, 4096)).
+/// after the other in the same process; --shapes w1 runs only (14336, 4096), NxK any rows x columns, e.g. 4096x1024 for a
+/// matrix whose 16-row groups fit in L1 / L2).
 /// With --compare-min M the two quantized variants are instead "dflt" (the default <see cref="QuantDispatch"/>
 /// thresholds) and "min M" (Q4_0 / Q8_0 rows-in-lanes from M tokens on), to set the thresholds from measurements; with
 /// --compare-packed 1 they are "packed" (<see cref="QuantizedMatrix.Pack"/>, as loaded on AVX2 and AVX-512) and "rows" (GGUF's layout); with
@@ -26,7 +27,7 @@ public static class MatMulBench
         int threads = Environment.ProcessorCount, compareMin = 0;
         bool compareQuad = false, comparePacked = false;
         int[] tokenCounts = [1];
-        bool onlyW1 = false;
+        (int N, int K)[] shapes = [(4096, 4096), (14336, 4096)];
         double seconds = 1.0;
         string[] types = ["q4_0", "q8_0", "f32"];
         for (int i = 0; i + 1 < args.Length; i += 2)
@@ -38,7 +39,7 @@ public static class MatMulBench
                 case "--compare-quad": compareQuad = args[i + 1] == "1"; compareMin = compareQuad ? -1 : compareMin; break;
                 case "--compare-packed": comparePacked = args[i + 1] == "1"; break;
                 case "--compare-min": compareMin = int.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
-                case "--shapes": onlyW1 = args[i + 1] == "w1"; break;
+                case "--shapes": shapes = ParseShapes(args[i + 1]); break;
                 case "--seconds": seconds = double.Parse(args[i + 1], System.Globalization.CultureInfo.InvariantCulture); break;
                 case "--types": types = args[i + 1].Split(','); break;
                 default: throw new ArgumentException($"unknown option {args[i]}");
@@ -47,16 +48,26 @@ public static class MatMulBench
         NumericsThreads.MaxThreads = threads;
         foreach (int tokens in tokenCounts)
         {
-            Run(threads, tokens, seconds, types, onlyW1, comparePacked ? -2 : compareMin);
+            Run(threads, tokens, seconds, types, shapes, comparePacked ? -2 : compareMin);
         }
     }
 
-    private static void Run(int threads, int tokens, double seconds, string[] types, bool onlyW1, int compareMin)
+    /// <summary>--shapes: "all" (Wq / Wo and W1 / W3), "w1" (only (14336, 4096)) or "NxK[,NxK...]" (rows x columns).</summary>
+    private static (int N, int K)[] ParseShapes(string value) => value switch
+    {
+        "all" => [(4096, 4096), (14336, 4096)],
+        "w1" => [(14336, 4096)],
+        _ => [.. value.Split(',').Select(v => v.Split('x') is [var n, var k]
+            ? (int.Parse(n, System.Globalization.CultureInfo.InvariantCulture), int.Parse(k, System.Globalization.CultureInfo.InvariantCulture))
+            : throw new ArgumentException($"--shapes: '{v}' is not all, w1 or NxK (rows x columns, e.g. 4096x1024)"))],
+    };
+
+    private static void Run(int threads, int tokens, double seconds, string[] types, (int N, int K)[] shapes, int compareMin)
     {
         Console.WriteLine($"threads {threads} (processor count {Environment.ProcessorCount}), tokens {tokens}, ISA {QuantDot.Best}, {Environment.Version}");
         Console.WriteLine($"{"type",-10} {"shape",-14} {"ms/call",9} {"GB/s",8} {"GFLOP/s",9} {"cpu-ms",10} {"cpu-GB/s",8}");
         var rng = new Random(1);
-        foreach (var (n, k) in onlyW1 ? new[] { (14336, 4096) } : new[] { (4096, 4096), (14336, 4096) })
+        foreach (var (n, k) in shapes)
         {
             var w = new float[(long)n * k];
             for (long i = 0; i < w.LongLength; i++)

@@ -24,6 +24,9 @@ internal abstract unsafe class KPackedFormat
 
     public abstract void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1);
 
+    /// <summary>The AVX2 kernels (<see cref="Packed256"/>), which also run where AVX-512 is the best.</summary>
+    public abstract void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1);
+
     public abstract void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1);
 
     /// <summary>The existing scalar twin over GGUF-layout rows (prepares the activations itself where it needs to).</summary>
@@ -88,6 +91,9 @@ internal sealed unsafe class Q4KFormat : KPackedFormat
     public override void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Q4KPacked.Run(packed, nb, n, act, tokens, y, r0, r1);
 
+    public override void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Q4KPacked.Run256(packed, nb, n, act, tokens, y, r0, r1);
+
     public override void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Q4KPacked.RunScalar(packed, nb, n, act, tokens, y, r0, r1);
 
@@ -100,6 +106,9 @@ internal static unsafe class KPackedChecks
 {
     /// <summary>Whether the AVX-512 kernel can run here (the scalar checks run everywhere).</summary>
     public static bool Wide => QuantDot.IsSupported(QuantIsa.Avx512);
+
+    /// <summary>Whether the AVX2 kernel can run here.</summary>
+    public static bool HasAvx2 => QuantDot.IsSupported(QuantIsa.Avx2);
 
     /// <summary>PackGroup then UnpackRow gives back every row byte for byte; lanes past the rows repeat the last row.</summary>
     public static void RoundTrip(KPackedFormat f, Random rng, int rows, int nb)
@@ -125,7 +134,7 @@ internal static unsafe class KPackedChecks
     }
 
     /// <summary>
-    /// Run (AVX-512, where available), RunScalar over the packed groups and the existing scalar twin over the GGUF rows
+    /// Run256 (AVX2) and Run (AVX-512, managed and generated), where available, RunScalar over the packed groups and the existing scalar twin over the GGUF rows
     /// agree bit for bit on every output of rows [r0, r1) and leave the other outputs untouched.
     /// </summary>
     public static void Products(KPackedFormat f, Random rng, int rows, int nb, int tokens, int r0 = 0, int r1 = -1) =>
@@ -142,8 +151,13 @@ internal static unsafe class KPackedChecks
         var expected = new float[tokens * rows];
         var scalar = new float[tokens * rows];
         scalar.AsSpan().Fill(float.NaN);
-        // The AVX-512 kernels: managed, then generated (VNNI) where this machine runs them; both must equal the twins.
+        // The AVX2 kernels, then the AVX-512 ones (managed, then generated (VNNI)) where this machine runs them; all must
+        // equal the twins.
         var kernels = new List<(string Name, bool Generated, float[] Y)>();
+        if (HasAvx2)
+        {
+            kernels.Add(("AVX2", false, new float[tokens * rows]));
+        }
         if (Wide)
         {
             kernels.Add(("AVX-512", false, new float[tokens * rows]));
@@ -158,13 +172,20 @@ internal static unsafe class KPackedChecks
             f.Reference(pw, (long)nb * f.BlockBytes, nb, rows, act, tokens, pe, 0, rows);
             f.Prepare(act);
             f.RunScalar(pp, nb, rows, act, tokens, ps, r0, r1);
-            foreach (var (_, generated, y) in kernels)
+            foreach (var (name, generated, y) in kernels)
             {
                 y.AsSpan().Fill(float.NaN);
                 fixed (float* py = y)
                 {
                     using var _ = GeneratedKernelsSwitch.Set(generated);
-                    f.Run(pp, nb, rows, act, tokens, py, r0, r1);
+                    if (name == "AVX2")
+                    {
+                        f.Run256(pp, nb, rows, act, tokens, py, r0, r1);
+                    }
+                    else
+                    {
+                        f.Run(pp, nb, rows, act, tokens, py, r0, r1);
+                    }
                 }
             }
         }
@@ -235,6 +256,9 @@ internal sealed unsafe class Q6KFormat : KPackedFormat
 
     public override void Run(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Q6KPacked.Run(packed, nb, n, act, tokens, y, r0, r1);
+
+    public override void Run256(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
+        Q6KPacked.Run256(packed, nb, n, act, tokens, y, r0, r1);
 
     public override void RunScalar(byte* packed, int nb, int n, Q8Activations act, int tokens, float* y, int r0, int r1) =>
         Q6KPacked.RunScalar(packed, nb, n, act, tokens, y, r0, r1);
