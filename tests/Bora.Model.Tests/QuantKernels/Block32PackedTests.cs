@@ -192,7 +192,7 @@ public sealed unsafe class Block32PackedTests
         fixed (byte* pp = packed)
         fixed (float* pw = whole)
         {
-            f.Kernels[0].Run(pp, nb, n, act, tokens, pw, 0, n);
+            f.Kernels[0].Run(pp, nb, n, act, tokens, pw, 0, n); // the scalar twin (always first), whole range
             for (int r0 = 0; r0 < n; r0 += 16)
             {
                 for (int r1 = r0 + 16; ; r1 += 16)
