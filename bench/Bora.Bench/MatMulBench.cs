@@ -27,7 +27,7 @@ public static class MatMulBench
         int threads = Environment.ProcessorCount, compareMin = 0;
         bool compareQuad = false, comparePacked = false;
         int[] tokenCounts = [1];
-        (int N, int K)[] shapes = [(4096, 4096), (14336, 4096)];
+        (int N, int K)[] shapes = ParseShapes("all");
         double seconds = 1.0;
         string[] types = ["q4_0", "q8_0", "f32"];
         for (int i = 0; i + 1 < args.Length; i += 2)

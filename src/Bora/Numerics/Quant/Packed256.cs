@@ -209,11 +209,11 @@ internal static unsafe class Packed256
     /// but a subnormal half passes through a float subnormal, whose multiply takes a microcode assist
     /// (<see cref="QuantGemm.Halves"/>); their block scales are subnormal only where a block's largest |w| is below
     /// 4.9e-4 (Q4_0) or 7.8e-3 (Q8_0). The K-quants' super-block scales, often subnormal, take <see cref="Halves(byte*)"/>.
+    /// The arithmetic is <see cref="HalfConversion.WidenFinite256"/>'s (packing refuses non-finite block scales,
+    /// <see cref="PackedLayouts.CheckBlockScales"/>).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> BlockScales(byte* p) =>
-        (Vector256.ShiftLeft(Avx2.ConvertToVector256Int32((short*)p), 13) & Vector256.Create(unchecked((int)0x8FFFFFFF))).AsSingle()
-        * Vector256.Create(5.192296858534828E+33f);
+    public static Vector256<float> BlockScales(byte* p) => HalfConversion.WidenFinite256(Vector128.Load((short*)p));
 
     /// <summary>The 4 bytes at <paramref name="x"/> in every dword (the activations a dword of 4 weights multiplies).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
